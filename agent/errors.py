@@ -1,0 +1,75 @@
+"""Domain errors and the one exit-code table (sysexits style).
+
+Library code raises; only agent.cli turns an error into a message and an exit
+status. Keep README's exit-code table in sync with this file.
+"""
+
+EX_OK = 0
+EX_USAGE = 64        # bad command line
+EX_DATAERR = 65      # bad forward spec / value given on the command line
+EX_NOINPUT = 66      # a named input file (key, config) is missing
+EX_UNAVAILABLE = 69  # the ssh client binary is missing or unusable
+EX_SOFTWARE = 70     # internal error (a bug: please report)
+EX_OSERR = 71        # fork/exec/signal failure
+EX_CANTCREAT = 73    # cannot write state or pidfile
+EX_TEMPFAIL = 75     # already running (pid N) / try again
+EX_NOPERM = 77       # permission problem (key file mode, pidfile owner)
+EX_CONFIG = 78       # configuration file invalid
+
+EXIT_CODES = {
+    EX_OK: "ok (also: stopped by TERM/INT)",
+    EX_USAGE: "command line usage error",
+    EX_DATAERR: "bad value on the command line (forward spec, port)",
+    EX_NOINPUT: "an input file (key, config, state) is missing",
+    EX_UNAVAILABLE: "ssh client missing or not recognised",
+    EX_SOFTWARE: "internal error",
+    EX_OSERR: "operating-system error (fork, exec, signal)",
+    EX_CANTCREAT: "cannot write state file or pidfile",
+    EX_TEMPFAIL: "another agent is already running on this pidfile",
+    EX_NOPERM: "permission problem",
+    EX_CONFIG: "configuration invalid",
+}
+
+
+class SshkeepError(Exception):
+    """An error the operator can act on; carries its exit code."""
+
+    code = EX_SOFTWARE
+
+    def __init__(self, message, code=None):
+        super().__init__(message)
+        if code is not None:
+            self.code = code
+
+
+class UsageError(SshkeepError):
+    code = EX_USAGE
+
+
+class ConfigError(SshkeepError):
+    """Invalid configuration; message is `FILE:LINE: what — how to fix` when from a file."""
+
+    code = EX_CONFIG
+
+    def __init__(self, message, code=None, errors=None):
+        super().__init__(message, code)
+        self.errors = list(errors or [message])
+
+
+class ClientError(SshkeepError):
+    """The ssh client binary is missing or cannot be identified."""
+
+    code = EX_UNAVAILABLE
+
+
+class AlreadyRunning(SshkeepError):
+    code = EX_TEMPFAIL
+
+    def __init__(self, pid, path):
+        super().__init__("already running (pid %d, pidfile %s)" % (pid, path))
+        self.pid = pid
+        self.path = path
+
+
+class StateError(SshkeepError):
+    code = EX_CANTCREAT

@@ -1,0 +1,137 @@
+"""Settings as frozen dataclasses: what the CLI or a config file produce.
+
+One `Tunnel` is one ssh process to one server carrying one or more forwards;
+each Tunnel is supervised (and fails) independently.
+"""
+
+from dataclasses import dataclass, field
+from typing import Optional, Tuple
+
+from agent.errors import ConfigError, EX_DATAERR
+
+DEFAULT_STATE = "/var/run/sshkeep.json"
+DEFAULT_PIDFILE = "/var/run/sshkeep.pid"
+
+
+@dataclass(frozen=True)
+class Forward:
+    """One -R/-L/-D forward. `bind` is '' when the user gave none."""
+
+    kind: str          # "R" remote, "L" local, "D" dynamic
+    bind: str
+    port: int
+    host: str = ""     # empty for D
+    hostport: int = 0  # 0 for D
+    check: str = "connect"  # connect | banner:TEXT | none
+    name: str = ""
+
+    def spec(self) -> str:
+        """The argument both clients take after -R/-L/-D."""
+        parts = []
+        if self.bind:
+            parts.append("[%s]" % self.bind if ":" in self.bind else self.bind)
+        parts.append(str(self.port))
+        if self.kind != "D":
+            parts.append("[%s]" % self.host if ":" in self.host else self.host)
+            parts.append(str(self.hostport))
+        return ":".join(parts)
+
+    def label(self) -> str:
+        return self.name or "-%s %s" % (self.kind, self.spec())
+
+
+@dataclass(frozen=True)
+class Tunnel:
+    name: str
+    host: str
+    port: int = 22
+    user: str = ""
+    identity: str = ""
+    forwards: Tuple[Forward, ...] = ()
+    client: str = "auto"          # auto | openssh | dropbear
+    ssh_path: str = ""            # '' = search PATH for ssh, then dbclient
+    known_hosts: str = ""
+    accept_new: bool = False
+    keepalive: int = 15
+    connect_timeout: int = 15
+    interval: float = 30
+    max_backoff: float = 60
+    alternates: Tuple[Tuple[str, int], ...] = ()
+    remote_check_every: int = 4   # run the ssh-exec check every Nth interval
+    fail_threshold: int = 2       # consecutive failed checks before a restart
+    reclaim: bool = True          # reclaim stale listeners on the server
+    extra_options: Tuple[Tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True)
+class Settings:
+    tunnels: Tuple[Tunnel, ...]
+    state: str = DEFAULT_STATE
+    pidfile: str = DEFAULT_PIDFILE
+    syslog: bool = False
+    config_path: Optional[str] = None
+    argv: Tuple[str, ...] = field(default=())
+
+
+def _port(text, what, source):
+    try:
+        value = int(text, 10)
+    except (TypeError, ValueError):
+        value = -1
+    if not 0 < value < 65536:
+        raise ConfigError("%s: %s %r is not a port (1-65535)" % (source, what, text), EX_DATAERR)
+    return value
+
+
+def _split(text):
+    """Split on ':' but keep [v6:addr] together."""
+    out, cur, depth = [], "", 0
+    for ch in text:
+        if ch == "[":
+            depth += 1
+            continue
+        if ch == "]":
+            depth -= 1
+            continue
+        if ch == ":" and depth == 0:
+            out.append(cur)
+            cur = ""
+        else:
+            cur += ch
+    out.append(cur)
+    return out
+
+
+def parse_forward(kind: str, text: str, source: str = "command line") -> Forward:
+    """Parse `[bind:]port:host:hostport` (R/L) or `[bind:]port` (D)."""
+    kind = kind.upper().lstrip("-")
+    where = "%s: -%s %s" % (source, kind, text)
+    if kind not in ("R", "L", "D"):
+        raise ConfigError("%s: unknown forward type" % where, EX_DATAERR)
+    if any(c.isspace() for c in text) or not text:
+        raise ConfigError("%s: empty or contains spaces" % where, EX_DATAERR)
+    parts = _split(text)
+    if kind == "D":
+        if len(parts) == 1:
+            return Forward("D", "", _port(parts[0], "port", where))
+        if len(parts) == 2:
+            return Forward("D", parts[0], _port(parts[1], "port", where))
+        raise ConfigError("%s: expected [bind:]port" % where, EX_DATAERR)
+    if len(parts) == 3:
+        bind, port, host, hostport = "", parts[0], parts[1], parts[2]
+    elif len(parts) == 4:
+        bind, port, host, hostport = parts
+    else:
+        raise ConfigError("%s: expected [bind:]port:host:hostport" % where, EX_DATAERR)
+    if not host:
+        raise ConfigError("%s: target host is empty" % where, EX_DATAERR)
+    for name in (bind, host):
+        if name and not all(c.isalnum() or c in ".-_:*%" for c in name):
+            raise ConfigError("%s: %r is not a host name or address" % (where, name), EX_DATAERR)
+    return Forward(kind, bind, _port(port, "listen port", where), host, _port(hostport, "target port", where))
+
+
+def parse_destination(text: str):
+    """`[user@]host` -> (user, host)."""
+    user, _, host = text.rpartition("@")
+    return user, host
