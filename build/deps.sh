@@ -1,0 +1,46 @@
+#!/bin/sh
+# Install the Debian packages the build, tests, demo and bench need -- only the missing ones.
+# Runs as root on a fresh Debian 12 with no TTY; `apt-get update` only when something is missing.
+# Other engineers: add what your tests need to PACKAGES (one line, sorted is nice).
+set -eu
+
+PACKAGES="
+autossh
+busybox-static
+dropbear-bin
+iproute2
+iptables
+openssh-client
+openssh-server
+procps
+psmisc
+python3
+python3-venv
+qemu-user-static
+time
+"
+
+missing=""
+for p in $PACKAGES; do
+    # dpkg-query exits non-zero for unknown packages; a removed-but-configured one has another status.
+    status=$(dpkg-query -W -f='${Status}' "$p" 2>/dev/null || true)
+    case "$status" in
+        *" installed") ;;
+        *) missing="$missing $p" ;;
+    esac
+done
+
+if [ -z "$missing" ]; then
+    echo "deps: all present"
+    exit 0
+fi
+
+echo "deps: installing:$missing"
+if [ "$(id -u)" != 0 ]; then
+    echo "deps: need root to install:$missing" >&2
+    exit 1
+fi
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -q
+# shellcheck disable=SC2086  # word splitting of the package list is intended
+apt-get install -y -q --no-install-recommends $missing
