@@ -1,0 +1,58 @@
+"""Rewrite a shiv-built pyz deterministically, with build/entry.py as __main__.py.
+
+usage: python build/repack.py SHIV_PYZ ENTRY_PY OUT_PYZ
+
+shiv 1.0.8 writes its own __main__.py (its bootstrap, which cannot start on
+OpenWrt python3-light and extracts to ~/.shiv); we swap in our entry. While at
+it we make the archive independent of the build machine: entries sorted by name
+(shiv adds _bootstrap/ in directory-listing order), every file mode 0644, one
+compression level, shiv's own (SOURCE_DATE_EPOCH / --reproducible) timestamps.
+Build-time only: runs in the build venv, so zipfile is fine here.
+"""
+
+import json
+import os
+import sys
+import zipfile
+
+SHEBANG = b"#!/usr/bin/env python3\n"
+FILE_MODE = 0o100644  # regular file, rw-r--r--
+REQUIRED = ("environment.json", "_bootstrap/__init__.py", "site-packages/agent/__init__.py",
+            "site-packages/agent/cli.py")
+
+
+def repack(src, entry_path, out):
+    with open(entry_path, "rb") as f:
+        entry = f.read()
+    with zipfile.ZipFile(src) as zin:
+        infos = sorted((i for i in zin.infolist() if not i.is_dir()), key=lambda i: i.filename)
+        names = [i.filename for i in infos]
+        for name in REQUIRED:
+            if name not in names:
+                raise SystemExit("repack: %s missing from %s" % (name, src))
+        stray = [n for n in names if n.endswith(".pyc") or "__pycache__" in n]
+        if stray:
+            raise SystemExit("repack: compiled files in archive: %s" % ", ".join(stray))
+        env = json.loads(zin.read("environment.json").decode("utf-8"))
+        if env.get("entry_point") != "agent.cli:main":
+            raise SystemExit("repack: unexpected entry point %r" % env.get("entry_point"))
+        members = [(i, entry if i.filename == "__main__.py" else zin.read(i)) for i in infos]
+
+    tmp = out + ".tmp%d" % os.getpid()
+    with open(tmp, "wb") as f:
+        f.write(SHEBANG)
+        with zipfile.ZipFile(f, "w") as zout:
+            for old, data in members:
+                info = zipfile.ZipInfo(old.filename, date_time=old.date_time)
+                info.create_system = 3  # unix, whatever the build host
+                info.external_attr = FILE_MODE << 16
+                info.compress_type = zipfile.ZIP_DEFLATED
+                zout.writestr(info, data, compresslevel=9)
+    os.chmod(tmp, 0o755)
+    os.replace(tmp, out)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 4:
+        raise SystemExit(__doc__.strip().splitlines()[2])
+    repack(sys.argv[1], sys.argv[2], sys.argv[3])
