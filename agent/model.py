@@ -61,6 +61,9 @@ class Tunnel:
     fail_threshold: int = 2       # consecutive failed checks before a restart
     reclaim: bool = True          # reclaim stale listeners on the server
     extra_options: Tuple[Tuple[str, str], ...] = ()
+    # Added for config files (issue 5):
+    spread: float = 0.0           # span (s) of the per-box offset on first connect and backoff; 0 = off
+    failover_after: int = 3       # consecutive failed connects before trying `alternates` in order
 
 
 @dataclass(frozen=True)
@@ -71,6 +74,8 @@ class Settings:
     syslog: bool = False
     config_path: Optional[str] = None
     argv: Tuple[str, ...] = field(default=())
+    # Non-fatal findings of the config parser (`FILE:LINE: what — fix`); not part of equality.
+    warnings: Tuple[str, ...] = field(default=(), compare=False)
 
 
 def _port(text, what, source):
