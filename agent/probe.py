@@ -1,0 +1,306 @@
+"""Local probes: is a listen address on this box answering, and how.
+
+Raw non-blocking sockets driven by one selector, every step bounded by a
+monotonic deadline. Never `socket.create_connection` and never a str host for
+`getaddrinfo`: on OpenWrt python3-light both need the idna codec, which needs
+unicodedata, which is not there ("idna trap"). Numeric addresses go straight
+to connect(); names are resolved with a bytes host.
+
+What the outcomes mean for an ssh forward (measured with both clients):
+- REFUSED: nobody listens; the ssh client that should hold a -L is gone.
+- CLOSED: accepted, then EOF or reset within the grace: the far end of a
+  broken forward ("Connection closed by foreign host"): the client accepted,
+  the channel open or the target connect failed.
+- OK_SILENT: accepted and silent through the grace: healthy for protocols
+  where the client speaks first (HTTP), but also what a stale listener looks
+  like (accepts, never answers). Give a banner to tell them apart.
+- TIMEOUT: connect not answered (full backlog, blackhole), or a banner was
+  expected and nothing came in time.
+"""
+
+import errno
+import os
+import selectors
+import socket
+import time
+from dataclasses import dataclass
+from typing import List, Optional, Sequence, Tuple
+
+OK_BANNER = "ok-banner"
+OK_SILENT = "ok-silent"
+OK_DATA = "ok-data"
+REFUSED = "refused"
+CLOSED = "closed"
+BANNER_MISMATCH = "banner-mismatch"
+TIMEOUT = "timeout"
+ERROR = "error"
+
+HEALTHY = (OK_BANNER, OK_DATA, OK_SILENT)
+# Best first: how two answers (127.0.0.1 and ::1 for 'localhost') are ranked.
+_RANK = (OK_BANNER, OK_DATA, OK_SILENT, BANNER_MISMATCH, CLOSED, TIMEOUT, REFUSED, ERROR)
+
+WILDCARDS = ("", "0.0.0.0", "*")
+MAX_ADDRESSES = 4  # a name resolving to more is probed on its first four
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    verdict: str
+    address: str   # the address that gave the verdict, e.g. "127.0.0.1" or "::1"
+    detail: str    # one line for the log and status
+    elapsed: float  # seconds, monotonic
+
+
+def is_healthy(result: ProbeResult) -> bool:
+    return result.verdict in HEALTHY
+
+
+def _family(address: str) -> int:
+    return socket.AF_INET6 if ":" in address else socket.AF_INET
+
+
+def is_ip_literal(text: str) -> bool:
+    """True for a numeric IPv4 or IPv6 address (no scope id, no brackets)."""
+    for family in (socket.AF_INET, socket.AF_INET6):
+        try:
+            socket.inet_pton(family, text)
+            return True
+        except (OSError, ValueError):
+            pass
+    return False
+
+
+def addresses_for(host: str) -> List[str]:
+    """The addresses a probe of `host` connects to, without DNS where possible.
+
+    '' / 0.0.0.0 / * (a wildcard bind) -> 127.0.0.1; '::' -> ::1;
+    'localhost' -> 127.0.0.1 and ::1, both, explicitly (name resolution puts
+    ::1 first, and a connect to only the first answer is what gives the
+    "refused, then succeeded" confusion); an IP literal -> itself; any other
+    name -> getaddrinfo with a bytes host (may block on DNS: the resolver's
+    own timeout applies, there is no way to bound it without a thread).
+    """
+    if host in WILDCARDS:
+        return ["127.0.0.1"]
+    if host == "::":
+        return ["::1"]
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if host.lower() == "localhost":
+        return ["127.0.0.1", "::1"]
+    if is_ip_literal(host):
+        return [host]
+    out = []  # type: List[str]
+    for info in socket.getaddrinfo(host.encode(), None, 0, socket.SOCK_STREAM):
+        address = info[4][0]
+        if address not in out:
+            out.append(address)
+    return out[:MAX_ADDRESSES]
+
+
+class _Attempt:
+    """One connect-then-read to one address, advanced by `step`/`expire`."""
+
+    def __init__(self, address, port, banner, grace, deadline, connect_only):
+        self.address = address
+        self.port = port
+        self.banner = banner
+        self.grace = grace
+        self.deadline = deadline
+        self.connect_only = connect_only
+        self.data = b""
+        self.result = None  # type: Optional[Tuple[str, str]]
+        self.phase_end = deadline
+        self.reading = False
+        self.sock = None
+        try:
+            self.sock = socket.socket(_family(address), socket.SOCK_STREAM)
+            self.sock.setblocking(False)
+            err = self.sock.connect_ex((address, port))
+        except OSError as exc:
+            self._finish(ERROR, "socket: %s" % (exc.strerror or exc))
+            return
+        if err in (0, errno.EISCONN):
+            self._connected(time.monotonic())
+        elif err not in (errno.EINPROGRESS, errno.EALREADY, errno.EWOULDBLOCK, errno.EAGAIN):
+            self._failed(err)
+
+    def _finish(self, verdict, detail):
+        self.result = (verdict, detail)
+
+    def close(self):
+        if self.sock is not None:
+            self.sock.close()
+
+    def _failed(self, err):
+        if err == errno.ECONNREFUSED:
+            self._finish(REFUSED, "connection refused")
+        elif err == errno.ETIMEDOUT:
+            self._finish(TIMEOUT, "connect timed out")
+        else:
+            self._finish(ERROR, "connect: %s" % os.strerror(err))
+
+    def _connected(self, now):
+        if self.connect_only:
+            self._finish(OK_SILENT, "connected")
+            return
+        self.reading = True
+        # Without a banner only the grace is waited: silence through it is healthy.
+        self.phase_end = self.deadline if self.banner else min(self.deadline, now + self.grace)
+
+    @property
+    def events(self):
+        return selectors.EVENT_READ if self.reading else selectors.EVENT_WRITE
+
+    def step(self, now):
+        """The socket is ready: finish the connect or read what came."""
+        if not self.reading:
+            err = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            if err:
+                self._failed(err)
+            else:
+                self._connected(now)
+            return
+        try:
+            chunk = self.sock.recv(4096)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:  # ECONNRESET: the far end of a broken forward, too
+            chunk = b""
+            reset = " (%s)" % (exc.strerror or exc)
+        else:
+            reset = ""
+        if not chunk:
+            if self.data:
+                self._finish(BANNER_MISMATCH, "closed after %r, expected %r" % (self.data[:40], self.banner))
+            else:
+                self._finish(CLOSED, "accepted, then closed%s" % reset)
+            return
+        self.data += chunk
+        if not self.banner:
+            self._finish(OK_DATA, "sent %d bytes" % len(self.data))
+        elif self.data[: len(self.banner)] == self.banner:
+            self._finish(OK_BANNER, "banner %r" % self.data[:40])
+        elif not self.banner.startswith(self.data):
+            self._finish(BANNER_MISMATCH, "got %r, expected %r" % (self.data[:40], self.banner))
+
+    def expire(self):
+        """The current phase ran out of time."""
+        if not self.reading:
+            self._finish(TIMEOUT, "no answer to connect")
+        elif not self.banner:
+            self._finish(OK_SILENT, "accepted, silent for %.1fs" % self.grace)
+        elif self.data:
+            self._finish(BANNER_MISMATCH, "got only %r, expected %r" % (self.data[:40], self.banner))
+        else:
+            self._finish(TIMEOUT, "accepted, no banner in time")
+
+
+def _run(attempts: Sequence[_Attempt], deadline: float, stop_on=None) -> None:
+    """Drive the attempts until all are done, the deadline, or one ends in `stop_on`."""
+    sel = selectors.DefaultSelector()
+    try:
+        while True:
+            live = [a for a in attempts if a.result is None]
+            if not live or (stop_on and any(a.result and a.result[0] in stop_on for a in attempts)):
+                break
+            now = time.monotonic()
+            for a in live:
+                if now >= a.phase_end:
+                    a.expire()
+            live = [a for a in live if a.result is None]
+            if not live:
+                break
+            for a in live:
+                try:
+                    sel.modify(a.sock, a.events, a)
+                except KeyError:
+                    sel.register(a.sock, a.events, a)
+            wait = max(0.0, min(a.phase_end for a in live) - now)
+            for key, _ in sel.select(wait):
+                a = key.data
+                if a.result is None:
+                    a.step(time.monotonic())
+                if a.result is not None:
+                    sel.unregister(key.fileobj)
+    finally:
+        sel.close()
+        for a in attempts:
+            if a.result is None:
+                a._finish(TIMEOUT, "deadline")
+            a.close()
+
+
+def _best(results):
+    return min(results, key=lambda r: (_RANK.index(r[0]), r[2]))
+
+
+def probe_local(
+    bind: str,
+    port: int,
+    timeout: float = 3.0,
+    grace: float = 0.3,
+    banner: Optional[bytes] = None,
+) -> ProbeResult:
+    """Probe a listen address on this box; see the module doc for verdicts.
+
+    All addresses of `bind` (two for 'localhost') are probed at the same time,
+    so the whole call takes at most `timeout` (plus name resolution for a
+    non-numeric name). The best verdict wins; `.address` says which address
+    gave it and `.detail` lists every address's outcome.
+    """
+    start = time.monotonic()
+    try:
+        addrs = addresses_for(bind)
+    except (OSError, UnicodeError) as exc:
+        return ProbeResult(ERROR, bind, "resolve %s: %s" % (bind, exc), time.monotonic() - start)
+    if not addrs:
+        return ProbeResult(ERROR, bind, "resolve %s: no address" % bind, time.monotonic() - start)
+    deadline = start + timeout
+    attempts = [_Attempt(a, port, banner or b"", grace, deadline, False) for a in addrs]
+    _run(attempts, deadline)
+    elapsed = time.monotonic() - start
+    rows = [(a.result[0], a.result[1], i, a.address) for i, a in enumerate(attempts)]
+    verdict, detail, _, address = _best(rows)
+    if len(rows) > 1:
+        detail = "; ".join("%s: %s (%s)" % (r[3], r[0], r[1]) for r in rows)
+    return ProbeResult(verdict, address, detail, elapsed)
+
+
+def probe_tcp(host: str, port: int, timeout: float = 2.0) -> bool:
+    """Does anything accept TCP on host:port? A plain connect, no SSH handshake.
+
+    Used while backing off to notice the server is back. `host` may be a name
+    (resolved with a bytes host; the resolver's own timeout applies on top).
+    All addresses are tried at once; True as soon as one connects.
+    """
+    start = time.monotonic()
+    try:
+        addrs = addresses_for(host)
+    except (OSError, UnicodeError):
+        return False
+    deadline = start + timeout
+    attempts = [_Attempt(a, port, b"", 0.0, deadline, True) for a in addrs]
+    _run(attempts, deadline, stop_on=(OK_SILENT,))
+    return any(a.result and a.result[0] == OK_SILENT for a in attempts)
+
+
+def banner_of(check: str) -> Optional[bytes]:
+    """The bytes a Forward's `check` ("connect" | "banner:TEXT" | "none") expects, or None."""
+    if check.startswith("banner:"):
+        return check[len("banner:"):].encode("utf-8", "surrogateescape")
+    return None
+
+
+def probe_forward(forward, timeout: float = 3.0, grace: float = 0.3) -> Optional[ProbeResult]:
+    """Probe a -L/-D forward's listen side on this box; None when its check is 'none' or it is -R."""
+    if forward.kind == "R" or forward.check == "none":
+        return None
+    return probe_local(forward.bind, forward.port, timeout, grace, banner_of(forward.check))
+
+
+def probe_target(forward, timeout: float = 3.0, grace: float = 0.3) -> Optional[ProbeResult]:
+    """Probe the box-side target of a -R forward (host:hostport), to tell target-down from tunnel-broken."""
+    if forward.kind != "R":
+        return None
+    return probe_local(forward.host, forward.hostport, timeout, grace, banner_of(forward.check))
