@@ -1,0 +1,257 @@
+"""The pyz build: reproducible, small, a shiv archive that starts on python3-light and writes nothing.
+
+Builds run from snapshots of the working tree (agent/ + build/), not in place, so two builds can be
+compared byte for byte and a concurrent edit of agent/ cannot race the comparison.
+"""
+
+import json
+import os
+import re
+import shutil
+import stat
+import subprocess
+import sys
+import tempfile
+import zipfile
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import lightguard  # noqa: E402
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+HOST_PY = "/usr/bin/python3"
+PY38 = "/root/.pyenv/versions/3.8.18/bin/python3"
+LIMIT = 64 * 1024
+TIMEOUT = 120
+BUILD_FILES = ("build.sh", "repack.py", "entry.py")
+
+PYTHONS = [pytest.param(p, id=os.path.basename(os.path.dirname(os.path.dirname(p))) or "host",
+                        marks=pytest.mark.skipif(not os.access(p, os.X_OK), reason=p + " missing"))
+           for p in (HOST_PY, PY38)]
+
+
+def agent_version():
+    with open(os.path.join(REPO, "agent", "__init__.py")) as f:
+        return re.search(r'__version__ = "([^"]+)"', f.read()).group(1)
+
+
+def build_python():
+    vpy = os.path.join(REPO, "build", "venv", "bin", "python")
+    return vpy if os.access(vpy, os.X_OK) else sys.executable
+
+
+def snapshot(dst):
+    """A clean copy of what a checkout holds for the build: agent/ and build/'s recipe files."""
+    shutil.copytree(os.path.join(REPO, "agent"), os.path.join(dst, "agent"),
+                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    os.makedirs(os.path.join(dst, "build"))
+    for name in BUILD_FILES:
+        shutil.copy(os.path.join(REPO, "build", name), os.path.join(dst, "build", name))
+
+
+def perturb(top):
+    """What differs between checkouts: modes, mtimes, stray bytecode."""
+    for dirpath, dirnames, filenames in os.walk(os.path.join(top, "agent")):
+        for i, name in enumerate(sorted(filenames)):
+            path = os.path.join(dirpath, name)
+            os.chmod(path, 0o600 if i % 2 else 0o775)
+            os.utime(path, (1000000000 + i, 1000000000 + i))
+    cache = os.path.join(top, "agent", "__pycache__")
+    os.makedirs(cache, exist_ok=True)
+    with open(os.path.join(cache, "cli.cpython-311.pyc"), "wb") as f:
+        f.write(b"stray bytecode")
+
+
+def run_build(top, env_extra=None, umask="022"):
+    env = dict(os.environ)
+    env.pop("SOURCE_DATE_EPOCH", None)
+    env.update(env_extra or {})
+    out = os.path.join(top, "build", "sshkeep.pyz")
+    proc = subprocess.run(["sh", "-c", 'umask %s && exec sh build/build.sh "$0" "$1"' % umask,
+                           build_python(), out],
+                          cwd=top, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          timeout=TIMEOUT)
+    assert proc.returncode == 0, proc.stdout.decode(errors="replace")
+    return out
+
+
+@pytest.fixture(scope="module")
+def builds(tmp_path_factory):
+    a = str(tmp_path_factory.mktemp("checkout_a"))
+    b = str(tmp_path_factory.mktemp("checkout_b"))
+    snapshot(a)
+    shutil.rmtree(b)
+    shutil.copytree(a, b)
+    perturb(b)
+    pyz_a = run_build(a)
+    pyz_b = run_build(b, {"TZ": "Pacific/Kiritimati", "LC_ALL": "C"}, umask="077")
+    return {"a": pyz_a, "b": pyz_b, "top": a}
+
+
+@pytest.fixture(scope="module")
+def pyz(builds):
+    return builds["a"]
+
+
+def run(cmd, env=None, cwd=None, timeout=60):
+    return subprocess.run(cmd, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          timeout=timeout)
+
+
+def clean_env(**extra):
+    env = dict(os.environ)
+    for k in ("SHIV_ROOT", "PYTHONDONTWRITEBYTECODE", "PYTHONPATH", "PYTHONHOME"):
+        env.pop(k, None)
+    env.update(extra)
+    return env
+
+
+def test_reproducible(builds):
+    with open(builds["a"], "rb") as fa, open(builds["b"], "rb") as fb:
+        a, b = fa.read(), fb.read()
+    assert a == b, "two builds from clean copies differ"
+
+
+def test_size_budget(pyz):
+    size = os.path.getsize(pyz)
+    assert size <= LIMIT, "pyz is %d bytes, budget %d" % (size, LIMIT)
+
+
+def test_shiv_layout(pyz, builds):
+    with open(pyz, "rb") as f:
+        assert f.readline() == b"#!/usr/bin/env python3\n"
+    assert os.stat(pyz).st_mode & 0o111 == 0o111
+    with zipfile.ZipFile(pyz) as z:
+        names = z.namelist()
+        for required in ("__main__.py", "environment.json", "_bootstrap/__init__.py",
+                         "site-packages/agent/__init__.py", "site-packages/agent/cli.py"):
+            assert required in names
+        assert not [n for n in names if n.endswith(".pyc") or "__pycache__" in n]
+        assert names == sorted(names)
+        assert {i.external_attr >> 16 for i in z.infolist()} == {0o100644}
+        env = json.loads(z.read("environment.json").decode())
+        assert env["entry_point"] == "agent.cli:main"
+        assert env["shiv_version"] == "1.0.8"
+        with open(os.path.join(REPO, "build", "entry.py"), "rb") as f:
+            assert z.read("__main__.py") == f.read()
+        agent_files = sorted(n[len("site-packages/"):] for n in names if n.startswith("site-packages/"))
+    top = builds["top"]
+    expected = sorted(os.path.relpath(os.path.join(d, n), top)
+                      for d, _, fs in os.walk(os.path.join(top, "agent")) for n in fs if n.endswith(".py"))
+    assert agent_files == expected
+
+
+@pytest.mark.parametrize("python", PYTHONS)
+def test_version_under_guard(pyz, python, tmp_path):
+    env = lightguard.guard_env(clean_env())
+    lightguard.check_active(python, env)
+    proc = run([python, pyz, "--version"], env=env, cwd=str(tmp_path))
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.decode().strip() == "sshkeep " + agent_version()
+
+
+@pytest.mark.parametrize("python", PYTHONS)
+def test_help_under_guard(pyz, python, tmp_path):
+    proc = run([python, pyz, "--help"], env=lightguard.guard_env(clean_env()), cwd=str(tmp_path))
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.decode().startswith("usage: sshkeep")
+
+
+def test_runs_through_shebang(pyz, tmp_path):
+    env = lightguard.guard_env(clean_env(PATH="/usr/bin:/bin"))
+    proc = run([pyz, "--version"], env=env, cwd=str(tmp_path))
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.decode().startswith("sshkeep ")
+
+
+def tree(top):
+    """Every path under top with its size and mtime: any write shows up."""
+    out = {}
+    for dirpath, dirnames, filenames in os.walk(top):
+        for name in dirnames + filenames:
+            p = os.path.join(dirpath, name)
+            st = os.lstat(p)
+            out[os.path.relpath(p, top)] = (stat.S_IFMT(st.st_mode), st.st_size, st.st_mtime_ns)
+    return out
+
+
+READONLY = 'mount --bind "$0" "$0" && mount -o remount,bind,ro "$0" "$0" && cd "$0" && exec "$@"'
+
+
+def readonly_cmd(top, cmd):
+    """cmd with `top` read-only (a private mount namespace: even root cannot write there)."""
+    if os.geteuid() != 0 or not shutil.which("unshare"):
+        pytest.skip("needs root and unshare for a read-only bind mount")
+    return ["unshare", "--mount", "--propagation", "private", "sh", "-c", READONLY, top] + cmd
+
+
+@pytest.mark.parametrize("python", PYTHONS)
+def test_readonly_home_no_writes(pyz, python, tmp_path):
+    top = str(tmp_path / "box")
+    home = os.path.join(top, "home")
+    os.makedirs(os.path.join(top, "tmp"))
+    os.makedirs(home)
+    local = os.path.join(top, "sshkeep.pyz")
+    shutil.copy(pyz, local)
+    os.chmod(home, 0o555)
+    before = tree(top)
+    # the mount really is read-only
+    probe = run(readonly_cmd(top, ["sh", "-c", "echo x > home/probe"]))
+    assert probe.returncode != 0
+    env = lightguard.guard_env(clean_env(HOME=home, TMPDIR=os.path.join(top, "tmp")))
+    for args in (["--version"], ["--help"]):
+        proc = run(readonly_cmd(top, [python, local] + args), env=env)
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stderr == b""
+    assert not os.path.exists(os.path.join(home, ".shiv"))
+    assert tree(top) == before
+
+
+def test_shiv_root_outside_tmp_is_ignored(pyz, tmp_path):
+    base = tempfile.mkdtemp(prefix="sshkeep-test-", dir="/var/tmp")
+    try:
+        assert not os.path.realpath(base).startswith("/tmp/")
+        root = os.path.join(base, "shiv")
+        proc = run([HOST_PY, pyz, "--version"], env=clean_env(SHIV_ROOT=root, HOME=str(tmp_path)))
+        assert proc.returncode == 0, proc.stderr
+        assert not os.path.exists(root)
+        assert os.listdir(str(tmp_path)) == []
+    finally:
+        shutil.rmtree(base)
+
+
+def test_shiv_root_on_tmp_uses_shiv_bootstrap(pyz, tmp_path):
+    root = str(tmp_path / "shiv")
+    proc = run([HOST_PY, pyz, "--version"], env=clean_env(SHIV_ROOT=root))
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.decode().startswith("sshkeep ")
+    extracted = [n for n in os.listdir(root) if not n.startswith(".")]  # shiv also leaves a lock file
+    assert len(extracted) == 1 and extracted[0].startswith("sshkeep.pyz_")
+    assert os.path.exists(os.path.join(root, extracted[0], "site-packages", "agent", "cli.py"))
+
+
+@pytest.mark.parametrize("python", PYTHONS)
+def test_shiv_root_on_tmp_under_guard_falls_back(pyz, python, tmp_path):
+    root = str(tmp_path / "shiv")
+    proc = run([python, pyz, "--version"], env=lightguard.guard_env(clean_env(SHIV_ROOT=root)))
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.decode().startswith("sshkeep ")
+    assert not os.path.exists(root)
+
+
+def test_plain_shiv_bootstrap_dies_under_guard(builds, tmp_path):
+    """Why the entry exists: shiv's own __main__ cannot start on python3-light."""
+    out = str(tmp_path / "plain-shiv.pyz")
+    site = os.path.join(builds["top"], "agent")
+    staged = str(tmp_path / "sp")
+    shutil.copytree(site, os.path.join(staged, "agent"))
+    proc = subprocess.run([build_python(), "-m", "shiv", "--reproducible", "--site-packages", staged,
+                           "-e", "agent.cli:main", "-o", out],
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=TIMEOUT)
+    assert proc.returncode == 0, proc.stdout
+    home = str(tmp_path / "home")
+    os.makedirs(home)
+    proc = run([HOST_PY, out, "--version"], env=lightguard.guard_env(clean_env(HOME=home)))
+    assert proc.returncode != 0
+    assert lightguard.MESSAGE.encode() in proc.stderr
