@@ -1,37 +1,322 @@
-"""Command line: argparse, and the only place that exits."""
+"""Command line: argparse, and the only place that exits (see errors.py for the codes)."""
 
 import argparse
+import os
 import sys
 
 from agent import __version__
-from agent.errors import EX_OK, EX_SOFTWARE, SshkeepError
+from agent import errors as E
+from agent.model import Settings, Tunnel, parse_destination, parse_forward
+
+USAGE_EXAMPLE = "sshkeep run -R 127.0.0.1:20022:127.0.0.1:22 -i /etc/sshkeep/id -p 2222 tunnel@hub.example.com"
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        # argparse would exit(2); we use the documented usage code.
+        raise E.UsageError("%s (try: %s --help)" % (message, self.prog))
+
+
+def _add_tunnel_options(p):
+    p.add_argument("destination", nargs="?", help="[user@]host of the server")
+    p.add_argument("-c", "--config", metavar="FILE", help="configuration file (UCI syntax)")
+    p.add_argument("-R", dest="remote", action="append", default=[], metavar="[bind:]port:host:hostport",
+                   help="reverse forward (repeatable)")
+    p.add_argument("-L", dest="local", action="append", default=[], metavar="[bind:]port:host:hostport",
+                   help="local forward (repeatable)")
+    p.add_argument("-D", dest="dynamic", action="append", default=[], metavar="[bind:]port",
+                   help="dynamic (SOCKS) forward (repeatable)")
+    p.add_argument("-p", "--port", type=int, default=None, help="server port (default 22)")
+    p.add_argument("-l", "--user", default=None, help="user on the server")
+    p.add_argument("-i", "--identity", default=None, metavar="KEYFILE", help="private key")
+    p.add_argument("--client", choices=("auto", "openssh", "dropbear"), default="auto")
+    p.add_argument("--ssh", default="", metavar="PATH", help="the client binary (default: ssh, then dbclient)")
+    p.add_argument("--ssh-config", metavar="FILE", help="take host, user, port, key, forwards from this ssh_config")
+    p.add_argument("--known-hosts", default="", metavar="FILE")
+    p.add_argument("--accept-new", action="store_true", help="trust an unknown host key on first use")
+    p.add_argument("--keepalive", type=int, default=15, metavar="SECONDS")
+    p.add_argument("--connect-timeout", type=int, default=15, metavar="SECONDS")
+    p.add_argument("--interval", type=float, default=30, metavar="SECONDS", help="health-check period")
+    p.add_argument("--remote-check-every", type=int, default=4, metavar="N",
+                   help="run the ssh-exec check of -R forwards every Nth interval (and after any failure)")
+    p.add_argument("--fail-threshold", type=int, default=2, metavar="N",
+                   help="consecutive failed checks before ssh is restarted")
+    p.add_argument("--max-backoff", type=float, default=60, metavar="SECONDS")
+    p.add_argument("--no-reclaim", action="store_true",
+                   help="run ssh with -N; never reclaim a stale listener on the server")
+    p.add_argument("--no-checks", action="store_true", help="no health checks (keepalive only)")
+    p.add_argument("--name", default=None)
+    p.add_argument("--state", default=None, metavar="FILE", help="run-state JSON (default /var/run/sshkeep.json)")
+    p.add_argument("--pidfile", default=None, metavar="FILE", help="default /var/run/sshkeep.pid")
+    p.add_argument("--syslog", action="store_true", help="log to syslog instead of stderr")
+    p.add_argument("--daemon", action="store_true", help="detach (double fork) after start; for plain init scripts")
+    p.add_argument("--debug", action="store_true")
 
 
 def build_parser():
-    p = argparse.ArgumentParser(prog="sshkeep", description="Keep SSH tunnels up (OpenSSH or dropbear).")
+    p = _Parser(prog="sshkeep", description="Keep SSH tunnels up through OpenSSH or dropbear.",
+                epilog="example: " + USAGE_EXAMPLE)
     p.add_argument("--version", action="version", version="sshkeep " + __version__)
-    sub = p.add_subparsers(dest="command")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     run = sub.add_parser("run", help="keep the tunnels up, in the foreground")
-    run.add_argument("destination", nargs="?")
-    st = sub.add_parser("status", help="print the state of a running agent")
+    _add_tunnel_options(run)
+    chk = sub.add_parser("check", help="cron mode: start an agent unless a live one holds the pidfile")
+    _add_tunnel_options(chk)
+    st = sub.add_parser("status", help="print the state of the agent")
     st.add_argument("--json", action="store_true")
-    st.add_argument("--state")
+    st.add_argument("--state", default=None)
+    st.add_argument("-c", "--config", metavar="FILE")
+    stop = sub.add_parser("stop", help="stop the agent named by the pidfile")
+    stop.add_argument("--pidfile", default=None)
+    stop.add_argument("-c", "--config", metavar="FILE")
+    rl = sub.add_parser("reload", help="re-read the configuration (SIGHUP)")
+    rl.add_argument("--pidfile", default=None)
+    rl.add_argument("-c", "--config", metavar="FILE")
+    cf = sub.add_parser("config", help="print the effective configuration, or every error in it")
+    cf.add_argument("-c", "--config", metavar="FILE", default="/etc/config/sshkeep")
     return p
 
 
-def main(argv=None):
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if not args.command:
-        parser.print_help()
-        return EX_OK
+def _default_state():
+    from agent.state import default_state_path
+    return default_state_path()
+
+
+def _default_pidfile():
+    if os.geteuid() == 0 or os.access("/var/run", os.W_OK):
+        return "/var/run/sshkeep.pid"
+    return "/tmp/sshkeep-%d.pid" % os.getuid()
+
+
+def settings_from_args(args) -> Settings:
+    """Flags (or -c FILE, or --ssh-config) -> Settings. Flags override file globals."""
+    if args.config:
+        from agent import config
+        s = config.load(args.config)
+        return _override_globals(s, args)
+    if args.ssh_config:
+        from agent import sshconfig
+        if not args.destination:
+            raise E.UsageError("--ssh-config needs a Host alias as destination")
+        t = sshconfig.tunnel_from_host(args.ssh_config, args.destination, name=args.name, **_tunnel_kwargs(args))
+        extra = _forwards(args)
+        if extra:
+            t = _replace(t, forwards=tuple(t.forwards) + tuple(extra))
+        if not t.forwards:
+            raise E.UsageError("Host %s in %s has no forwards; add -R/-L/-D" % (args.destination, args.ssh_config))
+        return _settings((t,), args)
+    if not args.destination:
+        raise E.UsageError("a destination [user@]host is required (e.g. %s)" % USAGE_EXAMPLE)
+    forwards = _forwards(args)
+    if not forwards:
+        raise E.UsageError("nothing to keep up: give at least one -R, -L or -D")
+    user, host = parse_destination(args.destination)
+    if not host:
+        raise E.UsageError("destination %r has no host" % args.destination)
+    kw = _tunnel_kwargs(args)
+    kw["user"] = args.user if args.user is not None else user
+    t = Tunnel(name=args.name or host, host=host, port=args.port or 22, forwards=tuple(forwards), **kw)
+    return _settings((t,), args)
+
+
+def _forwards(args):
+    out = []
+    for kind, values in (("R", args.remote), ("L", args.local), ("D", args.dynamic)):
+        for v in values:
+            out.append(parse_forward(kind, v))
+    seen = set()
+    for f in out:
+        key = (f.kind == "R", f.bind, f.port)
+        if key in seen:
+            raise E.ConfigError("two forwards listen on port %d on the same side" % f.port, E.EX_DATAERR)
+        seen.add(key)
+    return out
+
+
+def _tunnel_kwargs(args):
+    for name in ("keepalive", "connect_timeout", "interval", "max_backoff"):
+        if getattr(args, name) < 0:
+            raise E.UsageError("--%s must not be negative" % name.replace("_", "-"))
+    if args.interval < 1:
+        raise E.UsageError("--interval must be at least 1 second")
+    return dict(identity=args.identity or "", client=args.client, ssh_path=args.ssh,
+                known_hosts=args.known_hosts, accept_new=args.accept_new, keepalive=args.keepalive,
+                connect_timeout=args.connect_timeout, interval=args.interval, max_backoff=args.max_backoff,
+                remote_check_every=max(1, args.remote_check_every), fail_threshold=max(1, args.fail_threshold),
+                reclaim=not args.no_reclaim)
+
+
+def _replace(obj, **kw):
+    import dataclasses
+    return dataclasses.replace(obj, **kw)
+
+
+def _settings(tunnels, args):
+    return Settings(tunnels=tuple(tunnels), state=args.state or _default_state(),
+                    pidfile=args.pidfile or _default_pidfile(), syslog=args.syslog,
+                    config_path=args.config)
+
+
+def _override_globals(s, args):
+    kw = {}
+    if args.state:
+        kw["state"] = args.state
+    if args.pidfile:
+        kw["pidfile"] = args.pidfile
+    if args.syslog:
+        kw["syslog"] = True
+    return _replace(s, **kw) if kw else s
+
+
+def cmd_run(args, argv):
+    from agent.log import Log
+    from agent.supervisor import Supervisor
+    settings = settings_from_args(args)
+    log = Log(use_syslog=settings.syslog or args.daemon, debug=args.debug)
+    notifier = None
+    if args.daemon:
+        from agent import daemon
+        notifier = daemon.daemonize()
+    pid = None
     try:
-        return EX_OK
-    except SshkeepError as exc:
+        from agent.pidfile import PidFile
+        pid = PidFile(settings.pidfile)
+        pid.acquire()
+    except E.SshkeepError as exc:
+        if notifier:
+            notifier.fail(str(exc), exc.code)
+        raise
+    try:
+        _reap_previous(settings, log)
+        checks = None
+        if not args.no_checks:
+            from agent.health import Checks
+            checks = Checks(log)
+        reload_fn = None
+        if args.config:
+            def reload_fn():
+                return settings_from_args(args)
+        sup = Supervisor(settings, log, reload_settings=reload_fn, checks=checks, spread=_spread_fn(args))
+        if notifier:
+            notifier.ok()
+        log.info("", "sshkeep %s started (pid %d), %d tunnel(s), state %s" % (
+            __version__, os.getpid(), len(settings.tunnels), settings.state))
+        return sup.run()
+    finally:
+        if pid is not None:
+            pid.release()
+
+
+def _spread_fn(args):
+    try:
+        from agent import spread
+    except ImportError:
+        return None
+    return None if not args.config else (lambda name: spread.offset(spread.host_key() + name, 5.0))
+
+
+def _reap_previous(settings, log):
+    """Children of an agent that died by SIGKILL still hold our forwards: end them."""
+    from agent import state
+    try:
+        doc = state.read(settings.state)
+    except E.SshkeepError:
+        return
+    if doc.get("pid") == os.getpid() or state.pid_alive(doc.get("pid")) and doc.get("pid") != os.getpid() \
+            and _is_agent(doc.get("pid")):
+        return
+    records = doc.get("children") or []
+    if not records:
+        return
+    from agent import procs
+    for rec in procs.reap_orphans(records):
+        log.warning("", "ended ssh pid %s left by a previous agent (pid %s)" % (
+            rec.get("pid") if isinstance(rec, dict) else rec, doc.get("pid")))
+
+
+def _is_agent(pid):
+    try:
+        from agent import procs
+        return procs.is_sshkeep(pid)
+    except Exception:
+        return False
+
+
+def cmd_status(args):
+    from agent import state
+    path = args.state
+    if not path and args.config:
+        from agent import config
+        path = config.load(args.config).state
+    doc = state.read(path or _default_state())
+    if args.json:
+        import json
+        sys.stdout.write(json.dumps(state.public(doc), indent=1, sort_keys=True) + "\n")
+    else:
+        sys.stdout.write(state.render(doc))
+    return E.EX_OK if state.pid_alive(doc.get("pid")) else 3
+
+
+def _pidfile_of(args):
+    if args.pidfile:
+        return args.pidfile
+    if getattr(args, "config", None):
+        from agent import config
+        return config.load(args.config).pidfile
+    return _default_pidfile()
+
+
+def cmd_config(args):
+    from agent import config
+    s = config.load(args.config)
+    sys.stdout.write(config.render(s))
+    for w in getattr(s, "warnings", ()) or ():
+        sys.stderr.write("warning: %s\n" % w)
+    return E.EX_OK
+
+
+def main(argv=None):
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+        if not args.command:
+            parser.print_help()
+            return E.EX_USAGE
+        if args.command == "run":
+            return cmd_run(args, argv)
+        if args.command == "status":
+            return cmd_status(args)
+        if args.command == "config":
+            return cmd_config(args)
+        from agent import lifecycle
+        if args.command == "stop":
+            return lifecycle.cmd_stop(_pidfile_of(args))
+        if args.command == "reload":
+            return lifecycle.cmd_reload(_pidfile_of(args))
+        if args.command == "check":
+            s = settings_from_args(args)
+            run_argv = ["run"] + [a for a in argv[1:] if a != "--daemon"]
+            if not args.pidfile:
+                run_argv += ["--pidfile", s.pidfile]
+            if not args.state:
+                run_argv += ["--state", s.state]
+            return lifecycle.cmd_check(s.pidfile, s.state, run_argv, stale_after=max(120.0, 4 * min(
+                t.interval for t in s.tunnels)))
+        raise E.UsageError("unknown command %s" % args.command)
+    except E.ConfigError as exc:
+        for line in exc.errors:
+            sys.stderr.write("sshkeep: %s\n" % line)
+        return exc.code
+    except E.SshkeepError as exc:
         sys.stderr.write("sshkeep: %s\n" % exc)
         return exc.code
     except KeyboardInterrupt:
-        return EX_OK
-    except Exception as exc:  # pragma: no cover - last resort
-        sys.stderr.write("sshkeep: internal error: %r\n" % (exc,))
-        return EX_SOFTWARE
+        return E.EX_OK
+    except BrokenPipeError:
+        return E.EX_OK
+    except Exception as exc:  # last resort: a bug; say so, with the code for it
+        import traceback
+        traceback.print_exc()
+        sys.stderr.write("sshkeep: internal error: %r (please report)\n" % (exc,))
+        return E.EX_SOFTWARE

@@ -1,0 +1,149 @@
+"""How did the ssh child end, and what should we do about it? Pure.
+
+The exit code alone says little: OpenSSH exits 255 for every failure, and
+also **0** when it gets SIGTERM under -N; dbclient exits 1 for everything
+(refused, auth, host key, keepalive, forward failure) and dies *by* the
+signal on SIGTERM. So the reason comes from stderr first, then from the
+exit status, and from what we ourselves did to the child (`ours`).
+"""
+
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+# Reasons: stable strings, shown in logs and status.
+CLIENT_MISSING = "client-missing"
+REFUSED = "connection-refused"
+DNS = "dns-failure"
+TIMEOUT = "connect-timeout"
+NETWORK = "network-unreachable"
+AUTH = "auth-failed"
+HOSTKEY_UNKNOWN = "host-key-unknown"
+HOSTKEY_MISMATCH = "host-key-mismatch"
+KEY_FORMAT = "key-unusable"
+PORT_IN_USE = "remote-port-in-use"
+LOCAL_PORT_IN_USE = "local-port-in-use"
+KEEPALIVE = "keepalive-timeout"
+CLOSED = "closed-by-server"
+SIGNALED = "killed-by-signal"
+EXITED = "exited"
+# Reasons that come from us, not from the child.
+STOPPED = "stopped"
+HEALTH = "health-check-failed"
+WATCHDOG = "no-ready-in-time"
+RECONNECT = "reconnect-requested"
+
+# Actions
+RETRY = "retry"            # back off (growing), try again
+RETRY_SLOW = "retry-slow"  # something a human must fix: longest delay
+RECLAIM = "reclaim"        # stale listener on the server: reclaim, then retry
+FATAL = "fatal"            # cannot ever work as configured: exit
+NONE = "none"              # we stopped it on purpose
+
+# Order matters: the first matching pattern wins, so the specific ones
+# (host key, auth) come before the generic ones ("connection closed").
+_PATTERNS = (
+    (HOSTKEY_MISMATCH, ("remote host identification has changed", "host key mismatch",
+                        "has changed and you have requested strict checking")),
+    (HOSTKEY_UNKNOWN, ("host key is known for", "not in the trusted hosts file",
+                       "host key verification failed", "do you want to continue connecting")),
+    (KEY_FORMAT, ("string too long", "failed loading keyfile", "invalid format", "bad permissions",
+                  "unprotected private key file")),
+    (AUTH, ("permission denied (", "no auth methods could be used", "too many authentication failures",
+            "authentication failed")),
+    (PORT_IN_USE, ("remote port forwarding failed", "remote tcp forward request failed")),
+    (LOCAL_PORT_IN_USE, ("address already in use", "could not request local forwarding",
+                         "failed listening", "cannot listen to port")),
+    (DNS, ("could not resolve hostname", "name or service not known", "temporary failure in name resolution",
+           "error resolving", "no address associated")),
+    (REFUSED, ("connection refused",)),
+    (NETWORK, ("no route to host", "network is unreachable", "network unreachable")),
+    (KEEPALIVE, ("not responding", "keepalive timeout", "no response from server")),
+    (TIMEOUT, ("timed out", "connection timeout")),
+    (CLOSED, ("connection closed by", "remote closed the connection", "connection reset", "broken pipe",
+              "closed by remote host", "kex_exchange_identification")),
+)
+
+_ACTIONS = {
+    CLIENT_MISSING: FATAL,
+    AUTH: RETRY_SLOW,
+    HOSTKEY_UNKNOWN: RETRY_SLOW,
+    HOSTKEY_MISMATCH: RETRY_SLOW,
+    KEY_FORMAT: RETRY_SLOW,
+    PORT_IN_USE: RECLAIM,
+    STOPPED: NONE,
+}
+
+HINTS = {
+    AUTH: "the server refused our key: check -i, the user, and the key in the server's authorized_keys",
+    HOSTKEY_UNKNOWN: "the server's host key is not known: add it to the known_hosts file (--known-hosts) "
+                     "or start once with --accept-new",
+    HOSTKEY_MISMATCH: "the server's host key CHANGED: if that is expected, remove the old line from known_hosts",
+    KEY_FORMAT: "the client cannot use the key file: check its format (dropbearconvert) and mode (chmod 600)",
+    PORT_IN_USE: "the server still holds the listen port (stale session?): reclaiming it, or set "
+                 "ClientAliveInterval on the server",
+    LOCAL_PORT_IN_USE: "a local listen port is taken by another process on this box",
+    CLIENT_MISSING: "install openssh-client or dropbear, or give --ssh PATH",
+}
+
+# Reasons that mean "the network or server is not there (yet)": boxes boot
+# before their uplink, so these are retried for ever, and a cheap TCP probe
+# may cut the backoff short when the server comes back.
+NETWORK_REASONS = frozenset({REFUSED, DNS, TIMEOUT, NETWORK, KEEPALIVE, CLOSED, EXITED, SIGNALED})
+
+
+@dataclass(frozen=True)
+class Outcome:
+    reason: str
+    action: str
+    detail: str = ""      # the stderr line that decided it, or the exit status
+
+    @property
+    def hint(self) -> str:
+        return HINTS.get(self.reason, "")
+
+
+def reason_from_stderr(lines: Sequence[str]) -> Optional[tuple]:
+    """(reason, line) for the first known pattern, scanning the newest lines first."""
+    for reason, needles in _PATTERNS:
+        for line in reversed(list(lines)):
+            low = line.lower()
+            if any(n in low for n in needles):
+                return reason, line.strip()
+    return None
+
+
+def classify(returncode: Optional[int], stderr_lines: Sequence[str], ours: Optional[str] = None,
+             kind: str = "openssh") -> Outcome:
+    """Decide the reason and action for a child that ended.
+
+    returncode: Popen style (negative = killed by that signal); None = never ran.
+    ours: the reason we had for stopping it (STOPPED, HEALTH, WATCHDOG, RECONNECT), if we did.
+    """
+    if returncode is None:
+        return Outcome(CLIENT_MISSING, FATAL, "the client could not be started")
+    found = reason_from_stderr(stderr_lines)
+    if ours in (STOPPED, HEALTH, RECONNECT):
+        # OpenSSH's exit 0 on our TERM, dbclient's death by it: both expected.
+        return Outcome(ours, _ACTIONS.get(ours, RETRY), "stopped by sshkeep (%s)" % _status(returncode))
+    if ours == WATCHDOG:
+        # Killed while still connecting: stderr may say why (e.g. dbclient's host key prompt).
+        if found:
+            return Outcome(found[0], _ACTIONS.get(found[0], RETRY), found[1])
+        return Outcome(WATCHDOG, RETRY, "not ready in time; killed (%s)" % _status(returncode))
+    if found:
+        return Outcome(found[0], _ACTIONS.get(found[0], RETRY), found[1])
+    if returncode < 0:
+        return Outcome(SIGNALED, RETRY, _status(returncode))
+    if returncode == 0:
+        # Not "clean": with -N the session only ends like this if someone signalled ssh
+        # or the remote side ended the session command.
+        return Outcome(CLOSED, RETRY, "ssh exited 0 (session ended)")
+    return Outcome(EXITED, RETRY, _status(returncode))
+
+
+def _status(returncode):
+    if returncode is None:
+        return "not started"
+    if returncode < 0:
+        return "signal %d" % -returncode
+    return "exit %d" % returncode

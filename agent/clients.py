@@ -1,0 +1,306 @@
+"""OpenSSH vs dropbear: detection and argv, in one place.
+
+The two clients share flag letters with different meanings (`-y` is "accept
+host key" to dbclient and "log to syslog" to OpenSSH; `-J` and `-W` differ
+too), so each gets its own argv builder, and both build lists, never strings
+for a shell. Detection is by behaviour (`-V` output, `dbclient -o help`),
+never by file name: OpenWrt's /usr/bin/ssh is often dbclient.
+"""
+
+import os
+import re
+import subprocess
+from dataclasses import dataclass
+from typing import FrozenSet, List, Optional, Sequence
+
+from agent.errors import ClientError, SshkeepError, EX_NOINPUT, EX_NOPERM
+
+OPENSSH = "openssh"
+DROPBEAR = "dropbear"
+
+
+@dataclass(frozen=True)
+class ClientInfo:
+    kind: str                 # OPENSSH or DROPBEAR
+    path: str
+    version: str              # "9.2p1", "2022.83"
+    options: FrozenSet[str] = frozenset()   # dropbear: -o names it accepts, lower-case
+
+    def has_option(self, name: str) -> bool:
+        return self.kind == OPENSSH or name.lower() in self.options
+
+
+def parse_version(text: str):
+    """(kind, version) from `-V` output, or None if neither client is recognised."""
+    m = re.search(r"OpenSSH_([0-9][0-9A-Za-z.]*)", text)
+    if m:
+        return OPENSSH, m.group(1)
+    m = re.search(r"Dropbear (?:SSH client )?v?([0-9]{4}\.[0-9]+)", text, re.I)
+    if m:
+        return DROPBEAR, m.group(1)
+    return None
+
+
+def parse_dropbear_options(text: str) -> FrozenSet[str]:
+    """Names listed by `dbclient -o help` (one per line after 'Available options:')."""
+    names = set()
+    seen_header = False
+    for line in text.splitlines():
+        if "available options" in line.lower():
+            seen_header = True
+            continue
+        word = line.strip()
+        if seen_header and re.fullmatch(r"[A-Za-z][A-Za-z0-9]*", word or "-"):
+            names.add(word.lower())
+    return frozenset(names)
+
+
+def find_client(path: str = "", env_path: Optional[str] = None) -> str:
+    """An explicit --ssh PATH, else the first of ssh, dbclient on PATH."""
+    if path:
+        if os.sep not in path:
+            found = _which(path, env_path)
+            if not found:
+                raise ClientError("ssh client %r not found on PATH; give its full path with --ssh" % path)
+            return found
+        if not os.path.exists(path):
+            raise ClientError("ssh client %s does not exist; install openssh-client or dropbear, or fix --ssh" % path)
+        if not os.access(path, os.X_OK):
+            raise ClientError("ssh client %s is not executable (chmod +x, or fix --ssh)" % path)
+        return path
+    for name in ("ssh", "dbclient"):
+        found = _which(name, env_path)
+        if found:
+            return found
+    raise ClientError("no ssh client found: install openssh-client (or dropbear's dbclient), or give --ssh PATH")
+
+
+def _which(name, env_path=None):
+    for d in (env_path if env_path is not None else os.environ.get("PATH", "/usr/bin:/bin")).split(os.pathsep):
+        cand = os.path.join(d or ".", name)
+        if os.path.isfile(cand) and os.access(cand, os.X_OK):
+            return cand
+    return None
+
+
+def _run(argv: Sequence[str], timeout: float = 5.0) -> str:
+    """Run a short probe of the client; output of both streams. Bounded."""
+    try:
+        proc = subprocess.run(list(argv), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, timeout=timeout, start_new_session=True)
+    except subprocess.TimeoutExpired:
+        raise ClientError("%s did not answer `%s` within %ss" % (argv[0], " ".join(argv[1:]), timeout))
+    except OSError as exc:
+        raise ClientError("cannot run ssh client %s: %s" % (argv[0], exc.strerror or exc))
+    return proc.stdout.decode("utf-8", "replace")
+
+
+def detect(path: str = "", forced: str = "auto", runner=_run) -> ClientInfo:
+    """Identify the client at `path` (or on PATH) by what it prints."""
+    path = find_client(path)
+    out = runner([path, "-V"])
+    found = parse_version(out)
+    if found is None:
+        if forced in (OPENSSH, DROPBEAR):
+            found = (forced, "unknown")
+        else:
+            first = out.strip().splitlines()[0] if out.strip() else "(nothing)"
+            raise ClientError("%s is neither OpenSSH nor dropbear (`-V` printed: %s); use --client" % (path, first[:120]))
+    kind, version = found
+    if forced in (OPENSSH, DROPBEAR) and forced != kind:
+        raise ClientError("--client %s given, but %s is %s %s" % (forced, path, kind, version))
+    options = frozenset()
+    if kind == DROPBEAR:
+        options = parse_dropbear_options(runner([path, "-o", "help"]))
+    return ClientInfo(kind, path, version, options)
+
+
+# --- argv -----------------------------------------------------------------
+
+def _destination_checks(tunnel):
+    # Neither client may see a host that looks like an option; dbclient also
+    # reads "host/port" and "h1,h2" (multi-hop) from the host argument.
+    for value, what in ((tunnel.host, "host"), (tunnel.user, "user")):
+        if value.startswith("-") or any(c in value for c in " ,/\t\n'\"`$;&|<>") :
+            raise SshkeepError("%s %r is not valid (no leading '-', spaces, ',', '/' or shell characters)" % (what, value), 65)
+
+
+def build_argv(info: ClientInfo, tunnel, command: Optional[str] = None, with_forwards: bool = True,
+               host: Optional[str] = None, port: Optional[int] = None) -> List[str]:
+    """The tunnel's ssh command line. `command` None means `-N` (no remote command)."""
+    _destination_checks(tunnel)
+    host = host or tunnel.host
+    port = port or tunnel.port
+    if info.kind == OPENSSH:
+        argv = _openssh(info, tunnel, command is None, port)
+    else:
+        argv = _dropbear(info, tunnel, command is None, port)
+    if with_forwards:
+        for fwd in tunnel.forwards:
+            argv += ["-" + fwd.kind, fwd.spec()]
+    if tunnel.user:
+        argv += ["-l", tunnel.user]
+    argv.append(host)
+    if command is not None:
+        argv.append(command)
+    return argv
+
+
+def _openssh(info, t, no_command, port):
+    argv = [info.path]
+    if no_command:
+        argv.append("-N")
+    argv += ["-T",
+             # First value wins in OpenSSH, so these beat anything in ~/.ssh/config.
+             "-o", "BatchMode=yes",
+             "-o", "ExitOnForwardFailure=yes",
+             "-o", "ConnectTimeout=%d" % t.connect_timeout,
+             "-o", "StrictHostKeyChecking=%s" % ("accept-new" if t.accept_new else "yes"),
+             # A user's ControlMaster would fork the tunnel away from us.
+             "-o", "ControlMaster=no", "-o", "ControlPath=none"]
+    if t.keepalive:
+        argv += ["-o", "ServerAliveInterval=%d" % t.keepalive, "-o", "ServerAliveCountMax=3"]
+    if t.known_hosts:
+        argv += ["-o", "UserKnownHostsFile=%s" % t.known_hosts]
+    if t.identity:
+        argv += ["-o", "IdentitiesOnly=yes", "-i", t.identity]
+    for key, value in t.extra_options:
+        argv += ["-o", "%s=%s" % (key, value)]
+    argv += ["-p", str(port)]
+    return argv
+
+
+def _dropbear(info, t, no_command, port):
+    argv = [info.path, "-T"]
+    if no_command:
+        argv.append("-N")
+    if t.keepalive:
+        argv += ["-K", str(t.keepalive)]
+    if t.accept_new:
+        argv.append("-y")  # one -y only: two would disable host key checks entirely
+    # 2022.83 knows only ExitOnForwardFailure here; 2024.84+ adds BatchMode etc.
+    if info.has_option("ExitOnForwardFailure"):
+        argv += ["-o", "ExitOnForwardFailure=yes"]
+    if info.has_option("BatchMode"):
+        argv += ["-o", "BatchMode=yes"]
+    if info.has_option("StrictHostKeyChecking") and not t.accept_new:
+        argv += ["-o", "StrictHostKeyChecking=yes"]
+    if t.identity:
+        argv += ["-i", t.identity]
+    argv += ["-p", str(port)]
+    return argv
+
+
+def build_exec_argv(info: ClientInfo, tunnel, command: str, host=None, port=None) -> List[str]:
+    """An ssh exec with the tunnel's key and host key policy but no forwards."""
+    argv = build_argv(info, tunnel, command=command, with_forwards=False, host=host, port=port)
+    if info.kind == OPENSSH:
+        # No forwards here: ExitOnForwardFailure is harmless, but keep exec quick and quiet.
+        argv[1:1] = ["-o", "ClearAllForwardings=yes", "-o", "LogLevel=ERROR"]
+    return argv
+
+
+# --- keys, known_hosts and the child's environment --------------------------
+
+def check_identity(info: ClientInfo, path: str) -> None:
+    """Fail early, with the fix, on a key the client would reject obscurely."""
+    if not path:
+        return
+    try:
+        st = os.stat(path)
+        with open(path, "rb") as fh:
+            head = fh.read(64)
+    except FileNotFoundError:
+        raise SshkeepError("identity file %s does not exist (-i)" % path, EX_NOINPUT)
+    except PermissionError:
+        raise SshkeepError("identity file %s is not readable by uid %d" % (path, os.getuid()), EX_NOPERM)
+    if st.st_mode & 0o077 and info.kind == OPENSSH:
+        raise SshkeepError("identity file %s is readable by group/others (mode %o): OpenSSH refuses it; "
+                           "run chmod 600 %s" % (path, st.st_mode & 0o777, path), EX_NOPERM)
+    is_pem = head.startswith(b"-----BEGIN")
+    if info.kind == DROPBEAR and is_pem:
+        # dbclient's own message for this is "Exited: String too long".
+        raise SshkeepError("identity file %s is in OpenSSH/PEM format; dbclient needs dropbear format: "
+                           "dropbearconvert openssh dropbear %s %s.dropbear, then use -i %s.dropbear"
+                           % (path, path, path, path), 65)
+    is_dropbear_format = head[:3] == b"\x00\x00\x00" and head[4:8] in (b"ssh-", b"ecds")
+    if info.kind == OPENSSH and is_dropbear_format:
+        raise SshkeepError("identity file %s is in dropbear format; OpenSSH needs: "
+                           "dropbearconvert dropbear openssh %s %s.openssh" % (path, path, path), 65)
+
+
+def dropbear_known_hosts(text: str, host: str, port: int) -> str:
+    """Lines of an OpenSSH known_hosts usable by dbclient for host:port.
+
+    dbclient reads only $HOME/.ssh/known_hosts and keys entries by host name
+    without the port; OpenSSH writes `[host]:port` for non-22 ports.
+    """
+    out = []
+    wanted = {host, "[%s]:%d" % (host, port)}
+    if port == 22:
+        wanted.add("[%s]:22" % host)
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) < 3 or line.startswith("#") or parts[0].startswith("@") or parts[0].startswith("|"):
+            continue
+        names = parts[0].split(",")
+        if any(n in wanted for n in names):
+            out.append("%s %s %s" % (host, parts[1], parts[2]))
+    return "".join(l + "\n" for l in out)
+
+
+def prepare_home(info: ClientInfo, tunnel, home: str, host=None, port=None) -> Optional[str]:
+    """For dbclient with --known-hosts: a private HOME whose .ssh/known_hosts it will read.
+
+    Returns the HOME to give the child, or None to leave HOME alone.
+    """
+    if info.kind != DROPBEAR or not tunnel.known_hosts:
+        return None
+    host = host or tunnel.host
+    port = port or tunnel.port
+    try:
+        with open(tunnel.known_hosts, "r", encoding="utf-8", errors="replace") as fh:
+            text = fh.read()
+    except FileNotFoundError:
+        if not tunnel.accept_new:
+            raise SshkeepError("known_hosts file %s does not exist (--known-hosts); create it or use --accept-new"
+                               % tunnel.known_hosts, EX_NOINPUT)
+        text = ""
+    sshdir = os.path.join(home, ".ssh")
+    os.makedirs(sshdir, mode=0o700, exist_ok=True)
+    dest = os.path.join(sshdir, "known_hosts")
+    tmp = dest + ".tmp"
+    with open(tmp, "w") as fh:
+        fh.write(dropbear_known_hosts(text, host, port))
+    os.replace(tmp, dest)
+    return home
+
+
+def host_key_known(info: ClientInfo, tunnel, home: Optional[str], host=None, port=None) -> Optional[bool]:
+    """For dbclient without BatchMode: is the host in the known_hosts it will read?
+
+    An unknown key makes dbclient 2022.83 prompt y/n forever (and spin at 100%
+    CPU on EOF), so we refuse to start it instead. None = cannot tell.
+    """
+    if info.kind != DROPBEAR or tunnel.accept_new or info.has_option("BatchMode"):
+        return None
+    host = host or tunnel.host
+    base = home or os.environ.get("HOME") or "/"
+    path = os.path.join(base, ".ssh", "known_hosts")
+    try:
+        with open(path, "r", encoding="utf-8", errors="replace") as fh:
+            for line in fh:
+                parts = line.split()
+                if len(parts) >= 3 and host in parts[0].split(","):
+                    return True
+    except OSError:
+        return False
+    return False
+
+
+def child_env(base: dict, home: Optional[str]) -> dict:
+    env = dict(base)
+    env["LC_ALL"] = "C"  # stderr is parsed; keep it in English
+    if home:
+        env["HOME"] = home
+    return env

@@ -1,0 +1,122 @@
+"""Health checks for a tunnel that is up, and the stale-listener reclaim.
+
+Keepalives only prove the SSH connection answers; these prove the forwards do.
+- -L/-D: a raw local socket probe (agent.probe), inline, bounded (~2 s).
+- -R: an ssh exec on the server (agent.remote one-liner) run as a Job in the
+  supervisor's loop, every `remote_check_every` intervals and after any
+  failure; "could not reach the server" is not "forward dead".
+- A -R that answers "closed at once": probe the box-side target directly. If
+  the target is down, restarting ssh cannot help: report target-down.
+"""
+
+from agent import clients, probe, remote
+
+TARGET_DOWN = "target-down"
+LOCAL_TIMEOUT = 2.0
+REMOTE_TIMEOUT_MIN = 10.0
+
+
+def _banner(check):
+    if check.startswith("banner:"):
+        return check[len("banner:"):]
+    return None
+
+
+class Checks:
+    def __init__(self, log):
+        self.log = log
+
+    def run(self, sup, r, now):
+        remote_due = (r.check_round % max(1, r.t.remote_check_every) == 1
+                      or r.t.remote_check_every <= 1
+                      or r.m.failures > 0)
+        for f in r.t.forwards:
+            if f.check == "none":
+                continue
+            if f.kind in ("L", "D"):
+                self._local(sup, r, f)
+            elif f.kind == "R" and remote_due:
+                self._remote(sup, r, f)
+
+    # -- local ---------------------------------------------------------------
+    def _local(self, sup, r, f):
+        banner = _banner(f.check)
+        res = probe.probe_local(f.bind, f.port, timeout=LOCAL_TIMEOUT,
+                                banner=banner.encode() if banner else None)
+        sup.report_check(r, "%s:%d" % (f.kind, f.port), res.verdict, probe.is_healthy(res),
+                         "%s %s" % (res.address, res.detail))
+
+    # -- remote --------------------------------------------------------------
+    def _remote(self, sup, r, f):
+        bind = f.bind or "127.0.0.1"
+        if bind in ("0.0.0.0", "*", ""):
+            bind = "127.0.0.1"
+        banner = _banner(f.check)
+        timeout = max(REMOTE_TIMEOUT_MIN, r.t.connect_timeout + 5.0)
+        try:
+            cmd = remote.check_command(bind, f.port, banner, 3.0)
+        except ValueError as exc:
+            sup.report_check(r, "R:%d" % f.port, "invalid", None, str(exc))
+            return
+        host, port = r.address
+        argv = clients.build_exec_argv(r.info, r.t, cmd, host=host, port=port)
+        name = "R:%d" % f.port
+
+        def done(job, f=f, name=name):
+            verdict = remote.interpret_check(job.returncode if job.returncode is not None else -1,
+                                             "\n".join(job.out), "\n".join(job.err), job.timed_out,
+                                             r.info.kind)
+            if verdict == remote.OK:
+                sup.report_check(r, name, verdict, True)
+            elif verdict == remote.UNREACHABLE:
+                # The exec could not log in: keepalive decides about the tunnel itself.
+                sup.report_check(r, name, verdict, None, (job.err[-1] if job.err else "exec failed"))
+            elif verdict == remote.CLOSED:
+                target = probe.probe_local(f.host, f.hostport, timeout=LOCAL_TIMEOUT)
+                if target.verdict in (probe.REFUSED, probe.TIMEOUT, probe.ERROR):
+                    sup.report_check(r, name, TARGET_DOWN, None,
+                                     "box-side target %s:%d %s" % (f.host, f.hostport, target.verdict))
+                else:
+                    sup.report_check(r, name, verdict, False, "target answers, so the tunnel is broken")
+            else:
+                sup.report_check(r, name, verdict, False)
+
+        job = sup.start_job(r, argv, timeout, done)
+        if job is not None:
+            job.kind = "check"
+
+    # -- reclaim ----------------------------------------------------------------
+    def reclaim(self, sup, r):
+        ports = [f.port for f in r.t.forwards if f.kind == "R"]
+        failed = _failed_port(r) or (ports[0] if ports else None)
+        if failed is None:
+            sup._do(r, r.m.on_reclaimed(sup.clock(), False))
+            return
+        host, port = r.address
+        argv = clients.build_exec_argv(r.info, r.t, remote.reclaim_command(failed), host=host, port=port)
+
+        def done(job):
+            verdict, pid = remote.interpret_reclaim(job.returncode if job.returncode is not None else -1,
+                                                    "\n".join(job.out), "\n".join(job.err), job.timed_out)
+            freed = verdict == remote.RECLAIMED
+            if freed:
+                self.log.warning(r.name, "reclaimed stale listener on port %d: ended server pid %s" % (failed, pid))
+            else:
+                self.log.warning(r.name, "could not reclaim port %d on the server (%s); waiting for the server "
+                                         "to drop the old session (set ClientAliveInterval there)" % (failed, verdict))
+            sup._do(r, r.m.on_reclaimed(sup.clock(), freed))
+
+        job = sup.start_job(r, argv, max(REMOTE_TIMEOUT_MIN, r.t.connect_timeout + 5.0), done)
+        if job is not None:
+            job.kind = "reclaim"
+
+
+def _failed_port(r):
+    """The listen port named in ssh's last 'forwarding failed for listen port N'."""
+    out = r.m.last_outcome
+    text = out.detail if out else ""
+    words = text.replace(",", " ").split()
+    for i, w in enumerate(words):
+        if w == "port" and i + 1 < len(words) and words[i + 1].isdigit():
+            return int(words[i + 1])
+    return None

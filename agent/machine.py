@@ -1,0 +1,258 @@
+"""The supervision state machine and backoff: decisions only, no I/O.
+
+The driver (agent.supervisor) feeds events with the current monotonic time and
+carries out the commands returned. Tests drive it with plain numbers.
+
+    connecting --ready--> up --exit/health--> (reconnect at once, or backoff)
+        |                                          |
+        +--exit/watchdog--> backoff --timer/server answers--> connecting
+"""
+
+import random
+from dataclasses import dataclass
+from typing import List, Optional
+
+from agent import classify as C
+
+CONNECTING = "connecting"
+UP = "up"
+BACKOFF = "backoff"
+STOPPING = "stopping"
+STOPPED = "stopped"
+
+
+# Commands returned to the driver.
+@dataclass(frozen=True)
+class Spawn:
+    pass
+
+
+@dataclass(frozen=True)
+class Kill:
+    reason: str          # classify.HEALTH / WATCHDOG / RECONNECT / STOPPED
+
+
+@dataclass(frozen=True)
+class Reclaim:
+    pass
+
+
+@dataclass(frozen=True)
+class Fatal:
+    message: str
+
+
+class Backoff:
+    """Exponential backoff with jitter; attempt 0 is immediate.
+
+    Sequence (before jitter): 0, base, 2*base, 4*base ... capped at `cap`.
+    `offset` spreads a fleet: a per-box constant added to every non-zero delay.
+    """
+
+    def __init__(self, cap=60.0, base=1.0, factor=2.0, jitter=0.25, offset=0.0, rng=None):
+        self.cap = float(cap)
+        self.base = float(base)
+        self.factor = float(factor)
+        self.jitter = float(jitter)
+        self.offset = float(offset)
+        self.rng = rng or random.Random()
+        self.attempt = 0
+
+    def next(self) -> float:
+        n = self.attempt
+        self.attempt += 1
+        if n == 0:
+            return 0.0
+        raw = min(self.cap, self.base * (self.factor ** (n - 1)))
+        spread = raw * self.jitter * (2 * self.rng.random() - 1)
+        return max(0.0, min(self.cap, raw + spread) + self.offset)
+
+    def longest(self) -> float:
+        self.attempt += 1
+        return self.cap + self.offset
+
+    def reset(self):
+        self.attempt = 0
+
+
+@dataclass
+class Policy:
+    connect_timeout: float = 15.0   # no ready signal by then -> kill (WATCHDOG)
+    settle: float = 3.0             # without a ready marker: alive this long = up
+    use_marker: bool = True         # the session command prints a ready line
+    stable_after: float = 30.0      # up this long (checks passing) -> backoff resets
+    fail_threshold: int = 2         # consecutive failed checks -> restart
+    max_backoff: float = 60.0
+    reclaim: bool = True
+    reclaim_limit: int = 3          # reclaims in a row before we give up and back off
+
+
+class Machine:
+    """One tunnel (one ssh process). Call the on_* methods; act on what they return."""
+
+    def __init__(self, policy: Policy, backoff: Optional[Backoff] = None):
+        self.p = policy
+        self.backoff = backoff or Backoff(cap=policy.max_backoff)
+        self.state = STOPPED
+        self.since = 0.0
+        self.deadline = None            # when on_timer must be called, or None
+        self.restarts = 0
+        self.last_error = ""
+        self.last_outcome = None        # classify.Outcome
+        self.up_since = None
+        self.failures = 0               # consecutive failed checks
+        self.verdicts = {}              # check name -> verdict
+        self.last_check = None
+        self.last_heal = ""
+        self.health = ""                # "", "ok", "target-down", "failing"
+        self.reclaims_in_row = 0
+        self.started_once = False
+        self._kill_reason = None
+        self._wait_for_server = False   # backoff may end early when the server answers
+
+    # -- helpers
+    def _go(self, state, now, deadline=None):
+        self.state = state
+        self.since = now
+        self.deadline = deadline
+
+    # -- events
+    def start(self, now: float, first_delay: float = 0.0) -> List:
+        """Begin supervising; `first_delay` spreads a fleet's first connect."""
+        if first_delay > 0:
+            self._go(BACKOFF, now, now + first_delay)
+            return []
+        return self._spawn(now)
+
+    def _spawn(self, now):
+        if self.started_once:
+            self.restarts += 1
+        self.started_once = True
+        self._kill_reason = None
+        self.failures = 0
+        self.verdicts = {}
+        self.health = ""
+        limit = self.p.connect_timeout * 2 + 5 if self.p.use_marker else self.p.settle
+        self._go(CONNECTING, now, now + limit)
+        return [Spawn()]
+
+    def on_ready(self, now: float) -> List:
+        """The session command printed its marker (or settle time passed)."""
+        if self.state != CONNECTING:
+            return []
+        self._go(UP, now, now + self.p.stable_after)
+        self.up_since = now
+        self.last_error = ""
+        return []
+
+    def on_timer(self, now: float) -> List:
+        if self.deadline is None or now < self.deadline:
+            return []
+        if self.state == CONNECTING:
+            if self.p.use_marker:
+                self.deadline = None
+                return self._kill(C.WATCHDOG)
+            return self.on_ready(now)
+        if self.state == UP:
+            # Stayed up long enough: the next failure reconnects at once.
+            self.backoff.reset()
+            self.reclaims_in_row = 0
+            self.deadline = None
+            return []
+        if self.state == BACKOFF:
+            return self._spawn(now)
+        return []
+
+    def _kill(self, reason):
+        self._kill_reason = reason
+        return [Kill(reason)]
+
+    def on_exit(self, now: float, outcome: C.Outcome) -> List:
+        """The ssh child is gone (reaped). Decide what next."""
+        if self.state == STOPPING or outcome.reason == C.STOPPED:
+            self._go(STOPPED, now)
+            return []
+        self.last_outcome = outcome
+        self.last_error = outcome.reason + (": " + outcome.detail if outcome.detail else "")
+        self.up_since = None
+        self._wait_for_server = False
+        if outcome.action == C.FATAL:
+            self._go(STOPPED, now)
+            return [Fatal(outcome.detail or outcome.reason)]
+        if outcome.action == C.RECLAIM and self.p.reclaim and self.reclaims_in_row < self.p.reclaim_limit:
+            self.reclaims_in_row += 1
+            self._go(BACKOFF, now, None)   # the driver reports back with on_reclaimed
+            return [Reclaim()]
+        if outcome.action == C.RETRY_SLOW:
+            delay = self.backoff.longest()
+        else:
+            delay = self.backoff.next()
+            self._wait_for_server = outcome.reason in C.NETWORK_REASONS
+        if delay <= 0:
+            return self._spawn(now)
+        self._go(BACKOFF, now, now + delay)
+        return []
+
+    def on_reclaimed(self, now: float, freed: bool) -> List:
+        """Result of a reclaim attempt: retry at once if the port was freed."""
+        if self.state != BACKOFF:
+            return []
+        if freed:
+            self.last_heal = "reclaimed stale listener"
+            return self._spawn(now)
+        delay = max(self.backoff.next(), 1.0)
+        self._go(BACKOFF, now, now + delay)
+        return []
+
+    def wants_server_probe(self) -> bool:
+        """During a network backoff, the driver may probe the server's TCP port."""
+        return self.state == BACKOFF and self._wait_for_server and self.deadline is not None
+
+    def on_server_answers(self, now: float) -> List:
+        """A cheap TCP connect to the server succeeded after failing: reconnect now."""
+        if not self.wants_server_probe():
+            return []
+        self.last_heal = "server answered again"
+        return self._spawn(now)
+
+    def on_check(self, now: float, name: str, verdict: str, ok: Optional[bool]) -> List:
+        """A health check finished. ok: True healthy, False failed, None neutral (target down)."""
+        self.last_check = now
+        self.verdicts[name] = verdict
+        if self.state != UP:
+            return []
+        if ok is None:
+            self.health = "target-down"
+            return []
+        if ok:
+            self.failures = 0
+            self.health = "ok"
+            return []
+        self.failures += 1
+        self.health = "failing"
+        if self.failures >= self.p.fail_threshold:
+            self.last_heal = "restart after %d failed checks (%s: %s)" % (self.failures, name, verdict)
+            return self._kill(C.HEALTH)
+        return []
+
+    def on_reconnect_request(self, now: float) -> List:
+        """SIGUSR1 (e.g. an ifup hook): reset backoff, reconnect now."""
+        self.backoff.reset()
+        self.reclaims_in_row = 0
+        if self.state in (CONNECTING, UP):
+            return self._kill(C.RECONNECT)
+        if self.state == BACKOFF:
+            return self._spawn(now)
+        return []
+
+    def stop(self, now: float) -> List:
+        prev = self.state
+        self._go(STOPPING, now)
+        if prev in (CONNECTING, UP):
+            return self._kill(C.STOPPED)
+        self._go(STOPPED, now)
+        return []
+
+    @property
+    def kill_reason(self):
+        return self._kill_reason

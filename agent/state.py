@@ -1,0 +1,93 @@
+"""The run-state JSON: written atomically (temp + rename) on tmpfs, read by `status`.
+
+Written on every transition and at least once per interval (`updated`), so
+cron mode can tell a hung agent from a live one. Never on flash by default.
+"""
+
+import json
+import os
+import time
+
+from agent.errors import StateError, SshkeepError, EX_NOINPUT
+
+
+def default_state_path() -> str:
+    if os.geteuid() == 0 or os.access("/var/run", os.W_OK):
+        return "/var/run/sshkeep.json"
+    return "/tmp/sshkeep-%d.json" % os.getuid()
+
+
+def write(path: str, doc: dict) -> None:
+    tmp = "%s.%d.tmp" % (path, os.getpid())
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
+        with os.fdopen(fd, "w") as fh:
+            json.dump(doc, fh, indent=1, sort_keys=True)
+            fh.write("\n")
+        os.replace(tmp, path)
+    except OSError as exc:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise StateError("cannot write state file %s: %s (use --state FILE on a writable tmpfs)"
+                         % (path, exc.strerror or exc))
+
+
+def read(path: str) -> dict:
+    try:
+        with open(path, "r") as fh:
+            return json.load(fh)
+    except FileNotFoundError:
+        raise SshkeepError("no state file %s: is the agent running? (or give --state FILE)" % path, EX_NOINPUT)
+    except (OSError, ValueError) as exc:
+        raise SshkeepError("cannot read state file %s: %s" % (path, exc), EX_NOINPUT)
+
+
+def pid_alive(pid) -> bool:
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def public(doc: dict) -> dict:
+    """The documented `status --json` shape (plus extra per-tunnel detail)."""
+    tunnels = []
+    for t in doc.get("tunnels", []):
+        tunnels.append({k: t.get(k) for k in ("name", "state", "since", "restarts", "last_error", "ssh_pid",
+                                              "server", "health", "checks", "consecutive_failures",
+                                              "last_check", "last_heal", "forwards")})
+    return {"pid": doc.get("pid"), "version": doc.get("version"), "running": pid_alive(doc.get("pid")),
+            "updated": doc.get("updated"), "tunnels": tunnels}
+
+
+def render(doc: dict, now=None) -> str:
+    now = time.time() if now is None else now
+    d = public(doc)
+    head = "sshkeep %s, pid %s%s, updated %s ago" % (
+        d["version"], d["pid"], "" if d["running"] else " (NOT RUNNING)", _ago(now, d["updated"]))
+    rows = [("TUNNEL", "STATE", "FOR", "RESTARTS", "SSH PID", "SERVER", "HEALTH", "LAST ERROR")]
+    for t in d["tunnels"]:
+        rows.append((t["name"] or "-", t["state"] or "-", _ago(now, t["since"]), str(t["restarts"] or 0),
+                     str(t["ssh_pid"] or "-"), t.get("server") or "-", t.get("health") or "-",
+                     (t["last_error"] or "-")[:70]))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = [head] + ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def _ago(now, then):
+    if not then:
+        return "-"
+    s = max(0, int(now - then))
+    if s < 120:
+        return "%ds" % s
+    if s < 7200:
+        return "%dm" % (s // 60)
+    return "%dh" % (s // 3600)

@@ -1,0 +1,548 @@
+"""The driver: spawns ssh, reads its output, runs checks, carries out the machine's commands.
+
+Single-threaded: one selector over every child's stdout/stderr and a signal
+self-pipe, a bounded timeout to the next deadline. No decision is made here
+that agent.machine or agent.classify could make.
+"""
+
+import errno
+import os
+import selectors
+import signal
+import socket
+import time
+
+from agent import __version__
+from agent import classify as C
+from agent import clients, state
+from agent import machine as M
+from agent.child import Child, Job
+
+TERM_TIMEOUT = 2.0          # TERM -> KILL for ssh children (procd gives us 5 s in all)
+READY_PREFIX = "sshkeep-ready"
+SERVER_PROBE_EVERY = 1.5    # during a network backoff: cheap TCP connect to the server
+FAILOVER_AFTER = 3          # failed connects before trying the next alternate
+
+
+def session_command(forwards):
+    """Remote command run instead of -N (see agent.remote for the full story)."""
+    from agent import remote
+    ports = [f.port for f in forwards if f.kind == "R"]
+    return remote.session_command(ports)
+
+
+class Runner:
+    """One tunnel: its settings, machine, client and current ssh child."""
+
+    def __init__(self, tunnel, info, policy, backoff, runtime_dir, log, clock):
+        self.t = tunnel
+        self.info = info
+        self.log = log
+        self.clock = clock
+        self.m = M.Machine(policy, backoff)
+        self.child = None
+        self.jobs = []
+        self.home = None
+        self.runtime_dir = runtime_dir
+        self.addresses = [(tunnel.host, tunnel.port)] + list(tunnel.alternates)
+        self.addr_index = 0
+        self.connect_failures = 0
+        self.next_check = None
+        self.check_round = 0
+        self.next_server_probe = None
+        self.server_probe_failed = False
+        self.ready_pid = None
+
+    @property
+    def name(self):
+        return self.t.name
+
+    @property
+    def address(self):
+        return self.addresses[self.addr_index]
+
+    def server_label(self):
+        host, port = self.address
+        return "%s:%d" % (host, port)
+
+
+class Supervisor:
+    def __init__(self, settings, log, clock=time.monotonic, wall=time.time, detect=clients.detect,
+                 reload_settings=None, checks=None, spread=None):
+        self.settings = settings
+        self.log = log
+        self.clock = clock
+        self.wall = wall
+        self.detect = detect
+        self.reload_settings = reload_settings
+        self.checks = checks            # agent.health.Checks or None
+        self.spread = spread or (lambda name: 0.0)
+        self.runners = []
+        self.sel = None
+        self.fd_owner = {}
+        self.signals = []
+        self.stopping = False
+        self.exit_code = 0
+        self.started_wall = wall()
+        self._state_dirty = True
+        self._last_state_write = 0.0
+        self.runtime_dir = settings.state + ".d"
+
+    # -- setup ------------------------------------------------------------
+    def _policy(self, t, info):
+        return M.Policy(connect_timeout=float(t.connect_timeout),
+                        use_marker=t.reclaim,
+                        stable_after=max(30.0, float(t.interval)),
+                        fail_threshold=t.fail_threshold,
+                        max_backoff=float(t.max_backoff),
+                        reclaim=t.reclaim)
+
+    def _make_runner(self, t):
+        info = self.detect(t.ssh_path, t.client)
+        if t.identity:
+            clients.check_identity(info, t.identity)
+        policy = self._policy(t, info)
+        backoff = M.Backoff(cap=t.max_backoff, offset=self.spread(t.name))
+        r = Runner(t, info, policy, backoff, self.runtime_dir, self.log, self.clock)
+        self.log.info(t.name, "using %s %s (%s) for %s" % (info.kind, info.version, info.path, r.server_label()))
+        return r
+
+    def _signal_setup(self):
+        rfd, wfd = os.pipe()
+        os.set_blocking(rfd, False)
+        os.set_blocking(wfd, False)
+        os.set_inheritable(rfd, False)
+        os.set_inheritable(wfd, False)
+        self._sig_r = rfd
+        signal.set_wakeup_fd(wfd)
+        self._sig_w = wfd
+
+        def handler(signum, frame):
+            self.signals.append(signum)
+
+        for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1, signal.SIGCHLD):
+            signal.signal(s, handler)
+        self.sel.register(rfd, selectors.EVENT_READ, None)
+
+    # -- main loop --------------------------------------------------------
+    def run(self) -> int:
+        self.sel = selectors.DefaultSelector()
+        self._signal_setup()
+        try:
+            os.makedirs(self.runtime_dir, mode=0o700, exist_ok=True)
+        except OSError:
+            pass
+        now = self.clock()
+        for t in self.settings.tunnels:
+            r = self._make_runner(t)
+            self.runners.append(r)
+            self._do(r, r.m.start(now, self.spread(t.name)))
+        self._write_state(force=True)
+        try:
+            while True:
+                self._turn()
+                if self.stopping and not any(r.child or r.jobs for r in self.runners):
+                    break
+        finally:
+            for r in self.runners:
+                self._stop_now(r)
+            self._write_state(force=True)
+        return self.exit_code
+
+    def _next_timeout(self):
+        now = self.clock()
+        deadlines = []
+        for r in self.runners:
+            if r.m.deadline is not None:
+                deadlines.append(r.m.deadline)
+            if r.next_check is not None and r.m.state == M.UP:
+                deadlines.append(r.next_check)
+            if r.m.wants_server_probe() and r.next_server_probe is not None:
+                deadlines.append(r.next_server_probe)
+            for j in r.jobs:
+                deadlines.append(j.deadline)
+            if r.child and r.child.term_sent is not None:
+                deadlines.append(r.child.term_sent + TERM_TIMEOUT)
+        interval = min([r.t.interval for r in self.runners] or [30])
+        deadlines.append(self._last_state_write + max(1.0, interval / 2.0))
+        if not deadlines:
+            return 1.0
+        return max(0.0, min(5.0, min(deadlines) - now))
+
+    def _turn(self):
+        for key, _ in self.sel.select(self._next_timeout()):
+            fd = key.fd
+            if fd == self._sig_r:
+                try:
+                    while os.read(fd, 512):
+                        pass
+                except OSError:
+                    pass
+                continue
+            owner = self.fd_owner.get(fd)
+            if owner is None:
+                try:
+                    self.sel.unregister(fd)
+                except (KeyError, ValueError):
+                    pass
+                continue
+            r, what = owner
+            if isinstance(what, Job):
+                what.pump(fd)
+                if fd not in what.fds():
+                    self._unwatch(fd)
+            else:
+                self._read_child(r, fd)
+        self._handle_signals()
+        now = self.clock()
+        for r in list(self.runners):
+            self._poll_child(r, now)
+            self._poll_jobs(r)
+            if r.child and r.child.term_sent is not None:
+                r.child.escalate(TERM_TIMEOUT)
+            if not self.stopping:
+                self._do(r, r.m.on_timer(now))
+                self._maybe_check(r, now)
+                self._maybe_probe_server(r, now)
+        self._write_state()
+
+    # -- children ---------------------------------------------------------
+    def _watch(self, fd, r, what):
+        self.fd_owner[fd] = (r, what)
+        self.sel.register(fd, selectors.EVENT_READ, None)
+
+    def _unwatch(self, fd):
+        self.fd_owner.pop(fd, None)
+        try:
+            self.sel.unregister(fd)
+        except (KeyError, ValueError):
+            pass
+
+    def _spawn(self, r):
+        host, port = r.address
+        t = r.t
+        command = session_command(t.forwards) if t.reclaim else None
+        home_dir = os.path.join(r.runtime_dir, "home-" + _safe(t.name))
+        try:
+            r.home = clients.prepare_home(r.info, t, home_dir, host, port)
+            known = clients.host_key_known(r.info, t, r.home, host, port)
+            argv = clients.build_argv(r.info, t, command=command, host=host, port=port)
+        except Exception as exc:  # SshkeepError mostly: configuration the operator must fix
+            self.log.error(t.name, "cannot start ssh: %s" % exc)
+            self._do(r, r.m.on_exit(self.clock(), C.Outcome(C.KEY_FORMAT, C.RETRY_SLOW, str(exc))))
+            return
+        if known is False:
+            # dbclient without BatchMode would sit at a y/n prompt for ever.
+            msg = "host key of %s is not in %s/.ssh/known_hosts and --accept-new is off" % (
+                host, r.home or os.environ.get("HOME", "/"))
+            self.log.error(t.name, msg + "; " + C.HINTS[C.HOSTKEY_UNKNOWN])
+            self._do(r, r.m.on_exit(self.clock(), C.Outcome(C.HOSTKEY_UNKNOWN, C.RETRY_SLOW, msg)))
+            return
+        child = Child(argv, clients.child_env(os.environ, r.home), self.clock)
+        if not child.start():
+            self.log.error(t.name, "cannot run %s: %s" % (argv[0], child.spawn_error))
+            self._do(r, r.m.on_exit(self.clock(), C.classify(None, [child.spawn_error])))
+            return
+        r.child = child
+        r.ready_pid = None
+        for fd in child.fds():
+            self._watch(fd, r, child)
+        self.log.info(t.name, "connecting to %s (ssh pid %d)" % (r.server_label(), child.pid))
+        self.log.debug(t.name, "argv: %r" % (argv,))
+        self._state_dirty = True
+
+    def _read_child(self, r, fd):
+        child = r.child
+        if child is None:
+            self._unwatch(fd)
+            return
+        is_err = child.is_stderr(fd)
+        lines, eof = child.read(fd)
+        for line in lines:
+            if is_err:
+                self.log.info(r.name, "ssh: " + line)
+            elif line.startswith(READY_PREFIX):
+                parts = line.split()
+                r.ready_pid = int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else None
+                self._ready(r)
+        if eof:
+            self._unwatch(fd)
+            child.close_fd(fd)
+
+    def _ready(self, r):
+        now = self.clock()
+        was = r.m.state
+        self._do(r, r.m.on_ready(now))
+        if was != M.UP and r.m.state == M.UP:
+            r.connect_failures = 0
+            r.next_check = now + min(r.t.interval, 5.0) if self.checks else None
+            r.check_round = 0
+            self.log.info(r.name, "up via %s (%d forward%s)" % (
+                r.server_label(), len(r.t.forwards), "" if len(r.t.forwards) == 1 else "s"))
+            self._state_dirty = True
+
+    def _poll_child(self, r, now):
+        child = r.child
+        if child is None or child.poll() is None:
+            return
+        for fd in list(child.fds()):
+            lines, _ = child.read(fd)
+            if child.is_stderr(fd):
+                for line in lines:
+                    self.log.info(r.name, "ssh: " + line)
+            self._unwatch(fd)
+        child.close()
+        r.child = None
+        outcome = C.classify(child.returncode, child.stderr_tail, r.m.kill_reason, r.info.kind)
+        level = self.log.info if outcome.action == C.NONE else self.log.warning
+        level(r.name, "ssh exited after %.1fs: %s%s%s" % (
+            child.uptime(), outcome.reason, " (%s)" % outcome.detail if outcome.detail else "",
+            "; " + outcome.hint if outcome.hint and outcome.action != C.NONE else ""))
+        was_up = r.m.state == M.UP
+        if not was_up and outcome.reason in C.NETWORK_REASONS | {C.WATCHDOG}:
+            r.connect_failures += 1
+            self._maybe_failover(r)
+        self._do(r, r.m.on_exit(now, outcome))
+        self._state_dirty = True
+
+    def _maybe_failover(self, r):
+        if len(r.addresses) > 1 and r.connect_failures >= FAILOVER_AFTER:
+            old = r.server_label()
+            r.addr_index = (r.addr_index + 1) % len(r.addresses)
+            r.connect_failures = 0
+            self.log.warning(r.name, "failover: %s failed %d times, trying %s" % (old, FAILOVER_AFTER, r.server_label()))
+
+    # -- commands from the machine ---------------------------------------
+    def _do(self, r, commands):
+        for cmd in commands:
+            if isinstance(cmd, M.Spawn):
+                self._spawn(r)
+            elif isinstance(cmd, M.Kill):
+                if r.child:
+                    self.log.info(r.name, "stopping ssh pid %d (%s)" % (r.child.pid, cmd.reason))
+                    r.child.close_stdin()
+                    r.child.terminate()
+            elif isinstance(cmd, M.Reclaim):
+                self._reclaim(r)
+            elif isinstance(cmd, M.Fatal):
+                self.log.error(r.name, "giving up: %s" % cmd.message)
+                self.exit_code = 69
+                self._begin_stop()
+            self._state_dirty = True
+        if r.m.state == M.BACKOFF and r.m.deadline is not None and not commands:
+            pass
+
+    def _reclaim(self, r):
+        if self.checks is None:
+            self._do(r, r.m.on_reclaimed(self.clock(), False))
+            return
+        self.checks.reclaim(self, r)
+
+    # -- jobs (ssh exec for checks and reclaim) --------------------------
+    def start_job(self, r, argv, timeout, on_done, env=None):
+        job = Job(argv, env if env is not None else clients.child_env(os.environ, r.home), timeout, self.clock,
+                  on_done)
+        if not job.start():
+            on_done(job)
+            return None
+        r.jobs.append(job)
+        for fd in job.fds():
+            self._watch(fd, r, job)
+        return job
+
+    def _poll_jobs(self, r):
+        for job in list(r.jobs):
+            if job.check():
+                for fd in list(self.fd_owner):
+                    if self.fd_owner[fd][1] is job:
+                        self._unwatch(fd)
+                r.jobs.remove(job)
+                if job.on_done:
+                    try:
+                        job.on_done(job)
+                    except Exception as exc:  # a check must never kill the agent
+                        self.log.error(r.name, "check failed internally: %r" % (exc,))
+
+    # -- health -------------------------------------------------------------
+    def _maybe_check(self, r, now):
+        if self.checks is None or r.m.state != M.UP or r.next_check is None or now < r.next_check:
+            return
+        if any(getattr(j, "kind", "") == "check" for j in r.jobs):
+            r.next_check = now + 1.0
+            return
+        r.next_check = now + r.t.interval
+        r.check_round += 1
+        self.checks.run(self, r, now)
+
+    def report_check(self, r, name, verdict, ok, detail=""):
+        """Called by the checks with each result."""
+        now = self.clock()
+        prev = r.m.verdicts.get(name)
+        if prev != verdict:
+            lvl = self.log.info if ok else self.log.warning
+            lvl(r.name, "check %s: %s%s" % (name, verdict, " (%s)" % detail if detail else ""))
+        self._do(r, r.m.on_check(now, name, verdict, ok))
+        self._state_dirty = True
+
+    def _maybe_probe_server(self, r, now):
+        if not r.m.wants_server_probe():
+            r.next_server_probe = None
+            r.server_probe_failed = False
+            return
+        if r.next_server_probe is None:
+            r.next_server_probe = now
+        if now < r.next_server_probe:
+            return
+        r.next_server_probe = now + SERVER_PROBE_EVERY
+        host, port = r.address
+        answered = tcp_answers(host, port, timeout=1.0)
+        if not answered:
+            r.server_probe_failed = True
+        elif r.server_probe_failed:
+            # Down, now up again: do not wait out the backoff.
+            self.log.info(r.name, "server %s answers again; reconnecting now" % r.server_label())
+            self._do(r, r.m.on_server_answers(now))
+
+    # -- signals --------------------------------------------------------------
+    def _handle_signals(self):
+        while self.signals:
+            sig = self.signals.pop(0)
+            if sig in (signal.SIGTERM, signal.SIGINT):
+                self.log.info("", "got %s: stopping" % signal.Signals(sig).name)
+                self._begin_stop()
+            elif sig == signal.SIGHUP:
+                self._reload()
+            elif sig == signal.SIGUSR1:
+                self.log.info("", "SIGUSR1: reconnecting now, backoff reset")
+                now = self.clock()
+                for r in self.runners:
+                    self._do(r, r.m.on_reconnect_request(now))
+
+    def _begin_stop(self):
+        if self.stopping:
+            return
+        self.stopping = True
+        now = self.clock()
+        for r in self.runners:
+            self._do(r, r.m.stop(now))
+            for job in r.jobs:
+                job.child.terminate()
+
+    def _reload(self):
+        if self.reload_settings is None:
+            self.log.info("", "SIGHUP: nothing to reload (tunnels given on the command line)")
+            return
+        try:
+            new = self.reload_settings()
+        except Exception as exc:
+            self.log.error("", "reload failed, keeping the running configuration: %s" % exc)
+            return
+        old = {r.name: r for r in self.runners}
+        keep = []
+        now = self.clock()
+        for t in new.tunnels:
+            r = old.pop(t.name, None)
+            if r is not None and r.t == t:
+                keep.append(r)
+                continue
+            if r is not None:
+                self.log.info(t.name, "configuration changed: restarting")
+                self._stop_now(r)
+            try:
+                nr = self._make_runner(t)
+            except Exception as exc:
+                self.log.error(t.name, "cannot start after reload: %s" % exc)
+                continue
+            keep.append(nr)
+            self._do(nr, nr.m.start(now))
+        for r in old.values():
+            self.log.info(r.name, "removed from configuration: stopping")
+            self._stop_now(r)
+        self.runners = keep
+        self.settings = new
+        self.log.info("", "reloaded: %d tunnel(s)" % len(keep))
+        self._state_dirty = True
+
+    def _stop_now(self, r):
+        """Blocking, bounded stop of a runner's child and jobs."""
+        r.m.stop(self.clock())
+        if r.child:
+            for fd in list(r.child.fds()):
+                self._unwatch(fd)
+            r.child.close_stdin()
+            r.child.stop(term_timeout=TERM_TIMEOUT, kill_timeout=1.0)
+            r.child = None
+        for job in r.jobs:
+            for fd in list(job.fds()):
+                self._unwatch(fd)
+            job.child.stop(term_timeout=0.5, kill_timeout=1.0)
+        r.jobs = []
+
+    # -- state ------------------------------------------------------------------
+    def state_doc(self):
+        wall_now = self.wall()
+        mono_now = self.clock()
+        tunnels, children = [], []
+        for r in self.runners:
+            m = r.m
+            tunnels.append({
+                "name": r.name,
+                "state": m.state,
+                "since": round(wall_now - (mono_now - m.since), 3) if m.since else None,
+                "restarts": m.restarts,
+                "last_error": m.last_error,
+                "ssh_pid": r.child.pid if r.child else None,
+                "client": "%s %s" % (r.info.kind, r.info.version),
+                "server": r.server_label(),
+                "health": m.health,
+                "checks": dict(m.verdicts),
+                "consecutive_failures": m.failures,
+                "last_check": round(wall_now - (mono_now - m.last_check), 3) if m.last_check else None,
+                "last_heal": m.last_heal,
+                "next_attempt_in": round(m.deadline - mono_now, 1) if m.state == M.BACKOFF and m.deadline else None,
+                "forwards": [f.label() for f in r.t.forwards],
+            })
+            if r.child:
+                children.append(r.child.cmdline_record())
+        return {"pid": os.getpid(), "version": __version__, "started": self.started_wall,
+                "updated": wall_now, "pidfile": self.settings.pidfile, "tunnels": tunnels,
+                "children": children}
+
+    def _write_state(self, force=False):
+        now = self.clock()
+        interval = min([r.t.interval for r in self.runners] or [30])
+        if not (force or self._state_dirty or now - self._last_state_write >= max(1.0, interval / 2.0)):
+            return
+        try:
+            state.write(self.settings.state, self.state_doc())
+        except Exception as exc:
+            self.log.error("", str(exc))
+        self._last_state_write = now
+        self._state_dirty = False
+
+
+def tcp_answers(host, port, timeout=1.0) -> bool:
+    """Cheap raw connect to the server's port (no SSH handshake). Bytes host: no idna."""
+    try:
+        infos = socket.getaddrinfo(host.encode(), port, 0, socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError, OSError):
+        return False
+    deadline = time.monotonic() + timeout
+    for family, stype, proto, _, addr in infos[:4]:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            break
+        s = socket.socket(family, stype, proto)
+        try:
+            s.settimeout(left)
+            s.connect(addr)
+            return True
+        except OSError:
+            continue
+        finally:
+            s.close()
+    return False
+
+
+def _safe(name):
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)[:64] or "tunnel"
