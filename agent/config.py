@@ -69,6 +69,8 @@ class _Section:
         self.type, self.name, self.line, self.opts = type_, name, line, {}
 
     def label(self):
+        if self.type == "sshkeep":
+            return "config sshkeep"
         return "%s '%s'" % (self.type, self.name) if self.name else "anonymous %s" % self.type
 
 
@@ -331,8 +333,8 @@ def _enum(*choices):
     def conv(value):
         if value not in choices:
             close = difflib.get_close_matches(value, choices, n=1)
-            hint = "did you mean '%s'? " % close[0] if close else ""
-            raise _Bad("%r is not one of %s" % (value, ", ".join(choices)), "%swrite one of them" % hint)
+            fix = "did you mean '%s'?" % close[0] if close else "write one of them"
+            raise _Bad("%r is not one of %s" % (value, ", ".join(choices)), fix)
         return value
     return conv
 
@@ -381,7 +383,8 @@ def _conv_target(value):
     _printable(value)
     host, port = _split_hostport(value)
     if host is None or port is None:
-        raise _Bad("%r is not host:port" % value, "write e.g. '127.0.0.1:%s'" % (port or "80"))
+        example = "127.0.0.1:%s" % port if host is None and _INT.match(port) else "%s:80" % (host or port)
+        raise _Bad("%r is not host:port" % value, "write e.g. '%s'" % example)
     return _conv_host(host), _conv_port(port)
 
 
@@ -615,11 +618,11 @@ def _forward_fields(t, label, kind, vals, report):
                          "remove option target, or set type remote or local")
             ok = False
         host, hostport = "", 0
-    elif kind is not None:
-        if target is None:
+    else:
+        if target is None and kind is not None:
             report.error(t.line, "%s has no target" % label, "add option target 'host:port'")
             ok = False
-        else:
+        elif target is not None:
             try:
                 host, hostport = _conv_target(target[0])
             except _Bad as exc:
