@@ -12,8 +12,8 @@ Host keys for clients: `lab.known_hosts(server)` (OpenSSH file, `[ip]:port key`)
 `lab.dropbear_home(server)` (a HOME whose .ssh/known_hosts dbclient reads, keyed by host without port).
 `lab.start_service(ns, port)` is a banner service (e.g. the box's target behind a reverse forward);
 `lab.probe_from(ns, host, port)` connects from inside a namespace (a thread that joined it with setns) and
-returns the first bytes. Faults: `lab.blackhole(True)` drops all traffic on the link (INPUT DROP on both
-ends, so packets vanish like on a dead path instead of failing locally with EPERM), `lab.drop_flow(bp, sp)`
+returns the first bytes. Faults: `lab.blackhole(True)` drops all traffic on the link (iptables INPUT DROP
+at both ends: packets vanish in transit, senders see nothing; netem is not in this kernel), `lab.drop_flow(bp, sp)`
 drops one TCP 4-tuple (a lost NAT mapping), `server.kill_sessions()`, `server.restart()`,
 `lab.kill_listener(port)` (`ss -K`). Cleanup (on exit, and at interpreter exit as a safety net): TERM,
 bounded wait, KILL every tracked pid, then every pid left in the two namespaces, delete them.
@@ -498,7 +498,7 @@ class Lab:
         self.uid = self.gid = -1
         self._procs = []  # type: List[subprocess.Popen]
         self._rules = []  # type: List[tuple]
-        self._servers = []  # type: List[Server]
+        self.servers = []  # type: List[Server]
         self._made_ns = []  # type: List[str]
         self._closed = False
         self._lock = threading.Lock()
@@ -639,7 +639,7 @@ class Lab:
             f.write("\n".join(conf) + "\n")
         srv = Server(self, "openssh", port, [shutil.which("sshd") or "/usr/sbin/sshd", "-D", "-e", "-f", p["conf"]],
                      pub, p["log"])
-        self._servers.append(srv)
+        self.servers.append(srv)
         return srv.start()
 
     def start_dropbear(self, port: int = 2222, extra: Optional[Sequence[str]] = None) -> Server:
@@ -652,7 +652,7 @@ class Lab:
         argv = [shutil.which("dropbear") or "/usr/sbin/dropbear", "-F", "-E", "-s", "-r", p["key"],
                 "-p", str(port), "-P", p["pid"]] + list(extra or [])
         srv = Server(self, "dropbear", port, argv, pub, p["log"])
-        self._servers.append(srv)
+        self.servers.append(srv)
         return srv.start()
 
     def known_hosts(self, server: Server, path: Optional[str] = None, host: Optional[str] = None) -> str:
@@ -749,7 +749,7 @@ class Lab:
         if self._closed:
             return
         self._closed = True
-        for srv in self._servers:
+        for srv in self.servers:
             if srv.proc is not None and srv.proc.poll() is None:
                 srv.stop(sessions=True)
         for p in reversed(self._procs):

@@ -1,0 +1,45 @@
+"""Shared pytest setup: import paths, the `integration` marker, the `lab` fixture (tests/lab.py)."""
+
+import os
+import sys
+
+import pytest
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+for _p in (ROOT, HERE):  # `import agent` and `import lab` from any test
+    if _p not in sys.path:
+        sys.path.insert(0, _p)
+
+import lab as labmod  # noqa: E402
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "integration: needs root, network namespaces and real sshd/dropbear (tests/lab.py)")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    rep = outcome.get_result()
+    setattr(item, "rep_" + rep.when, rep)
+
+
+@pytest.fixture
+def lab(request):
+    """A fresh Lab (two namespaces, veth, tunnel user, client keys); closed after the test.
+
+    Never skips: if the machine cannot run it (not root, a tool missing) the test FAILS saying what.
+    On failure, the tail of every server log is printed (pytest shows it under the teardown output).
+    """
+    problems = labmod.missing_requirements()
+    if problems:
+        pytest.fail("the lab cannot run here: " + "; ".join(problems), pytrace=False)
+    tag = "".join(c if c.isalnum() else "_" for c in request.node.name)[:40]
+    with labmod.Lab(tag=tag) as lab_:
+        yield lab_
+        rep = getattr(request.node, "rep_call", None)
+        if rep is not None and rep.failed:
+            for srv in lab_.servers:
+                print("---- %s port %d log (tail) ----\n%s" % (srv.kind, srv.port, srv.log_text()[-3000:]))

@@ -1,0 +1,158 @@
+"""The lab itself, proven with real clients (OpenSSH ssh, dbclient) against real servers (sshd, dropbear).
+
+The agent is not involved: if these fail, every integration test and the bench are meaningless.
+"""
+
+import os
+import subprocess
+
+import pytest
+
+import lab as labmod
+from lab import wait_until
+
+pytestmark = pytest.mark.integration
+
+BANNER = b"SVC-READY\r\n"
+SVC_PORT = 8080
+FWD_PORT = 20022
+
+
+def start_tunnel(lab, server, client, fwd_port=FWD_PORT, svc_port=SVC_PORT):
+    """A plain client holding `-R 127.0.0.1:fwd_port:127.0.0.1:svc_port` from the box to server."""
+    spec = "127.0.0.1:%d:127.0.0.1:%d" % (fwd_port, svc_port)
+    opts = ["-N", "-o", "ExitOnForwardFailure=yes", "-R", spec]
+    if client == "ssh":
+        return lab.box_popen(lab.ssh_argv(server, *opts), stderr=subprocess.PIPE)
+    env = dict(os.environ, HOME=lab.dropbear_home(server))
+    return lab.box_popen(lab.dbclient_argv(server, *opts), env=env, stderr=subprocess.PIPE)
+
+
+def forward_answers(lab, fwd_port=FWD_PORT):
+    """From the server side: does the reverse forward reach the box service?"""
+    return lab.probe_from(lab.srv_ns, "127.0.0.1", fwd_port, timeout=1.0) == BANNER
+
+
+def start_server(lab, kind):
+    return lab.start_sshd() if kind == "openssh" else lab.start_dropbear()
+
+
+@pytest.mark.parametrize("kind", ["openssh", "dropbear"])
+@pytest.mark.parametrize("client", ["ssh", "dbclient"])
+def test_reverse_forward_then_kill_sessions(lab, client, kind):
+    server = start_server(lab, kind)
+    lab.start_service(lab.box_ns, SVC_PORT)
+    assert lab.probe_from(lab.srv_ns, "127.0.0.1", SVC_PORT, 0.5) is None  # not there without the tunnel
+    tunnel = start_tunnel(lab, server, client)
+    wait_until(lambda: forward_answers(lab), 10, 0.1, "%s -R through %s to answer" % (client, kind))
+    assert lab.flows(server.port), "no established flow box -> server"
+    killed = server.kill_sessions()
+    assert killed and not any(labmod.alive(p) for p in killed)
+    assert not forward_answers(lab)
+    status = tunnel.wait(10)
+    assert status == (255 if client == "ssh" else 1)  # field notes: ssh 255, dbclient 1 for any failure
+
+
+@pytest.mark.parametrize("kind", ["openssh", "dropbear"])
+def test_blackhole_blocks_and_heals(lab, kind):
+    server = start_server(lab, kind)
+    lab.start_service(lab.box_ns, SVC_PORT)
+    tunnel = start_tunnel(lab, server, "ssh")
+    wait_until(lambda: forward_answers(lab), 10, 0.1, "forward up")
+    lab.blackhole(True)
+    assert lab.probe_from(lab.box_ns, lab.srv_ip, server.port, 0.5) is None
+    assert not forward_answers(lab)  # listener accepts on the server; the channel never reaches the box
+    lab.blackhole(False)
+    assert lab.probe_from(lab.box_ns, lab.srv_ip, server.port, 1.0).startswith(b"SSH-")
+    wait_until(lambda: forward_answers(lab), 10, 0.2, "TCP to resume after the blackhole")
+    assert tunnel.poll() is None
+
+
+def test_drop_flow_drops_only_that_flow(lab):
+    server = lab.start_sshd()
+    lab.start_service(lab.box_ns, SVC_PORT)
+    tunnel = start_tunnel(lab, server, "ssh")
+    wait_until(lambda: forward_answers(lab), 10, 0.1, "forward up")
+    (box_port,) = lab.flows(server.port)
+    lab.drop_flow(box_port, server.port)
+    assert not forward_answers(lab)
+    assert lab.probe_from(lab.box_ns, lab.srv_ip, server.port, 1.0).startswith(b"SSH-")  # a new flow passes
+    # the old session and its listener stay on the server: a second -R on the same port is refused
+    again = start_tunnel(lab, server, "ssh")
+    assert again.wait(10) == 255
+    assert b"remote port forwarding failed" in again.stderr.read()
+    assert tunnel.poll() is None  # no keepalive: the client does not notice
+    lab.drop_flow(box_port, server.port, on=False)
+    wait_until(lambda: forward_answers(lab), 10, 0.2, "the flow to resume")
+
+
+def test_restart_same_key_same_port_and_kill_listener(lab):
+    server = lab.start_sshd(client_alive=5)
+    old = server.pid
+    server.restart()
+    assert server.pid != old
+    r = lab.box_run(lab.ssh_argv(server, cmd=["echo", "ok"]), timeout=10)  # old known_hosts still valid
+    assert (r.returncode, r.stdout) == (0, b"ok\n"), r.stderr
+    lab.start_service(lab.box_ns, SVC_PORT)
+    tunnel = start_tunnel(lab, server, "ssh")
+    wait_until(lambda: forward_answers(lab), 10, 0.1, "forward up")
+    assert "127.0.0.1" in lab.listening(lab.srv_ns, FWD_PORT)
+    lab.kill_listener(FWD_PORT)  # fault 5: listener gone, session alive
+    assert lab.listening(lab.srv_ns, FWD_PORT) == []
+    assert lab.probe_from(lab.srv_ns, "127.0.0.1", FWD_PORT, 0.5) is None
+    assert tunnel.poll() is None and server.session_pids()
+
+
+def test_target_down_gives_eof_not_none(lab):
+    server = lab.start_dropbear()
+    svc = lab.start_service(lab.box_ns, SVC_PORT)
+    start_tunnel(lab, server, "dbclient")
+    wait_until(lambda: forward_answers(lab), 10, 0.1, "forward up")
+    svc.stop()
+    assert lab.probe_from(lab.srv_ns, "127.0.0.1", FWD_PORT, 1.0) == b""  # accepted, then EOF
+    svc.start()
+    assert forward_answers(lab)
+
+
+def test_session_process_facts(lab):
+    """What a remote command sees of its session process ($PPID) on each server (see field notes)."""
+    sshd, drop = lab.start_sshd(), lab.start_dropbear()
+    # the server runs this with the user's shell (`sh -c LINE`): $PPID is the session process. (Wrapped in
+    # one more `sh -c '...'` it would be that outer shell: dash does not exec a lone command there.)
+    script = ['echo $PPID; stat -c %u /proc/$PPID; tr "\\0" " " </proc/$PPID/cmdline; echo;'
+              ' kill -0 $PPID && echo killable || echo not-killable; grep ^PPid: /proc/$PPID/status']
+    r = lab.box_run(lab.ssh_argv(sshd, cmd=script), timeout=10)
+    ppid, uid, cmd, kill, parent = r.stdout.decode().splitlines()
+    assert (int(uid), cmd.strip(), kill) == (lab.uid, "sshd: %s@notty" % lab.user, "killable"), r
+    assert int(parent.split()[1]) != sshd.pid  # its parent is the root `sshd: USER [priv]` monitor
+    env = dict(os.environ, HOME=lab.dropbear_home(drop))
+    r = lab.box_run(lab.dbclient_argv(drop, cmd=script), timeout=10, env=env)
+    ppid, uid, cmd, kill, parent = r.stdout.decode().splitlines()
+    # dropbear's per-connection process is a child of the listener, stays root, and shows the
+    # listener's command line (plus its re-exec `-2 N`): the tunnel user cannot signal it
+    assert int(parent.split()[1]) == drop.pid and int(uid) == 0, r
+    assert cmd.startswith(" ".join(drop.argv)) and kill == "not-killable", r
+
+
+def test_cleanup_leaves_nothing():
+    with labmod.Lab(tag="cleanup") as lab:
+        names = (lab.box_ns, lab.srv_ns)
+        paths = [lab.dir, lab.home] + ["/etc/netns/%s" % n for n in names]
+        sshd, drop = lab.start_sshd(), lab.start_dropbear()
+        lab.start_service(lab.box_ns, SVC_PORT)
+        start_tunnel(lab, sshd, "ssh")
+        start_tunnel(lab, drop, "dbclient", fwd_port=FWD_PORT + 1)
+        wait_until(lambda: forward_answers(lab) and forward_answers(lab, FWD_PORT + 1), 10, 0.1, "forwards")
+        lab.blackhole(True)
+        pids = lab.tracked_pids() + sshd.session_pids() + drop.session_pids()
+        assert len(pids) >= 6 and all(labmod.alive(p) for p in pids)
+    listed = subprocess.run(["ip", "netns", "list"], stdout=subprocess.PIPE, check=True).stdout.decode()
+    assert not [n for n in names if n in listed.split()]
+    assert [p for p in pids if labmod.alive(p)] == []
+    assert [p for p in paths if os.path.exists(p)] == []
+    assert lab not in labmod._live_labs
+
+
+def test_requirements_met_here():
+    """The `lab` fixture fails (never skips) when this list is not empty."""
+    assert labmod.missing_requirements() == []
