@@ -90,7 +90,7 @@ class Checks:
         ports = [f.port for f in r.t.forwards if f.kind == "R"]
         failed = _failed_port(r) or (ports[0] if ports else None)
         if failed is None:
-            sup._do(r, r.m.on_reclaimed(sup.clock(), False))
+            sup._event(r, r.m.on_reclaimed, sup.clock(), False)
             return
         host, port = r.address
         argv = clients.build_exec_argv(r.info, r.t, remote.reclaim_command(failed), host=host, port=port)
@@ -104,7 +104,7 @@ class Checks:
             else:
                 self.log.warning(r.name, "could not reclaim port %d on the server (%s); waiting for the server "
                                          "to drop the old session (set ClientAliveInterval there)" % (failed, verdict))
-            sup._do(r, r.m.on_reclaimed(sup.clock(), freed))
+            sup._event(r, r.m.on_reclaimed, sup.clock(), freed)
 
         job = sup.start_job(r, argv, max(REMOTE_TIMEOUT_MIN, r.t.connect_timeout + 5.0), done)
         if job is not None:

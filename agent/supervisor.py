@@ -52,6 +52,7 @@ class Runner:
         self.next_server_probe = None
         self.server_probe_failed = False
         self.ready_pid = None
+        self.seen = None
 
     @property
     def name(self):
@@ -136,7 +137,7 @@ class Supervisor:
         for t in self.settings.tunnels:
             r = self._make_runner(t)
             self.runners.append(r)
-            self._do(r, r.m.start(now, self.spread(t.name)))
+            self._event(r, r.m.start, now, self.spread(t.name))
         self._write_state(force=True)
         try:
             while True:
@@ -201,7 +202,7 @@ class Supervisor:
             if r.child and r.child.term_sent is not None:
                 r.child.escalate(TERM_TIMEOUT)
             if not self.stopping:
-                self._do(r, r.m.on_timer(now))
+                self._event(r, r.m.on_timer, now)
                 self._maybe_check(r, now)
                 self._maybe_probe_server(r, now)
         self._write_state()
@@ -229,19 +230,19 @@ class Supervisor:
             argv = clients.build_argv(r.info, t, command=command, host=host, port=port)
         except Exception as exc:  # SshkeepError mostly: configuration the operator must fix
             self.log.error(t.name, "cannot start ssh: %s" % exc)
-            self._do(r, r.m.on_exit(self.clock(), C.Outcome(C.KEY_FORMAT, C.RETRY_SLOW, str(exc))))
+            self._event(r, r.m.on_exit, self.clock(), C.Outcome(C.KEY_FORMAT, C.RETRY_SLOW, str(exc)))
             return
         if known is False:
             # dbclient without BatchMode would sit at a y/n prompt for ever.
             msg = "host key of %s is not in %s/.ssh/known_hosts and --accept-new is off" % (
                 host, r.home or os.environ.get("HOME", "/"))
             self.log.error(t.name, msg + "; " + C.HINTS[C.HOSTKEY_UNKNOWN])
-            self._do(r, r.m.on_exit(self.clock(), C.Outcome(C.HOSTKEY_UNKNOWN, C.RETRY_SLOW, msg)))
+            self._event(r, r.m.on_exit, self.clock(), C.Outcome(C.HOSTKEY_UNKNOWN, C.RETRY_SLOW, msg))
             return
         child = Child(argv, clients.child_env(os.environ, r.home), self.clock)
         if not child.start():
             self.log.error(t.name, "cannot run %s: %s" % (argv[0], child.spawn_error))
-            self._do(r, r.m.on_exit(self.clock(), C.classify(None, [child.spawn_error])))
+            self._event(r, r.m.on_exit, self.clock(), C.classify(None, [child.spawn_error]))
             return
         r.child = child
         r.ready_pid = None
@@ -270,16 +271,21 @@ class Supervisor:
             child.close_fd(fd)
 
     def _ready(self, r):
+        self._event(r, r.m.on_ready, self.clock())
+
+    def _transition(self, r, before):
+        """Side effects of entering a state (logging, check schedule)."""
+        self._state_dirty = True
         now = self.clock()
-        was = r.m.state
-        self._do(r, r.m.on_ready(now))
-        if was != M.UP and r.m.state == M.UP:
+        if r.m.state == M.UP:
             r.connect_failures = 0
             r.next_check = now + min(r.t.interval, 5.0) if self.checks else None
             r.check_round = 0
-            self.log.info(r.name, "up via %s (%d forward%s)" % (
-                r.server_label(), len(r.t.forwards), "" if len(r.t.forwards) == 1 else "s"))
-            self._state_dirty = True
+            self.log.info(r.name, "up via %s (%d forward%s)%s" % (
+                r.server_label(), len(r.t.forwards), "" if len(r.t.forwards) == 1 else "s",
+                "" if r.ready_pid is None else ", server session pid %d" % r.ready_pid))
+        elif r.m.state == M.BACKOFF and r.m.deadline is not None:
+            self.log.info(r.name, "retrying in %.1fs" % (r.m.deadline - now))
 
     def _poll_child(self, r, now):
         child = r.child
@@ -302,7 +308,7 @@ class Supervisor:
         if not was_up and outcome.reason in C.NETWORK_REASONS | {C.WATCHDOG}:
             r.connect_failures += 1
             self._maybe_failover(r)
-        self._do(r, r.m.on_exit(now, outcome))
+        self._event(r, r.m.on_exit, now, outcome)
         self._state_dirty = True
 
     def _maybe_failover(self, r):
@@ -313,7 +319,15 @@ class Supervisor:
             self.log.warning(r.name, "failover: %s failed %d times, trying %s" % (old, FAILOVER_AFTER, r.server_label()))
 
     # -- commands from the machine ---------------------------------------
-    def _do(self, r, commands):
+    def _event(self, r, method, *args):
+        """Feed one event to r's machine, carry out its commands, note a state change."""
+        self._exec(r, method(*args))
+        seen = (r.m.state, r.m.since)
+        if seen != r.seen:
+            r.seen = seen
+            self._transition(r, seen)
+
+    def _exec(self, r, commands):
         for cmd in commands:
             if isinstance(cmd, M.Spawn):
                 self._spawn(r)
@@ -329,12 +343,10 @@ class Supervisor:
                 self.exit_code = 69
                 self._begin_stop()
             self._state_dirty = True
-        if r.m.state == M.BACKOFF and r.m.deadline is not None and not commands:
-            pass
 
     def _reclaim(self, r):
         if self.checks is None:
-            self._do(r, r.m.on_reclaimed(self.clock(), False))
+            self._event(r, r.m.on_reclaimed, self.clock(), False)
             return
         self.checks.reclaim(self, r)
 
@@ -381,7 +393,7 @@ class Supervisor:
         if prev != verdict:
             lvl = self.log.info if ok else self.log.warning
             lvl(r.name, "check %s: %s%s" % (name, verdict, " (%s)" % detail if detail else ""))
-        self._do(r, r.m.on_check(now, name, verdict, ok))
+        self._event(r, r.m.on_check, now, name, verdict, ok)
         self._state_dirty = True
 
     def _maybe_probe_server(self, r, now):
@@ -401,7 +413,7 @@ class Supervisor:
         elif r.server_probe_failed:
             # Down, now up again: do not wait out the backoff.
             self.log.info(r.name, "server %s answers again; reconnecting now" % r.server_label())
-            self._do(r, r.m.on_server_answers(now))
+            self._event(r, r.m.on_server_answers, now)
 
     # -- signals --------------------------------------------------------------
     def _handle_signals(self):
@@ -416,7 +428,7 @@ class Supervisor:
                 self.log.info("", "SIGUSR1: reconnecting now, backoff reset")
                 now = self.clock()
                 for r in self.runners:
-                    self._do(r, r.m.on_reconnect_request(now))
+                    self._event(r, r.m.on_reconnect_request, now)
 
     def _begin_stop(self):
         if self.stopping:
@@ -424,7 +436,7 @@ class Supervisor:
         self.stopping = True
         now = self.clock()
         for r in self.runners:
-            self._do(r, r.m.stop(now))
+            self._event(r, r.m.stop, now)
             for job in r.jobs:
                 job.child.terminate()
 
@@ -454,7 +466,7 @@ class Supervisor:
                 self.log.error(t.name, "cannot start after reload: %s" % exc)
                 continue
             keep.append(nr)
-            self._do(nr, nr.m.start(now))
+            self._event(nr, nr.m.start, now)
         for r in old.values():
             self.log.info(r.name, "removed from configuration: stopping")
             self._stop_now(r)
