@@ -1,0 +1,244 @@
+"""stop, check (cron mode), reload, reconnect: commands that act on a running agent.
+
+Each returns an exit code or raises SshkeepError; only agent.cli exits. A process is
+signalled only when (1) a live process holds the pidfile's lock and (2) the pid in
+the pidfile is an sshkeep agent per /proc/PID/cmdline (procs.looks_like_sshkeep).
+"""
+
+import fcntl
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from typing import List, Optional
+
+from agent import pidfile as pidfile_mod
+from agent import procs
+from agent.errors import EX_NOPERM, EX_OK, EX_OSERR, EX_SOFTWARE, EX_TEMPFAIL, AlreadyRunning, SshkeepError
+
+# `reload` / `reconnect` with no agent running. LSB init-script actions use 7 for
+# "program is not running"; `stop` with no agent is a success (0), as LSB wants.
+EX_NOT_RUNNING = 7
+
+CHECK_LOCK_WAIT = 30.0   # a check waits this long for another check to finish
+START_TIMEOUT = 15.0     # a started agent must report within this (python3 cold start on a router)
+
+
+class NotRunning(SshkeepError):
+    code = EX_NOT_RUNNING
+
+
+def _say(out, text):
+    out = out if out is not None else sys.stdout
+    try:
+        out.write(text + "\n")
+        out.flush()
+    except (OSError, ValueError):
+        pass
+
+
+def agent_pid(pidfile: str) -> Optional[int]:
+    """The pid of the live agent holding `pidfile`, or None if no agent holds it.
+
+    Raises SshkeepError(EX_NOPERM) if the file is locked but its pid is not an sshkeep
+    process (never signal that).
+    """
+    if not pidfile_mod.is_locked(pidfile):
+        return None
+    pid = None
+    deadline = time.monotonic() + 1.0
+    while True:  # an agent that just locked may not have written its pid yet
+        pid = pidfile_mod.read_pid(pidfile)
+        if (pid is not None and procs.alive(pid)) or time.monotonic() >= deadline:
+            break
+        time.sleep(0.02)
+    if pid is None or not procs.alive(pid):
+        pid = pidfile_mod.lock_holder(pidfile) or pid
+    if pid is None:
+        raise SshkeepError("%s is locked but holds no pid: not signalling anything" % pidfile, EX_NOPERM)
+    if not procs.is_sshkeep(pid):
+        if not pidfile_mod.is_locked(pidfile):
+            return None  # it exited while we looked
+        raise SshkeepError("pid %d in %s is not an sshkeep process (%s): not signalling it"
+                           % (pid, pidfile, " ".join(procs.cmdline(pid) or ["gone"])), EX_NOPERM)
+    return pid
+
+
+def send_signal(pidfile: str, sig: int) -> int:
+    """Send `sig` to the confirmed agent; returns its pid. NotRunning (exit 7) if none."""
+    pid = agent_pid(pidfile)
+    if pid is None:
+        raise NotRunning("not running (no agent holds %s)" % pidfile)
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        raise NotRunning("not running (pid %d exited)" % pid)
+    except PermissionError:
+        raise SshkeepError("not allowed to signal pid %d" % pid, EX_NOPERM)
+    return pid
+
+
+def cmd_reload(pidfile: str, out=None) -> int:
+    """SIGHUP: the agent re-reads its config; unchanged tunnels keep their ssh."""
+    pid = send_signal(pidfile, signal.SIGHUP)
+    _say(out, "sshkeep: reload requested (SIGHUP to pid %d)" % pid)
+    return EX_OK
+
+
+def cmd_reconnect(pidfile: str, out=None) -> int:
+    """SIGUSR1: reconnect every tunnel now and reset backoff (ifup hotplug hook)."""
+    pid = send_signal(pidfile, signal.SIGUSR1)
+    _say(out, "sshkeep: reconnect requested (SIGUSR1 to pid %d)" % pid)
+    return EX_OK
+
+
+def read_state(state_path: Optional[str]) -> dict:
+    """The run state JSON as a dict, {} if missing or unreadable (never raises)."""
+    if not state_path:
+        return {}
+    try:
+        with open(state_path, "rb") as f:
+            data = json.loads(f.read(1 << 20).decode("utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def reap_previous_children(state_path: Optional[str]) -> list:
+    """End the ssh children a dead agent recorded in its state (key "children")."""
+    children = read_state(state_path).get("children")
+    return procs.reap_orphans(children if isinstance(children, list) else [])
+
+
+def cmd_stop(pidfile: str, timeout: float = 4.5, state_path: Optional[str] = None, out=None) -> int:
+    """TERM the confirmed agent, wait up to `timeout` s, then KILL. 0 also when none runs.
+
+    The default 4.5 s stays inside procd's 5 s term_timeout. After a KILL the agent
+    could not stop its ssh children: with `state_path`, they are reaped here from the
+    recorded run state (pid + cmdline match).
+    """
+    pid = agent_pid(pidfile)
+    if pid is None:
+        stale = pidfile_mod.read_pid(pidfile)
+        _say(out, "sshkeep: not running" + (" (stale pidfile %s, pid %d)" % (pidfile, stale) if stale else ""))
+        return EX_OK
+    started = time.monotonic()
+    try:
+        result = procs.stop_pid(pid, timeout=timeout)
+    except PermissionError:
+        raise SshkeepError("not allowed to signal pid %d" % pid, EX_NOPERM)
+    took = time.monotonic() - started
+    if result == "unkillable":
+        raise SshkeepError("pid %d did not exit even after SIGKILL" % pid, EX_OSERR)
+    if result == "killed":
+        reaped = reap_previous_children(state_path)
+        _say(out, "sshkeep: killed pid %d (no exit %.1fs after SIGTERM)%s"
+             % (pid, timeout, "; ended %d ssh child(ren)" % len(reaped) if reaped else ""))
+    elif result == "stopped":
+        _say(out, "sshkeep: stopped pid %d (%.1fs)" % (pid, took))
+    else:
+        _say(out, "sshkeep: not running (pid %d exited)" % pid)
+    return EX_OK
+
+
+def self_command() -> List[str]:
+    """argv that runs this same sshkeep again: [python, /path/sshkeep.pyz] or [python, -m, agent]."""
+    python = sys.executable or "python3"
+    entry = sys.argv[0] if sys.argv and sys.argv[0] else ""
+    if entry and os.path.basename(entry) != "__main__.py" and os.path.exists(entry):
+        return [python, os.path.abspath(entry)]
+    return [python, "-m", "agent"]
+
+
+def _self_env():
+    """Environment for a `-m agent` child: make the package importable from any cwd."""
+    env = dict(os.environ)
+    top = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    if os.path.isdir(os.path.join(top, "agent")):
+        env["PYTHONPATH"] = top + ((os.pathsep + env["PYTHONPATH"]) if env.get("PYTHONPATH") else "")
+    return env
+
+
+def state_age(pidfile: str, state_path: Optional[str]) -> float:
+    """Seconds since the agent last showed life: the newest of its state's "monotonic"
+    (time.monotonic() at write: immune to the NTP jump of a router without RTC),
+    "updated" (epoch) and the pidfile's mtime (written when the agent started)."""
+    now_wall, now_mono = time.time(), time.monotonic()
+    ages = []
+    state = read_state(state_path)
+    mono = state.get("monotonic")
+    if isinstance(mono, (int, float)) and 0 < mono <= now_mono + 1:
+        ages.append(now_mono - mono)
+    elif isinstance(state.get("updated"), (int, float)):
+        ages.append(now_wall - state["updated"])
+    try:
+        ages.append(now_wall - os.stat(pidfile).st_mtime)
+    except OSError:
+        pass
+    return max(0.0, min(ages)) if ages else float("inf")
+
+
+def _check_lock(pidfile, wait):
+    """Exclusive lock on PIDFILE.check: one check-and-start at a time. Returns the fd."""
+    path = pidfile + ".check"
+    fd = pidfile_mod._open(path, os.O_RDWR | os.O_CREAT)
+    if not pidfile_mod._lock(fd, fcntl.LOCK_EX, wait):
+        os.close(fd)
+        raise SshkeepError("another `sshkeep check` has held %s for %gs" % (path, wait), EX_TEMPFAIL)
+    return fd
+
+
+def cmd_check(pidfile: str, state_path: Optional[str], run_argv: List[str], stale_after: float,
+              entry_argv: Optional[List[str]] = None, start_timeout: float = START_TIMEOUT,
+              stop_timeout: float = 4.5, out=None, err=None) -> int:
+    """Cron mode. Quiet exit 0 if a live agent holds the pidfile and its state is fresh;
+    a held pidfile whose state is older than `stale_after` s is a hung agent: stop it
+    (TERM, KILL) and start a new one; no agent: start one detached and wait for it to
+    report. Checks are serialised on PIDFILE.check, so ten at once start one agent.
+
+    `run_argv`: the `run` arguments (e.g. ["run", "-c", CONF, "--pidfile", P]);
+    `--daemon` is appended. `entry_argv`: how to run sshkeep (default self_command()).
+    """
+    err = err if err is not None else sys.stderr
+    lock = _check_lock(pidfile, CHECK_LOCK_WAIT)
+    try:
+        pid = agent_pid(pidfile)
+        if pid is not None:
+            age = state_age(pidfile, state_path)
+            if age <= stale_after:
+                return EX_OK
+            _say(err, "sshkeep: agent pid %d is hung (no state update for %.0fs > %gs): restarting"
+                 % (pid, age, stale_after))
+            result = procs.stop_pid(pid, timeout=stop_timeout)
+            if result == "unkillable":
+                raise SshkeepError("hung agent pid %d did not exit even after SIGKILL" % pid, EX_OSERR)
+            if result == "killed":
+                reap_previous_children(state_path)
+        return _start(pidfile, run_argv, entry_argv, start_timeout, out)
+    finally:
+        os.close(lock)
+
+
+def _start(pidfile, run_argv, entry_argv, start_timeout, out):
+    head = list(entry_argv or self_command())
+    argv = head + list(run_argv) + ["--daemon"]
+    try:
+        proc = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, close_fds=True, timeout=start_timeout,
+                              env=_self_env() if head[1:3] == ["-m", "agent"] else None)
+    except subprocess.TimeoutExpired:
+        raise SshkeepError("the agent did not report within %gs: %s" % (start_timeout, " ".join(argv)),
+                           EX_SOFTWARE)
+    except OSError as exc:
+        raise SshkeepError("cannot run %s: %s" % (argv[0], exc.strerror), EX_OSERR)
+    text = (proc.stdout + proc.stderr).decode("utf-8", "replace").strip()
+    if proc.returncode == EX_OK:
+        pid = pidfile_mod.read_pid(pidfile)
+        _say(out, "sshkeep: started agent" + (" pid %d" % pid if pid else ""))
+        return EX_OK
+    if proc.returncode == AlreadyRunning.code:
+        return EX_OK  # another agent (procd, a manual start) took the pidfile meanwhile: fine
+    code = proc.returncode if proc.returncode > 0 else EX_SOFTWARE
+    raise SshkeepError(text or "the agent failed to start (exit %d)" % proc.returncode, code)

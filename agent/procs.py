@@ -1,0 +1,208 @@
+"""Other processes, seen through /proc: who is an sshkeep agent, bounded stop, orphan reaping.
+
+Everything here acts on pids we did not necessarily start (an agent from a previous
+boot of the service, the ssh children of a SIGKILLed agent), so every signal is sent
+only after /proc confirms what the process is, and every wait is bounded.
+"""
+
+import os
+import signal
+import time
+from typing import List, Optional
+
+_POLL = 0.02
+
+# Python options that take a value in the next word (`python3 -W ignore x.pyz`).
+_PY_OPTS_WITH_ARG = ("-W", "-X", "-Q")
+
+
+def cmdline(pid: int) -> Optional[List[str]]:
+    """argv of `pid` from /proc/PID/cmdline; None if gone, a zombie, or a kernel thread."""
+    try:
+        with open("/proc/%d/cmdline" % pid, "rb") as f:
+            data = f.read(1 << 16)
+    except (OSError, ValueError):
+        return None
+    if not data:
+        return None
+    return [a.decode("utf-8", "surrogateescape") for a in data.rstrip(b"\0").split(b"\0")]
+
+
+def starttime(pid: int) -> Optional[int]:
+    """Start time of `pid` in clock ticks since boot (/proc/PID/stat field 22), or None.
+
+    Together with the pid it names one process for the life of the boot: record it
+    next to pid and cmdline and `reap_orphans` will compare it too.
+    """
+    stat = _stat(pid)
+    if stat is None:
+        return None
+    try:
+        return int(stat[19])
+    except (IndexError, ValueError):
+        return None
+
+
+def _stat(pid):
+    """Fields of /proc/PID/stat after the `(comm)` field: [state, ppid, ...]."""
+    try:
+        with open("/proc/%d/stat" % pid, "rb") as f:
+            data = f.read(4096)
+    except (OSError, ValueError):
+        return None
+    # comm may contain spaces and parentheses: split after the last ')'.
+    return data[data.rfind(b")") + 2:].decode("ascii", "replace").split()
+
+
+def alive(pid: int) -> bool:
+    """True while `pid` exists and is not a zombie (dead, waiting for its parent to reap it).
+
+    Never reaps: the pid may be a child whose exit status its owner (child.py) wants.
+    """
+    if pid <= 0:
+        return False
+    stat = _stat(pid)
+    return bool(stat) and stat[0] not in ("Z", "X", "x")
+
+
+def _script(argv):
+    """What an interpreter command line runs: ('file', path), ('module', name) or None.
+
+    `python3 [opts] FILE args`, `python3 -m MOD args`; any other argv[0] is itself the
+    program (a wrapper exec'ing python keeps python's argv, a shebang pyz run directly
+    becomes `python3 /path/sshkeep.pyz` through env or the kernel).
+    """
+    prog = os.path.basename(argv[0])
+    if not prog.startswith("python"):
+        return ("file", argv[0])
+    i = 1
+    while i < len(argv):
+        word = argv[i]
+        if word == "-m" and i + 1 < len(argv):
+            return ("module", argv[i + 1])
+        if word.startswith("-m") and len(word) > 2:
+            return ("module", word[2:])
+        if word.startswith("-c"):
+            return None
+        if word == "--" and i + 1 < len(argv):
+            return ("file", argv[i + 1])
+        if word in _PY_OPTS_WITH_ARG:
+            i += 2
+            continue
+        if word.startswith("-") and word != "-":
+            i += 1
+            continue
+        return ("file", word)
+    return None
+
+
+def looks_like_sshkeep(argv: Optional[List[str]]) -> bool:
+    """The rule for "this command line is an sshkeep agent".
+
+    The program (argv[0], or the script/module an interpreter argv[0] runs) is named
+    sshkeep*: `sshkeep run`, `/usr/bin/sshkeep.pyz run`, `python3 /usr/lib/sshkeep/
+    sshkeep.pyz run`, `python3 -m sshkeep`; or it is `python3 -m agent` (a source
+    checkout). Only the program name is looked at, never later arguments: an ssh child
+    `ssh -i /etc/sshkeep/key ...` or `vi sshkeep.conf` is not an agent.
+    """
+    if not argv:
+        return False
+    what = _script(argv)
+    if what is None:
+        return False
+    kind, name = what
+    if kind == "module":
+        return name == "agent" or name.startswith("agent.") or name.startswith("sshkeep")
+    return "sshkeep" in os.path.basename(name)
+
+
+def is_sshkeep(pid: int) -> bool:
+    """True if `pid` is alive and its /proc/PID/cmdline is an sshkeep agent's."""
+    return alive(pid) and looks_like_sshkeep(cmdline(pid))
+
+
+def _signal(pid, sig):
+    try:
+        os.kill(pid, sig)
+        return True
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        raise
+
+
+def _wait_gone(pids, deadline):
+    """Poll until every pid is gone or the monotonic deadline passes; returns those still alive."""
+    left = [p for p in pids if alive(p)]
+    while left and time.monotonic() < deadline:
+        time.sleep(_POLL)
+        left = [p for p in left if alive(p)]
+    return left
+
+
+def stop_pid(pid: int, timeout: float = 4.0, kill_after: bool = True, kill_wait: float = 2.0) -> str:
+    """SIGTERM, wait up to `timeout` s, then SIGKILL and wait up to `kill_wait` s.
+
+    Returns "not running", "stopped" (gone after TERM), "killed" (gone after KILL),
+    "running" (kill_after=False and still alive) or "unkillable" (still there after KILL:
+    uninterruptible sleep). Raises PermissionError if we may not signal it.
+    """
+    if not alive(pid) or not _signal(pid, signal.SIGTERM):
+        return "not running"
+    if not _wait_gone([pid], time.monotonic() + timeout):
+        return "stopped"
+    if not kill_after:
+        return "running"
+    if not _signal(pid, signal.SIGKILL):
+        return "stopped"
+    if not _wait_gone([pid], time.monotonic() + kill_wait):
+        return "killed"
+    return "unkillable"
+
+
+def _matches(record):
+    try:
+        pid = int(record["pid"])
+        want = [str(a) for a in record["cmdline"]]
+    except (KeyError, TypeError, ValueError):
+        return None
+    if pid <= 1 or pid == os.getpid() or not want or not alive(pid):
+        return None
+    if cmdline(pid) != want:
+        return None
+    if record.get("starttime") is not None and starttime(pid) != record.get("starttime"):
+        return None
+    return pid
+
+
+def reap_orphans(records: list, timeout: float = 2.0, kill_wait: float = 1.0) -> list:
+    """End a previous agent's ssh children that are still running: TERM, bounded wait, KILL.
+
+    `records`: [{"pid": int, "cmdline": [str, ...], "starttime": int (optional)}] from the
+    previous instance's run state. A process is ended only if its pid AND its whole
+    cmdline (and starttime when recorded) still match exactly: a reused pid is left
+    alone. All matches are signalled together, so the wait is `timeout` in total, not per
+    child. Returns the records that matched and were ended (or were gone after TERM).
+    """
+    matched = []
+    for rec in records or ():
+        if not isinstance(rec, dict):
+            continue
+        pid = _matches(rec)
+        if pid is not None and pid not in [p for p, _ in matched]:
+            matched.append((pid, rec))
+    ended = []
+    for pid, rec in matched:
+        try:
+            if _signal(pid, signal.SIGTERM):
+                ended.append((pid, rec))
+        except PermissionError:
+            pass
+    left = _wait_gone([p for p, _ in ended], time.monotonic() + timeout)
+    for pid in left:
+        try:
+            _signal(pid, signal.SIGKILL)
+        except PermissionError:
+            pass
+    _wait_gone(left, time.monotonic() + kill_wait)
+    return [rec for _, rec in ended]
