@@ -196,7 +196,7 @@ def cmd_run(args, argv):
         if args.config:
             def reload_fn():
                 return settings_from_args(args)
-        sup = Supervisor(settings, log, reload_settings=reload_fn, checks=checks, spread=_spread_fn(args))
+        sup = Supervisor(settings, log, reload_settings=reload_fn, checks=checks)
         if notifier:
             notifier.ok()
         log.info("", "sshkeep %s started (pid %d), %d tunnel(s), state %s" % (
@@ -205,14 +205,6 @@ def cmd_run(args, argv):
     finally:
         if pid is not None:
             pid.release()
-
-
-def _spread_fn(args):
-    try:
-        from agent import spread
-    except ImportError:
-        return None
-    return None if not args.config else (lambda name: spread.offset(spread.host_key() + name, 5.0))
 
 
 def _reap_previous(settings, log):

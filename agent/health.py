@@ -113,10 +113,7 @@ class Checks:
 
 def _failed_port(r):
     """The listen port named in ssh's last 'forwarding failed for listen port N'."""
+    import re
     out = r.m.last_outcome
-    text = out.detail if out else ""
-    words = text.replace(",", " ").split()
-    for i, w in enumerate(words):
-        if w == "port" and i + 1 < len(words) and words[i + 1].isdigit():
-            return int(words[i + 1])
-    return None
+    m = re.search(r"port\D{0,3}(\d{1,5})", out.detail if out else "")
+    return int(m.group(1)) if m else None

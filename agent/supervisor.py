@@ -21,7 +21,6 @@ from agent.child import Child, Job
 TERM_TIMEOUT = 2.0          # TERM -> KILL for ssh children (procd gives us 5 s in all)
 READY_PREFIX = "sshkeep-ready"
 SERVER_PROBE_EVERY = 1.5    # during a network backoff: cheap TCP connect to the server
-FAILOVER_AFTER = 3          # failed connects before trying the next alternate
 
 
 def session_command(forwards):
@@ -77,7 +76,7 @@ class Supervisor:
         self.detect = detect
         self.reload_settings = reload_settings
         self.checks = checks            # agent.health.Checks or None
-        self.spread = spread or (lambda name: 0.0)
+        self.spread = spread or _default_spread
         self.runners = []
         self.sel = None
         self.fd_owner = {}
@@ -103,10 +102,16 @@ class Supervisor:
         if t.identity:
             clients.check_identity(info, t.identity)
         policy = self._policy(t, info)
-        backoff = M.Backoff(cap=t.max_backoff, offset=self.spread(t.name))
+        backoff = M.Backoff(cap=t.max_backoff, offset=self._offset(t))
         r = Runner(t, info, policy, backoff, self.runtime_dir, self.log, self.clock)
         self.log.info(t.name, "using %s %s (%s) for %s" % (info.kind, info.version, info.path, r.server_label()))
         return r
+
+    def _offset(self, t):
+        """Per-box constant delay (fleet spreading): same box, same offset, every time."""
+        if not t.spread:
+            return 0.0
+        return self.spread(t.name, t.spread)
 
     def _signal_setup(self):
         rfd, wfd = os.pipe()
@@ -137,7 +142,7 @@ class Supervisor:
         for t in self.settings.tunnels:
             r = self._make_runner(t)
             self.runners.append(r)
-            self._event(r, r.m.start, now, self.spread(t.name))
+            self._event(r, r.m.start, now, self._offset(t))
         self._write_state(force=True)
         try:
             while True:
@@ -204,6 +209,7 @@ class Supervisor:
             if not self.stopping:
                 self._event(r, r.m.on_timer, now)
                 self._maybe_check(r, now)
+                self._maybe_failback(r, now)
                 self._maybe_probe_server(r, now)
         self._write_state()
 
@@ -312,11 +318,12 @@ class Supervisor:
         self._state_dirty = True
 
     def _maybe_failover(self, r):
-        if len(r.addresses) > 1 and r.connect_failures >= FAILOVER_AFTER:
+        if len(r.addresses) > 1 and r.connect_failures >= r.t.failover_after:
             old = r.server_label()
             r.addr_index = (r.addr_index + 1) % len(r.addresses)
             r.connect_failures = 0
-            self.log.warning(r.name, "failover: %s failed %d times, trying %s" % (old, FAILOVER_AFTER, r.server_label()))
+            self.log.warning(r.name, "failover: %s failed %d times, trying %s" % (
+                old, r.t.failover_after, r.server_label()))
 
     # -- commands from the machine ---------------------------------------
     def _event(self, r, method, *args):
@@ -376,6 +383,17 @@ class Supervisor:
                         self.log.error(r.name, "check failed internally: %r" % (exc,))
 
     # -- health -------------------------------------------------------------
+    def _maybe_failback(self, r, now):
+        """On an alternate: once per interval, is the primary back? Then move home."""
+        if r.addr_index == 0 or r.m.state != M.UP or now < getattr(r, "next_failback", 0):
+            return
+        r.next_failback = now + r.t.interval
+        host, port = r.addresses[0]
+        if tcp_answers(host, port, timeout=1.0):
+            self.log.info(r.name, "primary %s:%d answers again: moving back from %s" % (host, port, r.server_label()))
+            r.addr_index = 0
+            self._event(r, r.m.on_reconnect_request, now)
+
     def _maybe_check(self, r, now):
         if self.checks is None or r.m.state != M.UP or r.next_check is None or now < r.next_check:
             return
@@ -466,7 +484,7 @@ class Supervisor:
                 self.log.error(t.name, "cannot start after reload: %s" % exc)
                 continue
             keep.append(nr)
-            self._event(nr, nr.m.start, now)
+            self._event(nr, nr.m.start, now, self._offset(t))
         for r in old.values():
             self.log.info(r.name, "removed from configuration: stopping")
             self._stop_now(r)
@@ -558,3 +576,8 @@ def tcp_answers(host, port, timeout=1.0) -> bool:
 
 def _safe(name):
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)[:64] or "tunnel"
+
+
+def _default_spread(name, span):
+    from agent import spread
+    return spread.offset(spread.host_key() + "/" + name, span)

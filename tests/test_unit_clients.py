@@ -1,0 +1,180 @@
+"""Detection and argv golden lists for OpenSSH and both dropbear generations."""
+
+import os
+
+import pytest
+
+from agent import clients
+from agent.errors import ClientError, SshkeepError
+from agent.model import Forward, Tunnel
+
+OPENSSH_V = "OpenSSH_9.2p1 Debian-2+deb12u10, OpenSSL 3.0.19 27 Jan 2026\n"
+DB_2022_V = "Dropbear v2022.83\n"
+DB_2022_O = "dbclient: Available options:\n\tExitOnForwardFailure\n\tDisableTrivialAuth\n\tUseSyslog\n\tPort\n"
+DB_2025_V = "Dropbear v2025.89\n"
+DB_2025_O = ("dbclient: Available options:\n\tBatchMode\n\tBindAddress\n\tDisableTrivialAuth\n"
+             "\tExitOnForwardFailure\n\tForwardAgent\n\tGatewayPorts\n\tIdentityFile\n"
+             "\tPasswordAuthentication\n\tPort\n\tProxyCommand\n\tServerAliveInterval\n"
+             "\tStrictHostKeyChecking\n\tUseSyslog\n")
+
+OSSH = clients.ClientInfo("openssh", "/usr/bin/ssh", "9.2p1")
+DB22 = clients.ClientInfo("dropbear", "/usr/bin/dbclient", "2022.83", clients.parse_dropbear_options(DB_2022_O))
+DB25 = clients.ClientInfo("dropbear", "/usr/bin/dbclient", "2025.89", clients.parse_dropbear_options(DB_2025_O))
+
+T = Tunnel(name="hub", host="hub.example.com", port=2222, user="tunnel", identity="/etc/sshkeep/id",
+           forwards=(Forward("R", "127.0.0.1", 20022, "127.0.0.1", 22), Forward("L", "", 8080, "web", 80)),
+           known_hosts="/etc/sshkeep/known_hosts", keepalive=15, connect_timeout=15)
+
+
+def fake_runner(outputs):
+    def run(argv, timeout=5.0):
+        return outputs[tuple(argv[1:])]
+    return run
+
+
+def test_parse_version():
+    assert clients.parse_version(OPENSSH_V) == ("openssh", "9.2p1")
+    assert clients.parse_version(DB_2022_V) == ("dropbear", "2022.83")
+    assert clients.parse_version("Dropbear SSH client v2024.86 https://...") == ("dropbear", "2024.86")
+    assert clients.parse_version("BusyBox v1.35") is None
+
+
+def test_dropbear_options():
+    assert clients.parse_dropbear_options(DB_2022_O) == {"exitonforwardfailure", "disabletrivialauth",
+                                                          "usesyslog", "port"}
+    assert "batchmode" in clients.parse_dropbear_options(DB_2025_O)
+
+
+def test_detect_by_behaviour_not_name(tmp_path):
+    # A file called "ssh" that is really dbclient (as on OpenWrt).
+    ssh = tmp_path / "ssh"
+    ssh.write_text("#!/bin/sh\n")
+    ssh.chmod(0o755)
+    info = clients.detect(str(ssh), runner=fake_runner({("-V",): DB_2022_V, ("-o", "help"): DB_2022_O}))
+    assert info.kind == "dropbear" and info.version == "2022.83"
+    assert info.has_option("ExitOnForwardFailure") and not info.has_option("BatchMode")
+
+
+def test_detect_forced_mismatch(tmp_path):
+    ssh = tmp_path / "ssh"
+    ssh.write_text("")
+    ssh.chmod(0o755)
+    with pytest.raises(ClientError, match="--client openssh given"):
+        clients.detect(str(ssh), "openssh", runner=fake_runner({("-V",): DB_2022_V, ("-o", "help"): ""}))
+
+
+def test_detect_unknown_binary(tmp_path):
+    ssh = tmp_path / "ssh"
+    ssh.write_text("")
+    ssh.chmod(0o755)
+    with pytest.raises(ClientError, match="neither OpenSSH nor dropbear"):
+        clients.detect(str(ssh), runner=fake_runner({("-V",): "BusyBox v1.35"}))
+
+
+def test_missing_client_is_clear():
+    with pytest.raises(ClientError, match="does not exist"):
+        clients.find_client("/nonexistent/ssh")
+    with pytest.raises(ClientError, match="no ssh client found"):
+        clients.find_client("", env_path="/nonexistent")
+
+
+def test_openssh_golden():
+    assert clients.build_argv(OSSH, T) == [
+        "/usr/bin/ssh", "-N", "-T",
+        "-o", "BatchMode=yes", "-o", "ExitOnForwardFailure=yes", "-o", "ConnectTimeout=15",
+        "-o", "StrictHostKeyChecking=yes", "-o", "ControlMaster=no", "-o", "ControlPath=none",
+        "-o", "ServerAliveInterval=15", "-o", "ServerAliveCountMax=3",
+        "-o", "UserKnownHostsFile=/etc/sshkeep/known_hosts",
+        "-o", "IdentitiesOnly=yes", "-i", "/etc/sshkeep/id", "-p", "2222",
+        "-R", "127.0.0.1:20022:127.0.0.1:22", "-L", "8080:web:80",
+        "-l", "tunnel", "hub.example.com"]
+
+
+def test_openssh_accept_new_and_command():
+    import dataclasses
+    t = dataclasses.replace(T, accept_new=True, keepalive=0)
+    argv = clients.build_argv(OSSH, t, command="echo hi")
+    assert "StrictHostKeyChecking=accept-new" in argv
+    assert "-N" not in argv and argv[-1] == "echo hi" and argv[-2] == "hub.example.com"
+    assert not any(a.startswith("ServerAlive") for a in argv)
+
+
+def test_dropbear_2022_golden():
+    assert clients.build_argv(DB22, T) == [
+        "/usr/bin/dbclient", "-T", "-N", "-K", "15", "-o", "ExitOnForwardFailure=yes",
+        "-i", "/etc/sshkeep/id", "-p", "2222",
+        "-R", "127.0.0.1:20022:127.0.0.1:22", "-L", "8080:web:80",
+        "-l", "tunnel", "hub.example.com"]
+
+
+def test_dropbear_2025_golden():
+    assert clients.build_argv(DB25, T) == [
+        "/usr/bin/dbclient", "-T", "-N", "-K", "15", "-o", "ExitOnForwardFailure=yes",
+        "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes",
+        "-i", "/etc/sshkeep/id", "-p", "2222",
+        "-R", "127.0.0.1:20022:127.0.0.1:22", "-L", "8080:web:80",
+        "-l", "tunnel", "hub.example.com"]
+
+
+def test_dropbear_y_only_with_accept_new():
+    import dataclasses
+    assert "-y" not in clients.build_argv(DB22, T)
+    argv = clients.build_argv(DB22, dataclasses.replace(T, accept_new=True))
+    assert argv.count("-y") == 1  # two -y would disable host key checking
+    # and OpenSSH never gets -y (it means "log to syslog" there)
+    assert "-y" not in clients.build_argv(OSSH, dataclasses.replace(T, accept_new=True))
+
+
+def test_exec_argv_has_no_forwards():
+    argv = clients.build_exec_argv(OSSH, T, "exit 0")
+    assert "-R" not in argv and "-L" not in argv and "-N" not in argv and argv[-1] == "exit 0"
+    argv = clients.build_exec_argv(DB22, T, "exit 0")
+    assert "-R" not in argv and "-N" not in argv
+
+
+@pytest.mark.parametrize("host", ["-oProxyCommand=x", "a b", "h1,h2", "host/22", "$(reboot)", "a;b"])
+def test_hostile_destinations_refused(host):
+    import dataclasses
+    with pytest.raises(SshkeepError):
+        clients.build_argv(DB22, dataclasses.replace(T, host=host))
+
+
+def test_dropbear_known_hosts_conversion():
+    text = ("[hub.example.com]:2222 ssh-ed25519 AAAAkey1\n"
+            "hub.example.com ssh-rsa AAAAkey2\n"
+            "other ssh-ed25519 AAAAkey3\n"
+            "|1|hashed= ssh-ed25519 AAAAkey4\n")
+    out = clients.dropbear_known_hosts(text, "hub.example.com", 2222)
+    assert out == "hub.example.com ssh-ed25519 AAAAkey1\nhub.example.com ssh-rsa AAAAkey2\n"
+
+
+def test_prepare_home_for_dropbear(tmp_path):
+    import dataclasses
+    kh = tmp_path / "kh"
+    kh.write_text("[10.0.0.2]:2222 ssh-ed25519 AAAAkey\n")
+    t = dataclasses.replace(T, host="10.0.0.2", known_hosts=str(kh))
+    home = clients.prepare_home(DB22, t, str(tmp_path / "home"))
+    assert open(os.path.join(home, ".ssh", "known_hosts")).read() == "10.0.0.2 ssh-ed25519 AAAAkey\n"
+    assert clients.host_key_known(DB22, t, home) is True
+    assert clients.host_key_known(DB22, dataclasses.replace(t, host="10.0.0.3"), home) is False
+    # OpenSSH reads UserKnownHostsFile itself: no HOME games
+    assert clients.prepare_home(OSSH, t, str(tmp_path / "h2")) is None
+
+
+def test_key_format_messages(tmp_path):
+    pem = tmp_path / "id"
+    pem.write_text("-----BEGIN OPENSSH PRIVATE KEY-----\nxx\n")
+    pem.chmod(0o600)
+    with pytest.raises(SshkeepError, match="dropbearconvert openssh dropbear"):
+        clients.check_identity(DB22, str(pem))
+    clients.check_identity(OSSH, str(pem))
+    db = tmp_path / "id.db"
+    db.write_bytes(b"\x00\x00\x00\x0bssh-ed25519\x00\x00")
+    db.chmod(0o600)
+    with pytest.raises(SshkeepError, match="dropbearconvert dropbear openssh"):
+        clients.check_identity(OSSH, str(db))
+    pem.chmod(0o644)
+    with pytest.raises(SshkeepError, match="chmod 600"):
+        clients.check_identity(OSSH, str(pem))
+    with pytest.raises(SshkeepError, match="does not exist"):
+        clients.check_identity(OSSH, str(tmp_path / "nope"))

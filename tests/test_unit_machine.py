@@ -1,0 +1,200 @@
+"""The state machine and backoff: plain numbers for time, no processes, no sleeping."""
+
+import random
+
+from agent import classify as C
+from agent import machine as M
+
+
+def make(**kw):
+    policy = M.Policy(**kw)
+    return M.Machine(policy, M.Backoff(cap=policy.max_backoff, jitter=0, rng=random.Random(1)))
+
+
+REFUSED = C.Outcome(C.REFUSED, C.RETRY, "refused")
+
+
+def test_backoff_sequence_and_cap():
+    b = M.Backoff(cap=10, jitter=0)
+    assert [b.next() for _ in range(7)] == [0, 1, 2, 4, 8, 10, 10]
+    b.reset()
+    assert b.next() == 0
+
+
+def test_backoff_jitter_bounded():
+    b = M.Backoff(cap=60, jitter=0.25, rng=random.Random(7))
+    delays = [b.next() for _ in range(30)]
+    assert all(0 <= d <= 60 for d in delays)
+    assert 0.75 * 8 <= delays[4] <= 1.25 * 8
+
+
+def test_backoff_offset_spreads():
+    b = M.Backoff(cap=10, jitter=0, offset=2.5)
+    assert [b.next() for _ in range(3)] == [0, 3.5, 4.5]
+
+
+def test_start_spawns_and_marker_makes_up():
+    m = make()
+    assert m.start(0) == [M.Spawn()]
+    assert m.state == M.CONNECTING
+    m.on_ready(1)
+    assert m.state == M.UP and m.up_since == 1
+
+
+def test_first_delay_spreads_first_connect():
+    m = make()
+    assert m.start(0, first_delay=4) == []
+    assert m.state == M.BACKOFF and m.deadline == 4
+    assert m.on_timer(3.9) == []
+    assert m.on_timer(4) == [M.Spawn()]
+
+
+def test_watchdog_kills_when_no_marker():
+    m = make(connect_timeout=10)
+    m.start(0)
+    assert m.on_timer(m.deadline) == [M.Kill(C.WATCHDOG)]
+
+
+def test_settle_mode_declares_up():
+    m = make(use_marker=False, settle=3)
+    m.start(0)
+    m.on_timer(3)
+    assert m.state == M.UP
+
+
+def test_network_failures_back_off_growing_and_never_give_up():
+    m = make(max_backoff=60)
+    m.start(0)
+    delays = []
+    now = 0
+    for _ in range(12):
+        cmds = m.on_exit(now, REFUSED)
+        if cmds == [M.Spawn()]:
+            delays.append(0)
+        else:
+            assert m.state == M.BACKOFF
+            delays.append(m.deadline - now)
+            now = m.deadline
+            assert m.on_timer(now) == [M.Spawn()]
+    assert delays[:5] == [0, 1, 2, 4, 8]
+    assert max(delays) == 60 and delays[-1] == 60
+
+
+def test_auth_failure_waits_longest():
+    m = make(max_backoff=60)
+    m.start(0)
+    m.on_exit(1, C.Outcome(C.AUTH, C.RETRY_SLOW, "denied"))
+    assert m.state == M.BACKOFF and m.deadline == 61
+    assert "auth-failed" in m.last_error
+
+
+def test_fatal_stops():
+    m = make()
+    m.start(0)
+    cmds = m.on_exit(0.1, C.Outcome(C.CLIENT_MISSING, C.FATAL, "no ssh"))
+    assert cmds == [M.Fatal("no ssh")] and m.state == M.STOPPED
+
+
+def test_health_restart_is_immediate_then_backs_off():
+    m = make(fail_threshold=2)
+    m.start(0)
+    m.on_ready(1)
+    m.on_timer(m.deadline)  # stayed up: backoff reset
+    assert m.on_check(40, "R:1", "refused", False) == []
+    assert m.on_check(70, "R:1", "refused", False) == [M.Kill(C.HEALTH)]
+    assert m.on_exit(70.5, C.classify(-15, [], ours=m.kill_reason)) == [M.Spawn()]
+    assert m.restarts == 1
+    # failing again right away: now backoff applies
+    m.on_ready(71)
+    m.on_check(72, "R:1", "refused", False)
+    m.on_check(73, "R:1", "refused", False)
+    assert m.on_exit(73.2, C.classify(-15, [], ours=C.HEALTH)) == []
+    assert m.state == M.BACKOFF and m.deadline > 73.2
+
+
+def test_good_check_resets_failure_count():
+    m = make(fail_threshold=2)
+    m.start(0)
+    m.on_ready(1)
+    m.on_check(2, "L:1", "refused", False)
+    m.on_check(3, "L:1", "ok-banner", True)
+    assert m.on_check(4, "L:1", "refused", False) == []
+
+
+def test_target_down_is_neutral():
+    m = make(fail_threshold=1)
+    m.start(0)
+    m.on_ready(1)
+    assert m.on_check(2, "R:1", "target-down", None) == []
+    assert m.health == "target-down" and m.state == M.UP
+
+
+def test_port_in_use_asks_for_reclaim_then_retries_at_once():
+    m = make()
+    m.start(0)
+    out = C.Outcome(C.PORT_IN_USE, C.RECLAIM, "remote port forwarding failed for listen port 20022")
+    assert m.on_exit(0.3, out) == [M.Reclaim()]
+    assert m.on_reclaimed(0.8, True) == [M.Spawn()]
+    assert m.last_heal == "reclaimed stale listener"
+
+
+def test_reclaim_limited():
+    m = make(reclaim_limit=2)
+    m.start(0)
+    out = C.Outcome(C.PORT_IN_USE, C.RECLAIM, "x")
+    now = 0
+    kinds = []
+    for _ in range(4):
+        cmds = m.on_exit(now, out)
+        kinds.append(cmds)
+        if cmds == [M.Reclaim()]:
+            m.on_reclaimed(now, True)
+        elif m.state == M.BACKOFF:
+            now = m.deadline
+            m.on_timer(now)
+    assert kinds.count([M.Reclaim()]) == 2
+
+
+def test_reclaim_off_backs_off():
+    m = make(reclaim=False)
+    m.start(0)
+    assert m.on_exit(1, C.Outcome(C.PORT_IN_USE, C.RECLAIM, "x")) == [M.Spawn()]  # attempt 0: at once
+
+
+def test_server_answers_cuts_backoff_only_after_network_failure():
+    m = make()
+    m.start(0)
+    m.on_exit(0, REFUSED)      # immediate retry
+    m.on_exit(1, REFUSED)      # now backing off
+    assert m.wants_server_probe()
+    assert m.on_server_answers(1.5) == [M.Spawn()]
+    m2 = make()
+    m2.start(0)
+    m2.on_exit(0, C.Outcome(C.AUTH, C.RETRY_SLOW, ""))
+    assert not m2.wants_server_probe()
+    assert m2.on_server_answers(1) == []
+
+
+def test_reconnect_request_resets_and_kills():
+    m = make()
+    m.start(0)
+    m.on_ready(1)
+    assert m.on_reconnect_request(5) == [M.Kill(C.RECONNECT)]
+    m2 = make()
+    m2.start(0)
+    m2.on_exit(0, REFUSED)
+    m2.on_exit(1, REFUSED)
+    assert m2.on_reconnect_request(2) == [M.Spawn()]
+
+
+def test_stop():
+    m = make()
+    m.start(0)
+    assert m.stop(1) == [M.Kill(C.STOPPED)]
+    assert m.on_exit(2, C.classify(0, [], ours=C.STOPPED)) == []
+    assert m.state == M.STOPPED
+    m2 = make()
+    m2.start(0)
+    m2.on_exit(0, REFUSED)
+    m2.on_exit(1, REFUSED)
+    assert m2.stop(2) == [] and m2.state == M.STOPPED
