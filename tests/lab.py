@@ -1,24 +1,19 @@
-"""The network-namespace test lab: two hosts on one machine, real servers.
+"""The network-namespace test lab: two hosts on one machine, real ssh servers, real faults.
 
-`Lab()` (a context manager; root only) builds a *box* and a *server*: two network namespaces
-(`skb<pid>n<n>`, `sks<pid>n<n>`) joined by a veth pair (box 10.213.N.1, server 10.213.N.2, /24), `lo` up
-in both, and a private 0700 directory `lab.dir`. On the server side, `lab.start_sshd()` runs a real
-OpenSSH sshd and `lab.start_dropbear()` a real dropbear server, each with its own host key, as a plain
-process tracked by pid. Both accept one throwaway user, `sktunnel` (created once with useradd), by key
-only: `lab.key_openssh` / `lab.key_dropbear` are the same ed25519 client key in both formats. Each lab
-gives that user a private home (`lab.home`, under /var/tmp) by bind-mounting its own /etc/passwd into the
-server namespace (`/etc/netns/NAME/passwd`), so concurrent labs never share authorized_keys or files.
-Host keys for clients: `lab.known_hosts(server)` (OpenSSH file, `[ip]:port key`) and
-`lab.dropbear_home(server)` (a HOME whose .ssh/known_hosts dbclient reads, keyed by host without port).
-`lab.start_service(ns, port)` is a banner service (e.g. the box's target behind a reverse forward);
-`lab.probe_from(ns, host, port)` connects from inside a namespace (a thread that joined it with setns) and
-returns the first bytes. Faults: `lab.blackhole(True)` drops all traffic on the link (iptables INPUT DROP
-at both ends: packets vanish in transit, senders see nothing; netem is not in this kernel), `lab.drop_flow(bp, sp)`
-drops one TCP 4-tuple (a lost NAT mapping), `server.kill_sessions()`, `server.restart()`,
-`lab.kill_listener(port)` (`ss -K`). Cleanup (on exit, and at interpreter exit as a safety net): TERM,
-bounded wait, KILL every tracked pid, then every pid left in the two namespaces, delete them.
-
-Plain Python (no pytest at import): used by tests/conftest.py, tests/demo.py and tests/bench/run.py.
+`with Lab() as lab:` (root only; the pytest fixture is `lab`) makes a *box* and a *server*: network
+namespaces `skb<pid>n<n>` / `sks<pid>n<n>` on a veth pair (box 10.213.N.1, server 10.213.N.2), `lo` up,
+plus a private 0700 `lab.dir`. `lab.start_sshd()` / `lab.start_dropbear()` run a real OpenSSH sshd
+(port 22) / dropbear server (2222) in the server namespace with their own host keys. They accept one
+throwaway user, `sktunnel` (useradd'ed once), by key only: `lab.key_openssh` / `lab.key_dropbear` (the
+same ed25519 key in both formats). Each lab gives that user a private home (`lab.home`, /var/tmp) via its
+own passwd in /etc/netns/NAME/, so concurrent runs share nothing. Host keys for clients:
+`lab.known_hosts(server)` (OpenSSH, `[ip]:port key`) and `lab.dropbear_home(server)` (use as HOME for
+dbclient, which reads only ~/.ssh/known_hosts, keyed by host without port).
+`lab.start_service(ns, port)` is a banner service; `lab.probe_from(ns, host, port)` returns the first bytes
+a connection from inside ns receives (in-process: a thread joins the namespace with setns). Faults:
+`lab.blackhole()` (iptables INPUT DROP at both ends; no netem in this kernel), `lab.drop_flow(bport, sport)`
+(one TCP 4-tuple: a lost NAT mapping), `server.kill_sessions()`, `server.restart()`, `lab.kill_listener(port)`
+(`ss -K`). Cleanup by pid (TERM, bounded wait, KILL), then whatever is left in the namespaces; also at exit.
 """
 
 from __future__ import annotations
@@ -44,7 +39,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 TUNNEL_USER = "sktunnel"
 TUNNEL_HOME = "/var/tmp/sktunnel"  # the global home; each lab overrides it in its server namespace
 LOCK_FILE = "/run/sklab.lock"
-TOOLS = ("ip", "iptables", "ss", "sshd", "ssh", "ssh-keygen", "dbclient", "dropbear",
+TOOLS = ("ip", "iptables", "ss", "setpriv", "sshd", "ssh", "ssh-keygen", "dbclient", "dropbear",
          "dropbearkey", "dropbearconvert", "useradd", "usermod")
 CLONE_NEWNET = 0x40000000
 
@@ -154,6 +149,21 @@ def stop_process(proc: subprocess.Popen, timeout: float = 3.0) -> Optional[int]:
         except subprocess.TimeoutExpired:
             return None
     return proc.returncode
+
+
+def stop_processes(procs: Sequence[subprocess.Popen], timeout: float = 3.0) -> None:
+    """stop_process for many at once: TERM all, one bounded wait, KILL the rest, reap."""
+    live = [p for p in procs if p.poll() is None]
+    for p in live:
+        try:
+            p.send_signal(signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and any(p.poll() is None for p in live):
+        time.sleep(0.02)
+    for p in live:
+        stop_process(p, timeout=1.0)
 
 
 def kill_pids(pids: Sequence[int], sig: int = signal.SIGKILL, timeout: float = 3.0) -> None:
@@ -294,15 +304,27 @@ def ensure_tunnel_user() -> pwd.struct_passwd:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
             try:
-                return pwd.getpwnam(TUNNEL_USER)
+                pwd.getpwnam(TUNNEL_USER)
             except KeyError:
-                pass
-            _run(["useradd", "--system", "--no-create-home", "--home-dir", TUNNEL_HOME,
-                  "--shell", "/bin/sh", "--user-group", TUNNEL_USER])
-            _run(["usermod", "-p", "*", TUNNEL_USER])
+                _run(["useradd", "--system", "--no-create-home", "--home-dir", TUNNEL_HOME,
+                      "--shell", "/bin/sh", "--user-group", TUNNEL_USER])
+            if _shadow_field(TUNNEL_USER).startswith("!"):  # useradd's default, or made elsewhere
+                _run(["usermod", "-p", "*", TUNNEL_USER])
             return pwd.getpwnam(TUNNEL_USER)
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _shadow_field(user: str) -> str:
+    try:
+        with open("/etc/shadow") as f:
+            for line in f:
+                parts = line.split(":")
+                if parts[0] == user and len(parts) > 1:
+                    return parts[1]
+    except OSError:
+        pass
+    return ""
 
 
 # ----------------------------------------------------------------------------- servers
@@ -338,14 +360,19 @@ class Server:
         return self
 
     def wait_ready(self, timeout: float = 10.0) -> None:
-        """Until it accepts on 127.0.0.1:port in the server namespace and sends an SSH banner."""
+        """Until its sockets listen in the server namespace (sshd: srv_ip and 127.0.0.1, dropbear: any).
+
+        Checked in the namespace's TCP table, not by connecting: a probe connection would show up in the
+        server's log and count against MaxStartups.
+        """
+        need = 2 if self.kind == "openssh" else 1
+
         def ready() -> bool:
             if self.proc is None or self.proc.poll() is not None:
                 raise RuntimeError("%s exited early (%s); log:\n%s" % (
                     self.kind, self.proc and self.proc.returncode, self.log_text()[-2000:]))
-            banner = probe_from(self.lab.srv_ns, "127.0.0.1", self.port, timeout=1.0)
-            return bool(banner and banner.startswith(b"SSH-"))
-        wait_until(ready, timeout, 0.05, "%s on port %d to accept" % (self.kind, self.port))
+            return len(set(listening(self.lab.srv_ns, self.port))) >= need
+        wait_until(ready, timeout, 0.02, "%s to listen on port %d" % (self.kind, self.port))
 
     def log_text(self) -> str:
         try:
@@ -593,6 +620,13 @@ class Lab:
     def srv_run(self, argv: Sequence[str], timeout: float = 10, **kw) -> subprocess.CompletedProcess:
         return self.ns_run(self.srv_ns, argv, timeout, **kw)
 
+    def user_run(self, argv: Sequence[str], timeout: float = 10, **kw) -> subprocess.CompletedProcess:
+        """Run argv in the server namespace as the tunnel user (HOME = lab.home), e.g. to check what a
+        remote command could see or do there."""
+        env = dict(kw.pop("env", None) or os.environ, HOME=self.home, USER=self.user, LOGNAME=self.user)
+        return self.srv_run(["setpriv", "--reuid", str(self.uid), "--regid", str(self.gid), "--clear-groups",
+                             "--"] + list(argv), timeout, env=env, **kw)
+
     def tracked_pids(self) -> List[int]:
         return [p.pid for p in self._procs]
 
@@ -752,8 +786,8 @@ class Lab:
         for srv in self.servers:
             if srv.proc is not None and srv.proc.poll() is None:
                 srv.stop(sessions=True)
-        for p in reversed(self._procs):
-            stop_process(p)
+        stop_processes(self._procs)
+        for p in self._procs:
             for f in (p.stdin, p.stdout, p.stderr):
                 if f:
                     try:

@@ -134,6 +134,17 @@ def test_session_process_facts(lab):
     assert cmd.startswith(" ".join(drop.argv)) and kill == "not-killable", r
 
 
+def test_private_home_per_lab(lab):
+    """The tunnel user's home seen in this lab's server namespace is lab.home, nowhere else."""
+    r = lab.user_run(["sh", "-c", "id -u; echo ~%s; touch ~/.probe && echo wrote" % lab.user])
+    assert r.stdout.decode().split() == [str(lab.uid), lab.home, "wrote"], r
+    outside = subprocess.run(["sh", "-c", "echo ~%s" % lab.user], stdout=subprocess.PIPE).stdout.decode().strip()
+    assert outside != lab.home
+    server = lab.start_sshd()
+    r = lab.box_run(lab.ssh_argv(server, cmd=["pwd; ls -a"]), timeout=10)
+    assert r.stdout.decode().split()[0] == lab.home and ".probe" in r.stdout.decode().split(), r
+
+
 def test_cleanup_leaves_nothing():
     with labmod.Lab(tag="cleanup") as lab:
         names = (lab.box_ns, lab.srv_ns)
