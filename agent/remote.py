@@ -1,0 +1,618 @@
+"""Everything that runs on the SERVER, as pure string builders and interpreters.
+
+The lead's supervisor runs these strings as the remote command of an ssh exec
+(`ssh ... HOST COMMAND`, `dbclient ... HOST COMMAND`) under its own timeout and
+hands the outcome back to the `interpret_*` functions here. Nothing here
+spawns ssh. The in-band loop check (`LoopListener`) is box-side but lives
+here because it pairs with the forwards it adds to the tunnel.
+
+Quoting: every remote command is `exec sh -c SCRIPT NAME ARG...` where SCRIPT
+is a constant of this module and each ARG is a validated value passed through
+shlex.quote: no configuration text is ever part of the script itself.
+
+Exit codes, one table for all remote one-liners (80-92: clear of ssh's 255,
+dbclient's 1 for everything, the shell's 2/126/127 and signal deaths 128+N):
+
+    80 CHECK_OK            connected; banner matched, data came, or silent through the grace
+    81 CHECK_REFUSED       nothing listens on the forward's server-side address
+    82 CHECK_CLOSED        accepted, then closed at once: the tunnel's far end is broken
+                           (box-side target refused, or the channel could not be opened)
+    83 CHECK_NO_ANSWER     connect not answered, or a banner expected and nothing came
+    84 CHECK_MISMATCH      bytes came that are not the banner: the port is held by a stranger
+    85 CHECK_NO_INTERPRETER none of python3, python, perl, bash, busybox nc on the server
+    86 CHECK_ERROR         the check itself failed (e.g. ::1 with IPv6 disabled)
+    90 RECLAIM_DONE        a stale session of ours held the port and was ended
+    91 RECLAIM_NOTHING     no live session of ours is registered for the port
+    92 RECLAIM_NOT_OURS    a registered pid is alive but may not be ended by us
+                           (other uid, e.g. a dropbear server's root-owned session; not a
+                           session process; kill refused; or still alive after KILL)
+
+Assumptions about the server, numbered (each one-liner names the ones it needs):
+ 1. `sh` on PATH is a POSIX shell (dash, bash, busybox ash); the login shell can
+    run `exec sh -c '...' ARGS` (any Bourne-like shell, fish; no newline is ever
+    sent, so csh/tcsh parse it too).
+ 2. `command -v`, `printf`, `read`, `kill`, `wait`, `trap` are shell builtins;
+    `sleep` is a command that exists (coreutils or busybox; fractions not needed).
+ 3. The check's interpreters: python3 or python (2.6+ or 3.x, stdlib socket),
+    perl 5.8+ (IO::Socket::INET; IO::Socket::IP for IPv6: core since 5.20),
+    bash 4+ (/dev/tcp, fractional `read -t`; its banner cannot contain NUL),
+    or `busybox nc ADDR PORT` plus `busybox od`.
+ 4. bash /dev/tcp and busybox nc cannot bound a connect themselves: a
+    background `sleep T+1; kill -9` ends them. When it fires it leaves a
+    `sleep` orphan with /dev/null as stdin/stdout/stderr, so the ssh channel
+    still closes at once; it exits by itself within T+1 s.
+ 5. With busybox nc, "accepted and silent" and "connect not answered" look the
+    same (both end by the killer); with a banner the second is NO_ANSWER. Its
+    grace is rounded up to whole seconds, and a banner check always takes T+1 s.
+ 6. Reclaim needs Linux /proc (PID/stat, PID/cmdline, PID/status readable by
+    the user, true for non-dumpable sshd session processes), `rm`, `mkdir`,
+    and a writable state directory ($HOME/.sshkeep by default).
+ 7. OpenSSH: the remote command's parent ($PPID) is the `sshd: USER@notty`
+    process that owns the session's listeners, running as the user.
+    dropbear: it is the per-connection `dropbear` process (cmdline is the
+    server's own, e.g. "/usr/sbin/dropbear -F ..."), which keeps running as
+    root: only a root tunnel user can end it (else RECLAIM_NOT_OURS).
+ 8. The process start time (field 22 of /proc/PID/stat) is recorded with the
+    pid, so a recycled pid is never mistaken for the session.
+"""
+
+import errno
+import os
+import re
+import selectors
+import shlex
+import socket
+import time
+from typing import List, Optional, Sequence, Tuple
+
+from agent.model import Forward
+from agent.probe import (
+    BANNER_MISMATCH, CLOSED, ERROR, OK_DATA, REFUSED, TIMEOUT, ProbeResult, is_ip_literal,
+)
+
+# --- the exit-code table -----------------------------------------------------
+CHECK_OK = 80
+CHECK_REFUSED = 81
+CHECK_CLOSED = 82
+CHECK_NO_ANSWER = 83
+CHECK_MISMATCH = 84
+CHECK_NO_INTERPRETER = 85
+CHECK_ERROR = 86
+RECLAIM_DONE = 90
+RECLAIM_NOTHING = 91
+RECLAIM_NOT_OURS = 92
+
+# --- verdicts ----------------------------------------------------------------
+OK = "ok"
+NO_ANSWER = "no-answer"
+MISMATCH = "mismatch"
+NO_INTERPRETER = "no-interpreter"
+UNREACHABLE = "unreachable"   # ssh itself failed or timed out: not a verdict on the forward
+NO_COMMAND = "no-command"     # the server ran something else (forced command, no shell, nologin)
+RECLAIMED = "reclaimed"
+NOTHING = "nothing"
+NOT_OURS = "not-ours"
+# REFUSED, CLOSED, ERROR: the same strings as agent.probe's
+CHECK_VERDICTS = {
+    CHECK_OK: OK, CHECK_REFUSED: REFUSED, CHECK_CLOSED: CLOSED, CHECK_NO_ANSWER: NO_ANSWER,
+    CHECK_MISMATCH: MISMATCH, CHECK_NO_INTERPRETER: NO_INTERPRETER, CHECK_ERROR: ERROR,
+}
+RECLAIM_VERDICTS = {RECLAIM_DONE: RECLAIMED, RECLAIM_NOTHING: NOTHING, RECLAIM_NOT_OURS: NOT_OURS}
+
+CHECK_MARKER = "sshkeep-check"
+READY_MARKER = "sshkeep-ready"
+RECLAIM_MARKER = "sshkeep-reclaim"
+DEFAULT_STATE_DIR = "$HOME/.sshkeep"
+INTERPRETERS = ("python3", "python", "perl", "bash", "nc")
+CLIENT_FAILURE = {"openssh": 255, "dropbear": 1}
+
+# --- the check, per interpreter: argv = ADDR PORT BANNERHEX TIMEOUT GRACE ----
+_PY = r"""import socket, sys, time, errno, binascii
+a, p, b, t, g = sys.argv[1], int(sys.argv[2]), binascii.unhexlify(sys.argv[3]), float(sys.argv[4]), float(sys.argv[5])
+end = time.time() + t
+s = socket.socket(socket.AF_INET6 if ":" in a else socket.AF_INET, socket.SOCK_STREAM)
+s.settimeout(t)
+try:
+    s.connect((a, p))
+except socket.timeout:
+    sys.exit(83)
+except socket.error as e:
+    sys.exit(81 if e.errno == errno.ECONNREFUSED else 86)
+lim = b and end or min(end, time.time() + g)
+d = b""
+while 1:
+    r = lim - time.time()
+    if r <= 0:
+        break
+    s.settimeout(r)
+    try:
+        c = s.recv(4096)
+    except socket.timeout:
+        break
+    except socket.error:
+        c = b""
+    if not c:
+        sys.exit(d and 84 or 82)
+    d += c
+    if not b or d[:len(b)] == b:
+        sys.exit(80)
+    if b[:len(d)] != d[:len(b)]:
+        sys.exit(84)
+sys.exit(d and 84 or (b and 83 or 80))
+"""
+PY_CHECK = "exec(%r)" % _PY  # one line: the source travels as a string literal
+
+PERL_CHECK = " ".join("""
+use IO::Socket; use Time::HiRes qw(time);
+my ($a, $p, $h, $t, $g) = @ARGV; my $b = pack("H*", $h); my $end = time + $t;
+my $c = ($a =~ /:/) ? "IO::Socket::IP" : "IO::Socket::INET"; eval "require $c" or exit 86;
+my $s = $c->new(PeerHost => $a, PeerPort => $p, Proto => "tcp", Timeout => $t);
+if (!$s) { exit($!{ECONNREFUSED} ? 81 : ($!{ETIMEDOUT} || $!{EINPROGRESS}) ? 83 : 86) }
+my $lim = length($b) ? $end : (time + $g < $end ? time + $g : $end); my $d = "";
+while (1) {
+  my $r = $lim - time; last if $r <= 0;
+  my $rin = ""; vec($rin, fileno($s), 1) = 1; my $n = select(my $rout = $rin, undef, undef, $r);
+  next if $n < 0; last if $n == 0;
+  my $x = ""; my $k = sysread($s, $x, 4096);
+  if (!$k) { exit(length($d) ? 84 : 82) }
+  $d .= $x; exit 80 if !length($b) || substr($d, 0, length $b) eq $b;
+  exit 84 if substr($b, 0, length $d) ne substr($d, 0, length $b);
+}
+exit(length($d) ? 84 : length($b) ? 83 : 80);
+""".split())
+
+BASH_CHECK = "; ".join("""
+a=$1 p=$2 h=$3 t=$4 g=$5 b= i=0
+while [ $i -lt ${#h} ]; do printf -v c "\\x${h:i:2}"; b+=$c; i=$((i+2)); done
+{ exec 3<>/dev/tcp/$a/$p; } 2>/dev/null || { case $( (exec 3<>/dev/tcp/$a/$p) 2>&1 ) in *refused*) exit 81;; *) exit 86;; esac; }
+if [ -z "$b" ]; then IFS= read -r -d "" -n 1 -t "$g" x <&3; r=$?; [ $r -eq 1 ] && exit 82; exit 80; fi
+IFS= read -r -d "" -n ${#b} -t "$t" x <&3; r=$?
+[ "$x" = "$b" ] && exit 80
+[ -n "$x" ] && exit 84
+[ $r -gt 128 ] && exit 83
+exit 82
+""".strip().splitlines())
+
+# The check driver (assumptions 1-5). $1 addresses (space separated IP
+# literals), $2 port, $3 banner hex, $4 timeout per address, $5 grace,
+# $6 interpreter order, $7 python, $8 perl, $9 bash program.
+_CHECK_SH = "; ".join("""
+LC_ALL=C
+export LC_ALL
+A=$1 P=$2 H=$3 T=$4 G=$5 O=$6 PY=$7 PL=$8 BA=$9
+S=$((${T%.*} + 1)) GI=$((${G%.*} + 1))
+k() { "$@" & w=$!; { sleep $S; kill -9 $w; } </dev/null >/dev/null 2>&1 & z=$!; wait $w; r=$?; kill $z 2>/dev/null; return $r; }
+n1() { L=$GI; [ -n "$H" ] && L=$S; o=$( { { sleep $L; } </dev/null 2>/dev/null | { exec 4<&0; busybox nc "$1" "$P" <&4 2>/dev/null & w=$!; { sleep $L; kill -9 $w; } </dev/null >/dev/null 2>&1 & z=$!; wait $w; echo "S$?" >&3; kill $z 2>/dev/null; } | busybox od -An -tx1 -v; } 3>&1 ); st= x=; for v in $o; do case $v in S*) st=${v#S};; *) x=$x$v;; esac; done; if [ -n "$x" ]; then [ -z "$H" ] && return 80; case $x in "$H"*) return 80;; esac; return 84; fi; case $st in 137|143) [ -n "$H" ] && return 83; return 80;; 0) return 82;; esac; m=$(k busybox nc "$1" "$P" 2>&1 >/dev/null); case $m in *refused*) return 81;; esac; return 86; }
+I=
+for c in $O; do if [ $c = nc ]; then command -v busybox >/dev/null 2>&1 && { busybox nc </dev/null >/dev/null 2>&1; [ $? -ne 127 ]; } && { busybox od </dev/null >/dev/null 2>&1; [ $? -ne 127 ]; } && I=nc; else command -v $c >/dev/null 2>&1 && I=$c; fi; [ -n "$I" ] && break; done
+[ -z "$I" ] && { echo "sshkeep-check 85 none -"; exit 85; }
+f= fa=
+for a in $A; do case $I in python*) k $I -c "$PY" "$a" "$P" "$H" "$T" "$G";; perl) k perl -e "$PL" "$a" "$P" "$H" "$T" "$G";; bash) k bash -c "$BA" sshkeep "$a" "$P" "$H" "$T" "$G";; nc) n1 "$a";; esac; r=$?; case $r in 8[0-6]) ;; *) r=86;; esac; [ -z "$f" ] && f=$r fa=$a; [ $r = 80 ] && { f=80 fa=$a; break; }; done
+echo "sshkeep-check $f $I $fa"
+exit $f
+""".strip().splitlines())
+
+# The tunnel's session command (assumptions 1, 2, 6, 7, 8): $1 state dir,
+# $2 owner token, $3... listen ports. Writes "OWNER STARTTIME" to
+# DIR/rport-PORT-PPID for each port, says READY, waits while stdin is open,
+# removes its own files (named by its own PPID, so never another session's).
+_SESSION_SH = "; ".join("""
+d=$1 o=$2
+shift 2
+ps=$* q=$PPID st=0 w=ok
+umask 077
+if read -r x </proc/$q/stat; then x=${x##*") "}; set -- $x; st=${20}; fi 2>/dev/null
+mkdir -p "$d" 2>/dev/null || w=nostate
+for p in $ps; do printf "%s %s\\n" "$o" "$st" >"$d/rport-$p-$q" 2>/dev/null || w=nostate; done
+cl() { for p in $ps; do rm -f "$d/rport-$p-$q"; done; }
+trap "cl; exit 0" HUP INT TERM
+echo "sshkeep-ready $q $w"
+while read -r l; do :; done
+cl
+""".strip().splitlines())
+
+# The reclaim (assumptions 1, 2, 6, 7, 8): $1 state dir, $2 owner, $3 port.
+# For each registered session of this owner and port: forget it if gone or
+# its pid was recycled; refuse unless it is a session process of our uid;
+# TERM, wait up to 2 s, KILL, wait up to 1 s.
+_RECLAIM_SH = "; ".join("""
+d=$1 o=$2 p=$3 nd=0 nn=0 z=0.1 zn=20
+sleep 0.1 2>/dev/null || z=1 zn=2
+me=
+while read -r kk v; do [ "$kk" = Uid: ] && me=$v; done </proc/$$/status
+gone() { i=0; while [ -d /proc/$1 ] && [ $i -lt $2 ]; do sleep $z; i=$((i+1)); done; [ -d /proc/$1 ] && return 1; return 0; }
+for f in "$d"/rport-$p-*; do
+[ -f "$f" ] || continue
+q=${f##*-}
+case $q in ""|*[!0-9]*) continue;; esac
+fo= fs=
+read -r fo fs <"$f"
+[ "$fo" = "$o" ] || continue
+[ -d /proc/$q ] || { rm -f "$f"; continue; }
+x=
+read -r x </proc/$q/stat 2>/dev/null
+x=${x##*") "}
+set -- $x
+[ "${20}" = "$fs" ] || { rm -f "$f"; continue; }
+c=
+read -r c </proc/$q/cmdline 2>/dev/null
+u=
+while read -r kk v; do [ "$kk" = Uid: ] && u=$v; done </proc/$q/status
+case $c in "sshd: "*|*dropbear*) ;; *) echo "sshkeep-reclaim not-a-session $q"; nn=$((nn+1)); continue;; esac
+[ "$u" = "$me" ] || { echo "sshkeep-reclaim other-uid $q"; nn=$((nn+1)); continue; }
+kill -TERM $q 2>/dev/null || { echo "sshkeep-reclaim kill-refused $q"; nn=$((nn+1)); continue; }
+gone $q $zn || { kill -KILL $q 2>/dev/null; gone $q $((zn/2)); } || { echo "sshkeep-reclaim still-alive $q"; nn=$((nn+1)); continue; }
+rm -f "$f"
+echo "sshkeep-reclaim ended $q"
+nd=$((nd+1))
+done
+[ $nd -gt 0 ] && { echo "sshkeep-reclaim 90"; exit 90; }
+[ $nn -gt 0 ] && { echo "sshkeep-reclaim 92"; exit 92; }
+echo "sshkeep-reclaim 91"
+exit 91
+""".strip().splitlines())
+
+
+# --- validation --------------------------------------------------------------
+_OWNER_OK = re.compile(r"\A[A-Za-z0-9._@:+-]{1,64}\Z")
+_PATH_OK = re.compile(r"\A[A-Za-z0-9._/+@-]{1,200}\Z")
+
+
+def _port(port) -> int:
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
+        raise ValueError("not a port (1-65535): %r" % (port,))
+    return port
+
+
+def check_addresses(bind: str) -> List[str]:
+    """The server-side addresses a check of a -R listen address connects to.
+
+    '' and 'localhost' -> 127.0.0.1 and ::1 (OpenSSH binds both; the forward
+    is up if either answers); '*' / '0.0.0.0' -> 127.0.0.1; '::' -> ::1; an IP
+    literal -> exactly that address (a dropbear server may have quietly taken
+    [::1]:P when 127.0.0.1:P was held by someone else: test what was asked).
+    Anything else raises ValueError: it never reaches a shell.
+    """
+    if bind in ("", "localhost"):
+        return ["127.0.0.1", "::1"]
+    if bind in ("*", "0.0.0.0"):
+        return ["127.0.0.1"]
+    if bind in ("::", "[::]"):
+        return ["::1"]
+    if bind.startswith("[") and bind.endswith("]"):
+        bind = bind[1:-1]
+    if not is_ip_literal(bind) or "%" in bind:
+        raise ValueError("bind address must be an IP literal or 'localhost': %r" % bind)
+    return [bind]
+
+
+def _dir_word(state_dir: str) -> str:
+    """The state directory as one shell word; only a leading $HOME expands remotely."""
+    for prefix in ("$HOME/", "${HOME}/"):
+        if state_dir.startswith(prefix):
+            rest = state_dir[len(prefix):]
+            if not _PATH_OK.match(rest) or ".." in rest.split("/"):
+                raise ValueError("bad state directory: %r" % state_dir)
+            return '"$HOME"/' + shlex.quote(rest)
+    if not state_dir.startswith("/") or not _PATH_OK.match(state_dir) or ".." in state_dir.split("/"):
+        raise ValueError("state directory must be absolute or start with $HOME/: %r" % state_dir)
+    return shlex.quote(state_dir)
+
+
+def _owner(owner: str) -> str:
+    owner = owner or "sshkeep"
+    if not _OWNER_OK.match(owner):
+        raise ValueError("owner token must match [A-Za-z0-9._@:+-]{1,64}: %r" % owner)
+    return owner
+
+
+def _seconds(value, what) -> str:
+    value = float(value)
+    if not 0 < value <= 300:
+        raise ValueError("%s out of range (0, 300]: %r" % (what, value))
+    return "%.3f" % value
+
+
+def _sh(script: str, name: str, args: Sequence[str]) -> str:
+    return " ".join(["exec sh -c", shlex.quote(script), name] + [shlex.quote(a) for a in args])
+
+
+# --- builders -----------------------------------------------------------------
+def check_command(
+    bind: str,
+    port: int,
+    banner: Optional[str],
+    timeout: float,
+    grace: float = 0.3,
+    interpreters: Sequence[str] = INTERPRETERS,
+) -> str:
+    """The ssh-exec command that checks a -R forward's listen address on the server.
+
+    Exits with one CHECK_* code and prints `sshkeep-check CODE INTERPRETER
+    ADDRESS` as its last line. `timeout` bounds each address (two for ''/
+    'localhost', tried in turn, so the command takes up to twice `timeout`
+    plus interpreter start-up; a busybox nc banner check takes T+1 s per
+    address): run it under a caller timeout of 2*timeout + 3 s + ssh's
+    connect time. `interpreters` is the order of preference (subset of
+    INTERPRETERS; "nc" means busybox nc).
+    """
+    addrs = check_addresses(bind)
+    hexed = (banner or "").encode("utf-8").hex()
+    if len(hexed) > 128:
+        raise ValueError("banner longer than 64 bytes")
+    order = [i for i in interpreters]
+    if not order or any(i not in INTERPRETERS for i in order):
+        raise ValueError("interpreters must be a non-empty subset of %s" % (INTERPRETERS,))
+    args = [" ".join(addrs), str(_port(port)), hexed, _seconds(timeout, "timeout"),
+            _seconds(grace, "grace"), " ".join(order), PY_CHECK, PERL_CHECK, BASH_CHECK]
+    return _sh(_CHECK_SH, "sshkeep-check", args)
+
+
+def check_budget(bind: str, timeout: float) -> float:
+    """Seconds the server side of check_command may take (add ssh's own connect time)."""
+    return len(check_addresses(bind)) * (float(timeout) + 1.0) + 1.0
+
+
+def session_command(ports: Sequence[int], state_dir: str = DEFAULT_STATE_DIR, owner: str = "") -> str:
+    """The remote command a tunnel runs instead of -N, so a stale listener can be reclaimed.
+
+    It records its parent (the session process holding the -R listeners) in
+    STATE_DIR/rport-PORT-PID with `OWNER STARTTIME`, prints
+    `sshkeep-ready PID ok|nostate` and waits until its stdin closes. The ssh
+    client's stdin must therefore be a pipe the agent keeps open (not
+    /dev/null, not -n): when the agent closes it the session ends cleanly.
+    `owner` identifies this box and tunnel (e.g. "router1.tunnelname"): a
+    reclaim only ends sessions with the same owner, so two boxes that share a
+    port by mistake do not end each other's sessions.
+    """
+    ports = [str(_port(p)) for p in ports]
+    if not ports:
+        raise ValueError("no ports")
+    return " ".join(["exec sh -c", shlex.quote(_SESSION_SH), "sshkeep-session",
+                     _dir_word(state_dir), shlex.quote(_owner(owner))] + ports)
+
+
+def reclaim_command(port: int, state_dir: str = DEFAULT_STATE_DIR, owner: str = "") -> str:
+    """The ssh-exec command that ends a stale session of ours holding `port` on the server.
+
+    Prints one `sshkeep-reclaim ended PID` per session it ended and a last line
+    `sshkeep-reclaim CODE`; exits RECLAIM_DONE / RECLAIM_NOTHING /
+    RECLAIM_NOT_OURS. Takes at most about 3 s on the server.
+    """
+    return " ".join(["exec sh -c", shlex.quote(_RECLAIM_SH), "sshkeep-reclaim",
+                     _dir_word(state_dir), shlex.quote(_owner(owner)), str(_port(port))])
+
+
+# --- interpreters -------------------------------------------------------------
+def _no_marker_verdict(returncode, stderr, timed_out, client_kind):
+    if timed_out or returncode is None or returncode < 0:
+        return UNREACHABLE
+    if returncode == CLIENT_FAILURE.get(client_kind, 255):
+        if client_kind == "dropbear" and stderr.strip() and "dbclient" not in stderr:
+            return NO_COMMAND  # exit 1 from the server's side (e.g. nologin), not dbclient's own
+        return UNREACHABLE
+    if client_kind == "" and returncode in CLIENT_FAILURE.values():
+        return UNREACHABLE
+    return NO_COMMAND
+
+
+def interpret_check(returncode: Optional[int], stdout: str, stderr: str, timed_out: bool,
+                    client_kind: str = "openssh") -> str:
+    """Turn an ssh exec of check_command into a verdict.
+
+    The last `sshkeep-check CODE` line decides when present (it proves our
+    script ran). Without it: ssh's own failure (255 OpenSSH, 1 dbclient) or
+    our timeout -> UNREACHABLE ("could not reach the server", not "forward
+    dead"); one of our codes -> that verdict; anything else -> NO_COMMAND (a
+    forced command, nologin, a shell that is not POSIX).
+    """
+    code = None
+    for line in stdout.splitlines():
+        parts = line.split()
+        if len(parts) >= 2 and parts[0] == CHECK_MARKER and parts[1].isdigit():
+            code = int(parts[1])
+    if code in CHECK_VERDICTS:
+        return CHECK_VERDICTS[code]
+    if not timed_out and returncode in CHECK_VERDICTS:
+        return CHECK_VERDICTS[returncode]
+    return _no_marker_verdict(returncode, stderr, timed_out, client_kind)
+
+
+def check_detail(stdout: str) -> str:
+    """'python3 127.0.0.1' from the marker line, for the log; '' if none."""
+    for line in reversed(stdout.splitlines()):
+        parts = line.split()
+        if len(parts) == 4 and parts[0] == CHECK_MARKER:
+            return "%s %s" % (parts[2], parts[3])
+    return ""
+
+
+def interpret_reclaim(returncode: Optional[int], stdout: str, stderr: str, timed_out: bool,
+                      client_kind: str = "openssh") -> Tuple[str, Optional[int]]:
+    """Turn an ssh exec of reclaim_command into (verdict, pid ended or None)."""
+    code, pid = None, None
+    for line in stdout.splitlines():
+        parts = line.split()
+        if len(parts) >= 2 and parts[0] == RECLAIM_MARKER:
+            if parts[1].isdigit():
+                code = int(parts[1])
+            elif parts[1] == "ended" and len(parts) > 2 and parts[2].isdigit() and pid is None:
+                pid = int(parts[2])
+    if code is None and not timed_out and returncode in RECLAIM_VERDICTS:
+        code = returncode
+    if code in RECLAIM_VERDICTS:
+        return RECLAIM_VERDICTS[code], pid
+    return _no_marker_verdict(returncode, stderr, timed_out, client_kind), None
+
+
+def parse_ready(line: str) -> Optional[Tuple[int, bool]]:
+    """`sshkeep-ready PID ok|nostate` -> (pid, state recorded?); None for any other line."""
+    parts = line.split()
+    if len(parts) >= 2 and parts[0] == READY_MARKER and parts[1].isdigit():
+        return int(parts[1]), (len(parts) < 3 or parts[2] == "ok")
+    return None
+
+
+# --- in-band loop check -------------------------------------------------------
+def free_port(address: str = "127.0.0.1") -> int:
+    """A port free on this box right now (bind to 0, read, close; may race)."""
+    s = socket.socket(socket.AF_INET6 if ":" in address else socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        s.bind((address, 0))
+        return s.getsockname()[1]
+    finally:
+        s.close()
+
+
+def loop_forward_pair(listener_port: int, server_port: int, box_port: int = 0) -> Tuple[Forward, Forward]:
+    """The two forwards of the loop check, added to the tunnel's own ssh.
+
+    -R 127.0.0.1:SERVER_PORT:127.0.0.1:LISTENER_PORT  (server port -> our echo listener)
+    -L 127.0.0.1:BOX_PORT:127.0.0.1:SERVER_PORT       (box port -> that server port)
+    A nonce sent into BOX_PORT crosses the connection twice and comes back.
+    SERVER_PORT must be free on the server (one per tunnel per server);
+    BOX_PORT 0 picks a free port now.
+    """
+    box_port = box_port or free_port()
+    r = Forward("R", "127.0.0.1", _port(server_port), "127.0.0.1", _port(listener_port),
+                check="none", name="loop-r")
+    l = Forward("L", "127.0.0.1", _port(box_port), "127.0.0.1", _port(server_port),
+                check="none", name="loop-l")
+    return r, l
+
+
+def make_nonce() -> bytes:
+    return ("sshkeep-loop %s %d %s\n" % (socket.gethostname(), os.getpid(), os.urandom(8).hex())).encode()
+
+
+class LoopListener:
+    """The box end of the in-band loop check: an echo listener on 127.0.0.1:0.
+
+    Run inline, no thread: `check(box_port, timeout)` connects to the -L end,
+    sends a nonce, and in one selector loop accepts on this listener, echoes
+    what each accepted connection sends, and reads the echo back; every step
+    is bounded by one monotonic deadline. Between checks nothing is serviced:
+    connections that arrive then wait in the backlog and are echoed (and
+    closed) by the next check, which only trusts its own nonce.
+    """
+
+    def __init__(self, address: str = "127.0.0.1", port: int = 0):
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind((address, port))
+        self.sock.listen(8)
+        self.sock.setblocking(False)
+        self.port = self.sock.getsockname()[1]
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def check(self, box_port: int, timeout: float = 3.0, nonce: Optional[bytes] = None) -> ProbeResult:
+        """Send a nonce through the loop; OK_DATA when it came back intact.
+
+        REFUSED: nothing on the box port (the -L is gone). CLOSED: the loop
+        was cut (server could not reach the -R port, or the -R could not reach
+        us). TIMEOUT: no echo before the deadline (wedged channel).
+        BANNER_MISMATCH: other bytes came back (the server port is held by a
+        stranger, e.g. a dropbear server put our -R on ::1).
+        """
+        nonce = nonce or make_nonce()
+        start = time.monotonic()
+        deadline = start + timeout
+        sel = selectors.DefaultSelector()
+        peers = []  # type: List[socket.socket]
+        client = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        client.setblocking(False)
+        got = b""
+        verdict, detail = TIMEOUT, "no echo in %.1fs" % timeout
+        try:
+            err = client.connect_ex(("127.0.0.1", box_port))
+            if err not in (0, errno.EINPROGRESS, errno.EAGAIN):
+                return ProbeResult(REFUSED if err == errno.ECONNREFUSED else ERROR, "127.0.0.1",
+                                   "box port %d: %s" % (box_port, os.strerror(err)), time.monotonic() - start)
+            pending = nonce
+            sel.register(client, selectors.EVENT_WRITE, "client")
+            sel.register(self.sock, selectors.EVENT_READ, "listener")
+            connected = False
+            while True:
+                now = time.monotonic()
+                if now >= deadline:
+                    break
+                done = False
+                for key, ev in sel.select(deadline - now):
+                    if key.data == "listener":
+                        try:
+                            conn, _ = self.sock.accept()
+                        except (BlockingIOError, InterruptedError):
+                            continue
+                        conn.setblocking(False)
+                        peers.append(conn)
+                        sel.register(conn, selectors.EVENT_READ, "peer")
+                    elif key.data == "peer":
+                        try:
+                            chunk = key.fileobj.recv(4096)
+                        except OSError:
+                            chunk = b""
+                        if chunk:
+                            try:
+                                key.fileobj.send(chunk)  # small: fits the send buffer
+                            except OSError:
+                                pass
+                        else:
+                            sel.unregister(key.fileobj)
+                    elif not connected:
+                        err = client.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+                        if err:
+                            verdict = REFUSED if err == errno.ECONNREFUSED else ERROR
+                            detail = "box port %d: %s" % (box_port, os.strerror(err))
+                            done = True
+                            break
+                        connected = True
+                        sent = client.send(pending)
+                        pending = pending[sent:]
+                        sel.modify(client, selectors.EVENT_READ | (selectors.EVENT_WRITE if pending else 0), "client")
+                    else:
+                        if pending and ev & selectors.EVENT_WRITE:
+                            pending = pending[client.send(pending):]
+                            if not pending:
+                                sel.modify(client, selectors.EVENT_READ, "client")
+                        if not ev & selectors.EVENT_READ:
+                            continue
+                        try:
+                            chunk = client.recv(4096)
+                        except OSError as exc:
+                            chunk, detail = b"", "reset: %s" % exc
+                        if not chunk:
+                            verdict = BANNER_MISMATCH if got else CLOSED
+                            detail = "loop closed after %d of %d bytes" % (len(got), len(nonce))
+                            done = True
+                            break
+                        got += chunk
+                        if got == nonce:
+                            verdict, detail, done = OK_DATA, "nonce echoed", True
+                            break
+                        if not nonce.startswith(got):
+                            verdict, detail, done = BANNER_MISMATCH, "got %r" % got[:40], True
+                            break
+                if done:
+                    break
+        finally:
+            sel.close()
+            client.close()
+            for p in peers:
+                p.close()
+        return ProbeResult(verdict, "127.0.0.1", detail, time.monotonic() - start)
+
+
+def send_nonce(port: int, timeout: float, listener: LoopListener) -> bool:
+    """True when a nonce sent into the -L end `port` came back through `listener`."""
+    return listener.check(port, timeout).verdict == OK_DATA
