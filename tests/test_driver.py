@@ -1,0 +1,196 @@
+"""The process driver against scripted stand-ins for ssh (no network).
+
+Each fake records its pid; we assert on how the agent escalated, classified and
+cleaned up, by pid. Every wait is a poll with a deadline.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+FAKE = os.path.join(HERE, "fakes", "fakessh")
+
+
+def wait_for(fn, timeout, what):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = fn()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError("timed out after %ss waiting for %s" % (timeout, what))
+
+
+def alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # a zombie counts as gone
+    try:
+        with open("/proc/%d/stat" % pid) as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+class Agent:
+    def __init__(self, tmp_path, mode, extra=()):
+        self.state = str(tmp_path / "state.json")
+        self.log = str(tmp_path / "fake.log")
+        env = dict(os.environ, FAKESSH_MODE=mode, FAKESSH_LOG=self.log, PYTHONPATH=ROOT)
+        argv = [sys.executable, "-m", "agent", "run", "-R", "127.0.0.1:20022:127.0.0.1:22",
+                "--ssh", FAKE, "--state", self.state, "--pidfile", str(tmp_path / "pid"),
+                "--no-checks", "--connect-timeout", "1", "--max-backoff", "2"] + list(extra) + ["tunnel@10.0.0.2"]
+        self.err = open(str(tmp_path / "agent.err"), "w+")
+        self.proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=self.err, cwd=str(tmp_path))
+
+    def doc(self):
+        try:
+            with open(self.state) as fh:
+                return json.load(fh)
+        except (OSError, ValueError):
+            return None
+
+    def tunnel(self):
+        d = self.doc()
+        return d["tunnels"][0] if d and d.get("tunnels") else {}
+
+    def fakes(self):
+        try:
+            with open(self.log) as fh:
+                return [int(l.split()[1]) for l in fh if l.startswith("PID ")]
+        except OSError:
+            return []
+
+    def stderr(self):
+        self.err.flush()
+        with open(self.err.name) as fh:
+            return fh.read()
+
+    def stop(self, timeout=8):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout)
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+                self.proc.wait(5)
+            self.err.close()
+
+
+@pytest.fixture
+def agent(tmp_path):
+    made = []
+
+    def start(mode, extra=()):
+        a = Agent(tmp_path, mode, extra)
+        made.append(a)
+        return a
+    yield start
+    for a in made:
+        a.stop()
+        for pid in a.fakes():
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)
+
+
+def test_ready_marker_means_up_and_term_cleans_up(agent):
+    a = agent("ready")
+    wait_for(lambda: a.tunnel().get("state") == "up", 10, "state up")
+    pid = a.tunnel()["ssh_pid"]
+    assert pid == a.fakes()[-1]
+    assert a.doc()["children"][0]["pid"] == pid
+    assert a.stop() == 0
+    assert not alive(pid)
+    assert a.tunnel()["state"] == "stopped"
+
+
+def test_child_ignoring_term_is_killed(agent):
+    a = agent("ignoreterm")
+    wait_for(lambda: a.tunnel().get("state") == "up", 10, "state up")
+    pid = a.tunnel()["ssh_pid"]
+    t0 = time.monotonic()
+    assert a.stop() == 0
+    assert time.monotonic() - t0 < 5.0   # procd's term_timeout
+    assert not alive(pid)
+
+
+def test_refused_backs_off_and_is_classified(agent):
+    a = agent("refused")
+    wait_for(lambda: len(a.fakes()) >= 4, 15, "4 attempts")
+    t = a.tunnel()
+    assert t["last_error"].startswith("connection-refused")
+    assert "Connection refused" in a.stderr()
+    a.stop()
+    # attempts are spaced out (backoff), not a tight loop: 4 attempts need > 1 s at 0,1,2.. s
+    assert len(a.fakes()) < 12
+
+
+def test_auth_failure_waits_longest_and_says_what_to_fix(agent):
+    a = agent("auth")
+    wait_for(lambda: "auth-failed" in a.tunnel().get("last_error", ""), 10, "auth-failed")
+    assert "authorized_keys" in a.stderr()
+    assert a.tunnel()["state"] == "backoff"
+
+
+def test_exit_zero_is_not_clean(agent):
+    a = agent("exit0")
+    wait_for(lambda: len(a.fakes()) >= 2, 10, "a restart after exit 0")
+    assert a.tunnel()["last_error"].startswith("closed-by-server")
+
+
+def test_forward_failure_classified(agent):
+    a = agent("fwdfail")
+    wait_for(lambda: "remote-port-in-use" in a.tunnel().get("last_error", ""), 10, "remote-port-in-use")
+
+
+def test_no_marker_watchdog(agent):
+    a = agent("hang")
+    # connect timeout 1 s: watchdog at 2*1+5 = 7 s
+    wait_for(lambda: "no-ready-in-time" in a.tunnel().get("last_error", ""), 15, "watchdog kill")
+    assert not alive(a.fakes()[0])
+
+
+def test_noisy_stderr_is_drained(agent):
+    # 20000 lines (~700 KB) on stderr: a child whose pipe nobody reads blocks at 64 KB.
+    a = agent("spam")
+    wait_for(lambda: a.tunnel().get("state") == "up", 10, "state up")
+    pid = a.tunnel()["ssh_pid"]
+    wait_for(lambda: open("/proc/%d/cmdline" % pid, "rb").read().startswith(b"cat"), 30,
+             "fake got past its stderr flood")
+
+
+def test_missing_client_exits_at_once(tmp_path):
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    p = subprocess.run([sys.executable, "-m", "agent", "run", "-R", "1:h:2", "--ssh", "/nonexistent/ssh",
+                        "--state", str(tmp_path / "s"), "--pidfile", str(tmp_path / "p"), "h"],
+                       env=env, stderr=subprocess.PIPE, timeout=20)
+    assert p.returncode == 69
+    assert b"/nonexistent/ssh does not exist" in p.stderr
+
+
+def test_usage_errors(tmp_path):
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    for argv, code, text in ((["run", "h"], 64, b"at least one -R"),
+                             (["run", "-R", "x:y", "h"], 65, b"expected [bind:]port:host:hostport"),
+                             (["run", "-R", "99999:h:1", "h"], 65, b"not a port"),
+                             (["status", "--state", str(tmp_path / "none")], 66, b"is the agent running")):
+        p = subprocess.run([sys.executable, "-m", "agent"] + argv, env=env, stderr=subprocess.PIPE, timeout=20)
+        assert p.returncode == code, (argv, p.stderr)
+        assert text in p.stderr
+
+
+def test_real_clients_detected():
+    from agent import clients
+    assert clients.detect("/usr/bin/ssh").kind == "openssh"
+    db = clients.detect("/usr/bin/dbclient")
+    assert db.kind == "dropbear" and db.has_option("ExitOnForwardFailure")
