@@ -446,7 +446,7 @@ def _single(opt, report, subject):
 
 def _apply_tunnel_opts(section, base, known, report):
     """Convert the _TUNNEL_OPTS of a section into a dict of Tunnel fields over `base`."""
-    out = dict(base)
+    out = dict(base, __lines__=dict(base.get("__lines__", {})))
     for name, opt in section.opts.items():
         if name not in _TUNNEL_OPTS:
             if name not in known:
@@ -459,6 +459,7 @@ def _apply_tunnel_opts(section, base, known, report):
         field, conv = _TUNNEL_OPTS[name]
         try:
             out[field] = conv(value)
+            out["__lines__"][field] = opt.line
         except _Bad as exc:
             report.bad(opt.line, exc, "%s option %s" % (section.label(), name))
     return out
@@ -479,7 +480,7 @@ def _parse_sshkeep(sections, report):
     servers = [s for s in sections if s.type == "server"]
     tunnels = [s for s in sections if s.type == "tunnel"]
     for s in sections:
-        if s.type not in _TYPES:
+        if s.type not in _TYPES and s.type not in SSHTUNNEL_TYPES:
             close = difflib.get_close_matches(s.type, _TYPES, n=1)
             hint = "did you mean '%s'?" % close[0] if close else "sections are: %s" % ", ".join(_TYPES)
             report.error(s.line, "unknown section type '%s'" % s.type, hint)
@@ -702,7 +703,7 @@ def _parse_sshtunnel(sections, report):
                         "name it, e.g. config server 'hub'")
             continue
         defined.append(s.name)
-        f = dict(base)
+        f = dict(base, __lines__=dict(base.get("__lines__", {})))
         extra = []
         for name, opt in s.opts.items():
             if name not in _ST_SERVER:
@@ -725,6 +726,7 @@ def _parse_sshtunnel(sections, report):
             if value is not None:
                 try:
                     f[field] = conv(value)
+                    f["__lines__"][field] = line
                 except _Bad as exc:
                     report.bad(line, exc, "server '%s' option %s" % (s.name, opt_name))
         value, line = _st_get(s, "StrictHostKeyChecking", report)
@@ -841,10 +843,12 @@ def _dialect(sections, package, path, report):
         servers = [s for s in sections if s.type == "server"]
         st = bool(servers) and any("hostname" in s.opts for s in servers) and \
             not any("host" in s.opts for s in servers)
-    if st and "tunnel" in types:
-        line = min(s.line for s in sections if s.type == "tunnel")
-        report.error(line, "this file mixes sshtunnel sections (tunnelR/L/D) with sshkeep's config tunnel",
-                     "use one format per file (see sshkeep config --help)")
+    if "tunnel" in types and types & set(SSHTUNNEL_TYPES):
+        for s in sections:
+            if s.type in SSHTUNNEL_TYPES:
+                report.error(s.line, "sshtunnel section %s in a file of sshkeep's config tunnel sections"
+                             % s.type, "use one format per file: write it as a config tunnel")
+        return "sshkeep"
     return "sshtunnel" if st else "sshkeep"
 
 
@@ -866,9 +870,10 @@ def _check_conflicts(servers, report):
 
 def _check_files(servers, report):
     for s, host, f, fwds in servers:
+        lines = f.get("__lines__", {})
         key = f.get("identity")
         if key:
-            line = (s.opts.get("identity") or s.opts.get("IdentityFile") or s).line
+            line = lines.get("identity", s.line)
             try:
                 st = os.stat(key)
             except FileNotFoundError:
@@ -887,7 +892,7 @@ def _check_files(servers, report):
                              % (s.name, key, stat.S_IMODE(st.st_mode)), "chmod 600 %s" % key)
         ssh = f.get("ssh_path")
         if ssh and "/" in ssh and not os.access(ssh, os.X_OK):
-            line = (s.opts.get("ssh") or s).line
+            line = lines.get("ssh_path", s.line)
             report.error(line, "ssh client %s is missing or not executable" % ssh,
                          "install it or fix the path (or leave ssh unset to search PATH)")
 
@@ -924,6 +929,7 @@ def parse_text(text, path="<string>", check_files=True):
                         "add a tunnel for it or set option enabled '0'")
             continue
         f = dict(f, name=s.name, host=host, forwards=tuple(fw for _, _, fw in fwds))
+        f.pop("__lines__", None)
         tunnels.append(Tunnel(**f))
     if not tunnels and not report.errors:
         report.error(0, "no enabled tunnel", "add a config server and a config tunnel section naming it")
