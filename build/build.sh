@@ -2,8 +2,9 @@
 # sh build/build.sh VPY OUT -- build OUT (build/sshkeep.pyz) from agent/ with the pinned shiv in VPY's venv.
 #
 # Reproducible: two builds from clean checkouts are byte-identical.
-#  - agent/*.py is staged into a fresh site-packages dir: no __pycache__, modes 0644 (shiv records modes);
-#    shiv --site-packages needs no pip and no dist-info.
+#  - build/stage.py copies agent/**/*.py into a fresh site-packages dir: no __pycache__, modes 0644
+#    (shiv records modes), comments and docstring text dropped with line numbers kept (build/slim.py:
+#    the 64 KB budget); shiv --site-packages needs no pip and no dist-info.
 #  - shiv --reproducible fixes timestamps (SOURCE_DATE_EPOCH is honoured if set).
 #  - build/repack.py then swaps shiv's __main__.py for build/entry.py (zipimport, never extracts: see
 #    there why) and rewrites the zip sorted, modes normalised, one compression level.
@@ -20,15 +21,7 @@ trap 'rm -rf "$WORK"' EXIT
 trap 'exit 130' INT TERM
 
 SP="$WORK/site-packages"
-mkdir -p "$SP"
-(cd "$TOP" && find agent -name __pycache__ -prune -o -type f -name '*.py' -print) |
-while IFS= read -r f; do
-    mkdir -p "$SP/$(dirname "$f")"
-    cp "$TOP/$f" "$SP/$f"
-done
-find "$SP" -type d -exec chmod 0755 {} +
-find "$SP" -type f -exec chmod 0644 {} +
-[ -f "$SP/agent/cli.py" ] || { echo "build: $TOP/agent/cli.py missing" >&2; exit 1; }
+"$VPY" "$HERE/stage.py" "$TOP/agent" "$SP/agent"
 
 "$VPY" -m shiv --reproducible --site-packages "$SP" --entry-point agent.cli:main \
     --python '/usr/bin/env python3' --output-file "$WORK/shiv.pyz" >"$WORK/shiv.log" 2>&1 ||

@@ -4,7 +4,8 @@ usage: python build/repack.py SHIV_PYZ ENTRY_PY OUT_PYZ
 
 shiv 1.0.8 writes its own __main__.py (its bootstrap, which cannot start on
 OpenWrt python3-light and extracts to ~/.shiv); we swap in our entry. While at
-it we make the archive independent of the build machine: entries sorted by name
+it we slim shiv's _bootstrap/*.py like agent/ (slim.py: comments and docstring text out, line
+numbers kept; it only runs when SHIV_ROOT opts in) and make the archive independent of the build machine: entries sorted by name
 (shiv adds _bootstrap/ in directory-listing order), every file mode 0644, one
 compression level, shiv's own (SOURCE_DATE_EPOCH / --reproducible) timestamps.
 Build-time only: runs in the build venv, so zipfile is fine here.
@@ -15,10 +16,20 @@ import os
 import sys
 import zipfile
 
+from slim import slim
+
 SHEBANG = b"#!/usr/bin/env python3\n"
 FILE_MODE = 0o100644  # regular file, rw-r--r--
 REQUIRED = ("environment.json", "_bootstrap/__init__.py", "site-packages/agent/__init__.py",
             "site-packages/agent/cli.py")
+
+
+def member(name, data, entry):
+    if name == "__main__.py":
+        return entry
+    if name.startswith("_bootstrap/") and name.endswith(".py"):
+        return slim(data.decode("utf-8"), name).encode("utf-8")
+    return data
 
 
 def repack(src, entry_path, out):
@@ -36,7 +47,7 @@ def repack(src, entry_path, out):
         env = json.loads(zin.read("environment.json").decode("utf-8"))
         if env.get("entry_point") != "agent.cli:main":
             raise SystemExit("repack: unexpected entry point %r" % env.get("entry_point"))
-        members = [(i, entry if i.filename == "__main__.py" else zin.read(i)) for i in infos]
+        members = [(i, member(i.filename, zin.read(i), entry)) for i in infos]
 
     tmp = out + ".tmp%d" % os.getpid()
     with open(tmp, "wb") as f:

@@ -19,12 +19,15 @@ import pytest
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import lightguard  # noqa: E402
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "build"))
+import slim  # noqa: E402
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HOST_PY = "/usr/bin/python3"
 PY38 = "/root/.pyenv/versions/3.8.18/bin/python3"
 LIMIT = 64 * 1024
 TIMEOUT = 120
-BUILD_FILES = ("build.sh", "repack.py", "entry.py")
+BUILD_FILES = ("build.sh", "stage.py", "slim.py", "repack.py", "entry.py")
 
 PYTHONS = [pytest.param(p, id=os.path.basename(os.path.dirname(os.path.dirname(p))) or "host",
                         marks=pytest.mark.skipif(not os.access(p, os.X_OK), reason=p + " missing"))
@@ -255,3 +258,49 @@ def test_plain_shiv_bootstrap_dies_under_guard(builds, tmp_path):
     proc = run([HOST_PY, out, "--version"], env=lightguard.guard_env(clean_env(HOME=home)))
     assert proc.returncode != 0
     assert lightguard.MESSAGE.encode() in proc.stderr
+
+
+def test_archive_keeps_line_numbers(pyz, builds):
+    """Comments and docstrings are cut from the archive, but a traceback's file:line still matches."""
+    with zipfile.ZipFile(pyz) as z:
+        for name in z.namelist():
+            if not (name.startswith("site-packages/agent/") and name.endswith(".py")):
+                continue
+            shipped = z.read(name).decode("utf-8").split("\n")
+            with open(os.path.join(builds["top"], name[len("site-packages/"):]), encoding="utf-8") as f:
+                repo = f.read().split("\n")
+            assert len(shipped) == len(repo), name
+            for n, (a, b) in enumerate(zip(shipped, repo), 1):
+                if a.strip() not in ("", '""', '"""') and not a.strip().endswith('""'):
+                    assert b.startswith(a), "%s:%d: %r vs %r" % (name, n, a, b)
+
+
+SLIM_SAMPLE = """# comment
+\"\"\"module doc
+two\"\"\"
+import os  # why
+class A:
+    \"\"\"only a docstring\"\"\"
+def f(x):
+    \"\"\"é\"\"\"; return "# not a comment" + f"{x}"
+y = [1,  # one
+     2]
+"""
+
+
+def test_slim_keeps_program_and_lines():
+    out = slim.slim(SLIM_SAMPLE)
+    assert "comment\n" not in out and "why" not in out and "doc" not in out
+    assert '"# not a comment"' in out
+    assert out.count("\n") == SLIM_SAMPLE.count("\n")
+    ns = {}
+    exec(compile(out, "x", "exec"), ns)
+    assert ns["f"](1) == "# not a comment1" and ns["y"] == [1, 2] and ns["A"].__doc__ == ""
+    assert slim.slim(SLIM_SAMPLE, docstrings=False).count("doc") == 2
+
+
+def test_slim_verify_rejects_a_changed_program():
+    with pytest.raises(ValueError):
+        slim.verify("x = 1\n", "x = 2\n")
+    with pytest.raises(ValueError):
+        slim.verify("x = 1\n\n", "x = 1\n")

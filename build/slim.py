@@ -1,0 +1,86 @@
+"""Shrink Python source for the pyz: drop comments, empty the docstrings, keep every line number.
+
+The pyz budget is 64 KB and zipimport only knows deflate; comments and docstrings are about a
+quarter of agent/ after compression. Code lines stay byte-for-byte where they were, so a
+traceback from the box names the same file:line as the repository, and `verify` proves the
+result is the same program: equal ASTs once docstrings are blanked on both sides.
+Keep the docstrings (docstrings=False) when any module reads __doc__ (stage.py checks).
+Build-time only (runs in the build venv).
+"""
+
+import ast
+import io
+import re
+import tokenize
+
+CODING = re.compile(r"^[ \t\f]*#.*?coding[:=]")
+DOC_OWNERS = (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)
+
+
+def _lines(text):
+    """Split keeping '\\n' only (str.splitlines also splits on \\f, \\x1c, U+2028, ...)."""
+    parts = text.split("\n")
+    out = [p + "\n" for p in parts[:-1]]
+    if parts[-1]:
+        out.append(parts[-1])
+    return out
+
+
+def _docstring_nodes(tree):
+    for node in ast.walk(tree):
+        if isinstance(node, DOC_OWNERS) and node.body:
+            first = node.body[0]
+            if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant) \
+                    and isinstance(first.value.value, str):
+                yield first
+
+
+def strip_comments(text):
+    lines = _lines(text)
+    for tok in tokenize.generate_tokens(io.StringIO(text).readline):
+        if tok.type != tokenize.COMMENT:
+            continue
+        row, col = tok.start
+        line = lines[row - 1]
+        if row <= 2 and (line.startswith("#!") or CODING.match(line)):
+            continue
+        end = "\n" if line.endswith("\n") else ""
+        lines[row - 1] = line[:col].rstrip() + end
+    return "".join(lines)
+
+
+def strip_docstrings(text):
+    lines = _lines(text)
+    spans = sorted(((d.lineno, d.col_offset, d.end_lineno, d.end_col_offset)
+                    for d in _docstring_nodes(ast.parse(text))), reverse=True)
+    for l1, c1, l2, c2 in spans:
+        # lines hold str, offsets are utf-8 byte offsets: cut on the encoded line
+        head = lines[l1 - 1].encode("utf-8")[:c1].decode("utf-8")
+        tail = lines[l2 - 1].encode("utf-8")[c2:].decode("utf-8")
+        empty = '""' if l1 == l2 else '"""' + "\n" * (l2 - l1) + '"""'
+        lines[l1 - 1:l2] = _lines(head + empty + tail)
+    return "".join(lines)
+
+
+def _normalised(tree):
+    for d in _docstring_nodes(tree):
+        d.value.value = ""
+    return ast.dump(tree)
+
+
+def verify(original, slimmed, name="<source>"):
+    """Raise ValueError unless slimmed is original minus comments and docstring text."""
+    if original.count("\n") != slimmed.count("\n"):
+        raise ValueError("%s: line count changed" % name)
+    if _normalised(ast.parse(original)) != _normalised(ast.parse(slimmed)):
+        raise ValueError("%s: program changed" % name)
+    compile(slimmed, name, "exec", dont_inherit=True)
+
+
+def slim(text, name="<source>", docstrings=True):
+    """text minus comments and, with docstrings=True, minus docstring text; verified."""
+    out = strip_comments(text)
+    if docstrings:
+        out = strip_docstrings(out)
+    verify(text, out, name)
+    return out
