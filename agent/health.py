@@ -10,10 +10,12 @@ Keepalives only prove the SSH connection answers; these prove the forwards do.
 """
 
 from agent import clients, probe, remote
+from agent.supervisor import owner_tag
 
 TARGET_DOWN = "target-down"
 LOCAL_TIMEOUT = 2.0
 REMOTE_TIMEOUT_MIN = 10.0
+CHECK_TIMEOUT = 3.0
 
 
 def _banner(check):
@@ -52,9 +54,9 @@ class Checks:
         if bind in ("0.0.0.0", "*", ""):
             bind = "127.0.0.1"
         banner = _banner(f.check)
-        timeout = max(REMOTE_TIMEOUT_MIN, r.t.connect_timeout + 5.0)
+        timeout = remote.check_budget(bind, CHECK_TIMEOUT) + r.t.connect_timeout + 2.0
         try:
-            cmd = remote.check_command(bind, f.port, banner, 3.0)
+            cmd = remote.check_command(bind, f.port, banner, CHECK_TIMEOUT)
         except ValueError as exc:
             sup.report_check(r, "R:%d" % f.port, "invalid", None, str(exc))
             return
@@ -93,7 +95,7 @@ class Checks:
             sup._event(r, r.m.on_reclaimed, sup.clock(), False)
             return
         host, port = r.address
-        argv = clients.build_exec_argv(r.info, r.t, remote.reclaim_command(failed), host=host, port=port)
+        argv = clients.build_exec_argv(r.info, r.t, remote.reclaim_command(failed, owner=owner_tag(r.name)), host=host, port=port)
 
         def done(job):
             verdict, pid = remote.interpret_reclaim(job.returncode if job.returncode is not None else -1,

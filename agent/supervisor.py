@@ -14,7 +14,7 @@ import time
 
 from agent import __version__
 from agent import classify as C
-from agent import clients, state
+from agent import clients, remote, state
 from agent import machine as M
 from agent.child import Child, Job
 
@@ -23,11 +23,22 @@ READY_PREFIX = "sshkeep-ready"
 SERVER_PROBE_EVERY = 1.5    # during a network backoff: cheap TCP connect to the server
 
 
-def session_command(forwards):
-    """Remote command run instead of -N (see agent.remote for the full story)."""
-    from agent import remote
-    ports = [f.port for f in forwards if f.kind == "R"]
-    return remote.session_command(ports)
+def owner_tag(tunnel_name):
+    """Who owns a server-side session record: this box and tunnel (see agent.remote)."""
+    host = socket.gethostname() or "box"
+    clean = lambda text: "".join(c if c.isalnum() or c in "._-" else "_" for c in text)[:31] or "x"
+    return "%s.%s" % (clean(host), clean(tunnel_name))
+
+
+def session_command(tunnel):
+    """Remote command run instead of -N: records the session for reclaim, prints the ready marker.
+
+    Without -R forwards there is nothing to reclaim; the command still marks readiness.
+    """
+    ports = [f.port for f in tunnel.forwards if f.kind == "R"]
+    if not ports:
+        return "echo %s $PPID nostate; exec cat >/dev/null" % READY_PREFIX
+    return remote.session_command(ports, owner=owner_tag(tunnel.name))
 
 
 class Runner:
@@ -228,7 +239,7 @@ class Supervisor:
     def _spawn(self, r):
         host, port = r.address
         t = r.t
-        command = session_command(t.forwards) if t.reclaim else None
+        command = session_command(t) if t.reclaim else None
         home_dir = os.path.join(r.runtime_dir, "home-" + _safe(t.name))
         try:
             r.home = clients.prepare_home(r.info, t, home_dir, host, port)
