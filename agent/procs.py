@@ -160,6 +160,23 @@ def stop_pid(pid: int, timeout: float = 4.0, kill_after: bool = True, kill_wait:
     return "unkillable"
 
 
+def same_command(live: Optional[List[str]], recorded: List[str]) -> bool:
+    """`live` (/proc cmdline) is the command that was spawned as `recorded` (its argv).
+
+    Equal, or `recorded` run through a #! line: the kernel puts the interpreter (and
+    its one optional argument) first and replaces argv[0] with the script path, so a
+    wrapper script used as the ssh client shows as [/bin/sh, PATH, args...]. Only
+    the interpreter words may differ, never an argument.
+    """
+    if not live or not recorded:
+        return False
+    if live == recorded:
+        return True
+    extra = len(live) - len(recorded)
+    return 1 <= extra <= 2 and live[extra + 1:] == recorded[1:] and \
+        os.path.basename(live[extra]) == os.path.basename(recorded[0])
+
+
 def _matches(record):
     try:
         pid = int(record["pid"])
@@ -168,7 +185,7 @@ def _matches(record):
         return None
     if pid <= 1 or pid == os.getpid() or not want or not alive(pid):
         return None
-    if cmdline(pid) != want:
+    if not same_command(cmdline(pid), want):
         return None
     if record.get("starttime") is not None and starttime(pid) != record.get("starttime"):
         return None
@@ -180,8 +197,8 @@ def reap_orphans(records: list, timeout: float = 2.0, kill_wait: float = 1.0) ->
 
     `records`: [{"pid": int, "cmdline": [str, ...], "starttime": int (optional)}] from the
     previous instance's run state. A process is ended only if its pid AND its whole
-    cmdline (and starttime when recorded) still match exactly: a reused pid is left
-    alone. All matches are signalled together, so the wait is `timeout` in total, not per
+    cmdline (and starttime when recorded) still match exactly (see same_command for
+    #! scripts): a reused pid is left alone. All matches are signalled together, so the wait is `timeout` in total, not per
     child. Returns the records that matched and were ended (or were gone after TERM).
     """
     matched = []

@@ -425,3 +425,35 @@ def test_notifier_is_once_only_and_survives_closed_pipe():
         n.fail("x")   # no-op
     finally:
         signal.signal(signal.SIGPIPE, old)
+
+
+@pytest.mark.parametrize("live,recorded,expected", [
+    (["ssh", "-N", "hub"], ["ssh", "-N", "hub"], True),
+    (["/bin/sh", "/usr/local/bin/ssh", "-N", "hub"], ["/usr/local/bin/ssh", "-N", "hub"], True),  # #! script
+    (["/bin/sh", "/usr/local/bin/ssh", "-N", "hub"], ["ssh", "-N", "hub"], True),                 # found on PATH
+    (["/usr/bin/env", "python3", "/x/ssh", "-N", "hub"], ["/x/ssh", "-N", "hub"], True),
+    (["ssh", "-N", "hub2"], ["ssh", "-N", "hub"], False),
+    (["/bin/sh", "/x/other", "-N", "hub"], ["/x/ssh", "-N", "hub"], False),
+    (["a", "b", "c", "/x/ssh", "-N"], ["/x/ssh", "-N"], False),
+    (["ssh", "-N", "hub", "extra"], ["ssh", "-N", "hub"], False),
+    (None, ["ssh"], False),
+    (["ssh"], [], False),
+])
+def test_same_command(live, recorded, expected):
+    assert procs.same_command(live, recorded) is expected
+
+
+def test_reap_orphans_matches_a_shebang_client(tmp):
+    script = os.path.join(tmp, "ssh")
+    with open(script, "w") as f:
+        f.write("#!/bin/sh\ntrap 'exit 0' TERM\nwhile :; do sleep 0.1; done\n")
+    os.chmod(script, 0o755)
+    child = subprocess.Popen([script, "-N", "-R", "2222:127.0.0.1:22", "hub"])
+    try:
+        assert wait_for(lambda: procs.cmdline(child.pid) == ["/bin/sh", script, "-N", "-R", "2222:127.0.0.1:22", "hub"])
+        rec = {"pid": child.pid, "cmdline": [script, "-N", "-R", "2222:127.0.0.1:22", "hub"]}
+        assert procs.reap_orphans([dict(rec, cmdline=rec["cmdline"][:-1] + ["other"])]) == []
+        assert procs.reap_orphans([rec]) == [rec]
+        assert child.wait(timeout=3) in (0, -signal.SIGTERM, -signal.SIGKILL)
+    finally:
+        kill_wait(child)

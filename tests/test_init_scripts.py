@@ -1,0 +1,278 @@
+"""init.d/sshkeep (procd) and init.d/sshkeep.busybox, run by a real busybox shell.
+
+- procd: against RECORDING stand-ins for /etc/rc.common and /lib/functions/procd.sh
+  (tests/fixtures/procd/): every procd_* call is captured with its exact words.
+- busybox: start / status / reload / restart / stop, stop and status with no agent, twice:
+  (a) STAND-IN agent: tests/fixtures/lifecycle/fake_sshkeep.py (the real agent.pidfile,
+      daemon, procs, lifecycle around a dummy supervisor) - tests the script's logic;
+  (b) REAL agent: build/sshkeep.pyz with a config whose ssh client is a fake script.
+"""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+import pytest
+
+from agent import pidfile, procs
+
+TOP = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FIX = os.path.join(TOP, "tests", "fixtures")
+RC_COMMON = os.path.join(FIX, "procd", "rc.common")
+PROCD_SCRIPT = os.path.join(TOP, "init.d", "sshkeep")
+BB_SCRIPT = os.path.join(TOP, "init.d", "sshkeep.busybox")
+FAKE = os.path.join(FIX, "lifecycle", "fake_sshkeep.py")
+PYZ = os.path.join(TOP, "build", "sshkeep.pyz")
+BUSYBOX = shutil.which("busybox") or "/bin/busybox"
+
+
+def busybox_sh(args, env=None, timeout=30):
+    """`busybox sh ARGS` with a minimal environment (PATH only: no bash-isms leak in)."""
+    base = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
+    base.update(env or {})
+    return subprocess.run([BUSYBOX, "sh"] + list(args), env=base, cwd="/", stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, timeout=timeout)
+
+
+@pytest.fixture
+def tmp():
+    with tempfile.TemporaryDirectory(prefix="sshkeep-init-%d-" % os.getpid()) as d:
+        yield d
+
+
+# -- procd ----------------------------------------------------------------------------
+
+def procd_calls(tmp, action):
+    log = os.path.join(tmp, "procd-%s.log" % action)
+    out = busybox_sh([RC_COMMON, PROCD_SCRIPT, action], env={"PROCD_LOG": log})
+    assert out.returncode == 0, out
+    with open(log) as f:
+        return [line.rstrip("\n").split("\x1f") for line in f]
+
+
+def params(calls):
+    got = {}
+    for c in calls:
+        if c[0] == "procd_set_param":
+            assert c[1] not in got, "procd_set_param %s set twice" % c[1]
+            got[c[1]] = c[2:]
+    return got
+
+
+def test_procd_script_syntax_and_header():
+    assert busybox_sh(["-n", PROCD_SCRIPT]).returncode == 0
+    with open(PROCD_SCRIPT) as f:
+        assert f.readline() == "#!/bin/sh /etc/rc.common\n"
+
+
+def test_procd_start_instance_params(tmp):
+    calls = procd_calls(tmp, "start")
+    names = [c[0] for c in calls]
+    assert ["rc:sourced", "START=99", "STOP=10", "USE_PROCD=1"] in calls
+    assert ["procd_open_service", "sshkeep", PROCD_SCRIPT] in calls
+    assert names.count("procd_open_instance") == names.count("procd_close_instance") == 1
+    assert names.index("procd_open_instance") < names.index("procd_set_param") < names.index("procd_close_instance")
+    p = params(calls)
+    # the command, one word per argument, foreground (procd supervises it: never --daemon)
+    assert p["command"] == ["/usr/bin/python3", "/usr/lib/sshkeep/sshkeep.pyz", "run", "-c", "/etc/config/sshkeep",
+                            "--pidfile", "/var/run/sshkeep.pid", "--state", "/var/run/sshkeep.json"]
+    assert "--daemon" not in p["command"]
+    # respawn: threshold 3600 s, 5 s between respawns, never give up (see the script's comment)
+    assert p["respawn"] == ["3600", "5", "0"]
+    assert p["term_timeout"] == ["5"]
+    assert p["stdout"] == ["1"] and p["stderr"] == ["1"]
+    assert p["reload_signal"] == ["HUP"]
+    assert p["file"] == ["/etc/config/sshkeep"]
+    env = dict(kv.split("=", 1) for kv in p["env"])
+    assert env["HOME"] == "/var/run/sshkeep"                 # not procd's HOME=/ (flash)
+    assert env["HOME"].startswith(("/var/run/", "/tmp/"))
+    # procd must not write/unlink the pidfile the agent holds locked
+    assert "pidfile" not in p
+    # the HOME directory is made on tmpfs, private (recorded, not executed on this host)
+    assert ["cmd:mkdir", "-p", "/var/run/sshkeep"] in calls
+    assert ["cmd:chmod", "0700", "/var/run/sshkeep"] in calls
+    # service_triggers: reload on `uci commit sshkeep` / reload_config
+    i, j = names.index("procd_open_trigger"), names.index("procd_close_trigger")
+    assert ["procd_add_reload_trigger", "sshkeep"] in calls[i:j]
+    assert calls[-1] == ["procd_close_service", "set"]
+
+
+def test_procd_reload_sends_hup_and_stop_kills(tmp):
+    calls = procd_calls(tmp, "reload")
+    assert ["procd_send_signal", "sshkeep", "*", "HUP"] in calls
+    assert not [c for c in calls if c[0] == "procd_open_instance"]  # reload does not restart
+    calls = procd_calls(tmp, "stop")
+    assert ["procd_kill", "sshkeep", ""] in calls or ["procd_kill", "sshkeep"] in calls
+    calls = procd_calls(tmp, "restart")
+    names = [c[0] for c in calls]
+    assert names.index("procd_kill") < names.index("procd_open_instance")
+
+
+def test_procd_enable_uses_priorities(tmp):
+    assert ["rc:enable", "99", "10"] in procd_calls(tmp, "enable")
+
+
+# -- busybox --------------------------------------------------------------------------
+
+def test_busybox_script_syntax_and_posix():
+    assert busybox_sh(["-n", BB_SCRIPT]).returncode == 0
+    with open(BB_SCRIPT) as f:
+        text = f.read()
+    assert text.startswith("#!/bin/sh\n")
+    for bashism in ("[[", "function ", "local ", "$(<", "==", "source "):
+        assert bashism not in text, bashism
+
+
+def wait_for(pred, timeout=5.0, step=0.05):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        v = pred()
+        if v:
+            return v
+        time.sleep(step)
+    return pred()
+
+
+class Box:
+    """The busybox script with its variables pointed into a temp dir."""
+
+    def __init__(self, tmp, pyz, config):
+        self.tmp = tmp
+        self.env = {"PYTHON": sys.executable, "PYZ": pyz, "CONFIG": config,
+                    "PIDFILE": os.path.join(tmp, "sshkeep.pid"), "STATE": os.path.join(tmp, "sshkeep.json"),
+                    "SSHKEEP_HOME": os.path.join(tmp, "home")}
+
+    def __call__(self, action, timeout=30):
+        out = busybox_sh([BB_SCRIPT, action], env=self.env, timeout=timeout)
+        return out.returncode, (out.stdout + out.stderr).decode()
+
+    @property
+    def pidfile(self):
+        return self.env["PIDFILE"]
+
+    def pid(self):
+        return pidfile.read_pid(self.pidfile) if pidfile.is_locked(self.pidfile) else None
+
+    def state(self):
+        try:
+            with open(self.env["STATE"]) as f:
+                return json.load(f)
+        except (OSError, ValueError):
+            return {}
+
+    def children(self):
+        return [r["pid"] for r in self.state().get("children", [])]
+
+    def cleanup(self):
+        pid = self.pid()
+        kids = self.children()
+        if pid and procs.is_sshkeep(pid):
+            procs.stop_pid(pid, timeout=3)
+        for rec in self.state().get("children", []):
+            procs.reap_orphans([rec], timeout=1)
+        return pid, kids
+
+
+def lifecycle_sequence(box, real):
+    rc, out = box("status")
+    assert rc == 3 and "not running" in out, out
+    rc, out = box("stop")                                   # stop with no agent: success
+    assert rc == 0 and "not running" in out, out
+
+    rc, out = box("start")
+    assert rc == 0, out
+    pid = box.pid()
+    assert pid and procs.is_sshkeep(pid)
+    assert os.getsid(pid) not in (os.getsid(0), 0)          # detached: its own session
+    assert os.stat(box.env["SSHKEEP_HOME"]).st_mode & 0o777 == 0o700
+    assert wait_for(box.children, 10), box.state()
+    kids = box.children()
+
+    rc, out = box("start")                                  # already running: success, same agent
+    assert rc == 0 and "already running" in out, out
+    assert box.pid() == pid
+
+    rc, out = box("status")
+    assert rc == 0, out
+
+    rc, out = box("reload")
+    assert rc == 0, out
+    assert procs.alive(pid) and box.pid() == pid
+    if not real:
+        assert wait_for(lambda: box.state().get("hups") == 1), box.state()
+
+    rc, out = box("restart")
+    assert rc == 0, out
+    new = box.pid()
+    assert new and new != pid
+    assert wait_for(lambda: not procs.alive(pid)), "old agent still there"
+    assert not [k for k in kids if procs.alive(k)], "old ssh child left behind"
+
+    assert wait_for(box.children, 10)
+    kids = box.children()
+    t0 = time.monotonic()
+    rc, out = box("stop")
+    assert rc == 0 and "stopped" in out, out
+    assert time.monotonic() - t0 < 5
+    assert not procs.alive(new) and not pidfile.is_locked(box.pidfile)
+    assert not [k for k in kids if procs.alive(k)], "ssh child left after stop"
+    rc, out = box("status")
+    assert rc == 3, out
+    rc, out = box("bogus")
+    assert rc == 1 and "usage" in out
+
+
+def test_busybox_script_with_standin_agent(tmp):
+    """STAND-IN agent (fake_sshkeep.py): tests the script's logic and the lifecycle modules."""
+    conf = os.path.join(tmp, "sshkeep.conf")
+    open(conf, "w").close()
+    box = Box(tmp, FAKE, conf)
+    try:
+        lifecycle_sequence(box, real=False)
+    finally:
+        box.cleanup()
+
+
+FAKE_SSH = """#!%s
+# fake OpenSSH client: stays up like `ssh -N` until TERM (then exits 0, like ssh).
+import signal, sys, time
+signal.signal(signal.SIGTERM, lambda *a: sys.exit(0))
+if "-V" in sys.argv:
+    sys.stderr.write("OpenSSH_9.2p1 Debian-2, OpenSSL 3.0.11 19 Sep 2023\\n")
+    sys.exit(0)
+deadline = time.monotonic() + 600
+while time.monotonic() < deadline:
+    time.sleep(0.2)
+"""
+
+
+def real_config(tmp, port=2222):
+    ssh = os.path.join(tmp, "fake-ssh")
+    with open(ssh, "w") as f:
+        f.write(FAKE_SSH % sys.executable)
+    os.chmod(ssh, 0o755)
+    conf = os.path.join(tmp, "sshkeep.conf")
+    with open(conf, "w") as f:
+        f.write("config sshkeep\n\toption interval '5'\n\n"
+                "config server 'hub'\n\toption host '127.0.0.1'\n\toption user 'box'\n"
+                "\toption ssh '%s'\n\toption client 'openssh'\n\toption remote_check_every '0'\n"
+                "\toption reclaim '0'\n\toption accept_new '1'\n\n"
+                "config tunnel 'ssh'\n\toption server 'hub'\n\toption listen '127.0.0.1:%d'\n"
+                "\toption target '127.0.0.1:22'\n\toption check 'none'\n" % (ssh, port))
+    return conf
+
+
+def test_busybox_script_with_real_agent(tmp):
+    """REAL agent: build/sshkeep.pyz (make build), ssh client = a fake script that stays up."""
+    if not os.path.exists(PYZ):
+        pytest.fail("build/sshkeep.pyz missing: run `make build`", pytrace=False)
+    box = Box(tmp, PYZ, real_config(tmp))
+    try:
+        lifecycle_sequence(box, real=True)
+    finally:
+        box.cleanup()
