@@ -187,7 +187,7 @@ I=
 for c in $O; do if [ $c = nc ]; then command -v busybox >/dev/null 2>&1 && { busybox nc </dev/null >/dev/null 2>&1; [ $? -ne 127 ]; } && { busybox od </dev/null >/dev/null 2>&1; [ $? -ne 127 ]; } && I=nc; else command -v $c >/dev/null 2>&1 && I=$c; fi; [ -n "$I" ] && break; done
 [ -z "$I" ] && { echo "sshkeep-check 85 none -"; exit 85; }
 f= fa=
-for a in $A; do case $I in python*) k $I -c "$PY" "$a" "$P" "$H" "$T" "$G";; perl) k perl -e "$PL" "$a" "$P" "$H" "$T" "$G";; bash) k bash -c "$BA" sshkeep "$a" "$P" "$H" "$T" "$G";; nc) n1 "$a";; esac; r=$?; case $r in 8[0-6]) ;; *) r=86;; esac; [ -z "$f" ] && f=$r fa=$a; [ $r = 80 ] && { f=80 fa=$a; break; }; done
+for a in $A; do case $I in python*) k $I -c "$PY" "$a" "$P" "$H" "$T" "$G";; perl) k perl -e "$PL" "$a" "$P" "$H" "$T" "$G";; bash) k bash -c "$BA" sshkeep "$a" "$P" "$H" "$T" "$G";; nc) n1 "$a";; esac; r=$?; case $r in 8[0-6]) ;; 137) r=83;; *) r=86;; esac; [ -z "$f" ] && f=$r fa=$a; [ $r = 80 ] && { f=80 fa=$a; break; }; done
 echo "sshkeep-check $f $I $fa"
 exit $f
 """.strip().splitlines())

@@ -1,0 +1,284 @@
+"""agent.probe against real sockets on 127.0.0.1 / ::1: every verdict, every bound."""
+
+import errno
+import select
+import socket
+import struct
+import threading
+import time
+
+import pytest
+
+from agent import probe
+from agent.model import Forward
+from agent.probe import (
+    BANNER_MISMATCH, CLOSED, OK_BANNER, OK_DATA, OK_SILENT, REFUSED, TIMEOUT,
+    is_healthy, probe_forward, probe_local, probe_tcp, probe_target,
+)
+
+
+class Peer:
+    """A listener on one address that treats each accepted connection in a named way."""
+
+    def __init__(self, behaviour, address="127.0.0.1", port=0):
+        self.behaviour = behaviour
+        family = socket.AF_INET6 if ":" in address else socket.AF_INET
+        self.sock = socket.socket(family, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind((address, port))
+        self.sock.listen(8)
+        self.port = self.sock.getsockname()[1]
+        self.conns = []
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self):
+        deadline = time.monotonic() + 30
+        while not self.stop.is_set() and time.monotonic() < deadline:
+            r, _, _ = select.select([self.sock], [], [], 0.05)
+            if not r:
+                continue
+            try:
+                c, _ = self.sock.accept()
+            except OSError:
+                return
+            self.conns.append(c)
+            b = self.behaviour
+            if b == "close":
+                c.close()
+            elif b == "reset":
+                c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                c.close()
+            elif b.startswith("send:"):
+                c.sendall(b[5:].encode())
+            elif b.startswith("slow:"):  # two halves, 0.1 s apart
+                text = b[5:].encode()
+                c.sendall(text[:2])
+                time.sleep(0.1)
+                c.sendall(text[2:])
+            elif b.startswith("late:"):  # after the grace
+                time.sleep(0.5)
+                c.sendall(b[5:].encode())
+            # "silent": keep it open, say nothing
+
+    def close(self):
+        self.stop.set()
+        self.thread.join(2)
+        self.sock.close()
+        for c in self.conns:
+            c.close()
+
+
+@pytest.fixture
+def peers():
+    made = []
+
+    def make(behaviour, address="127.0.0.1", port=0):
+        p = Peer(behaviour, address, port)
+        made.append(p)
+        return p
+    yield make
+    for p in made:
+        p.close()
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+class FullBacklog:
+    """A listener that never accepts, its queue filled: a new connect gets no SYN-ACK (Linux drops it)."""
+
+    def __init__(self):
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(0)
+        self.port = self.sock.getsockname()[1]
+        self.fillers = []
+        for _ in range(8):  # bounded: backlog 0 holds one or two
+            c = socket.socket()
+            c.setblocking(False)
+            c.connect_ex(("127.0.0.1", self.port))
+            self.fillers.append(c)
+            _, w, _ = select.select([], [c], [], 0.2)
+            if not w:
+                return
+        raise AssertionError("could not fill the accept queue")
+
+    def close(self):
+        for c in self.fillers:
+            c.close()
+        self.sock.close()
+
+
+def test_refused():
+    r = probe_local("127.0.0.1", free_port(), timeout=1)
+    assert (r.verdict, r.address) == (REFUSED, "127.0.0.1")
+    assert not is_healthy(r)
+    assert r.elapsed < 0.5
+
+
+@pytest.mark.parametrize("behaviour", ["close", "reset"])
+def test_accept_then_close_is_closed(peers, behaviour):
+    p = peers(behaviour)
+    r = probe_local("127.0.0.1", p.port, timeout=2)
+    assert r.verdict == CLOSED, r
+    assert r.elapsed < 1
+
+
+def test_silent_through_grace_is_healthy(peers):
+    p = peers("silent")
+    r = probe_local("127.0.0.1", p.port, timeout=2, grace=0.3)
+    assert r.verdict == OK_SILENT and is_healthy(r)
+    assert 0.25 < r.elapsed < 1.0
+
+
+def test_data_without_banner_expected(peers):
+    p = peers("send:hello")
+    r = probe_local("127.0.0.1", p.port, timeout=2)
+    assert r.verdict == OK_DATA and is_healthy(r)
+
+
+@pytest.mark.parametrize("behaviour", ["send:SSH-2.0-OpenSSH\r\n", "slow:SSH-2.0-x\r\n", "late:SSH-2.0-x\r\n"])
+def test_banner_matched(peers, behaviour):
+    p = peers(behaviour)
+    r = probe_local("127.0.0.1", p.port, timeout=2, grace=0.2, banner=b"SSH-")
+    assert r.verdict == OK_BANNER, r
+
+
+def test_banner_mismatch_is_a_stranger(peers):
+    p = peers("send:HTTP/1.0 400\r\n")
+    r = probe_local("127.0.0.1", p.port, timeout=2, banner=b"SSH-")
+    assert r.verdict == BANNER_MISMATCH and not is_healthy(r)
+    assert "HTTP" in r.detail
+
+
+def test_banner_expected_but_silent_is_timeout(peers):
+    """A stale listener accepts and never speaks: with a banner it is not healthy."""
+    p = peers("silent")
+    r = probe_local("127.0.0.1", p.port, timeout=0.6, banner=b"SSH-")
+    assert r.verdict == TIMEOUT
+    assert 0.55 < r.elapsed < 1.2
+
+
+def test_banner_then_close_before_complete(peers):
+    p = peers("close")
+    assert probe_local("127.0.0.1", p.port, timeout=1, banner=b"SSH-").verdict == CLOSED
+
+
+def test_connect_not_answered_is_timeout_and_bounded():
+    fb = FullBacklog()
+    try:
+        r = probe_local("127.0.0.1", fb.port, timeout=0.5)
+        assert r.verdict == TIMEOUT, r
+        assert 0.45 < r.elapsed < 1.0
+        assert probe_tcp("127.0.0.1", fb.port, timeout=0.5) is False
+    finally:
+        fb.close()
+
+
+def test_localhost_with_only_ipv4_listening(peers):
+    p = peers("silent", "127.0.0.1")
+    r = probe_local("localhost", p.port, timeout=2)
+    assert (r.verdict, r.address) == (OK_SILENT, "127.0.0.1")
+    assert "::1: refused" in r.detail and "127.0.0.1: ok-silent" in r.detail
+
+
+def test_localhost_with_only_ipv6_listening(peers):
+    p = peers("send:SSH-2.0-x\r\n", "::1")
+    r = probe_local("localhost", p.port, timeout=2, banner=b"SSH-")
+    assert (r.verdict, r.address) == (OK_BANNER, "::1")
+    assert "127.0.0.1: refused" in r.detail
+
+
+def test_localhost_both_probed_at_once_within_one_timeout(peers):
+    """A hanging 127.0.0.1 does not delay ::1's answer beyond one timeout overall."""
+    fb = FullBacklog()
+    try:
+        six = peers("send:SSH-2.0-x\r\n", "::1", fb.port)
+    except OSError:
+        fb.close()
+        pytest.fail("could not bind ::1 on the same port")
+    try:
+        r = probe_local("localhost", fb.port, timeout=0.8, banner=b"SSH-")
+        assert (r.verdict, r.address) == (OK_BANNER, "::1")
+        assert "127.0.0.1: timeout" in r.detail
+        assert r.elapsed < 1.3
+    finally:
+        fb.close()
+        six.close()
+
+
+@pytest.mark.parametrize("bind", ["", "0.0.0.0", "*"])
+def test_wildcard_bind_probes_ipv4_loopback(peers, bind):
+    p = peers("silent")
+    r = probe_local(bind, p.port, timeout=1)
+    assert (r.verdict, r.address) == (OK_SILENT, "127.0.0.1")
+
+
+def test_ipv6_literal(peers):
+    p = peers("send:x", "::1")
+    assert probe_local("::1", p.port).verdict == OK_DATA
+    assert probe_local("[::1]", p.port).verdict == OK_DATA
+
+
+def test_probe_tcp(peers):
+    p = peers("silent")
+    assert probe_tcp("127.0.0.1", p.port, 1) is True
+    assert probe_tcp("localhost", p.port, 1) is True
+    assert probe_tcp("127.0.0.1", free_port(), 1) is False
+
+
+def test_names_are_resolved_with_bytes_only(monkeypatch, peers):
+    """The idna trap: a str host to getaddrinfo needs unicodedata, absent on python3-light."""
+    p = peers("silent")
+    seen = []
+    real = socket.getaddrinfo
+
+    def guarded(host, *a, **kw):
+        seen.append(host)
+        assert isinstance(host, bytes), "str host reached getaddrinfo: %r" % (host,)
+        return real(b"127.0.0.1", *a, **kw)
+    monkeypatch.setattr(socket, "getaddrinfo", guarded)
+    monkeypatch.setattr(socket, "create_connection", None)
+    assert probe_tcp("hub.example.invalid", p.port, 1) is True
+    assert probe_local("nas.example.invalid", p.port, 1).verdict == OK_SILENT
+    assert seen == [b"hub.example.invalid", b"nas.example.invalid"]
+    # numeric and localhost need no resolver at all
+    assert probe_local("localhost", p.port, 1).verdict == OK_SILENT
+    assert probe_local("127.0.0.1", p.port, 1).verdict == OK_SILENT
+    assert len(seen) == 2
+
+
+def test_unresolvable_name_is_an_error_not_a_crash():
+    r = probe_local("no-such-host.invalid", 22, timeout=1)
+    assert r.verdict == probe.ERROR
+
+
+def test_probe_forward_and_target(peers):
+    svc = peers("send:SSH-2.0-x\r\n")
+    lfwd = Forward("L", "localhost", svc.port, "10.0.0.1", 22, check="banner:SSH-")
+    r = probe_forward(lfwd, timeout=1)
+    assert (r.verdict, r.address) == (OK_BANNER, "127.0.0.1")
+    assert probe_forward(Forward("L", "", svc.port, "x", 22, check="none")) is None
+    rfwd = Forward("R", "", 20022, "127.0.0.1", svc.port, check="banner:SSH-")
+    assert probe_forward(rfwd) is None
+    assert probe_target(rfwd, timeout=1).verdict == OK_BANNER
+    down = Forward("R", "", 20022, "127.0.0.1", free_port())
+    assert probe_target(down, timeout=1).verdict == REFUSED
+
+
+def test_no_file_descriptor_leak(peers):
+    import os
+    p = peers("close")
+    before = len(os.listdir("/proc/self/fd"))
+    for _ in range(20):
+        probe_local("localhost", p.port, timeout=0.5, grace=0.01)
+        probe_tcp("127.0.0.1", p.port, 0.5)
+    time.sleep(0.1)
+    assert len(os.listdir("/proc/self/fd")) <= before + 2
