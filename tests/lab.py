@@ -783,6 +783,8 @@ class Lab:
         if self._closed:
             return
         self._closed = True
+        listeners = [srv.proc for srv in self.servers if srv.proc is not None]
+        stop_processes([p for p in self._procs if p not in listeners])  # clients (agents) first
         for srv in self.servers:
             if srv.proc is not None and srv.proc.poll() is None:
                 srv.stop(sessions=True)

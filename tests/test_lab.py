@@ -103,6 +103,19 @@ def test_restart_same_key_same_port_and_kill_listener(lab):
     assert tunnel.poll() is None and server.session_pids()
 
 
+def test_restart_keeping_sessions_and_service_port_zero(lab):
+    """restart(sessions=False) is `kill sshd` + start: the old session and its forward survive."""
+    server = lab.start_sshd()
+    svc = lab.start_service(lab.box_ns, 0)  # port 0: the service picks one and reports it
+    assert svc.port > 0
+    tunnel = start_tunnel(lab, server, "ssh", svc_port=svc.port)
+    wait_until(lambda: forward_answers(lab), 10, 0.1, "forward up")
+    sessions = server.session_pids()
+    server.restart(sessions=False)
+    assert all(labmod.alive(p) for p in sessions) and not set(sessions) & set(server.session_pids())
+    assert forward_answers(lab) and tunnel.poll() is None
+
+
 def test_target_down_gives_eof_not_none(lab):
     server = lab.start_dropbear()
     svc = lab.start_service(lab.box_ns, SVC_PORT)
