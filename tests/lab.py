@@ -774,9 +774,16 @@ class Lab:
         for ns, spec in list(reversed(self._rules)):
             self._rule(ns, list(spec), False)
 
-    def kill_listener(self, port: int, host: str = "127.0.0.1") -> subprocess.CompletedProcess:
-        """Destroy a listening socket on the server (`ss -K`): the owning process lives on."""
-        return self.srv_run(["ss", "-K", "-t", "-l", "src", "%s:%d" % (host if ":" not in host else "[%s]" % host, port)])
+    def kill_listener(self, port: int, host: Optional[str] = None) -> subprocess.CompletedProcess:
+        """Destroy listening sockets on the server (`ss -K`); the owning process lives on.
+
+        host None: every address on that port (a dropbear server binds `-R 127.0.0.1:P` on 127.0.0.1
+        and ::1 both)."""
+        if host is None:
+            flt = ["sport", "=", ":%d" % port]
+        else:
+            flt = ["src", "%s:%d" % ("[%s]" % host if ":" in host else host, port)]
+        return self.srv_run(["ss", "-K", "-t", "-l"] + flt)
 
     # -- cleanup
     def close(self) -> None:

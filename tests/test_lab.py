@@ -46,6 +46,9 @@ def test_reverse_forward_then_kill_sessions(lab, client, kind):
     tunnel = start_tunnel(lab, server, client)
     wait_until(lambda: forward_answers(lab), 10, 0.1, "%s -R through %s to answer" % (client, kind))
     assert lab.flows(server.port), "no established flow box -> server"
+    # measured: dropbear binds `-R 127.0.0.1:P` on both loopback addresses, sshd on the one asked for
+    assert sorted(lab.listening(lab.srv_ns, FWD_PORT)) == (["127.0.0.1"] if kind == "openssh" else
+                                                            ["127.0.0.1", "::1"])
     killed = server.kill_sessions()
     assert killed and not any(labmod.alive(p) for p in killed)
     assert not forward_answers(lab)
@@ -86,13 +89,16 @@ def test_drop_flow_drops_only_that_flow(lab):
     wait_until(lambda: forward_answers(lab), 10, 0.2, "the flow to resume")
 
 
-def test_restart_same_key_same_port_and_kill_listener(lab):
-    server = lab.start_sshd(client_alive=5)
+@pytest.mark.parametrize("kind", ["openssh", "dropbear"])
+def test_restart_same_key_same_port_and_kill_listener(lab, kind):
+    server = start_server(lab, kind)
     old = server.pid
     server.restart()
     assert server.pid != old
-    r = lab.box_run(lab.ssh_argv(server, cmd=["echo", "ok"]), timeout=10)  # old known_hosts still valid
-    assert (r.returncode, r.stdout) == (0, b"ok\n"), r.stderr
+    env = dict(os.environ, HOME=lab.dropbear_home(server))  # old known_hosts still valid
+    for argv in (lab.ssh_argv(server, cmd=["echo", "ok"]), lab.dbclient_argv(server, cmd=["echo", "ok"])):
+        r = lab.box_run(argv, timeout=10, env=env)
+        assert (r.returncode, r.stdout) == (0, b"ok\n"), r.stderr
     lab.start_service(lab.box_ns, SVC_PORT)
     tunnel = start_tunnel(lab, server, "ssh")
     wait_until(lambda: forward_answers(lab), 10, 0.1, "forward up")
