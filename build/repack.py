@@ -4,7 +4,7 @@ usage: python build/repack.py SHIV_PYZ ENTRY_PY OUT_PYZ
 
 shiv 1.0.8 writes its own __main__.py (its bootstrap, which cannot start on
 OpenWrt python3-light and extracts to ~/.shiv); we swap in our entry. While at
-it we slim shiv's _bootstrap/*.py like agent/ (slim.py: comments and docstring text out, line
+it we slim the entry and shiv's _bootstrap/*.py like agent/ (slim.py: comments and docstring text out, line
 numbers kept; it only runs when SHIV_ROOT opts in) and make the archive independent of the build machine: entries sorted by name
 (shiv adds _bootstrap/ in directory-listing order), every file mode 0644, one
 compression level, shiv's own (SOURCE_DATE_EPOCH / --reproducible) timestamps.
@@ -26,8 +26,8 @@ REQUIRED = ("environment.json", "_bootstrap/__init__.py", "site-packages/agent/_
 
 def member(name, data, entry):
     if name == "__main__.py":
-        return entry
-    if name.startswith("_bootstrap/") and name.endswith(".py"):
+        data = entry
+    if name == "__main__.py" or (name.startswith("_bootstrap/") and name.endswith(".py")):
         return slim(data.decode("utf-8"), name).encode("utf-8")
     return data
 

@@ -136,8 +136,8 @@ def test_shiv_layout(pyz, builds):
         env = json.loads(z.read("environment.json").decode())
         assert env["entry_point"] == "agent.cli:main"
         assert env["shiv_version"] == "1.0.8"
-        with open(os.path.join(REPO, "build", "entry.py"), "rb") as f:
-            assert z.read("__main__.py") == f.read()
+        with open(os.path.join(builds["top"], "build", "entry.py"), encoding="utf-8") as f:
+            assert z.read("__main__.py").decode("utf-8") == slim.slim(f.read())
         agent_files = sorted(n[len("site-packages/"):] for n in names if n.startswith("site-packages/"))
     top = builds["top"]
     expected = sorted(os.path.relpath(os.path.join(d, n), top)
