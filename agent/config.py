@@ -320,7 +320,7 @@ def _int_min(low):
 
 def _float_min(low, strict):
     def conv(value):
-        ok = _FLOAT.match(value) and len(value) < 20
+        ok = _FLOAT.match(value) and len(value) < 40
         number = float(value) if ok else -1.0
         if not ok or number < low or (strict and number <= low) or number > 10 ** 9:
             raise _Bad("%r is not a number of seconds %s %g" % (value, ">" if strict else ">=", low),
@@ -868,6 +868,13 @@ def _check_conflicts(servers, report):
             seen.setdefault((side, fw.port), []).append((fw.bind, t.label(), line))
 
 
+def _executable(path):
+    try:
+        return os.path.isfile(path) and os.access(path, os.X_OK)
+    except (OSError, ValueError):
+        return False
+
+
 def _check_files(servers, report):
     for s, host, f, fwds in servers:
         lines = f.get("__lines__", {})
@@ -880,8 +887,9 @@ def _check_files(servers, report):
                 report.error(line, "server '%s': key file %s does not exist" % (s.name, key),
                              "create it (ssh-keygen or dropbearkey) or fix the path")
                 continue
-            except OSError as exc:
-                report.error(line, "server '%s': cannot read key file %s (%s)" % (s.name, key, exc.strerror),
+            except (OSError, ValueError) as exc:
+                reason = getattr(exc, "strerror", None) or "not a usable path"
+                report.error(line, "server '%s': cannot read key file %s (%s)" % (s.name, key, reason),
                              "check the path and its permissions")
                 continue
             if not stat.S_ISREG(st.st_mode):
@@ -891,7 +899,7 @@ def _check_files(servers, report):
                 report.error(line, "server '%s': key file %s is readable by group or others (mode %04o)"
                              % (s.name, key, stat.S_IMODE(st.st_mode)), "chmod 600 %s" % key)
         ssh = f.get("ssh_path")
-        if ssh and "/" in ssh and not os.access(ssh, os.X_OK):
+        if ssh and "/" in ssh and not _executable(ssh):
             line = lines.get("ssh_path", s.line)
             report.error(line, "ssh client %s is missing or not executable" % ssh,
                          "install it or fix the path (or leave ssh unset to search PATH)")
@@ -974,9 +982,14 @@ def _q(value):
 def _num(value):
     if isinstance(value, bool):
         return "1" if value else "0"
-    if isinstance(value, float) and value.is_integer() and abs(value) < 1e15:
-        return str(int(value))
-    return repr(value) if isinstance(value, float) else str(value)
+    if isinstance(value, float):
+        if value.is_integer() and abs(value) < 1e15:
+            return str(int(value))
+        text = repr(value)
+        if "e" in text:  # our parser takes plain decimals only; 30 places keep every bit of a double
+            text = ("%.30f" % value).rstrip("0")
+        return text
+    return str(value)
 
 
 def _sanitize(name):
