@@ -509,16 +509,21 @@ class Lab:
         problems = missing_requirements()
         if problems:
             raise RuntimeError("lab cannot run: " + "; ".join(problems))
-        self.n = next(_counter)
         pid = os.getpid()
-        self.box_ns = "skb%dn%d" % (pid, self.n)
-        self.srv_ns = "sks%dn%d" % (pid, self.n)
+        for _ in range(100):  # skip names left behind by a killed run whose pid we reuse
+            self.n = next(_counter)
+            self.box_ns = "skb%dn%d" % (pid, self.n)
+            self.srv_ns = "sks%dn%d" % (pid, self.n)
+            if not any(os.path.exists(p) for p in ("/run/netns/" + self.box_ns, "/run/netns/" + self.srv_ns,
+                                                   "/etc/netns/" + self.srv_ns)):
+                break
         self.box_if, self.srv_if = "vbox", "vsrv"
         net = (pid * 7 + self.n) % 250 + 1
         self.box_ip = "10.213.%d.1" % net
         self.srv_ip = "10.213.%d.2" % net
         self.prefix = 24
-        self.dir = tempfile.mkdtemp(prefix="sklab-%s-" % (tag or self.srv_ns), dir="/tmp")
+        tag = "".join(c if c.isalnum() or c in "-_." else "_" for c in (tag or self.srv_ns))[:40]
+        self.dir = tempfile.mkdtemp(prefix="sklab-%s-" % tag, dir="/tmp")
         os.chmod(self.dir, 0o700)
         self.user = TUNNEL_USER
         self.home = "/var/tmp/%s-home" % self.srv_ns
@@ -576,7 +581,8 @@ class Lab:
             f.writelines(lines)
         os.chmod(os.path.join(etc, "passwd"), 0o644)
         ssh_dir = os.path.join(self.home, ".ssh")
-        os.makedirs(ssh_dir, exist_ok=True)
+        shutil.rmtree(self.home, ignore_errors=True)  # a crashed run's, same name: ours
+        os.makedirs(ssh_dir)
         os.chmod(self.home, 0o755)
         os.chmod(ssh_dir, 0o700)
         for p in (self.home, ssh_dir):
