@@ -251,7 +251,7 @@ def _result(path, alias, got, lines, options, warnings):
                            "forward TCP ports only")
             spec = ":".join(_hostport(a) for a in args)
             try:
-                parse_forward(kind, spec, source="%s:%d" % (path, line))
+                parse_forward(kind, spec, source=key)
             except ConfigError as exc:
                 raise _err(path, line, str(exc), "write %s [bind:]port%s" % (key, "" if kind == "D" else
                                                                             " host:hostport"))
