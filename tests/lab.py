@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import atexit
 import ctypes
-import errno
 import fcntl
 import itertools
 import os
