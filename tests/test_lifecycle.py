@@ -420,3 +420,19 @@ def test_sigkill_with_real_tunnel_up_new_agent_heals(lab):
     assert time.monotonic() - t0 < 5.0
     assert not [p for p in new if procs.alive(p)]
     assert wait_for(lambda: not answers(), 10)  # the server freed the listener
+
+
+def test_reload_after_daemon_with_relative_config_path(agent):
+    """--daemon does chdir /: a relative -c must still be found when SIGHUP re-reads it."""
+    agent.write_config(servers=("hub", "edge"))
+    argv = [sys.executable, PYZ, "run", "-c", os.path.basename(agent.conf), "--pidfile", agent.pidfile,
+            "--state", agent.state_path, "--daemon"]
+    out = subprocess.run(argv, cwd=agent.tmp, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, timeout=30)
+    assert out.returncode == 0, out
+    assert wait_for(lambda: agent.tunnel("hub").get("ssh_pid") and agent.tunnel("edge").get("ssh_pid"))
+    edge = agent.tunnel("edge")["ssh_pid"]
+    agent.write_config(servers=("hub", "edge"), ports={"edge": 2200})
+    rc, o, e = agent.cli("reload")
+    assert rc == 0, o + e
+    assert wait_for(lambda: agent.tunnel("edge").get("ssh_pid") not in (None, edge)), agent.state()
