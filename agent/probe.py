@@ -135,6 +135,8 @@ class _Attempt:
     def _failed(self, err):
         if err == errno.ECONNREFUSED:
             self._finish(REFUSED, "connection refused")
+        elif err in (errno.ECONNRESET, errno.EPIPE):  # accepted, then reset before we looked
+            self._finish(CLOSED, "accepted, then reset")
         elif err == errno.ETIMEDOUT:
             self._finish(TIMEOUT, "connect timed out")
         else:

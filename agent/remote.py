@@ -106,6 +106,17 @@ DEFAULT_STATE_DIR = "$HOME/.sshkeep"
 INTERPRETERS = ("python3", "python", "perl", "bash", "nc")
 CLIENT_FAILURE = {"openssh": 255, "dropbear": 1}
 
+def _oneline(text: str) -> str:
+    """Join script lines with '; ' (a line ending in do/then/else/{/| continues with a space)."""
+    out = ""
+    for line in text.strip().splitlines():
+        line = line.strip()
+        if out:
+            out += " " if out.endswith((" do", " then", " else", "{", "|")) else "; "
+        out += line
+    return out
+
+
 # --- the check, per interpreter: argv = ADDR PORT BANNERHEX TIMEOUT GRACE ----
 _PY = r"""import socket, sys, time, errno, binascii
 a, p, b, t, g = sys.argv[1], int(sys.argv[2]), binascii.unhexlify(sys.argv[3]), float(sys.argv[4]), float(sys.argv[5])
@@ -117,7 +128,7 @@ try:
 except socket.timeout:
     sys.exit(83)
 except socket.error as e:
-    sys.exit(81 if e.errno == errno.ECONNREFUSED else 86)
+    sys.exit({errno.ECONNREFUSED: 81, errno.ECONNRESET: 82}.get(e.errno, 86))
 lim = b and end or min(end, time.time() + g)
 d = b""
 while 1:
@@ -147,7 +158,7 @@ use IO::Socket; use Time::HiRes qw(time);
 my ($a, $p, $h, $t, $g) = @ARGV; my $b = pack("H*", $h); my $end = time + $t;
 my $c = ($a =~ /:/) ? "IO::Socket::IP" : "IO::Socket::INET"; eval "require $c" or exit 86;
 my $s = $c->new(PeerHost => $a, PeerPort => $p, Proto => "tcp", Timeout => $t);
-if (!$s) { exit($!{ECONNREFUSED} ? 81 : ($!{ETIMEDOUT} || $!{EINPROGRESS}) ? 83 : 86) }
+if (!$s) { exit($!{ECONNREFUSED} ? 81 : $!{ECONNRESET} ? 82 : ($!{ETIMEDOUT} || $!{EINPROGRESS}) ? 83 : 86) }
 my $lim = length($b) ? $end : (time + $g < $end ? time + $g : $end); my $d = "";
 while (1) {
   my $r = $lim - time; last if $r <= 0;
@@ -161,7 +172,7 @@ while (1) {
 exit(length($d) ? 84 : length($b) ? 83 : 80);
 """.split())
 
-BASH_CHECK = "; ".join("""
+BASH_CHECK = _oneline("""
 a=$1 p=$2 h=$3 t=$4 g=$5 b= i=0
 while [ $i -lt ${#h} ]; do printf -v c "\\x${h:i:2}"; b+=$c; i=$((i+2)); done
 { exec 3<>/dev/tcp/$a/$p; } 2>/dev/null || { case $( (exec 3<>/dev/tcp/$a/$p) 2>&1 ) in *refused*) exit 81;; *) exit 86;; esac; }
@@ -171,12 +182,12 @@ IFS= read -r -d "" -n ${#b} -t "$t" x <&3; r=$?
 [ -n "$x" ] && exit 84
 [ $r -gt 128 ] && exit 83
 exit 82
-""".strip().splitlines())
+""")
 
 # The check driver (assumptions 1-5). $1 addresses (space separated IP
 # literals), $2 port, $3 banner hex, $4 timeout per address, $5 grace,
 # $6 interpreter order, $7 python, $8 perl, $9 bash program.
-_CHECK_SH = "; ".join("""
+_CHECK_SH = _oneline("""
 LC_ALL=C
 export LC_ALL
 A=$1 P=$2 H=$3 T=$4 G=$5 O=$6 PY=$7 PL=$8 BA=$9
@@ -190,13 +201,13 @@ f= fa=
 for a in $A; do case $I in python*) k $I -c "$PY" "$a" "$P" "$H" "$T" "$G";; perl) k perl -e "$PL" "$a" "$P" "$H" "$T" "$G";; bash) k bash -c "$BA" sshkeep "$a" "$P" "$H" "$T" "$G";; nc) n1 "$a";; esac; r=$?; case $r in 8[0-6]) ;; 137) r=83;; *) r=86;; esac; [ -z "$f" ] && f=$r fa=$a; [ $r = 80 ] && { f=80 fa=$a; break; }; done
 echo "sshkeep-check $f $I $fa"
 exit $f
-""".strip().splitlines())
+""")
 
 # The tunnel's session command (assumptions 1, 2, 6, 7, 8): $1 state dir,
 # $2 owner token, $3... listen ports. Writes "OWNER STARTTIME" to
 # DIR/rport-PORT-PPID for each port, says READY, waits while stdin is open,
 # removes its own files (named by its own PPID, so never another session's).
-_SESSION_SH = "; ".join("""
+_SESSION_SH = _oneline("""
 d=$1 o=$2
 shift 2
 ps=$* q=$PPID st=0 w=ok
@@ -209,18 +220,20 @@ trap "cl; exit 0" HUP INT TERM
 echo "sshkeep-ready $q $w"
 while read -r l; do :; done
 cl
-""".strip().splitlines())
+""")
 
 # The reclaim (assumptions 1, 2, 6, 7, 8): $1 state dir, $2 owner, $3 port.
 # For each registered session of this owner and port: forget it if gone or
-# its pid was recycled; refuse unless it is a session process of our uid;
+# its pid was recycled (a zombie counts as gone); refuse unless it is a
+# session process of our uid;
 # TERM, wait up to 2 s, KILL, wait up to 1 s.
-_RECLAIM_SH = "; ".join("""
+_RECLAIM_SH = _oneline("""
 d=$1 o=$2 p=$3 nd=0 nn=0 z=0.1 zn=20
 sleep 0.1 2>/dev/null || z=1 zn=2
 me=
 while read -r kk v; do [ "$kk" = Uid: ] && me=$v; done </proc/$$/status
-gone() { i=0; while [ -d /proc/$1 ] && [ $i -lt $2 ]; do sleep $z; i=$((i+1)); done; [ -d /proc/$1 ] && return 1; return 0; }
+al() { y=; read -r y </proc/$1/stat 2>/dev/null || return 1; y=${y##*") "}; case $y in Z*|"") return 1;; esac; return 0; }
+gone() { i=0; while al $1 && [ $i -lt $2 ]; do sleep $z; i=$((i+1)); done; al $1 && return 1; return 0; }
 for f in "$d"/rport-$p-*; do
 [ -f "$f" ] || continue
 q=${f##*-}
@@ -228,7 +241,7 @@ case $q in ""|*[!0-9]*) continue;; esac
 fo= fs=
 read -r fo fs <"$f"
 [ "$fo" = "$o" ] || continue
-[ -d /proc/$q ] || { rm -f "$f"; continue; }
+al $q || { rm -f "$f"; continue; }
 x=
 read -r x </proc/$q/stat 2>/dev/null
 x=${x##*") "}
@@ -250,7 +263,7 @@ done
 [ $nn -gt 0 ] && { echo "sshkeep-reclaim 92"; exit 92; }
 echo "sshkeep-reclaim 91"
 exit 91
-""".strip().splitlines())
+""")
 
 
 # --- validation --------------------------------------------------------------
@@ -338,8 +351,8 @@ def check_command(
     """
     addrs = check_addresses(bind)
     hexed = (banner or "").encode("utf-8").hex()
-    if len(hexed) > 128:
-        raise ValueError("banner longer than 64 bytes")
+    if len(hexed) > 512:
+        raise ValueError("banner longer than 256 bytes")
     order = [i for i in interpreters]
     if not order or any(i not in INTERPRETERS for i in order):
         raise ValueError("interpreters must be a non-empty subset of %s" % (INTERPRETERS,))
