@@ -429,7 +429,6 @@ _TUNNEL_OPTS = {
 }
 _GLOBAL_OPTS = {"pidfile": _conv_path, "state": _conv_path, "syslog": _conv_bool}
 _SERVER_ONLY = ("host", "alternate", "ssh_option", "enabled")
-_LIST_OPTS = ("alternate", "ssh_option")
 _TUNNEL_SECTION_OPTS = ("server", "type", "listen", "target", "check", "enabled")
 _KINDS = {"remote": "R", "local": "L", "dynamic": "D"}
 _TYPES = ("sshkeep", "server", "tunnel")
