@@ -75,3 +75,12 @@ def host_key(hostname=None, sys_net="/sys/class/net"):
         if mac:
             return "%s/%s" % (hostname, mac)
     return hostname
+
+
+def tunnel_offset(tunnel, key=None):
+    """The offset for one Tunnel (one server process) on this box: what the supervisor adds to
+    the first connect and to every backoff delay. `key` defaults to host_key()."""
+    span = getattr(tunnel, "spread", 0.0)
+    if not span:
+        return 0.0
+    return offset("%s/%s" % (host_key() if key is None else key, tunnel.name), span)

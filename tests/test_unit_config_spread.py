@@ -46,3 +46,11 @@ def test_host_key(tmp_path):
     assert spread.host_key("OpenWrt", str(net)) == "OpenWrt/02:aa:bb:cc:dd:ee"
     assert spread.host_key("OpenWrt", str(tmp_path / "none")) == "OpenWrt"
     assert isinstance(spread.host_key(), str) and spread.host_key()
+
+
+def test_tunnel_offset():
+    from agent.model import Tunnel
+    t = Tunnel(name="hub", host="h", spread=60)
+    assert spread.tunnel_offset(t, key="box1") == spread.offset("box1/hub", 60)
+    assert 0 <= spread.tunnel_offset(t) < 60
+    assert spread.tunnel_offset(Tunnel(name="hub", host="h")) == 0.0
