@@ -263,7 +263,8 @@ def tunnel_from_host(path, alias, name=None, **defaults):
     """A Tunnel for `ssh ALIAS` as configured in ssh_config FILE.
 
     `defaults` are Tunnel fields (interval, client, ssh_path, forwards, ...) used where the Host
-    block says nothing; forwards given there are added after the block's own.
+    block says nothing; forwards given there are added after the block's own. The result has no
+    forwards when neither gives any: the caller decides (the CLI adds -R/-L/-D or refuses).
     """
     d = load_host(path, alias)
     fields = dict(defaults)
@@ -286,11 +287,7 @@ def tunnel_from_host(path, alias, name=None, **defaults):
     fwds = []
     for key, kind in (("RemoteForward", "R"), ("LocalForward", "L"), ("DynamicForward", "D")):
         fwds += [parse_forward(kind, spec, source=path) for spec in d[key]]
-    fields["forwards"] = tuple(fwds) + extra_fwds
-    if not fields["forwards"]:
-        msg = ("%s: Host %s has no RemoteForward, LocalForward or DynamicForward — add one to the block"
-               " or give -R/-L/-D on the command line" % (path, alias))
-        raise ConfigError(msg, errors=[msg])
+    fields["forwards"] = tuple(fwds) + extra_fwds  # may be empty: the caller adds -R/-L/-D or refuses
     try:
         return Tunnel(**fields)
     except TypeError as exc:

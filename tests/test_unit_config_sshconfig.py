@@ -128,12 +128,9 @@ def test_errors(tmp_path, text, alias, message):
     assert info.value.errors == [str(info.value)]
 
 
-def test_no_forwards(tmp_path):
+def test_no_forwards_is_the_callers_decision(tmp_path):
     p = write(tmp_path, "Host x\n User u\n")
-    with pytest.raises(ConfigError) as info:
-        sshconfig.tunnel_from_host(p, "x")
-    assert str(info.value) == ("%s: Host x has no RemoteForward, LocalForward or DynamicForward — add one to the "
-                               "block or give -R/-L/-D on the command line" % p)
+    assert sshconfig.tunnel_from_host(p, "x").forwards == ()
 
 
 def test_missing_file_and_bad_alias(tmp_path):
