@@ -111,6 +111,19 @@ def test_sshtunnel_reverse_ssh(keydir, tmp_path):
     )
 
 
+def test_sshtunnel_as_luci_writes_it(keydir, tmp_path):
+    s = config.load(copy_config("sshtunnel-luci.conf", keydir, tmp_path))
+    (t,) = s.tunnels
+    assert (t.name, t.host, t.user, t.max_backoff, t.keepalive, t.accept_new) == \
+        ("home", "home.example.com", "root", 10, 60, True)
+    assert t.forwards == (Forward("R", "*", 8022, "localhost", 22),
+                          Forward("L", "192.168.1.1", 8443, "localhost", 443))
+    assert t.forwards[0].label() == "-R *:8022:localhost:22"  # anonymous sections: named by their forward
+    assert t.extra_options == (("CheckHostIP", "no"), ("Compression", "no"))
+    assert [w.split(": ", 1)[1] for w in s.warnings] == [
+        "LogLevel is ignored: sshkeep reads ssh's own error lines to classify failures"]
+
+
 def test_sshtunnel_two_servers():
     with open(os.path.join(HERE, "sshtunnel-two-servers.conf")) as fh:
         s = config.parse_text(fh.read(), "/etc/config/sshtunnel")
@@ -229,7 +242,7 @@ def test_tilde_expands_in_paths(monkeypatch):
 
 def test_render_roundtrip_of_every_example(keydir, tmp_path):
     for name in ("sshkeep-full.conf", "sshtunnel-package-example.conf", "sshtunnel-reverse-ssh.conf",
-                 "sshtunnel-two-servers.conf"):
+                 "sshtunnel-two-servers.conf", "sshtunnel-luci.conf"):
         path = copy_config(name, keydir, tmp_path)
         s = config.load(path)
         again = config.parse_text(config.render(s), path)

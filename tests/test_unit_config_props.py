@@ -106,7 +106,7 @@ def test_structured_files_raise_only_config_error(text):
 
 EXAMPLES = []
 for _name in ("sshkeep-full.conf", "sshtunnel-package-example.conf", "sshtunnel-reverse-ssh.conf",
-              "sshtunnel-two-servers.conf"):
+              "sshtunnel-two-servers.conf", "sshtunnel-luci.conf"):
     with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", _name)) as _fh:
         EXAMPLES.append(_fh.read().replace("@KEYDIR@", "/nonexistent"))
 
