@@ -106,7 +106,8 @@ ERRORS = [
     ("Host x\n LocalForward 1 /run/sock\n", "x",
      "%s:2: LocalForward with a unix socket path is not supported — forward TCP ports only"),
     ("Host x\n LocalForward 1 h:0\n", "x",
-     "%s:2: LocalForward: -L 1:h:0: target port '0' is not a port (1-65535) — write LocalForward [bind:]port host:hostport"),
+     "%s:2: LocalForward: -L 1:h:0: target port '0' is not a port (1-65535) — write LocalForward [bind:]port "
+     "host:hostport"),
     ("Host x\n HostName \"a\n", "x", "%s:2: unterminated \" quote — close the quote"),
     ("Host x\n IdentityFile ~/%C\n", "x", "%s:2: IdentityFile uses %%C, which sshkeep does not expand — write the "
                                            "value out in full"),
