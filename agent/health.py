@@ -104,8 +104,10 @@ class Checks:
             if freed:
                 self.log.warning(r.name, "reclaimed stale listener on port %d: ended server pid %s" % (failed, pid))
             else:
-                self.log.warning(r.name, "could not reclaim port %d on the server (%s); waiting for the server "
-                                         "to drop the old session (set ClientAliveInterval there)" % (failed, verdict))
+                why = (job.err[-1] if job.err else "") or ("exit %s" % job.returncode)
+                self.log.warning(r.name, "could not reclaim port %d on the server (%s: %s); waiting for the server "
+                                         "to drop the old session (set ClientAliveInterval there)"
+                                 % (failed, verdict, "timed out" if job.timed_out else why))
             sup._event(r, r.m.on_reclaimed, sup.clock(), freed)
 
         job = sup.start_job(r, argv, max(REMOTE_TIMEOUT_MIN, r.t.connect_timeout + 5.0), done)

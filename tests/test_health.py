@@ -1,0 +1,156 @@
+"""Health checks and healing with real faults: the day ssh is up, login works, and the forward is dead."""
+
+import os
+import signal
+import time
+
+import pytest
+
+from agentrun import Agent, alive
+
+pytestmark = pytest.mark.integration
+
+BANNER = b"SVC-READY\r\n"
+RPORT = 20022
+
+
+def reverse_ok(lab, port=RPORT):
+    return lab.probe_from(lab.srv_ns, "127.0.0.1", port, timeout=2) == BANNER
+
+
+def start(lab, server, client="openssh", extra=(), forwards=None, svc=None, name="t"):
+    svc = svc or lab.start_service(lab.box_ns, 0)
+    fwd = forwards or [("-R", "127.0.0.1:%d:127.0.0.1:%d" % (RPORT, svc.port))]
+    a = Agent(lab, server, fwd, client=client, name=name,
+              extra=("--interval", "2", "--remote-check-every", "1", "--keepalive", "2") + tuple(extra)).start()
+    return a, svc
+
+
+@pytest.mark.parametrize("client", ["openssh", "dropbear"])
+def test_listener_gone_while_ssh_lives_is_healed(lab, client):
+    server = lab.start_sshd()
+    a, _ = start(lab, server, client)
+    try:
+        a.wait_up(30)
+        lab.wait_until(lambda: reverse_ok(lab), 10, what="forward up")
+        a.wait(lambda: a.tunnel()["checks"].get("R:%d" % RPORT) == "ok", 15, "first remote check ok")
+        pid = a.tunnel()["ssh_pid"]
+        assert lab.kill_listener(RPORT).returncode == 0
+        assert not reverse_ok(lab)          # dead forward...
+        assert alive(pid)                   # ...while ssh lives
+        t0 = time.monotonic()
+        a.wait(lambda: a.tunnel()["restarts"] >= 1, 20, "restart after failed checks")
+        lab.wait_until(lambda: reverse_ok(lab), 15, what="forward healed")
+        assert "failed checks" in a.tunnel()["last_heal"]
+        assert time.monotonic() - t0 < 20
+    finally:
+        a.stop()
+
+
+def test_target_down_is_reported_not_churned(lab):
+    server = lab.start_sshd()
+    a, svc = start(lab, server)
+    try:
+        a.wait_up(30)
+        a.wait(lambda: a.tunnel()["checks"].get("R:%d" % RPORT) == "ok", 15, "check ok")
+        svc.stop()
+        a.wait(lambda: a.tunnel()["health"] == "target-down", 15, "target-down")
+        seen = a.tunnel()["last_check"]
+        a.wait(lambda: a.tunnel()["last_check"] > seen + 3, 15, "two more check rounds")
+        assert a.tunnel()["restarts"] == 0 and a.tunnel()["state"] == "up"
+        svc.start()  # same port: the service binds it again
+        a.wait(lambda: a.tunnel()["health"] == "ok", 15, "healthy again")
+        assert a.tunnel()["restarts"] == 0
+    finally:
+        a.stop()
+
+
+def test_blackhole_then_heal_comes_back_quickly(lab):
+    # No ClientAliveInterval on the server. When the link heals, the box's RST ends the old
+    # session on the server (measured), or a reclaim does: either way, back within seconds.
+    server = lab.start_sshd()
+    a, _ = start(lab, server)
+    try:
+        a.wait_up(30)
+        lab.wait_until(lambda: reverse_ok(lab), 10, what="forward up")
+        lab.blackhole(True)
+        a.wait(lambda: a.tunnel()["state"] != "up", 30, "keepalive notices the outage")
+        lab.blackhole(False)
+        healed = time.monotonic()
+        lab.wait_until(lambda: reverse_ok(lab), 20, what="forward back after the heal")
+        assert time.monotonic() - healed < 10
+    finally:
+        lab.clear_faults()
+        a.stop()
+
+
+@pytest.mark.parametrize("client", ["openssh", "dropbear"])
+def test_stale_listener_after_lost_flow_is_reclaimed(lab, client):
+    # The NAT mapping of the tunnel's flow is gone for good: the server never hears of the
+    # client again and keeps the old session and its listen port (for hours, without
+    # ClientAliveInterval). The new -R fails until sshkeep reclaims the port.
+    server = lab.start_sshd()
+    a, _ = start(lab, server, client)
+    try:
+        a.wait_up(30)
+        lab.wait_until(lambda: reverse_ok(lab), 10, what="forward up")
+        old_sessions = server.session_pids(user_only=True)
+        assert old_sessions
+        flows = lab.wait_until(lambda: lab.flows(server.port), 5, what="the tunnel's TCP flow")
+        tunnel_flow = flows[0]
+        for port in flows:   # check execs may have a flow open too: drop them all
+            lab.drop_flow(port, server.port)
+        lost = time.monotonic()
+        a.wait(lambda: "reclaimed stale listener" in a.log(), 60, "reclaim")
+        lab.wait_until(lambda: reverse_ok(lab), 15, what="forward back after the reclaim")
+        assert time.monotonic() - lost < 45
+        assert not any(alive(p) for p in old_sessions)
+        assert tunnel_flow not in lab.flows(server.port)
+    finally:
+        lab.clear_faults()
+        a.stop()
+
+
+def test_local_forward_checks_and_localhost(lab):
+    server = lab.start_sshd()
+    svc = lab.start_service(lab.srv_ns, 0)   # a service on the server, reached through -L
+    fwd = [("-L", "localhost:18080:127.0.0.1:%d" % svc.port), ("-D", "127.0.0.1:18081")]
+    a, _ = start(lab, server, forwards=fwd, svc=svc)
+    try:
+        a.wait_up(30)
+        a.wait(lambda: a.tunnel()["checks"].get("L:18080", "").startswith("ok"), 15, "L check ok")
+        a.wait(lambda: a.tunnel()["checks"].get("D:18081", "").startswith("ok"), 15, "D check ok")
+        svc.stop()   # the far end of the -L goes away: accept-then-close on the box
+        a.wait(lambda: a.tunnel()["checks"].get("L:18080") == "closed", 15, "L check closed")
+    finally:
+        a.stop()
+
+
+def test_shell_metacharacters_never_reach_a_shell(lab):
+    server = lab.start_sshd()
+    marker = os.path.join(lab.dir, "pwned")
+    a, _ = start(lab, server, name="x$(touch%s)y;touch%s" % (marker, marker))
+    try:
+        a.wait_up(30)
+        a.wait(lambda: a.tunnel()["checks"].get("R:%d" % RPORT) == "ok", 15, "a remote check ran")
+        assert not os.path.exists(marker)
+    finally:
+        a.stop()
+    assert not os.path.exists(marker)
+
+
+def test_checks_bounded_when_server_accepts_but_never_answers(lab):
+    server = lab.start_sshd()
+    a, _ = start(lab, server, extra=("--connect-timeout", "3"))
+    try:
+        a.wait_up(30)
+        a.wait(lambda: a.tunnel()["checks"].get("R:%d" % RPORT) == "ok", 15, "check ok")
+        os.kill(server.pid, signal.SIGSTOP)   # the listener accepts (kernel backlog) but never speaks SSH
+        try:
+            a.wait(lambda: a.tunnel()["checks"].get("R:%d" % RPORT) == "unreachable", 30,
+                   "the exec check gives up in bounded time")
+            assert a.tunnel()["state"] == "up"   # "cannot reach the server" is not "forward dead"
+        finally:
+            os.kill(server.pid, signal.SIGCONT)
+    finally:
+        a.stop()
