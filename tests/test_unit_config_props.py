@@ -204,3 +204,11 @@ def test_generated_settings_round_trip(s):
 def test_seconds_render_as_plain_decimals(value):
     text = config._num(value)
     assert "e" not in text and float(text) == value
+
+
+@FAST
+@given(st.text(), st.floats(min_value=1e-9, max_value=1e12, allow_nan=False))
+def test_spread_offset_in_range_and_stable(key, span):
+    from agent import spread
+    value = spread.offset(key, span)
+    assert 0 <= value < span and value == spread.offset(key, span)
