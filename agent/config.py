@@ -580,7 +580,13 @@ def _parse_sshkeep(sections, report):
         fwd = _forward_fields(t, label, kind, vals, report)
         if not enabled or server is None or fwd is None or server[0] not in built:
             continue
-        built[server[0]][3].append((t, vals.get("listen", ("", t.line))[1], fwd))
+        line = vals.get("listen", ("", t.line))[1]
+        if fwd.kind == "R" and fwd.bind not in ("", "localhost", "127.0.0.1", "::1"):
+            # sshd binds loopback regardless unless it allows it: the tunnel works, but not where asked
+            report.warn(line, "%s asks the server to listen on %s" % (label, fwd.bind),
+                        "the server must allow it (OpenSSH: GatewayPorts clientspecified; dropbear: -a), "
+                        "or it listens on loopback only")
+        built[server[0]][3].append((t, line, fwd))
     return settings, [built[n] for n in order], disabled
 
 

@@ -77,6 +77,13 @@ def test_full_example(keydir, tmp_path):
     assert s.warnings == ()
 
 
+def test_remote_listen_beyond_loopback_warns():
+    s = config.parse_text(MINI.replace("'8080'", "'*:8080'"))
+    assert list(s.warnings) == [
+        "<string>:7: tunnel 't' asks the server to listen on * — the server must allow it (OpenSSH: GatewayPorts "
+        "clientspecified; dropbear: -a), or it listens on loopback only"]
+
+
 def test_sshtunnel_package_example(keydir, tmp_path):
     path = copy_config("sshtunnel-package-example.conf", keydir, tmp_path, rename="sshtunnel")
     s = config.load(path)
