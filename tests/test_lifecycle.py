@@ -71,8 +71,9 @@ class Agent:
             self.ssh[mode] = path
         return path
 
-    def write_config(self, mode="up", servers=("hub",), interval=5, ports=None, remote_checks=0, check="none"):
-        text = "config sshkeep\n\toption interval '%s'\n\toption max_backoff '2'\n\n" % interval
+    def write_config(self, mode="up", servers=("hub",), interval=5, ports=None, remote_checks=0, check="none",
+                     max_backoff=2):
+        text = "config sshkeep\n\toption interval '%s'\n\toption max_backoff '%s'\n\n" % (interval, max_backoff)
         for i, name in enumerate(servers):
             port = (ports or {}).get(name, 22)
             text += ("config server '%s'\n\toption host '127.0.0.1'\n\toption port '%d'\n\toption user 'box'\n"
@@ -436,3 +437,15 @@ def test_reload_after_daemon_with_relative_config_path(agent):
     rc, o, e = agent.cli("reload")
     assert rc == 0, o + e
     assert wait_for(lambda: agent.tunnel("edge").get("ssh_pid") not in (None, edge)), agent.state()
+
+
+def test_sigusr1_reconnects_now_from_backoff(agent):
+    agent.write_config(mode="fail", max_backoff=60)
+    p = agent.foreground()
+    assert wait_for(lambda: agent.pid() == p.pid)
+    assert wait_for(lambda: (agent.tunnel("hub").get("next_attempt_in") or 0) >= 3, 30), agent.state()
+    before = agent.tunnel("hub").get("restarts")
+    t0 = time.monotonic()
+    os.kill(p.pid, signal.SIGUSR1)
+    assert wait_for(lambda: agent.tunnel("hub").get("restarts") != before, 3), agent.state()
+    assert time.monotonic() - t0 < 2.5
