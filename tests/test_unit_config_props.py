@@ -212,3 +212,24 @@ def test_spread_offset_in_range_and_stable(key, span):
     from agent import spread
     value = spread.offset(key, span)
     assert 0 <= value < span and value == spread.offset(key, span)
+
+
+SSH_WORDS = st.sampled_from(["Host", "HostName", "User", "Port", "IdentityFile", "LocalForward", "RemoteForward",
+                             "DynamicForward", "Match", "all", "Include", "x", "*", "!x", "22", "0", "8080",
+                             "h:1", "[::1]:80", "::1/80", "%h", "%C", "~/k", "=", '"', "'", "#", "\\",
+                             "StrictHostKeyChecking", "accept-new", "ProxyJump", "ServerAliveInterval"])
+
+
+@FAST
+@given(st.one_of(st.text(), st.lists(st.lists(SSH_WORDS, min_size=1, max_size=4), max_size=12).map(
+    lambda lines: "\n".join(" ".join(w) for w in lines))))
+def test_ssh_config_raises_only_config_error(tmp_path_factory, text):
+    from agent import sshconfig
+    path = tmp_path_factory.getbasetemp() / "fuzz_ssh_config"
+    path.write_text(text, encoding="utf-8", errors="surrogatepass")
+    try:
+        t = sshconfig.tunnel_from_host(str(path), "x")
+    except ConfigError as exc:
+        assert exc.errors
+        return
+    assert t.name == "x"
