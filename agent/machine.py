@@ -142,8 +142,7 @@ class Machine:
             return []
         self._go(UP, now, now + self.p.stable_after)
         self.up_since = now
-        self.last_error = ""
-        return []
+        return []  # last_error stays: status shows what the previous session died of
 
     def on_timer(self, now: float) -> List:
         if self.deadline is None or now < self.deadline:
