@@ -20,7 +20,7 @@ import stat
 import time
 from typing import Optional
 
-from agent.errors import EX_CANTCREAT, AlreadyRunning, SshkeepError
+from agent.errors import EX_CANTCREAT, EX_NOPERM, AlreadyRunning, SshkeepError
 
 # A prober (`is_locked`, `sshkeep status` / `check`) holds a shared lock for a few
 # microseconds; an agent starting at that moment retries this long before it concludes
@@ -111,12 +111,23 @@ def _open(path, flags):
                                "use --pidfile with a path in a root-owned directory)" % path, EX_CANTCREAT)
         raise SshkeepError("cannot open pidfile %s: %s" % (path, exc.strerror), EX_CANTCREAT)
     try:
-        mode = os.fstat(fd).st_mode
-    except OSError:
-        mode = 0
-    if not stat.S_ISREG(mode):
+        st = os.fstat(fd)
+    except OSError as exc:
+        os.close(fd)
+        raise SshkeepError("cannot stat pidfile %s: %s" % (path, exc.strerror), EX_CANTCREAT)
+    if not stat.S_ISREG(st.st_mode):
         os.close(fd)
         raise SshkeepError("pidfile %s is not a regular file: refusing it" % path, EX_CANTCREAT)
+    if st.st_uid != os.geteuid():
+        os.close(fd)
+        # e.g. planted in a world-writable directory by another user, who could hold its lock
+        raise SshkeepError("pidfile %s belongs to uid %d, not to us (uid %d): refusing it"
+                           % (path, st.st_uid, os.geteuid()), EX_NOPERM)
+    if st.st_mode & 0o7777 != 0o644:
+        try:
+            os.fchmod(fd, 0o644)  # readable by `status` as any user, whatever the umask
+        except OSError:
+            pass
     return fd
 
 

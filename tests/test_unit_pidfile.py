@@ -150,6 +150,26 @@ def test_directory_and_fifo_refused(tmp):
     assert pidfile.read_pid(fifo) is None and not pidfile.is_locked(fifo)
 
 
+def test_pidfile_of_another_user_is_refused(tmp):
+    path = os.path.join(tmp, "other.pid")
+    with open(path, "w") as f:
+        f.write("1\n")
+    os.chown(path, 65534, 65534)
+    with pytest.raises(SshkeepError) as info:
+        pidfile.PidFile(path).acquire()
+    assert info.value.code == 77 and "belongs to uid 65534" in str(info.value)
+
+
+def test_mode_is_0644_whatever_the_umask(tmp):
+    path = os.path.join(tmp, "m.pid")
+    old = os.umask(0o077)
+    try:
+        with pidfile.PidFile(path):
+            assert os.stat(path).st_mode & 0o777 == 0o644
+    finally:
+        os.umask(old)
+
+
 def test_missing_directory_is_cantcreat(tmp):
     with pytest.raises(SshkeepError) as info:
         pidfile.PidFile(os.path.join(tmp, "nope", "x.pid")).acquire()
