@@ -126,7 +126,7 @@ def main(argv=None):
             ("shiv bootstrap, first run (extracts)", native,
              lambda i: dict(base, SHIV_ROOT=os.path.join(tmp, "shiv-cold-%d" % i))),
         ]
-        print("| python | variant | size (bytes) | `--version` median ms | max RSS median KB | idle `run` RSS KB |")
+        print("| python | variant | size (bytes) | `--version` ms median (min) | max RSS median KB | idle `run` RSS KB |")
         print("|---|---|---|---|---|---|")
         for py in pythons:
             ver = subprocess.run([py, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
@@ -147,7 +147,7 @@ def main(argv=None):
                     samples = [x for x in samples if x]
                     idle = statistics.median(samples) if samples else None
                 ts, rs = results[name]
-                print("| %s | %s | %d | %.1f | %d | %s |" % (ver, name, os.path.getsize(pyz), statistics.median(ts),
+                print("| %s | %s | %d | %.1f (%.1f) | %d | %s |" % (ver, name, os.path.getsize(pyz), statistics.median(ts), min(ts),
                                                        statistics.median(rs), "%d" % idle if idle else "n/a"))
     finally:
         shutil.rmtree(tmp)
