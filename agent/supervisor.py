@@ -467,6 +467,8 @@ class Supervisor:
         for r in self.runners:
             self._event(r, r.m.stop, now)
             for job in r.jobs:
+                # A check in flight must not hold up the stop (procd KILLs us after 5 s).
+                job.deadline = min(job.deadline, now + 1.0)
                 job.child.terminate()
 
     def _reload(self):
