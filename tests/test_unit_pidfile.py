@@ -477,3 +477,41 @@ def test_reap_orphans_matches_a_shebang_client(tmp):
         assert child.wait(timeout=3) in (0, -signal.SIGTERM, -signal.SIGKILL)
     finally:
         kill_wait(child)
+
+
+def test_exec_child_never_holds_the_lock(tmp):
+    """A SIGKILLed agent's orphaned ssh must not keep the pidfile locked (O_CLOEXEC), even when
+    spawned with close_fds=False."""
+    path = os.path.join(tmp, "x.pid")
+    code = ("import subprocess, sys, time\nfrom agent import pidfile\npidfile.PidFile(%r).acquire()\n"
+            "c = subprocess.Popen(['sleep', '30'], close_fds=False)\nprint(c.pid, flush=True)\ntime.sleep(60)"
+            % path)
+    holder = py(code, stdout=subprocess.PIPE)
+    orphan = None
+    try:
+        orphan = int(holder.stdout.readline())
+        assert pidfile.is_locked(path)
+        holder.kill()
+        holder.wait(timeout=5)
+        assert procs.alive(orphan)
+        assert not pidfile.is_locked(path)
+    finally:
+        kill_wait(holder)
+        if orphan and procs.alive(orphan):
+            os.kill(orphan, signal.SIGKILL)
+
+
+def test_lock_taken_before_daemonize_survives_the_double_fork(tmp):
+    path = os.path.join(tmp, "early.pid")
+    code = ("import sys, time\nfrom agent import daemon, pidfile\npf = pidfile.PidFile(%r).acquire()\n"
+            "try:\n    n = daemon.daemonize()\nexcept daemon.Detached as d:\n    print(d.pid); sys.exit(d.code)\n"
+            "pf.write_pid()\nn.ok()\ntime.sleep(30)" % path)
+    out = subprocess.run([sys.executable, "-c", code], env=ENV, cwd=TOP, stdout=subprocess.PIPE, timeout=30)
+    pid = int(out.stdout)
+    try:
+        assert out.returncode == 0
+        assert pidfile.is_locked(path) and pidfile.read_pid(path) == pid != os.getpid()
+        assert procs.alive(pid)
+    finally:
+        procs.stop_pid(pid, timeout=2)
+    assert wait_for(lambda: not pidfile.is_locked(path))
