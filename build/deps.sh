@@ -1,23 +1,29 @@
 #!/bin/sh
 # Install the Debian packages the build, tests, demo and bench need -- only the missing ones.
 # Runs as root on a fresh Debian 12 with no TTY; `apt-get update` only when something is missing.
-# Other engineers: add what your tests need to PACKAGES (one line, sorted is nice).
+# Other engineers: add what your tests need to PACKAGES (one per line, sorted).
+# Who needs what: dropbear-bin (dbclient, dropbear, dropbearkey/convert), openssh-* (ssh, sshd,
+# ssh-keygen), iproute2 (ip, ss), passwd (useradd), util-linux (unshare, setpriv, nsenter),
+# qemu-user-static + busybox-static (tests/cross), autossh + time (bench, build/measure.py),
+# python3-venv + ca-certificates (build/venv.sh: pip over https).
 set -eu
 
 PACKAGES="
 autossh
 busybox-static
+ca-certificates
 dropbear-bin
 iproute2
 iptables
 openssh-client
 openssh-server
+passwd
 procps
-psmisc
 python3
 python3-venv
 qemu-user-static
 time
+util-linux
 "
 
 missing=""
