@@ -47,6 +47,9 @@ if [ "$(id -u)" != 0 ]; then
     exit 1
 fi
 export DEBIAN_FRONTEND=noninteractive
-apt-get update -q
-# shellcheck disable=SC2086  # word splitting of the package list is intended
-apt-get install -y -q --no-install-recommends $missing
+# Another apt run (a concurrent test setup) may hold the lock: wait for it, bounded.
+LOCKWAIT="-o DPkg::Lock::Timeout=300"
+# shellcheck disable=SC2086  # word splitting of the options and package list is intended
+apt-get $LOCKWAIT update -q
+# shellcheck disable=SC2086
+apt-get $LOCKWAIT install -y -q --no-install-recommends $missing
