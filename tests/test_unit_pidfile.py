@@ -515,3 +515,74 @@ def test_lock_taken_before_daemonize_survives_the_double_fork(tmp):
     finally:
         procs.stop_pid(pid, timeout=2)
     assert wait_for(lambda: not pidfile.is_locked(path))
+
+
+# -- lifecycle helpers ------------------------------------------------------------------
+
+def test_state_age_prefers_monotonic_over_wall_clock(tmp):
+    import json
+    from agent import lifecycle
+    pid, st = os.path.join(tmp, "s.pid"), os.path.join(tmp, "s.json")
+    assert lifecycle.state_age(pid, st) == float("inf")
+    open(pid, "w").close()
+    os.utime(pid, (time.time() - 1000, time.time() - 1000))
+    # wall clock jumped forward a year (NTP on a box without RTC), monotonic says 2 s ago: fresh
+    with open(st, "w") as f:
+        json.dump({"updated": time.time() - 365 * 86400, "monotonic": time.monotonic() - 2}, f)
+    assert 1.5 < lifecycle.state_age(pid, st) < 10
+    # wall clock jumped back: "updated" in the future, monotonic says 500 s ago: stale
+    with open(st, "w") as f:
+        json.dump({"updated": time.time() + 365 * 86400, "monotonic": time.monotonic() - 500}, f)
+    assert 499 < lifecycle.state_age(pid, st) < 510
+    # no monotonic key: "updated"; the pidfile's mtime counts as a sign of life too
+    with open(st, "w") as f:
+        json.dump({"updated": time.time() - 3000}, f)
+    assert 999 < lifecycle.state_age(pid, st) < 1010
+    with open(st, "w") as f:
+        f.write("{broken")
+    assert 999 < lifecycle.state_age(pid, st) < 1010
+
+
+def test_self_command_for_pyz_and_source_checkout(monkeypatch, tmp):
+    from agent import lifecycle
+    pyz = os.path.join(tmp, "sshkeep.pyz")
+    open(pyz, "w").close()
+    monkeypatch.setattr(sys, "argv", [pyz, "check"])
+    assert lifecycle.self_command() == [sys.executable, pyz]
+    monkeypatch.setattr(sys, "argv", [os.path.join(TOP, "agent", "__main__.py"), "check"])
+    assert lifecycle.self_command() == [sys.executable, "-m", "agent"]
+
+
+def test_lifecycle_against_standin_agent(tmp):
+    """agent_pid / cmd_check / cmd_stop / reload directly, the agent being the stand-in (fixture)."""
+    import io
+    from agent import lifecycle
+    fake = os.path.join(TOP, "tests", "fixtures", "lifecycle", "fake_sshkeep.py")
+    pidf, st = os.path.join(tmp, "l.pid"), os.path.join(tmp, "l.json")
+    run_argv = ["run", "--pidfile", pidf, "--state", st]
+    entry = [sys.executable, fake]
+    out = io.StringIO()
+    assert lifecycle.agent_pid(pidf) is None
+    assert lifecycle.cmd_check(pidf, st, run_argv, 30, entry_argv=entry, out=out) == 0
+    pid = lifecycle.agent_pid(pidf)
+    assert pid and "started agent pid %d" % pid in out.getvalue()
+    out = io.StringIO()
+    assert lifecycle.cmd_check(pidf, st, run_argv, 30, entry_argv=entry, out=out) == 0
+    assert out.getvalue() == "" and lifecycle.agent_pid(pidf) == pid
+    assert lifecycle.cmd_reload(pidf, out=out) == 0
+    assert lifecycle.cmd_reconnect(pidf, out=out) == 0
+    with pytest.raises(lifecycle.NotRunning):
+        lifecycle.send_signal(os.path.join(tmp, "none.pid"), signal.SIGHUP)
+    # hung: stale_after 0 -> replaced by a new agent
+    os.kill(pid, signal.SIGSTOP)
+    err = io.StringIO()
+    assert lifecycle.cmd_check(pidf, st, run_argv + ["--hang"], 0.0, entry_argv=entry, out=out, err=err,
+                               stop_timeout=0.5) == 0
+    assert "is hung" in err.getvalue()
+    new = lifecycle.agent_pid(pidf)
+    assert new and new != pid and not procs.alive(pid)
+    out = io.StringIO()
+    assert lifecycle.cmd_stop(pidf, out=out) == 0
+    assert "stopped pid %d" % new in out.getvalue() and not procs.alive(new)
+    out = io.StringIO()
+    assert lifecycle.cmd_stop(pidf, out=out) == 0 and "not running" in out.getvalue()
