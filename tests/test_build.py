@@ -304,3 +304,43 @@ def test_slim_verify_rejects_a_changed_program():
         slim.verify("x = 1\n", "x = 2\n")
     with pytest.raises(ValueError):
         slim.verify("x = 1\n\n", "x = 1\n")
+
+
+FAKE_APT = """#!/bin/sh
+echo "apt-get $*" >> "$APT_LOG"
+"""
+
+
+def deps_run(tmp_path, extra_package=None):
+    script = os.path.join(REPO, "build", "deps.sh")
+    if extra_package:
+        with open(script) as f:
+            text = f.read().replace('PACKAGES="\n', 'PACKAGES="\n%s\n' % extra_package, 1)
+        script = str(tmp_path / "deps.sh")
+        with open(script, "w") as f:
+            f.write(text)
+    fakebin = tmp_path / "bin"
+    fakebin.mkdir()
+    (fakebin / "apt-get").write_text(FAKE_APT)
+    (fakebin / "apt-get").chmod(0o755)
+    log = tmp_path / "apt.log"
+    env = clean_env(PATH="%s:%s" % (fakebin, os.environ["PATH"]), APT_LOG=str(log))
+    proc = subprocess.run(["sh", script], env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, timeout=60)
+    return proc, (log.read_text().splitlines() if log.exists() else [])
+
+
+def test_deps_noop_when_all_installed(tmp_path):
+    proc, calls = deps_run(tmp_path)
+    if calls and os.geteuid() == 0:
+        pytest.skip("some package is missing on this machine: run make deps")
+    assert proc.returncode == 0, proc.stdout
+    assert calls == []
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="installs need root")
+def test_deps_installs_only_missing(tmp_path):
+    proc, calls = deps_run(tmp_path, "sshkeep-no-such-package-%d" % os.getpid())
+    assert proc.returncode == 0, proc.stdout
+    assert len(calls) == 2 and " update" in calls[0]
+    assert calls[1].endswith(" install -y -q --no-install-recommends sshkeep-no-such-package-%d" % os.getpid())
