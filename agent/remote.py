@@ -206,17 +206,21 @@ exit $f
 # The tunnel's session command (assumptions 1, 2, 6, 7, 8): $1 state dir,
 # $2 owner token, $3... listen ports. Writes "OWNER STARTTIME" to
 # DIR/rport-PORT-PPID for each port, says READY, waits while stdin is open,
-# removes its own files (named by its own PPID, so never another session's).
+# removes its own files (named by its own PPID, so never another session's),
+# also on HUP/TERM/PIPE. A session whose parent is already gone ($PPID 1: the
+# client left before the shell started, e.g. a forward that failed) exits
+# at once without recording anything.
 _SESSION_SH = _oneline("""
 d=$1 o=$2
 shift 2
 ps=$* q=$PPID st=0 w=ok
+[ "$q" -gt 1 ] || exit 0
+cl() { for p in $ps; do rm -f "$d/rport-$p-$q"; done; }
+trap "cl; exit 0" HUP INT TERM PIPE
 umask 077
 if read -r x </proc/$q/stat; then x=${x##*") "}; set -- $x; st=${20}; fi 2>/dev/null
 mkdir -p "$d" 2>/dev/null || w=nostate
 for p in $ps; do printf "%s %s\\n" "$o" "$st" >"$d/rport-$p-$q" 2>/dev/null || w=nostate; done
-cl() { for p in $ps; do rm -f "$d/rport-$p-$q"; done; }
-trap "cl; exit 0" HUP INT TERM
 echo "sshkeep-ready $q $w"
 while read -r l; do :; done
 cl
@@ -237,7 +241,7 @@ gone() { i=0; while al $1 && [ $i -lt $2 ]; do sleep $z; i=$((i+1)); done; al $1
 for f in "$d"/rport-$p-*; do
 [ -f "$f" ] || continue
 q=${f##*-}
-case $q in ""|*[!0-9]*) continue;; esac
+case $q in ""|*[!0-9]*|1) continue;; esac
 fo= fs=
 read -r fo fs <"$f"
 [ "$fo" = "$o" ] || continue
