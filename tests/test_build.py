@@ -344,3 +344,23 @@ def test_deps_installs_only_missing(tmp_path):
     assert proc.returncode == 0, proc.stdout
     assert len(calls) == 2 and " update" in calls[0]
     assert calls[1].endswith(" install -y -q --no-install-recommends sshkeep-no-such-package-%d" % os.getpid())
+
+
+def test_venv_is_idempotent(tmp_path):
+    """venv.sh creates the venv with the pins, and a second run reuses it."""
+    venv = str(tmp_path / "venv")
+    script = os.path.join(REPO, "build", "venv.sh")
+    for _ in range(2):
+        proc = subprocess.run(["sh", script, HOST_PY, venv], env=clean_env(), stdin=subprocess.DEVNULL,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=300)
+        assert proc.returncode == 0, proc.stdout.decode(errors="replace")
+        if _ == 0:
+            first = os.stat(os.path.join(venv, "pyvenv.cfg")).st_ino
+            assert b"creating" in proc.stdout
+    assert os.stat(os.path.join(venv, "pyvenv.cfg")).st_ino == first
+    assert b"creating" not in proc.stdout
+    freeze = subprocess.run([os.path.join(venv, "bin", "python"), "-m", "pip", "freeze"],
+                            stdout=subprocess.PIPE, timeout=60).stdout.decode().split()
+    with open(os.path.join(REPO, "build", "requirements.txt")) as f:
+        pins = [line.strip() for line in f if line.strip() and not line.startswith("#")]
+    assert set(pins) <= set(freeze)
