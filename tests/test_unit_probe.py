@@ -282,3 +282,41 @@ def test_no_file_descriptor_leak(peers):
         probe_tcp("127.0.0.1", p.port, 0.5)
     time.sleep(0.1)
     assert len(os.listdir("/proc/self/fd")) <= before + 2
+
+
+GUARDED = r"""
+import socket, sys
+from agent.probe import probe_local, probe_tcp, OK_SILENT
+from agent.remote import LoopListener, check_command
+s = socket.socket()
+s.bind(("127.0.0.1", 0))
+s.listen(8)
+port = s.getsockname()[1]
+assert probe_local("localhost", port, 1, 0.05).verdict == OK_SILENT
+assert probe_local("", port, 1, 0.05).verdict == OK_SILENT
+name = socket.gethostname()          # a name through the resolver: bytes only, or LookupError here
+probe_tcp(name, port, 1)
+probe_local(name, port, 1, 0.05)
+with LoopListener() as lst:
+    assert lst.check(lst.port, 1).verdict == "ok-data"
+check_command("localhost", port, "SSH-", 1.0)
+print("ok")
+"""
+
+
+@pytest.mark.parametrize("python", ["/usr/bin/python3", "/root/.pyenv/versions/3.8.18/bin/python3"])
+def test_runs_under_the_python3_light_guard(python):
+    """probe and remote on 3.8 and the host python with python3-light's gaps (idna: str getaddrinfo fails)."""
+    import os
+    import subprocess
+    import lightguard
+    if not os.access(python, os.X_OK):
+        pytest.skip("%s missing (as in test_py38)" % python)
+    env = lightguard.guard_env()
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env["PYTHONPATH"] += os.pathsep + repo
+    env["PYTHONDONTWRITEBYTECODE"] = "1"
+    lightguard.check_active(python, env)
+    r = subprocess.run([python, "-B", "-c", GUARDED], env=env, cwd=repo, stdout=subprocess.PIPE,
+                       stderr=subprocess.PIPE, timeout=30)
+    assert (r.returncode, r.stdout) == (0, b"ok\n"), r.stderr.decode()
