@@ -138,6 +138,20 @@ def test_interpreter_order_is_python3_first_then_as_given(tmp_path, peers):
     assert r.out.split()[2] == "perl"
 
 
+def test_python_named_python_is_used(tmp_path, peers):
+    """`python` (any 2.6+/3.x) when there is no python3: here a 3.8 under that name."""
+    py38 = "/root/.pyenv/versions/3.8.18/bin/python3"
+    if not os.access(py38, os.X_OK):
+        pytest.skip("no python 3.8 here")
+    bindir = make_bin(str(tmp_path / "bin"), "dash", [])
+    os.symlink(py38, os.path.join(bindir, "python"))
+    for behaviour, banner, want in (("send:SSH-2.0-x\r\n", "SSH-", OK), ("close", None, CLOSED),
+                                    ("silent", "SSH-", NO_ANSWER), ("send:HTTP", "SSH-", MISMATCH)):
+        r = run_remote(check_command("127.0.0.1", peers(behaviour).port, banner, 1.0), bindir)
+        assert interpret_check(r.returncode, r.out, r.err, False) == want
+        assert remote.check_detail(r.out) == "python 127.0.0.1"
+
+
 @pytest.mark.parametrize("interp", ["python3", "perl", "bash", "nc"])
 def test_localhost_checks_both_families(tmp_path, peers, interp):
     bindir = make_bin(str(tmp_path / "bin"), "dash", [interp])
