@@ -65,6 +65,7 @@ def build_parser():
     st = sub.add_parser("status", help="print the state of the agent")
     st.add_argument("--json", action="store_true")
     st.add_argument("--state", default=None)
+    st.add_argument("--pidfile", default=None, help="also confirm the agent holds this pidfile")
     st.add_argument("-c", "--config", metavar="FILE")
     stop = sub.add_parser("stop", help="stop the agent named by the pidfile")
     stop.add_argument("--pidfile", default=None)
@@ -240,13 +241,19 @@ def cmd_status(args):
     if not path and args.config:
         from agent import config
         path = config.load(args.config).state
+    if not path and args.pidfile and not args.config:
+        path = _default_state()
     doc = state.read(path or _default_state())
+    running = state.pid_alive(doc.get("pid"))
+    if args.pidfile:
+        from agent import pidfile
+        running = running and pidfile.is_locked(args.pidfile) and pidfile.read_pid(args.pidfile) == doc.get("pid")
     if args.json:
         import json
         sys.stdout.write(json.dumps(state.public(doc), indent=1, sort_keys=True) + "\n")
     else:
         sys.stdout.write(state.render(doc))
-    return E.EX_OK if state.pid_alive(doc.get("pid")) else 3
+    return E.EX_OK if running else 3
 
 
 def _pidfile_of(args):
