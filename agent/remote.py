@@ -28,9 +28,9 @@ dbclient's 1 for everything, the shell's 2/126/127 and signal deaths 128+N):
                            session process; kill refused; or still alive after KILL)
 
 Assumptions about the server, numbered (each one-liner names the ones it needs):
- 1. `sh` on PATH is a POSIX shell (dash, bash, busybox ash); the login shell can
-    run `exec sh -c '...' ARGS` (any Bourne-like shell, fish; no newline is ever
-    sent, so csh/tcsh parse it too).
+ 1. `sh` on PATH is a POSIX shell (tested: dash, bash, busybox ash) and the
+    login shell is Bourne-like: it runs `exec sh -c 'SCRIPT' NAME ARG...`
+    (one line, no newline is ever sent).
  2. `command -v`, `printf`, `read`, `kill`, `wait`, `trap` are shell builtins;
     `sleep` is a command that exists (coreutils or busybox; fractions not needed).
  3. The check's interpreters: python3 or python (2.6+ or 3.x, stdlib socket),
@@ -405,8 +405,10 @@ def _no_marker_verdict(returncode, stderr, timed_out, client_kind):
     if timed_out or returncode is None or returncode < 0:
         return UNREACHABLE
     if returncode == CLIENT_FAILURE.get(client_kind, 255):
-        if client_kind == "dropbear" and stderr.strip() and "dbclient" not in stderr:
-            return NO_COMMAND  # exit 1 from the server's side (e.g. nologin), not dbclient's own
+        # dbclient's own failures all say "Exited:" / "exited:" (whatever its argv[0], e.g. `ssh`
+        # on OpenWrt); an exit 1 with other text came from the server's side (e.g. nologin)
+        if client_kind == "dropbear" and stderr.strip() and "xited" not in stderr:
+            return NO_COMMAND
         return UNREACHABLE
     if client_kind == "" and returncode in CLIENT_FAILURE.values():
         return UNREACHABLE

@@ -252,6 +252,8 @@ def test_hostile_banner_runs_as_data_only(tmp_path, peers):
     (255, "", "ssh: connect to host 10.0.0.2 port 22: Connection refused\n", False, "openssh", UNREACHABLE),
     (1, "", "dbclient: Exited: Error connecting: Connection refused\n", False, "dropbear", UNREACHABLE),
     (1, "", "", False, "dropbear", UNREACHABLE),
+    (1, "", "ssh: Connection to tunnel@hub:22 exited: No auth methods could be used.\n", False, "dropbear",
+     UNREACHABLE),                                      # dropbearmulti called as `ssh` on OpenWrt
     (None, "", "", True, "openssh", UNREACHABLE),       # our timeout on the exec
     (-9, "", "", True, "dropbear", UNREACHABLE),
     (1, "This account is currently not available.\n", "", False, "openssh", NO_COMMAND),
