@@ -251,14 +251,14 @@ while time.monotonic() < deadline:
 """
 
 
-def real_config(tmp, port=2222):
+def real_config(tmp, port=2222, globals_=""):
     ssh = os.path.join(tmp, "fake-ssh")
     with open(ssh, "w") as f:
         f.write(FAKE_SSH % sys.executable)
     os.chmod(ssh, 0o755)
     conf = os.path.join(tmp, "sshkeep.conf")
     with open(conf, "w") as f:
-        f.write("config sshkeep\n\toption interval '5'\n\n"
+        f.write("config sshkeep\n\toption interval '5'\n" + globals_ + "\n"
                 "config server 'hub'\n\toption host '127.0.0.1'\n\toption user 'box'\n"
                 "\toption ssh '%s'\n\toption client 'openssh'\n\toption remote_check_every '0'\n"
                 "\toption reclaim '0'\n\toption accept_new '1'\n\n"
@@ -275,4 +275,47 @@ def test_busybox_script_with_real_agent(tmp):
     try:
         lifecycle_sequence(box, real=True)
     finally:
+        box.cleanup()
+
+
+def crontab_line_from_readme():
+    with open(os.path.join(TOP, "build", "README-init.md")) as f:
+        lines = [l.rstrip("\n") for l in f if l.startswith("* * * * * ")]
+    assert len(lines) == 1, lines
+    return lines[0]
+
+
+def test_readme_crontab_line_under_real_busybox_crond(tmp):
+    """The README's crontab line, paths pointed into a temp dir, run by busybox crond with a bare
+    environment: within a minute (+ slack) an agent runs, with HOME on the tmpfs dir. REAL agent.
+    (Slow: waits for crond's minute boundary.)"""
+    if not os.path.exists(PYZ):
+        pytest.fail("build/sshkeep.pyz missing: run `make build`", pytrace=False)
+    pidf, statef, home = (os.path.join(tmp, n) for n in ("cron.pid", "cron.json", "home"))
+    conf = real_config(tmp, globals_="\toption pidfile '%s'\n\toption state '%s'\n" % (pidf, statef))
+    line = crontab_line_from_readme()
+    for old, new in (("/usr/bin/python3", sys.executable), ("/usr/lib/sshkeep/sshkeep.pyz", PYZ),
+                     ("/etc/config/sshkeep", conf), ("/var/run/sshkeep", home),
+                     (">/dev/null 2>&1", ">>%s 2>&1" % os.path.join(tmp, "cron.out"))):
+        assert old in line, (old, line)
+        line = line.replace(old, new)
+    crondir = os.path.join(tmp, "crontabs")
+    os.mkdir(crondir)
+    with open(os.path.join(crondir, "root"), "w") as f:
+        f.write(line + "\n")
+    crond = subprocess.Popen([BUSYBOX, "crond", "-f", "-l", "8", "-c", crondir], env={"PATH": "/usr/bin:/bin"},
+                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    box = Box(tmp, PYZ, conf)
+    box.env.update(PIDFILE=pidf, STATE=statef)
+    try:
+        pid = wait_for(box.pid, 75, 0.5)
+        assert pid and procs.is_sshkeep(pid), open(os.path.join(tmp, "cron.out")).read() \
+            if os.path.exists(os.path.join(tmp, "cron.out")) else "cron never ran the line"
+        assert os.path.isdir(home)
+        with open("/proc/%d/environ" % pid, "rb") as f:
+            assert b"HOME=" + home.encode() in f.read().split(b"\0")
+        assert wait_for(box.children, 10)
+    finally:
+        crond.kill()
+        crond.wait(timeout=5)
         box.cleanup()
