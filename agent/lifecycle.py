@@ -39,31 +39,34 @@ def _say(out, text):
         pass
 
 
-def agent_pid(pidfile: str) -> Optional[int]:
+def agent_pid(pidfile: str, wait: float = 1.0) -> Optional[int]:
     """The pid of the live agent holding `pidfile`, or None if no agent holds it.
 
-    Raises SshkeepError(EX_NOPERM) if the file is locked but its pid is not an sshkeep
-    process (never signal that).
+    The pid is the one written in the file or, failing that, the lock's owner in
+    /proc/locks; it must be an sshkeep process either way. An agent that has just
+    locked may not have written its pid yet (the file still names a dead agent's pid,
+    maybe reused): retried for `wait` s. Raises SshkeepError(EX_NOPERM) if the file
+    stays locked by something that is not an sshkeep process: never signal that.
     """
-    if not pidfile_mod.is_locked(pidfile):
-        return None
-    pid = None
-    deadline = time.monotonic() + 1.0
-    while True:  # an agent that just locked may not have written its pid yet
-        pid = pidfile_mod.read_pid(pidfile)
-        if (pid is not None and procs.alive(pid)) or time.monotonic() >= deadline:
+    deadline = time.monotonic() + wait
+    while True:
+        if not pidfile_mod.is_locked(pidfile):
+            return None
+        seen = []
+        for pid in (pidfile_mod.read_pid(pidfile), pidfile_mod.lock_holder(pidfile)):
+            if pid is not None and pid not in seen:
+                seen.append(pid)
+                if procs.is_sshkeep(pid):
+                    return pid
+        if time.monotonic() >= deadline:
             break
         time.sleep(0.02)
-    if pid is None or not procs.alive(pid):
-        pid = pidfile_mod.lock_holder(pidfile) or pid
-    if pid is None:
+    if not pidfile_mod.is_locked(pidfile):
+        return None  # it exited while we looked
+    if not seen:
         raise SshkeepError("%s is locked but holds no pid: not signalling anything" % pidfile, EX_NOPERM)
-    if not procs.is_sshkeep(pid):
-        if not pidfile_mod.is_locked(pidfile):
-            return None  # it exited while we looked
-        raise SshkeepError("pid %d in %s is not an sshkeep process (%s): not signalling it"
-                           % (pid, pidfile, " ".join(procs.cmdline(pid) or ["gone"])), EX_NOPERM)
-    return pid
+    raise SshkeepError("pid %d in %s is not an sshkeep process (%s): not signalling it"
+                       % (seen[0], pidfile, " ".join(procs.cmdline(seen[0]) or ["gone"])), EX_NOPERM)
 
 
 def send_signal(pidfile: str, sig: int) -> int:
