@@ -205,6 +205,8 @@ def lifecycle_sequence(box, real):
     assert procs.alive(pid) and box.pid() == pid
     if not real:
         assert wait_for(lambda: box.state().get("hups") == 1), box.state()
+        rc, out = box("reconnect")
+        assert rc == 0 and wait_for(lambda: box.state().get("usr1") == 1), (out, box.state())
 
     rc, out = box("restart")
     assert rc == 0, out
@@ -318,4 +320,24 @@ def test_readme_crontab_line_under_real_busybox_crond(tmp):
     finally:
         crond.kill()
         crond.wait(timeout=5)
+        box.cleanup()
+
+
+def test_busybox_reconnect_and_reload_without_agent_real(tmp):
+    """REAL agent: `reconnect` sends SIGUSR1 (the agent stays, same pid); with no agent,
+    reload and reconnect exit 7 (LSB: not running)."""
+    if not os.path.exists(PYZ):
+        pytest.fail("build/sshkeep.pyz missing: run `make build`", pytrace=False)
+    box = Box(tmp, PYZ, real_config(tmp))
+    try:
+        for action in ("reload", "reconnect"):
+            rc, out = box(action)
+            assert rc == 7 and "not running" in out, (action, rc, out)
+        rc, out = box("start")
+        assert rc == 0, out
+        pid = box.pid()
+        rc, out = box("reconnect")
+        assert rc == 0, out
+        assert box.pid() == pid and procs.alive(pid)
+    finally:
         box.cleanup()
