@@ -192,8 +192,8 @@ LC_ALL=C
 export LC_ALL
 A=$1 P=$2 H=$3 T=$4 G=$5 O=$6 PY=$7 PL=$8 BA=$9
 S=$((${T%.*} + 1)) GI=$((${G%.*} + 1))
-k() { "$@" & w=$!; { sleep $S; kill -9 $w; } </dev/null >/dev/null 2>&1 & z=$!; wait $w; r=$?; kill $z 2>/dev/null; return $r; }
-n1() { L=$GI; [ -n "$H" ] && L=$S; o=$( { { sleep $L; } </dev/null 2>/dev/null | { exec 4<&0; busybox nc "$1" "$P" <&4 2>/dev/null & w=$!; { sleep $L; kill -9 $w; } </dev/null >/dev/null 2>&1 & z=$!; wait $w; echo "S$?" >&3; kill $z 2>/dev/null; } | busybox od -An -tx1 -v; } 3>&1 ); st= x=; for v in $o; do case $v in S*) st=${v#S};; *) x=$x$v;; esac; done; if [ -n "$x" ]; then [ -z "$H" ] && return 80; case $x in "$H"*) return 80;; esac; return 84; fi; case $st in 137|143) [ -n "$H" ] && return 83; return 80;; 0) return 82;; esac; m=$(k busybox nc "$1" "$P" 2>&1 >/dev/null); case $m in *refused*) return 81;; esac; return 86; }
+k() { "$@" & w=$!; { sleep $S; kill -9 $w; } </dev/null >/dev/null 2>&1 & z=$!; wait $w 2>/dev/null; r=$?; kill $z 2>/dev/null; return $r; }
+n1() { L=$GI; [ -n "$H" ] && L=$S; o=$( { { sleep $L; } </dev/null 2>/dev/null | { exec 4<&0; busybox nc "$1" "$P" <&4 2>/dev/null & w=$!; { sleep $L; kill -9 $w; } </dev/null >/dev/null 2>&1 & z=$!; wait $w 2>/dev/null; echo "S$?" >&3; kill $z 2>/dev/null; } | busybox od -An -tx1 -v; } 3>&1 ); st= x=; for v in $o; do case $v in S*) st=${v#S};; *) x=$x$v;; esac; done; if [ -n "$x" ]; then [ -z "$H" ] && return 80; case $x in "$H"*) return 80;; esac; return 84; fi; case $st in 137|143) [ -n "$H" ] && return 83; return 80;; 0) return 82;; esac; m=$(k busybox nc "$1" "$P" 2>&1 >/dev/null); case $m in *refused*) return 81;; esac; return 86; }
 I=
 for c in $O; do if [ $c = nc ]; then command -v busybox >/dev/null 2>&1 && { busybox nc </dev/null >/dev/null 2>&1; [ $? -ne 127 ]; } && { busybox od </dev/null >/dev/null 2>&1; [ $? -ne 127 ]; } && I=nc; else command -v $c >/dev/null 2>&1 && I=$c; fi; [ -n "$I" ] && break; done
 [ -z "$I" ] && { echo "sshkeep-check 85 none -"; exit 85; }
