@@ -39,6 +39,9 @@ def _add_tunnel_options(p):
     p.add_argument("--interval", type=float, default=30, metavar="SECONDS", help="health-check period")
     p.add_argument("--remote-check-every", type=int, default=4, metavar="N",
                    help="run the ssh-exec check of -R forwards every Nth interval (and after any failure)")
+    p.add_argument("--loop-port", type=int, default=0, metavar="PORT",
+                   help="in-band loop check through this server-side port (a -R/-L pair on the same "
+                        "connection, checked every interval; the ssh-exec check then runs every Nth)")
     p.add_argument("--fail-threshold", type=int, default=2, metavar="N",
                    help="consecutive failed checks before ssh is restarted")
     p.add_argument("--max-backoff", type=float, default=60, metavar="SECONDS")
@@ -144,7 +147,7 @@ def _tunnel_kwargs(args):
                 known_hosts=args.known_hosts, accept_new=args.accept_new, keepalive=args.keepalive,
                 connect_timeout=args.connect_timeout, interval=args.interval, max_backoff=args.max_backoff,
                 remote_check_every=max(1, args.remote_check_every), fail_threshold=max(1, args.fail_threshold),
-                reclaim=not args.no_reclaim)
+                reclaim=not args.no_reclaim, loop_port=args.loop_port)
 
 
 def _replace(obj, **kw):

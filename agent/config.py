@@ -425,6 +425,7 @@ _TUNNEL_OPTS = {
     "fail_threshold": ("fail_threshold", _int_min(1)),
     "failover_after": ("failover_after", _int_min(1)),
     "reclaim": ("reclaim", _conv_bool),
+    "loop_port": ("loop_port", _int_min(0)),
     "spread": ("spread", _float_min(0, False)),
 }
 _GLOBAL_OPTS = {"pidfile": _conv_path, "state": _conv_path, "syslog": _conv_bool}

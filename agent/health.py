@@ -29,7 +29,12 @@ class Checks:
         self.log = log
 
     def run(self, sup, r, now):
-        remote_due = (r.check_round % max(1, r.t.remote_check_every) == 1
+        loop_ok = self._loop(sup, r) if r.loop is not None else None
+        # Without the loop check, -R forwards are checked by exec every interval (a dead
+        # forward must be found within two intervals); with it, every Nth and on any failure.
+        remote_due = (loop_ok is None
+                      or not loop_ok
+                      or r.check_round % max(1, r.t.remote_check_every) == 1
                       or r.t.remote_check_every <= 1
                       or r.m.failures > 0)
         for f in r.t.forwards:
@@ -39,6 +44,13 @@ class Checks:
                 self._local(sup, r, f)
             elif f.kind == "R" and remote_due:
                 self._remote(sup, r, f)
+
+    def _loop(self, sup, r):
+        """A nonce through -L -> server -> -R -> us, on the tunnel's own connection."""
+        res = r.loop.check(r.loop_box_port, timeout=LOCAL_TIMEOUT + 1.0)
+        ok = probe.is_healthy(res)
+        sup.report_check(r, "loop", res.verdict, ok, res.detail)
+        return ok
 
     # -- local ---------------------------------------------------------------
     def _local(self, sup, r, f):

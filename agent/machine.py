@@ -100,7 +100,8 @@ class Machine:
         self.last_error = ""
         self.last_outcome = None        # classify.Outcome
         self.up_since = None
-        self.failures = 0               # consecutive failed checks
+        self.failures = 0               # consecutive failed rounds of the worst check
+        self.fail_counts = {}           # check name -> consecutive failures
         self.verdicts = {}              # check name -> verdict
         self.last_check = None
         self.last_heal = ""
@@ -130,6 +131,7 @@ class Machine:
         self.started_once = True
         self._kill_reason = None
         self.failures = 0
+        self.fail_counts = {}
         self.verdicts = {}
         self.health = ""
         limit = self.p.connect_timeout * 2 + 5 if self.p.use_marker else self.p.settle
@@ -221,13 +223,18 @@ class Machine:
         if self.state != UP:
             return []
         if ok is None:
-            self.health = "target-down"
+            self.fail_counts.pop(name, None)
+            self.failures = max(self.fail_counts.values() or [0])
+            self.health = "target-down" if verdict == "target-down" else (self.health or "unknown")
             return []
         if ok:
-            self.failures = 0
-            self.health = "ok"
+            self.fail_counts.pop(name, None)
+            self.failures = max(self.fail_counts.values() or [0])
+            self.health = "ok" if not self.failures else "failing"
             return []
-        self.failures += 1
+        # Counted per check: an -L and an -R failing in the same round are one round, not two.
+        self.fail_counts[name] = self.fail_counts.get(name, 0) + 1
+        self.failures = max(self.fail_counts.values())
         self.health = "failing"
         if self.failures >= self.p.fail_threshold:
             self.last_heal = "restart after %d failed checks (%s: %s)" % (self.failures, name, verdict)

@@ -5,7 +5,7 @@ self-pipe, a bounded timeout to the next deadline. No decision is made here
 that agent.machine or agent.classify could make.
 """
 
-import errno
+import dataclasses
 import os
 import selectors
 import signal
@@ -63,6 +63,19 @@ class Runner:
         self.server_probe_failed = False
         self.ready_pid = None
         self.seen = None
+        self.loop = None                # remote.LoopListener when t.loop_port
+        self.loop_box_port = 0
+        self.ssh_tunnel = tunnel        # what ssh is started with (tunnel + loop forwards)
+        if tunnel.loop_port:
+            self.loop = remote.LoopListener()
+            r_fwd, l_fwd = remote.loop_forward_pair(self.loop.port, tunnel.loop_port)
+            self.loop_box_port = l_fwd.port
+            self.ssh_tunnel = dataclasses.replace(tunnel, forwards=tuple(tunnel.forwards) + (r_fwd, l_fwd))
+
+    def close(self):
+        if self.loop is not None:
+            self.loop.close()
+            self.loop = None
 
     @property
     def name(self):
@@ -238,7 +251,7 @@ class Supervisor:
 
     def _spawn(self, r):
         host, port = r.address
-        t = r.t
+        t = r.ssh_tunnel
         command = session_command(t) if t.reclaim else None
         home_dir = os.path.join(r.runtime_dir, "home-" + _safe(t.name))
         try:
@@ -509,6 +522,7 @@ class Supervisor:
     def _stop_now(self, r):
         """Blocking, bounded stop of a runner's child and jobs."""
         r.m.stop(self.clock())
+        r.close()
         if r.child:
             for fd in list(r.child.fds()):
                 self._unwatch(fd)
@@ -543,7 +557,7 @@ class Supervisor:
                 "last_check": round(wall_now - (mono_now - m.last_check), 3) if m.last_check else None,
                 "last_heal": m.last_heal,
                 "next_attempt_in": round(m.deadline - mono_now, 1) if m.state == M.BACKOFF and m.deadline else None,
-                "forwards": [f.label() for f in r.t.forwards],
+                "forwards": [f.label() for f in r.ssh_tunnel.forwards],
             })
             if r.child:
                 children.append(r.child.cmdline_record())

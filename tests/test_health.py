@@ -154,3 +154,19 @@ def test_checks_bounded_when_server_accepts_but_never_answers(lab):
             os.kill(server.pid, signal.SIGCONT)
     finally:
         a.stop()
+
+
+@pytest.mark.parametrize("client", ["openssh", "dropbear"])
+def test_inband_loop_check(lab, client):
+    server = lab.start_sshd()
+    a, _ = start(lab, server, client, extra=("--loop-port", "20099", "--remote-check-every", "4"))
+    try:
+        a.wait_up(30)
+        a.wait(lambda: a.tunnel()["checks"].get("loop") == "ok-data", 15, "loop check ok")
+        assert "loop-r" in a.tunnel()["forwards"] and "loop-l" in a.tunnel()["forwards"]
+        lab.kill_listener(20099)       # the loop's server side is cut while ssh lives
+        a.wait(lambda: a.tunnel()["restarts"] >= 1, 20, "restart after the loop check failed")
+        a.wait(lambda: a.tunnel()["checks"].get("loop") == "ok-data", 20, "loop check ok again")
+        lab.wait_until(lambda: reverse_ok(lab), 10, what="data forward up")
+    finally:
+        a.stop()

@@ -198,3 +198,22 @@ def test_stop():
     m2.on_exit(0, REFUSED)
     m2.on_exit(1, REFUSED)
     assert m2.stop(2) == [] and m2.state == M.STOPPED
+
+
+def test_failures_are_counted_per_check():
+    m = make(fail_threshold=2)
+    m.start(0)
+    m.on_ready(1)
+    # two different checks failing once each in one round: not yet two rounds
+    assert m.on_check(2, "L:1", "refused", False) == []
+    assert m.on_check(2, "R:2", "refused", False) == []
+    assert m.on_check(3, "L:1", "refused", False) == [M.Kill(C.HEALTH)]
+
+
+def test_unreachable_is_neutral_and_keeps_counts():
+    m = make(fail_threshold=2)
+    m.start(0)
+    m.on_ready(1)
+    m.on_check(2, "R:2", "refused", False)
+    assert m.on_check(3, "R:2", "unreachable", None) == []
+    assert m.health != "target-down"
