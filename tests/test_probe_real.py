@@ -132,6 +132,26 @@ def test_remote_check_verdicts_through_real_exec(lab, kind, client):
     assert info[3] < 3.0, info  # one key exchange plus a refused connect
 
 
+@pytest.mark.parametrize("kind", ["openssh", "dropbear"])
+@pytest.mark.parametrize("interp", ["python", "perl", "bash", "nc"])
+def test_each_interpreter_under_a_real_server(lab, kind, interp):
+    """The fallbacks as the server's login shell (dash, /bin/sh) runs them, forced with `interpreters`."""
+    server = start_server(lab, kind)
+    svc = lab.start_service(lab.box_ns, 0)
+    start_tunnel(lab, server, "ssh", [("R", rspec(svc.port))])
+    wait_until(lambda: forward_answers(lab), 10, 0.1, "forward up")
+    order = ("python3", "python") if interp == "python" else (interp,)
+    for banner, want in (("SVC-", OK), ("XYZ-", MISMATCH)):
+        rc, out, err, timed_out, _ = run_exec(lab, server, "ssh", check_command(
+            "127.0.0.1", FWD, banner, 1.0, interpreters=order))
+        assert interpret_check(rc, out, err, timed_out) == want, (rc, out, err)
+        assert remote.check_detail(out).split()[0] in order
+    svc.stop()
+    rc, out, err, timed_out, _ = run_exec(lab, server, "ssh", check_command(
+        "127.0.0.1", FWD, None, 1.0, interpreters=order))
+    assert interpret_check(rc, out, err, timed_out) == CLOSED, (rc, out, err)
+
+
 @pytest.mark.parametrize("client", ["ssh", "dbclient"])
 def test_unreachable_is_not_forward_dead(lab, client):
     server = lab.start_sshd()
