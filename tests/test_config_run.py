@@ -1,0 +1,152 @@
+"""Config-file mode with real parts: failover to an alternate and back, SIGHUP reload."""
+
+import json
+import os
+import signal
+import subprocess
+import time
+
+import pytest
+
+import lightguard
+from agentrun import alive, require_pyz
+
+pytestmark = pytest.mark.integration
+
+BANNER = b"SVC-READY\r\n"
+
+
+def write_config(lab, path, servers, tunnels, interval=2):
+    lines = ["config sshkeep",
+             "\toption state '%s'" % os.path.join(lab.dir, "state.json"),
+             "\toption pidfile '%s'" % os.path.join(lab.dir, "pid"),
+             "\toption interval '%s'" % interval,
+             "\toption max_backoff '4'",
+             ""]
+    for name, opts, alternates in servers:
+        lines.append("config server '%s'" % name)
+        for k, v in opts.items():
+            lines.append("\toption %s '%s'" % (k, v))
+        for alt in alternates:
+            lines.append("\tlist alternate '%s'" % alt)
+        lines.append("")
+    for name, opts in tunnels:
+        lines.append("config tunnel '%s'" % name)
+        for k, v in opts.items():
+            lines.append("\toption %s '%s'" % (k, v))
+        lines.append("")
+    with open(path, "w") as fh:
+        fh.write("\n".join(lines))
+
+
+class ConfigAgent:
+    def __init__(self, lab, config):
+        self.lab = lab
+        self.state = os.path.join(lab.dir, "state.json")
+        self.log = os.path.join(lab.dir, "agent.log")
+        with open(self.log, "ab") as log:
+            self.proc = lab.box_popen(["/usr/bin/python3", require_pyz(), "run", "-c", config],
+                                      stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                                      env=lightguard.guard_env(dict(os.environ, HOME=lab.dir)))
+
+    def tunnels(self):
+        try:
+            with open(self.state) as fh:
+                return {t["name"]: t for t in json.load(fh)["tunnels"]}
+        except (OSError, ValueError, KeyError):
+            return {}
+
+    def text(self):
+        with open(self.log, "rb") as fh:
+            return fh.read().decode(errors="replace")
+
+    def wait(self, pred, timeout, what):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.proc.poll() is None, "agent exited: " + self.text()[-2000:]
+            try:
+                if pred(self.tunnels()):
+                    return
+            except (KeyError, TypeError):
+                pass
+            time.sleep(0.1)
+        raise AssertionError("timed out waiting for %s: %s\n%s" % (what, self.tunnels(), self.text()[-3000:]))
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            self.proc.wait(8)
+        return self.proc.returncode
+
+
+def test_failover_to_alternate_and_back(lab):
+    primary = lab.start_sshd(port=22)
+    alternate = lab.start_sshd(port=2200)
+    primary.stop()                      # primary down at start
+    kh = os.path.join(lab.dir, "kh")
+    with open(kh, "w") as fh:
+        fh.write(primary.known_hosts_line() + alternate.known_hosts_line())
+    svc = lab.start_service(lab.box_ns, 0)
+    cfg = os.path.join(lab.dir, "sshkeep.conf")
+    write_config(lab, cfg,
+                 [("hub", {"host": lab.srv_ip, "port": 22, "user": lab.user, "identity": lab.key_openssh,
+                           "known_hosts": kh, "client": "openssh", "ssh": "/usr/bin/ssh",
+                           "failover_after": 2, "connect_timeout": 3},
+                   ["%s:2200" % lab.srv_ip])],
+                 [("rev", {"server": "hub", "type": "remote", "listen": "127.0.0.1:20022",
+                           "target": "127.0.0.1:%d" % svc.port})])
+    a = ConfigAgent(lab, cfg)
+    try:
+        a.wait(lambda t: t["hub"]["state"] == "up" and t["hub"]["server"].endswith(":2200"), 60,
+               "up on the alternate")
+        lab.wait_until(lambda: lab.probe_from(lab.srv_ns, "127.0.0.1", 20022) == BANNER, 10,
+                       what="forward via the alternate")
+        primary.start()
+        a.wait(lambda t: t["hub"]["state"] == "up" and t["hub"]["server"].endswith(":22"), 30,
+               "moved back to the primary")
+        assert "moving back" in a.text()
+        lab.wait_until(lambda: lab.probe_from(lab.srv_ns, "127.0.0.1", 20022) == BANNER, 10,
+                       what="forward via the primary")
+    finally:
+        a.stop()
+
+
+def test_sighup_keeps_unchanged_tunnels(lab):
+    server = lab.start_sshd(port=22)
+    server2 = lab.start_sshd(port=2200)
+    kh = os.path.join(lab.dir, "kh")
+    with open(kh, "w") as fh:
+        fh.write(server.known_hosts_line() + server2.known_hosts_line())
+    svc = lab.start_service(lab.box_ns, 0)
+    common = {"host": lab.srv_ip, "user": lab.user, "identity": lab.key_openssh, "known_hosts": kh,
+              "client": "openssh", "ssh": "/usr/bin/ssh"}
+    cfg = os.path.join(lab.dir, "sshkeep.conf")
+    servers = [("a", dict(common, port=22), []), ("b", dict(common, port=2200), []),
+               ("c", dict(common, port=2200), [])]
+    tunnels = [("ta", {"server": "a", "listen": "20001", "target": "127.0.0.1:%d" % svc.port}),
+               ("tb", {"server": "b", "listen": "20002", "target": "127.0.0.1:%d" % svc.port}),
+               ("tc", {"server": "c", "listen": "20003", "target": "127.0.0.1:%d" % svc.port})]
+    write_config(lab, cfg, servers, tunnels)
+    ag = ConfigAgent(lab, cfg)
+    try:
+        ag.wait(lambda t: all(t[n]["state"] == "up" for n in "abc"), 30, "three tunnels up")
+        before = ag.tunnels()
+        tunnels[1] = ("tb", {"server": "b", "listen": "20012", "target": "127.0.0.1:%d" % svc.port})
+        write_config(lab, cfg, servers[:2], tunnels[:2])     # b changed, c removed
+        ag.proc.send_signal(signal.SIGHUP)
+        ag.wait(lambda t: set(t) == {"a", "b"} and t["b"]["state"] == "up"
+                and t["b"]["ssh_pid"] != before["b"]["ssh_pid"], 30, "reload applied")
+        after = ag.tunnels()
+        assert after["a"]["ssh_pid"] == before["a"]["ssh_pid"]          # untouched
+        assert not alive(before["c"]["ssh_pid"])                        # removed: stopped
+        assert not alive(before["b"]["ssh_pid"])                        # changed: restarted
+        lab.wait_until(lambda: lab.probe_from(lab.srv_ns, "127.0.0.1", 20012) == BANNER, 10,
+                       what="changed forward")
+        # a broken file on reload: keep running as before, say why
+        with open(cfg, "a") as fh:
+            fh.write("\nconfig tunnel 'bad'\n\toption server 'nosuch'\n")
+        ag.proc.send_signal(signal.SIGHUP)
+        lab.wait_until(lambda: "reload failed" in ag.text(), 10, what="reload refusal logged")
+        assert ag.tunnels()["a"]["ssh_pid"] == before["a"]["ssh_pid"]
+    finally:
+        ag.stop()
