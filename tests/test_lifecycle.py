@@ -297,7 +297,8 @@ def test_second_run_is_already_running_75(agent):
     assert rc == 75 and ("already running (pid %d" % p.pid) in err, (rc, out, err)
     rc, out, err = agent.cli("run", "--daemon", timeout=20)
     assert rc == 75 and ("already running (pid %d" % p.pid) in err, (rc, out, err)
-    assert agent.agents() == [p.pid]
+    # the refused daemon reported before it exited: give it a moment to be gone
+    assert wait_for(lambda: agent.agents() == [p.pid], 5), agent.agents()
 
 
 def test_stale_pidfile_with_live_unrelated_pid_is_taken_over(agent):
