@@ -73,6 +73,9 @@ def build_parser():
     stop = sub.add_parser("stop", help="stop the agent named by the pidfile")
     stop.add_argument("--pidfile", default=None)
     stop.add_argument("-c", "--config", metavar="FILE")
+    rc = sub.add_parser("reconnect", help="reconnect every tunnel now, backoff reset (SIGUSR1)")
+    rc.add_argument("--pidfile", default=None)
+    rc.add_argument("-c", "--config", metavar="FILE")
     rl = sub.add_parser("reload", help="re-read the configuration (SIGHUP)")
     rl.add_argument("--pidfile", default=None)
     rl.add_argument("-c", "--config", metavar="FILE")
@@ -96,6 +99,7 @@ def settings_from_args(args) -> Settings:
     """Flags (or -c FILE, or --ssh-config) -> Settings. Flags override file globals."""
     if args.config:
         from agent import config
+        args.config = os.path.abspath(args.config)  # reload after --daemon's chdir /
         s = config.load(args.config)
         return _override_globals(s, args)
     if args.ssh_config:
@@ -143,11 +147,21 @@ def _tunnel_kwargs(args):
             raise E.UsageError("--%s must not be negative" % name.replace("_", "-"))
     if args.interval < 1:
         raise E.UsageError("--interval must be at least 1 second")
-    return dict(identity=args.identity or "", client=args.client, ssh_path=args.ssh,
-                known_hosts=args.known_hosts, accept_new=args.accept_new, keepalive=args.keepalive,
+    return dict(identity=_abs(args.identity), client=args.client, ssh_path=_abs(args.ssh),
+                known_hosts=_abs(args.known_hosts), accept_new=args.accept_new, keepalive=args.keepalive,
                 connect_timeout=args.connect_timeout, interval=args.interval, max_backoff=args.max_backoff,
                 remote_check_every=max(1, args.remote_check_every), fail_threshold=max(1, args.fail_threshold),
                 reclaim=not args.no_reclaim, loop_port=args.loop_port)
+
+
+def _abs(path):
+    """--daemon does chdir /: a relative path must mean what it meant where the user typed it.
+    A bare command name (`--ssh dbclient`) stays a name, looked up on PATH."""
+    if not path:
+        return ""
+    if os.sep not in path:
+        return path
+    return os.path.abspath(path)
 
 
 def _replace(obj, **kw):
@@ -156,17 +170,17 @@ def _replace(obj, **kw):
 
 
 def _settings(tunnels, args):
-    return Settings(tunnels=tuple(tunnels), state=args.state or _default_state(),
-                    pidfile=args.pidfile or _default_pidfile(), syslog=args.syslog,
-                    config_path=args.config)
+    return Settings(tunnels=tuple(tunnels), state=os.path.abspath(args.state or _default_state()),
+                    pidfile=os.path.abspath(args.pidfile or _default_pidfile()), syslog=args.syslog,
+                    config_path=args.config and os.path.abspath(args.config))
 
 
 def _override_globals(s, args):
     kw = {}
     if args.state:
-        kw["state"] = args.state
+        kw["state"] = os.path.abspath(args.state)
     if args.pidfile:
-        kw["pidfile"] = args.pidfile
+        kw["pidfile"] = os.path.abspath(args.pidfile)
     if args.syslog:
         kw["syslog"] = True
     return _replace(s, **kw) if kw else s
@@ -201,6 +215,12 @@ def cmd_run(args, argv):
             def reload_fn():
                 return settings_from_args(args)
         sup = Supervisor(settings, log, reload_settings=reload_fn, checks=checks)
+        try:
+            sup.prepare()
+        except E.SshkeepError as exc:
+            if notifier:
+                notifier.fail(str(exc), exc.code)
+            raise
         if notifier:
             notifier.ok()
         log.info("", "sshkeep %s started (pid %d), %d tunnel(s), state %s" % (
@@ -296,6 +316,8 @@ def main(argv=None):
             return lifecycle.cmd_stop(_pidfile_of(args))
         if args.command == "reload":
             return lifecycle.cmd_reload(_pidfile_of(args))
+        if args.command == "reconnect":
+            return lifecycle.cmd_reconnect(_pidfile_of(args))
         if args.command == "check":
             s = settings_from_args(args)
             run_argv = ["run"] + [a for a in argv[1:] if a != "--daemon"]
@@ -306,13 +328,8 @@ def main(argv=None):
             return lifecycle.cmd_check(s.pidfile, s.state, run_argv, stale_after=max(120.0, 4 * min(
                 t.interval for t in s.tunnels)))
         raise E.UsageError("unknown command %s" % args.command)
-    except E.ConfigError as exc:
-        for line in exc.errors:
-            sys.stderr.write("sshkeep: %s\n" % line)
-        return exc.code
     except E.SshkeepError as exc:
-        sys.stderr.write("sshkeep: %s\n" % exc)
-        return exc.code
+        return _report(exc)
     except KeyboardInterrupt:
         return E.EX_OK
     except BrokenPipeError:
@@ -322,3 +339,20 @@ def main(argv=None):
         traceback.print_exc()
         sys.stderr.write("sshkeep: internal error: %r (please report)\n" % (exc,))
         return E.EX_SOFTWARE
+
+
+def _report(exc):
+    """The one place an error becomes a message and an exit status."""
+    from agent.daemon import Detached
+    if isinstance(exc, Detached):
+        # The original process of --daemon: the daemon's own verdict.
+        text = str(exc).strip()
+        if text:
+            (sys.stdout if exc.code == E.EX_OK else sys.stderr).write("sshkeep: %s\n" % text)
+        return exc.code
+    if isinstance(exc, E.ConfigError):
+        for line in exc.errors:
+            sys.stderr.write("sshkeep: %s\n" % line)
+        return exc.code
+    sys.stderr.write("sshkeep: %s\n" % exc)
+    return exc.code

@@ -155,7 +155,13 @@ class Supervisor:
         self.sel.register(rfd, selectors.EVENT_READ, None)
 
     # -- main loop --------------------------------------------------------
+    def prepare(self):
+        """Detect clients and check keys for every tunnel: errors surface before we detach."""
+        if not self.runners:
+            self.runners = [self._make_runner(t) for t in self.settings.tunnels]
+
     def run(self) -> int:
+        self.prepare()
         self.sel = selectors.DefaultSelector()
         self._signal_setup()
         try:
@@ -163,10 +169,8 @@ class Supervisor:
         except OSError:
             pass
         now = self.clock()
-        for t in self.settings.tunnels:
-            r = self._make_runner(t)
-            self.runners.append(r)
-            self._event(r, r.m.start, now, self._offset(t))
+        for r in self.runners:
+            self._event(r, r.m.start, now, self._offset(r.t))
         self._write_state(force=True)
         try:
             while True:
