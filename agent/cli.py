@@ -6,7 +6,6 @@ import sys
 
 from agent import __version__
 from agent import errors as E
-from agent.model import Settings, Tunnel, parse_destination, parse_forward
 
 USAGE_EXAMPLE = "sshkeep run -R 127.0.0.1:20022:127.0.0.1:22 -i /etc/sshkeep/id -p 2222 tunnel@hub.example.com"
 
@@ -95,8 +94,11 @@ def _default_pidfile():
     return "/tmp/sshkeep-%d.pid" % os.getuid()
 
 
-def settings_from_args(args) -> Settings:
+def settings_from_args(args):
     """Flags (or -c FILE, or --ssh-config) -> Settings. Flags override file globals."""
+    # Imported here, not at the top: `--version` and `--help` stay cheap on a slow CPU
+    # (dataclasses + typing cost more than the rest of start-up under emulation).
+    from agent.model import Tunnel, parse_destination
     if args.config:
         from agent import config
         args.config = os.path.abspath(args.config)  # reload after --daemon's chdir /
@@ -128,6 +130,7 @@ def settings_from_args(args) -> Settings:
 
 
 def _forwards(args):
+    from agent.model import parse_forward
     out = []
     for kind, values in (("R", args.remote), ("L", args.local), ("D", args.dynamic)):
         for v in values:
@@ -170,6 +173,7 @@ def _replace(obj, **kw):
 
 
 def _settings(tunnels, args):
+    from agent.model import Settings
     return Settings(tunnels=tuple(tunnels), state=os.path.abspath(args.state or _default_state()),
                     pidfile=os.path.abspath(args.pidfile or _default_pidfile()), syslog=args.syslog,
                     config_path=args.config and os.path.abspath(args.config))
