@@ -75,7 +75,7 @@ FOREIGN = ("armhf", "arm64", "mipsel")
 ALL = FOREIGN + ("trixie",)
 
 # pure-Python wheels that make pytest run under a root's python (names as pinned in build/requirements.txt)
-PYTEST_WHEELS = ("pytest", "pluggy", "iniconfig", "packaging", "pygments")
+PYTEST_WHEELS = ("pytest", "pluggy", "iniconfig", "packaging", "pygments", "hypothesis", "sortedcontainers")
 
 
 class RootError(RuntimeError):
@@ -413,9 +413,10 @@ def _write_wrappers(root):
         "exec %s --argv0 \"$0\" %s \"$@\"" % (ld, _sh_quote(root.python_bin))])
 
 
-def _compile_stdlib(root):
-    """Byte-compile the root's stdlib once (legacy-free __pycache__ layout, like a normal install)."""
-    lib = os.path.join(root.dir, "usr/lib/python" + root.python_version)
+def _compile_stdlib(root, lib=None):
+    """Byte-compile the root's stdlib (or lib) once, __pycache__ layout: OpenWrt ships .pyc too,
+    and the tests run the root's python with PYTHONDONTWRITEBYTECODE (no writes into the repo)."""
+    lib = lib or os.path.join(root.dir, "usr/lib/python" + root.python_version)
     host_tag = "cpython-%d%d" % sys.version_info[:2]
     want_tag = "cpython-" + root.python_version.replace(".", "")
     if host_tag == want_tag:  # same bytecode on every CPU: compile natively, it is much faster
@@ -539,8 +540,11 @@ def _pip():
 
 
 def ensure_pytest(root):
-    """Unzip pure-Python pytest wheels (from PyPI, cached in CACHE_DIR/wheels) into the root's
-    dist-packages; returns the list of wheel file names."""
+    """Unzip pure-Python wheels of pytest (and what tests/test_unit_*.py import: hypothesis) into the
+    root's dist-packages; they come from PyPI once and are cached in CACHE_DIR/wheels.
+    Versions as pinned in build/requirements.txt, except where PyPI has no pure wheel of the pin
+    (hypothesis ships only compiled wheels since 6.156): then the newest pure one.
+    Returns the wheel file names."""
     specs = _pinned_wheels()
     stamp = os.path.join(root.base, "pytest.json")
     try:
@@ -550,40 +554,56 @@ def ensure_pytest(root):
     except (OSError, ValueError):
         pass
     wheels = os.path.join(CACHE_DIR, "wheels")
+    files = []
     with _Lock("wheels"):
         os.makedirs(wheels, exist_ok=True)
-        files = _find_wheels(wheels, specs)
-        if files is None:
-            _run([_pip(), "-m", "pip", "download", "-q", "--only-binary=:all:", "--no-deps",
-                  "--dest", wheels] + specs, timeout=300, what="pip download of pytest wheels")
-            files = _find_wheels(wheels, specs)
-            if files is None:
-                raise RootError("pip download did not leave wheels for %s in %s" % (specs, wheels))
+        for spec in specs:
+            path = _find_wheel(wheels, spec) or _download_wheel(wheels, spec)
+            if path is None and "==" in spec:
+                path = _find_wheel(wheels, spec.split("==")[0] + "==*") or \
+                    _download_wheel(wheels, spec.split("==")[0])
+            if path is None:
+                raise RootError("no pure-Python wheel of %s on PyPI (pip download --platform any)" % spec)
+            files.append(path)
     with _Lock(root.name):
         os.makedirs(root.site_packages, exist_ok=True)
         for path in files:
-            if not path.endswith("-none-any.whl"):
-                raise RootError("%s is not a pure-Python wheel" % path)
             with zipfile.ZipFile(path) as z:
                 z.extractall(root.site_packages)
-        out = _run(root.python + ["-c", "import pytest; print(pytest.__version__)"], timeout=120,
+        _compile_stdlib(root, root.site_packages)
+        out = _run(root.python + ["-c", "import pytest, hypothesis; print(pytest.__version__)"], timeout=120,
                    env=root.run_env(), what="importing pytest in %s" % root.name)
         with open(stamp, "w") as f:
-            json.dump({"specs": specs, "pytest": out.strip()}, f)
-    return specs
+            json.dump({"specs": specs, "pytest": out.strip(),
+                       "wheels": [os.path.basename(p) for p in files]}, f, indent=1)
+    return [os.path.basename(p) for p in files]
 
 
-def _find_wheels(wheels, specs):
-    found = []
-    for spec in specs:
-        name, _, ver = spec.partition("==")
-        pat = "%s-%s-*.whl" % (name.replace("-", "_"), ver or "*")
-        hits = [p for p in glob.glob(os.path.join(wheels, "*.whl"))
-                if _wheel_match(os.path.basename(p), pat)]
-        if not hits:
-            return None
-        found.append(sorted(hits)[-1])
-    return found
+_no_wheel = set()  # specs PyPI has no pure wheel for (asked once per process)
+
+
+def _download_wheel(wheels, spec):
+    """pip download one pure-Python wheel (--platform any) into wheels; its path, or None."""
+    if spec in _no_wheel:
+        return None
+    r = subprocess.run([_pip(), "-m", "pip", "download", "-q", "--only-binary=:all:", "--no-deps",
+                        "--platform", "any", "--python-version", "3.11", "--dest", wheels, spec],
+                       stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=300)
+    if r.returncode != 0:
+        _log("pip download %s: no pure wheel (%s)" % (spec, r.stdout.decode(errors="replace").strip()[-120:]))
+        _no_wheel.add(spec)
+        return None
+    return _find_wheel(wheels, spec if "==" in spec else spec + "==*")
+
+
+def _find_wheel(wheels, spec):
+    name, _, ver = spec.partition("==")
+    pat = "%s-%s-*-none-any.whl" % (name.replace("-", "_"), ver or "*")
+    hits = [p for p in glob.glob(os.path.join(wheels, "*.whl")) if _wheel_match(os.path.basename(p), pat)]
+    if not hits:
+        return None
+    return max(hits, key=lambda p: [int(x) if x.isdigit() else 0
+                                    for x in os.path.basename(p).split("-")[1].split(".")])
 
 
 def _wheel_match(base, pat):
