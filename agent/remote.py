@@ -576,7 +576,8 @@ class LoopListener:
                         conn.setblocking(False)
                         peers.append(conn)
                         sel.register(conn, selectors.EVENT_READ, "peer")
-                    elif key.data == "peer":
+                        continue
+                    if key.data == "peer":
                         try:
                             chunk = key.fileobj.recv(4096)
                         except OSError:
@@ -588,7 +589,8 @@ class LoopListener:
                                 pass
                         else:
                             sel.unregister(key.fileobj)
-                    elif not connected:
+                        continue
+                    if not connected:  # the client socket
                         err = client.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
                         if err:
                             verdict = REFUSED if err == errno.ECONNREFUSED else ERROR
@@ -596,32 +598,35 @@ class LoopListener:
                             done = True
                             break
                         connected = True
-                        sent = client.send(pending)
-                        pending = pending[sent:]
-                        sel.modify(client, selectors.EVENT_READ | (selectors.EVENT_WRITE if pending else 0), "client")
-                    else:
-                        if pending and ev & selectors.EVENT_WRITE:
-                            pending = pending[client.send(pending):]
-                            if not pending:
-                                sel.modify(client, selectors.EVENT_READ, "client")
-                        if not ev & selectors.EVENT_READ:
-                            continue
+                        ev = selectors.EVENT_WRITE  # send at once
+                    if pending and ev & selectors.EVENT_WRITE:
                         try:
-                            chunk = client.recv(4096)
+                            pending = pending[client.send(pending):]
+                        except (BlockingIOError, InterruptedError):
+                            pass
                         except OSError as exc:
-                            chunk, detail = b"", "reset: %s" % exc
-                        if not chunk:
-                            verdict = BANNER_MISMATCH if got else CLOSED
-                            detail = "loop closed after %d of %d bytes" % (len(got), len(nonce))
-                            done = True
+                            verdict, detail, done = CLOSED, "send: %s" % exc, True
                             break
-                        got += chunk
-                        if got == nonce:
-                            verdict, detail, done = OK_DATA, "nonce echoed", True
-                            break
-                        if not nonce.startswith(got):
-                            verdict, detail, done = BANNER_MISMATCH, "got %r" % got[:40], True
-                            break
+                        sel.modify(client, selectors.EVENT_READ | (selectors.EVENT_WRITE if pending else 0),
+                                   "client")
+                    if not ev & selectors.EVENT_READ:
+                        continue
+                    try:
+                        chunk = client.recv(4096)
+                    except OSError as exc:
+                        chunk, detail = b"", "reset: %s" % exc
+                    if not chunk:
+                        verdict = BANNER_MISMATCH if got else CLOSED
+                        detail = "loop closed after %d of %d bytes" % (len(got), len(nonce))
+                        done = True
+                        break
+                    got += chunk
+                    if got == nonce:
+                        verdict, detail, done = OK_DATA, "nonce echoed", True
+                        break
+                    if not nonce.startswith(got):
+                        verdict, detail, done = BANNER_MISMATCH, "got %r" % got[:40], True
+                        break
                 if done:
                     break
         finally:

@@ -316,3 +316,21 @@ def test_probe_tcp_sees_the_server_come_back(lab):
     assert up() is True
     banner = labmod.in_ns(lab.box_ns, lambda: probe_local(lab.srv_ip, server.port, 2, banner=b"SSH-"))
     assert banner.verdict == OK_BANNER
+
+
+@pytest.mark.parametrize("client", ["ssh", "dbclient"])
+def test_server_that_accepts_but_never_speaks_ssh(lab, client):
+    """TCP accepts, no SSH banner ever: the exec ends by our timeout as UNREACHABLE; probe_tcp says
+    up (it only connects) while a banner probe says timeout."""
+    server = lab.start_sshd()
+    mute = lab.start_service(lab.srv_ns, 0, banner=b"", bind=lab.srv_ip)
+    argv, env = client_argv(lab, server, client, cmd=[check_command("127.0.0.1", FWD, None, 1.0)])
+    argv[argv.index("-p") + 1] = str(mute.port)
+    t0 = time.monotonic()
+    with pytest.raises(subprocess.TimeoutExpired):
+        lab.box_run(argv, timeout=2.0, env=env)
+    assert time.monotonic() - t0 < 3.0
+    assert interpret_check(None, "", "", True, "openssh" if client == "ssh" else "dropbear") == UNREACHABLE
+    assert labmod.in_ns(lab.box_ns, lambda: probe_tcp(lab.srv_ip, mute.port, 1.0)) is True
+    r = labmod.in_ns(lab.box_ns, lambda: probe_local(lab.srv_ip, mute.port, 1.0, banner=b"SSH-"))
+    assert r.verdict == P_TIMEOUT
