@@ -24,7 +24,7 @@ import selectors
 import socket
 import time
 from dataclasses import dataclass
-from typing import List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence
 
 OK_BANNER = "ok-banner"
 OK_SILENT = "ok-silent"

@@ -49,9 +49,10 @@ Assumptions about the server, numbered (each one-liner names the ones it needs):
     and a writable state directory ($HOME/.sshkeep by default).
  7. OpenSSH: the remote command's parent ($PPID) is the `sshd: USER@notty`
     process that owns the session's listeners, running as the user.
-    dropbear: it is the per-connection `dropbear` process (cmdline is the
-    server's own, e.g. "/usr/sbin/dropbear -F ..."), which keeps running as
-    root: only a root tunnel user can end it (else RECLAIM_NOT_OURS).
+    dropbear (2022.83): it is the per-connection `dropbear` process, a child
+    of the listener whose cmdline is the listener's plus its re-exec `-2 N`
+    (e.g. "/usr/sbin/dropbear -F -p 2222 -2 8"); it keeps running as root:
+    only a root tunnel user can end it (else RECLAIM_NOT_OURS).
  8. The process start time (field 22 of /proc/PID/stat) is recorded with the
     pid, so a recycled pid is never mistaken for the session.
 """
@@ -105,6 +106,7 @@ RECLAIM_MARKER = "sshkeep-reclaim"
 DEFAULT_STATE_DIR = "$HOME/.sshkeep"
 INTERPRETERS = ("python3", "python", "perl", "bash", "nc")
 CLIENT_FAILURE = {"openssh": 255, "dropbear": 1}
+
 
 def _oneline(text: str) -> str:
     """Join script lines with '; ' (a line ending in do/then/else/{/| continues with a space)."""

@@ -13,7 +13,6 @@ What is proven here:
 
 import os
 import select
-import signal
 import subprocess
 import time
 

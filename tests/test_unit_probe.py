@@ -1,6 +1,5 @@
 """agent.probe against real sockets on 127.0.0.1 / ::1: every verdict, every bound."""
 
-import errno
 import select
 import socket
 import struct
