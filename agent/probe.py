@@ -109,7 +109,7 @@ class _Attempt:
         self.deadline = deadline
         self.connect_only = connect_only
         self.data = b""
-        self.result = None  # type: Optional[Tuple[str, str]]
+        self.result = None  # (verdict, detail) once finished
         self.phase_end = deadline
         self.reading = False
         self.sock = None
