@@ -474,6 +474,25 @@ def parse_ready(line: str) -> Optional[Tuple[int, bool]]:
     return None
 
 
+_FORWARD_FAILED = (
+    re.compile(r"remote port forwarding failed for listen port (\d+)"),    # OpenSSH ssh
+    re.compile(r"Remote TCP forward request failed \(port (\d+)"),        # dbclient 2022.83
+)
+
+
+def failed_listen_port(stderr: str) -> Optional[int]:
+    """The -R listen port a client said it could not bind on the server (the port to reclaim), or None.
+
+    Measured: OpenSSH "Error: remote port forwarding failed for listen port 20022"; dbclient
+    "dbclient: Connection to u@h:22 exited: Remote TCP forward request failed (port 20022 -> 127.0.0.1:8080)".
+    """
+    for pattern in _FORWARD_FAILED:
+        m = pattern.search(stderr)
+        if m:
+            return int(m.group(1))
+    return None
+
+
 # --- in-band loop check -------------------------------------------------------
 def free_port(address: str = "127.0.0.1") -> int:
     """A port free on this box right now (bind to 0, read, close; may race)."""

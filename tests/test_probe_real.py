@@ -220,6 +220,7 @@ def test_reclaim_stale_listener_openssh_server(lab, client):
         assert rc == 255 and "remote port forwarding failed for listen port %d" % FWD in err, err
     else:
         assert rc == 1 and "Remote TCP forward request failed" in err, err
+    assert remote.failed_listen_port(err) == FWD
 
     rc, out, err, timed_out, _ = run_exec(lab, server, client, reclaim_command(FWD, owner=OWNER))
     assert interpret_reclaim(rc, out, err, timed_out, "openssh" if client == "ssh" else "dropbear") == \

@@ -266,6 +266,14 @@ def test_interpret_check_table(rc, out, err, timed_out, kind, want):
     assert interpret_check(rc, out, err, timed_out, kind) == want
 
 
+def test_failed_listen_port_from_real_client_messages():
+    assert remote.failed_listen_port("Error: remote port forwarding failed for listen port 20022\r\n") == 20022
+    assert remote.failed_listen_port(
+        "\ndbclient: Connection to sktunnel@10.213.115.2:22 exited: Remote TCP forward request failed "
+        "(port 20022 -> 127.0.0.1:46709)\n") == 20022
+    assert remote.failed_listen_port("ssh: connect to host h port 22: Connection refused") is None
+
+
 def test_interpret_reclaim_table():
     assert interpret_reclaim(90, "sshkeep-reclaim ended 4242\nsshkeep-reclaim 90\n", "", False) == (RECLAIMED, 4242)
     assert interpret_reclaim(91, "sshkeep-reclaim 91\n", "", False) == (NOTHING, None)
