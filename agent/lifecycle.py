@@ -119,8 +119,8 @@ def cmd_stop(pidfile: str, timeout: float = 4.5, state_path: Optional[str] = Non
     """TERM the confirmed agent, wait up to `timeout` s, then KILL. 0 also when none runs.
 
     The default 4.5 s stays inside procd's 5 s term_timeout. After a KILL the agent
-    could not stop its ssh children: with `state_path`, they are reaped here from the
-    recorded run state (pid + cmdline match).
+    could not stop its ssh children: they are ended here (snapshot from /proc taken
+    before the TERM, plus the state file's "children" when `state_path` is given).
     """
     pid = agent_pid(pidfile)
     if pid is None:
@@ -128,15 +128,9 @@ def cmd_stop(pidfile: str, timeout: float = 4.5, state_path: Optional[str] = Non
         _say(out, "sshkeep: not running" + (" (stale pidfile %s, pid %d)" % (pidfile, stale) if stale else ""))
         return EX_OK
     started = time.monotonic()
-    try:
-        result = procs.stop_pid(pid, timeout=timeout)
-    except PermissionError:
-        raise SshkeepError("not allowed to signal pid %d" % pid, EX_NOPERM)
+    result, reaped = _stop_agent(pid, timeout, state_path)
     took = time.monotonic() - started
-    if result == "unkillable":
-        raise SshkeepError("pid %d did not exit even after SIGKILL" % pid, EX_OSERR)
     if result == "killed":
-        reaped = reap_previous_children(state_path)
         _say(out, "sshkeep: killed pid %d (no exit %.1fs after SIGTERM)%s"
              % (pid, timeout, "; ended %d ssh child(ren)" % len(reaped) if reaped else ""))
     elif result == "stopped":
@@ -144,6 +138,28 @@ def cmd_stop(pidfile: str, timeout: float = 4.5, state_path: Optional[str] = Non
     else:
         _say(out, "sshkeep: not running (pid %d exited)" % pid)
     return EX_OK
+
+
+def _stop_agent(pid, timeout, state_path):
+    """stop_pid + end the ssh children a KILLed agent could not end itself.
+
+    Its children are snapshotted (pid, cmdline, starttime from /proc) before the TERM;
+    after a KILL they are orphans and get TERM/KILL here, as do the children its state
+    file recorded. Returns (stop_pid result, records ended).
+    """
+    kids = procs.children_of(pid)
+    try:
+        result = procs.stop_pid(pid, timeout=timeout)
+    except PermissionError:
+        raise SshkeepError("not allowed to signal pid %d" % pid, EX_NOPERM)
+    if result == "unkillable":
+        raise SshkeepError("pid %d did not exit even after SIGKILL" % pid, EX_OSERR)
+    reaped = []
+    if result == "killed":
+        reaped = procs.reap_orphans(kids)
+        reaped += [r for r in reap_previous_children(state_path) if r.get("pid") not in
+                   [k.get("pid") for k in reaped]]
+    return result, reaped
 
 
 def self_command() -> List[str]:
@@ -214,11 +230,7 @@ def cmd_check(pidfile: str, state_path: Optional[str], run_argv: List[str], stal
                 return EX_OK
             _say(err, "sshkeep: agent pid %d is hung (no state update for %.0fs > %gs): restarting"
                  % (pid, age, stale_after))
-            result = procs.stop_pid(pid, timeout=stop_timeout)
-            if result == "unkillable":
-                raise SshkeepError("hung agent pid %d did not exit even after SIGKILL" % pid, EX_OSERR)
-            if result == "killed":
-                reap_previous_children(state_path)
+            _stop_agent(pid, stop_timeout, state_path)
         return _start(pidfile, run_argv, entry_argv, start_timeout, out)
     finally:
         os.close(lock)

@@ -121,6 +121,30 @@ def is_sshkeep(pid: int) -> bool:
     return alive(pid) and looks_like_sshkeep(cmdline(pid))
 
 
+def children_of(ppid: int) -> List[dict]:
+    """Records {"pid", "cmdline", "starttime"} of the live children of `ppid`, from /proc.
+
+    Taken just before an agent is KILLed, they let `reap_orphans` end the ssh it leaves
+    behind without trusting (or needing) its state file.
+    """
+    out = []
+    try:
+        names = os.listdir("/proc")
+    except OSError:
+        return out
+    for name in names:
+        if not name.isdigit():
+            continue
+        pid = int(name)
+        stat = _stat(pid)
+        if not stat or len(stat) < 20 or stat[1] != str(ppid) or stat[0] in ("Z", "X", "x"):
+            continue
+        argv = cmdline(pid)
+        if argv:
+            out.append({"pid": pid, "cmdline": argv, "starttime": int(stat[19])})
+    return out
+
+
 def _signal(pid, sig):
     try:
         os.kill(pid, sig)

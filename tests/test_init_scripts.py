@@ -27,7 +27,7 @@ RC_COMMON = os.path.join(FIX, "procd", "rc.common")
 PROCD_SCRIPT = os.path.join(TOP, "init.d", "sshkeep")
 BB_SCRIPT = os.path.join(TOP, "init.d", "sshkeep.busybox")
 FAKE = os.path.join(FIX, "lifecycle", "fake_sshkeep.py")
-PYZ = os.path.join(TOP, "build", "sshkeep.pyz")
+PYZ = os.environ.get("SSHKEEP_PYZ") or os.path.join(TOP, "build", "sshkeep.pyz")
 BUSYBOX = shutil.which("busybox") or "/bin/busybox"
 
 

@@ -18,7 +18,7 @@ import pytest
 from agent import pidfile, procs
 
 TOP = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PYZ = os.path.join(TOP, "build", "sshkeep.pyz")
+PYZ = os.environ.get("SSHKEEP_PYZ") or os.path.join(TOP, "build", "sshkeep.pyz")
 
 FAKE_SSH = """#!%s
 # fake OpenSSH client. MODE=up: stays up like `ssh -N` until TERM (exits 0, like ssh);
@@ -450,3 +450,24 @@ def test_sigusr1_reconnects_now_from_backoff(agent):
     os.kill(p.pid, signal.SIGUSR1)
     assert wait_for(lambda: agent.tunnel("hub").get("restarts") != before, 3), agent.state()
     assert time.monotonic() - t0 < 2.5
+
+
+def test_stop_of_a_frozen_agent_kills_it_and_ends_its_ssh(agent):
+    """SIGSTOPped (hung) agent: TERM cannot act, stop KILLs after 4.5 s and then ends the ssh
+    the agent could not end itself (snapshot of its children from /proc)."""
+    rc, out, err = agent.cli("run", "--daemon")
+    assert rc == 0, out + err
+    pid = agent.pid()
+    assert wait_for(lambda: agent.children(of=pid))
+    kids = agent.children(of=pid)
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        t0 = time.monotonic()
+        rc, out, err = agent.cli("stop")
+        assert rc == 0 and "killed pid %d" % pid in out + err, out + err
+        assert "ended 1 ssh" in out + err, out + err
+        assert 4.0 < time.monotonic() - t0 < 8.0
+        assert not procs.alive(pid) and not [k for k in kids if procs.alive(k)]
+    finally:
+        if procs.alive(pid):
+            os.kill(pid, signal.SIGKILL)

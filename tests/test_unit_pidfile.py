@@ -586,3 +586,18 @@ def test_lifecycle_against_standin_agent(tmp):
     assert "stopped pid %d" % new in out.getvalue() and not procs.alive(new)
     out = io.StringIO()
     assert lifecycle.cmd_stop(pidf, out=out) == 0 and "not running" in out.getvalue()
+
+
+def test_children_of_lists_live_children_with_starttime():
+    parent = py("import subprocess, time\nc = subprocess.Popen(['sleep', '30'])\nprint(c.pid, flush=True)\n"
+                "time.sleep(30)", stdout=subprocess.PIPE)
+    kid = None
+    try:
+        kid = int(parent.stdout.readline())
+        recs = procs.children_of(parent.pid)
+        assert recs == [{"pid": kid, "cmdline": ["sleep", "30"], "starttime": procs.starttime(kid)}]
+        assert procs.children_of(kid) == []
+    finally:
+        kill_wait(parent)
+        if kid and procs.alive(kid):
+            os.kill(kid, signal.SIGKILL)
