@@ -332,8 +332,9 @@ class Contender:
 class Keeper(Contender):
     kind = "sshkeep"
 
-    def __init__(self, lab, server, rport, svc, client, pyz, extra=SSHKEEP_EXTRA, forwards=None):
+    def __init__(self, lab, server, rport, svc, client, pyz, extra=SSHKEEP_EXTRA, forwards=None, guard=True):
         Contender.__init__(self, lab, server, rport, svc)
+        self.guard = guard
         self.client, self.pyz, self.extra = client, pyz, tuple(extra)
         self.label = "sshkeep + %s" % ("OpenSSH" if client == "openssh" else "dbclient")
         self.forwards = forwards
@@ -343,7 +344,10 @@ class Keeper(Contender):
         self.generation += 1
         fwd = self.forwards or [("-R", "127.0.0.1:%d:127.0.0.1:%d" % (self.rport, self.svc.port))]
         self.agent = Agent(self.lab, self.server, fwd, client=self.client, extra=self.extra, pyz=self.pyz,
-                           name="%s%d-%d" % (self.client[:2], self.rport, self.generation)).start()
+                           name="%s%d-%d" % (self.client[:2], self.rport, self.generation))
+        if not self.guard:  # as on a router: no python3-light import guard (its sitecustomize costs memory)
+            self.agent.env.pop("PYTHONPATH", None)
+        self.agent.start()
         self.pid = self.agent.proc.pid
         return self
 
@@ -597,7 +601,7 @@ def footprint(args, pyz):
     for n in (1, 10, 100):
         fwd = [("-R", "127.0.0.1:21000:127.0.0.1:%d" % svc.port)]
         fwd += [("-L", "127.0.0.1:%d:127.0.0.1:22" % (31000 + i)) for i in range(n - 1)]
-        k = Keeper(flab, server, 21000, svc, "openssh", pyz, forwards=fwd)
+        k = Keeper(flab, server, 21000, svc, "openssh", pyz, forwards=fwd, guard=False)
         k.start()
         try:
             k.agent.wait_up(60)
@@ -620,7 +624,7 @@ def footprint(args, pyz):
             kill_listener_owner(server, 21000)
     out["rss"] = rss
     # idle CPU at default settings, measured while the fault suite runs elsewhere
-    keep = Keeper(flab, server, 21001, svc, "openssh", pyz, extra=()).start()
+    keep = Keeper(flab, server, 21001, svc, "openssh", pyz, extra=(), guard=False).start()
     auto = AutoSSH(flab, server, 21002, svc, tag="cpu").start()
     keep.agent.wait_up(60)
     t0 = time.monotonic()
