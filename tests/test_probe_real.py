@@ -128,7 +128,7 @@ def test_remote_check_verdicts_through_real_exec(lab, kind, client):
     wait_until(lambda: not lab.listening(lab.srv_ns, FWD), 5, 0.05, "listener gone")
     verdict, info = remote_check(lab, server, client)
     assert verdict == REFUSED, info
-    assert info[3] < 3.0, info  # one key exchange plus a refused connect
+    assert info[3] < 5.0, info  # one key exchange plus a refused connect (~0.3 s idle)
 
 
 @pytest.mark.parametrize("kind", ["openssh", "dropbear"])
@@ -292,11 +292,11 @@ def test_loop_check_through_one_connection(lab, kind, client):
         check = lambda t=2.0: labmod.in_ns(lab.box_ns, lambda: lst.check(lfwd.port, t))  # noqa: E731
         wait_until(lambda: check(1.0).verdict == OK_DATA, 10, 0.1, "loop up")
         r = check()
-        assert r.verdict == OK_DATA and r.elapsed < 0.5, r
+        assert r.verdict == OK_DATA and r.elapsed < 1.5, r
         (box_port,) = lab.flows(server.port)
         lab.drop_flow(box_port, server.port)  # wedged: ssh is up, nothing crosses
         r = check(1.0)
-        assert r.verdict == P_TIMEOUT and r.elapsed < 1.3, r
+        assert r.verdict == P_TIMEOUT and r.elapsed < 2.0, r
         tunnel.kill()
         tunnel.wait(5)
         assert check(1.0).verdict == P_REFUSED
