@@ -138,7 +138,14 @@ class Agent:
 
     def cleanup(self):
         recs = self.state().get("children", [])
-        for pid in self.agents():
+        holder = self.pid()  # whatever holds OUR temp pidfile, even if not named sshkeep
+        pids = set(self.agents()) | ({holder} if holder else set())
+        for pid in pids:
+            recs += procs.children_of(pid)
+            try:
+                os.kill(pid, signal.SIGCONT)  # a test may have frozen it
+            except OSError:
+                pass
             procs.stop_pid(pid, timeout=2)
         for p in self.started:
             if p.poll() is None:

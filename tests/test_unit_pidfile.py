@@ -563,8 +563,23 @@ def test_lifecycle_against_standin_agent(tmp):
     entry = [sys.executable, fake]
     out = io.StringIO()
     assert lifecycle.agent_pid(pidf) is None
+    started = []
+    try:
+        _standin_sequence(lifecycle, pidf, st, run_argv, entry, started)
+    finally:
+        for pid in started:  # SIGKILL works on a frozen (SIGSTOPped) process too
+            if procs.alive(pid):
+                kids = procs.children_of(pid)
+                os.kill(pid, signal.SIGKILL)
+                procs.reap_orphans(kids, timeout=1)
+
+
+def _standin_sequence(lifecycle, pidf, st, run_argv, entry, started):
+    import io
+    out = io.StringIO()
     assert lifecycle.cmd_check(pidf, st, run_argv, 30, entry_argv=entry, out=out) == 0
     pid = lifecycle.agent_pid(pidf)
+    started.append(pid)
     assert pid and "started agent pid %d" % pid in out.getvalue()
     out = io.StringIO()
     assert lifecycle.cmd_check(pidf, st, run_argv, 30, entry_argv=entry, out=out) == 0
@@ -580,6 +595,7 @@ def test_lifecycle_against_standin_agent(tmp):
                                stop_timeout=0.5) == 0
     assert "is hung" in err.getvalue()
     new = lifecycle.agent_pid(pidf)
+    started.append(new)
     assert new and new != pid and not procs.alive(pid)
     out = io.StringIO()
     assert lifecycle.cmd_stop(pidf, out=out) == 0
