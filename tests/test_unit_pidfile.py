@@ -565,7 +565,7 @@ def test_lifecycle_against_standin_agent(tmp):
     assert lifecycle.agent_pid(pidf) is None
     started = []
     try:
-        _standin_sequence(lifecycle, pidf, st, run_argv, entry, started)
+        _standin_sequence(lifecycle, tmp, pidf, st, run_argv, entry, started)
     finally:
         for pid in started:  # SIGKILL works on a frozen (SIGSTOPped) process too
             if procs.alive(pid):
@@ -574,7 +574,7 @@ def test_lifecycle_against_standin_agent(tmp):
                 procs.reap_orphans(kids, timeout=1)
 
 
-def _standin_sequence(lifecycle, pidf, st, run_argv, entry, started):
+def _standin_sequence(lifecycle, tmp, pidf, st, run_argv, entry, started):
     import io
     out = io.StringIO()
     assert lifecycle.cmd_check(pidf, st, run_argv, 30, entry_argv=entry, out=out) == 0
