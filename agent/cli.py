@@ -71,6 +71,7 @@ def build_parser():
     st.add_argument("-c", "--config", metavar="FILE")
     stop = sub.add_parser("stop", help="stop the agent named by the pidfile")
     stop.add_argument("--pidfile", default=None)
+    stop.add_argument("--state", default=None, help="run state (to end ssh children of a KILLed agent)")
     stop.add_argument("-c", "--config", metavar="FILE")
     rc = sub.add_parser("reconnect", help="reconnect every tunnel now, backoff reset (SIGUSR1)")
     rc.add_argument("--pidfile", default=None)
@@ -292,6 +293,15 @@ def _pidfile_of(args):
     return _default_pidfile()
 
 
+def _state_of(args):
+    if getattr(args, "state", None):
+        return args.state
+    if getattr(args, "config", None):
+        from agent import config
+        return config.load(args.config).state
+    return _default_state()
+
+
 def cmd_config(args):
     from agent import config
     s = config.load(args.config)
@@ -317,7 +327,7 @@ def main(argv=None):
             return cmd_config(args)
         from agent import lifecycle
         if args.command == "stop":
-            return lifecycle.cmd_stop(_pidfile_of(args))
+            return lifecycle.cmd_stop(_pidfile_of(args), state_path=_state_of(args))
         if args.command == "reload":
             return lifecycle.cmd_reload(_pidfile_of(args))
         if args.command == "reconnect":

@@ -5,6 +5,7 @@ status. Keep README's exit-code table in sync with this file.
 """
 
 EX_OK = 0
+EX_NOT_RUNNING = 7   # reload/reconnect: no agent holds the pidfile (LSB "not running")
 EX_USAGE = 64        # bad command line
 EX_DATAERR = 65      # bad forward spec / value given on the command line
 EX_NOINPUT = 66      # a named input file (key, config) is missing
@@ -18,6 +19,7 @@ EX_CONFIG = 78       # configuration file invalid
 
 EXIT_CODES = {
     EX_OK: "ok (also: stopped by TERM/INT)",
+    EX_NOT_RUNNING: "reload/reconnect: no agent holds the pidfile",
     EX_USAGE: "command line usage error",
     EX_DATAERR: "bad value on the command line (forward spec, port)",
     EX_NOINPUT: "an input file (key, config, state) is missing",

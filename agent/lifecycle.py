@@ -20,7 +20,7 @@ from agent.errors import EX_NOPERM, EX_OK, EX_OSERR, EX_SOFTWARE, EX_TEMPFAIL, A
 
 # `reload` / `reconnect` with no agent running. LSB init-script actions use 7 for
 # "program is not running"; `stop` with no agent is a success (0), as LSB wants.
-EX_NOT_RUNNING = 7
+from agent.errors import EX_NOT_RUNNING  # noqa: E402  (re-exported)
 
 CHECK_LOCK_WAIT = 30.0   # a check waits this long for another check to finish
 START_TIMEOUT = 15.0     # a started agent must report within this (python3 cold start on a router)

@@ -63,6 +63,8 @@ class Runner:
         self.server_probe_failed = False
         self.ready_pid = None
         self.seen = None
+        self.no_command = False         # the server ran no command of ours: use -N
+        self.watchdogs = 0              # consecutive "no ready line in time"
         self.loop = None                # remote.LoopListener when t.loop_port
         self.loop_box_port = 0
         self.ssh_tunnel = tunnel        # what ssh is started with (tunnel + loop forwards)
@@ -256,7 +258,7 @@ class Supervisor:
     def _spawn(self, r):
         host, port = r.address
         t = r.ssh_tunnel
-        command = session_command(t) if t.reclaim else None
+        command = session_command(t) if t.reclaim and not r.no_command else None
         home_dir = os.path.join(r.runtime_dir, "home-" + _safe(t.name))
         try:
             r.home = clients.prepare_home(r.info, t, home_dir, host, port)
@@ -339,6 +341,14 @@ class Supervisor:
             child.uptime(), outcome.reason, " (%s)" % outcome.detail if outcome.detail else "",
             "; " + outcome.hint if outcome.hint and outcome.action != C.NONE else ""))
         was_up = r.m.state == M.UP
+        r.watchdogs = r.watchdogs + 1 if outcome.reason == C.WATCHDOG else 0
+        if r.watchdogs >= 2 and r.t.reclaim and not r.no_command:
+            # Logged in but our session command never said ready: a forced command
+            # (restricted key) or no shell. Fall back to -N; reclaim cannot work there.
+            r.no_command = True
+            r.m.p.use_marker = False
+            self.log.warning(r.name, "no ready line from the server's session command (forced command or no "
+                                     "shell?): using -N from now on; stale listeners cannot be reclaimed")
         if not was_up and outcome.reason in C.NETWORK_REASONS | {C.WATCHDOG}:
             r.connect_failures += 1
             self._maybe_failover(r)
@@ -566,7 +576,9 @@ class Supervisor:
             if r.child:
                 children.append(r.child.cmdline_record())
         return {"pid": os.getpid(), "version": __version__, "started": self.started_wall,
-                "updated": wall_now, "pidfile": self.settings.pidfile, "tunnels": tunnels,
+                # `check` judges freshness on the monotonic clock: the wall clock of a box
+                # without an RTC jumps at boot when NTP sets it.
+                "updated": wall_now, "monotonic": mono_now, "pidfile": self.settings.pidfile, "tunnels": tunnels,
                 "children": children}
 
     def _write_state(self, force=False):

@@ -150,3 +150,33 @@ def test_sighup_keeps_unchanged_tunnels(lab):
         assert ag.tunnels()["a"]["ssh_pid"] == before["a"]["ssh_pid"]
     finally:
         ag.stop()
+
+
+def test_ssh_config_host_works_with_dropbear(lab):
+    # dbclient cannot read ssh_config: the agent reads the Host block and passes flags.
+    server = lab.start_sshd(port=22)
+    svc = lab.start_service(lab.box_ns, 0)
+    kh = os.path.join(lab.dir, "kh")
+    with open(kh, "w") as fh:
+        fh.write(server.known_hosts_line())
+    cfg = os.path.join(lab.dir, "ssh_config")
+    with open(cfg, "w") as fh:
+        fh.write("Host hub\n  HostName %s\n  User %s\n  Port 22\n  IdentityFile %s\n"
+                 "  RemoteForward 127.0.0.1:20022 127.0.0.1:%d\n  ServerAliveInterval 5\n"
+                 "Host *\n  User nobody\n" % (lab.srv_ip, lab.user, lab.key_dropbear, svc.port))
+    state = os.path.join(lab.dir, "state.json")
+    with open(os.path.join(lab.dir, "agent.log"), "ab") as log:
+        proc = lab.box_popen(["/usr/bin/python3", require_pyz(), "run", "--ssh-config", cfg, "--client", "dropbear",
+                              "--ssh", "/usr/bin/dbclient", "--known-hosts", kh, "--state", state,
+                              "--pidfile", os.path.join(lab.dir, "pid"), "hub"],
+                             stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                             env=lightguard.guard_env(dict(os.environ, HOME=lab.dir)))
+    try:
+        lab.wait_until(lambda: lab.probe_from(lab.srv_ns, "127.0.0.1", 20022) == BANNER, 30,
+                       what="forward from the ssh_config Host block via dbclient")
+        with open(state) as fh:
+            t = json.load(fh)["tunnels"][0]
+        assert t["client"].startswith("dropbear") and t["server"] == "%s:22" % lab.srv_ip
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(8)
