@@ -62,7 +62,7 @@ def public(doc: dict) -> dict:
     for t in doc.get("tunnels", []):
         tunnels.append({k: t.get(k) for k in ("name", "state", "since", "restarts", "last_error", "ssh_pid",
                                               "server", "health", "checks", "consecutive_failures",
-                                              "last_check", "last_heal", "forwards")})
+                                              "last_check", "last_heal", "forwards", "next_attempt_in", "client")})
     return {"pid": doc.get("pid"), "version": doc.get("version"), "running": pid_alive(doc.get("pid")),
             "updated": doc.get("updated"), "tunnels": tunnels}
 

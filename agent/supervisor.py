@@ -14,7 +14,7 @@ import time
 
 from agent import __version__
 from agent import classify as C
-from agent import clients, remote, state
+from agent import clients, probe, remote, state
 from agent import machine as M
 from agent.child import Child, Job
 
@@ -427,7 +427,7 @@ class Supervisor:
             return
         r.next_failback = now + r.t.interval
         host, port = r.addresses[0]
-        if tcp_answers(host, port, timeout=1.0):
+        if probe.probe_tcp(host, port, timeout=1.0):
             self.log.info(r.name, "primary %s:%d answers again: moving back from %s" % (host, port, r.server_label()))
             r.addr_index = 0
             self._event(r, r.m.on_reconnect_request, now)
@@ -463,7 +463,7 @@ class Supervisor:
             return
         r.next_server_probe = now + SERVER_PROBE_EVERY
         host, port = r.address
-        answered = tcp_answers(host, port, timeout=1.0)
+        answered = probe.probe_tcp(host, port, timeout=1.0)
         if not answered:
             r.server_probe_failed = True
         elif r.server_probe_failed:
@@ -592,29 +592,6 @@ class Supervisor:
             self.log.error("", str(exc))
         self._last_state_write = now
         self._state_dirty = False
-
-
-def tcp_answers(host, port, timeout=1.0) -> bool:
-    """Cheap raw connect to the server's port (no SSH handshake). Bytes host: no idna."""
-    try:
-        infos = socket.getaddrinfo(host.encode(), port, 0, socket.SOCK_STREAM)
-    except (socket.gaierror, UnicodeError, OSError):
-        return False
-    deadline = time.monotonic() + timeout
-    for family, stype, proto, _, addr in infos[:4]:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            break
-        s = socket.socket(family, stype, proto)
-        try:
-            s.settimeout(left)
-            s.connect(addr)
-            return True
-        except OSError:
-            continue
-        finally:
-            s.close()
-    return False
 
 
 def _safe(name):

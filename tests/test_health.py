@@ -188,3 +188,23 @@ def test_forced_command_key_falls_back_to_dash_n(lab):
         lab.wait_until(lambda: reverse_ok(lab), 10, what="forward works with -N")
     finally:
         a.stop()
+
+
+def test_fast_return_when_the_server_comes_back_during_a_long_backoff(lab):
+    server = lab.start_sshd()
+    a, _ = start(lab, server, extra=("--max-backoff", "60"))
+    try:
+        a.wait_up(30)
+        server.stop()
+        # refused, refused, ...: the backoff grows past what we are willing to wait
+        a.wait(lambda: (a.tunnel()["state"] == "backoff"
+                        and (a.status()["tunnels"][0].get("next_attempt_in") or 0) > 3.5), 40,
+               "a backoff delay longer than 3.5 s")
+        server.start()
+        t0 = time.monotonic()
+        a.wait(lambda: a.tunnel()["state"] == "up", 15, "up again")
+        took = time.monotonic() - t0
+        assert took < 3.5, took          # the TCP probe (every 1.5 s) cut the backoff short
+        assert "answers again; reconnecting now" in a.log()
+    finally:
+        a.stop()
