@@ -9,6 +9,8 @@ Keepalives only prove the SSH connection answers; these prove the forwards do.
   the target is down, restarting ssh cannot help: report target-down.
 """
 
+import shlex
+
 from agent import clients, probe, remote
 from agent.supervisor import owner_tag
 
@@ -16,6 +18,7 @@ TARGET_DOWN = "target-down"
 LOCAL_TIMEOUT = 2.0
 REMOTE_TIMEOUT_MIN = 10.0
 CHECK_TIMEOUT = 3.0
+LOCAL_ROUND_BUDGET = 5.0
 
 
 def _banner(check):
@@ -37,13 +40,26 @@ class Checks:
                       or r.check_round % max(1, r.t.remote_check_every) == 1
                       or r.t.remote_check_every <= 1
                       or r.m.failures > 0)
-        for f in r.t.forwards:
-            if f.check == "none":
-                continue
-            if f.kind in ("L", "D"):
-                self._local(sup, r, f)
-            elif f.kind == "R" and remote_due:
-                self._remote(sup, r, f)
+        checked = [f for f in r.t.forwards if f.check != "none"]
+        self._locals(sup, r, [f for f in checked if f.kind in ("L", "D")])
+        if remote_due:
+            self._remote(sup, r, [f for f in checked if f.kind == "R"])
+
+    def _locals(self, sup, r, forwards):
+        """Local probes run inline: bound the round so signals are never held up for long.
+
+        Forwards not reached within LOCAL_ROUND_BUDGET are probed first next round.
+        """
+        if not forwards:
+            return
+        start = getattr(r, "probe_cursor", 0) % len(forwards)
+        deadline = sup.clock() + LOCAL_ROUND_BUDGET
+        for i in range(len(forwards)):
+            if sup.signals or sup.clock() >= deadline:
+                r.probe_cursor = start + i
+                return
+            self._local(sup, r, forwards[(start + i) % len(forwards)])
+        r.probe_cursor = 0
 
     def _loop(self, sup, r):
         """A nonce through -L -> server -> -R -> us, on the tunnel's own connection."""
@@ -61,43 +77,63 @@ class Checks:
                          "%s %s" % (res.address, res.detail))
 
     # -- remote --------------------------------------------------------------
-    def _remote(self, sup, r, f):
-        bind = f.bind or "127.0.0.1"
-        if bind in ("0.0.0.0", "*", ""):
-            bind = "127.0.0.1"
-        banner = _banner(f.check)
-        timeout = remote.check_budget(bind, CHECK_TIMEOUT) + r.t.connect_timeout + 2.0
-        try:
-            cmd = remote.check_command(bind, f.port, banner, CHECK_TIMEOUT)
-        except ValueError as exc:
-            sup.report_check(r, "R:%d" % f.port, "invalid", None, str(exc))
+    def _remote(self, sup, r, forwards):
+        """One ssh exec (one key exchange) checks every -R forward of the tunnel in turn."""
+        parts, budget, todo = [], 0.0, []
+        for f in forwards:
+            bind = f.bind if f.bind not in ("0.0.0.0", "*", "") else "127.0.0.1"
+            banner = _banner(f.check)
+            try:
+                parts.append(remote.check_command(bind, f.port, banner, CHECK_TIMEOUT))
+            except ValueError as exc:
+                sup.report_check(r, "R:%d" % f.port, "invalid", None, str(exc))
+                continue
+            budget += remote.check_budget(bind, CHECK_TIMEOUT)
+            todo.append(f)
+        if not todo:
             return
+        if len(parts) == 1:
+            cmd = parts[0]
+        else:
+            # Each check prints its own `sshkeep-check CODE ...` line; subshells keep one
+            # check's exit from ending the others. sh -c: the login shell may be fish.
+            cmd = "exec sh -c " + shlex.quote("; ".join("(%s)" % p for p in parts))
         host, port = r.address
         argv = clients.build_exec_argv(r.info, r.t, cmd, host=host, port=port)
-        name = "R:%d" % f.port
 
-        def done(job, f=f, name=name):
-            verdict = remote.interpret_check(job.returncode if job.returncode is not None else -1,
-                                             "\n".join(job.out), "\n".join(job.err), job.timed_out,
-                                             r.info.kind)
-            if verdict == remote.OK:
-                sup.report_check(r, name, verdict, True)
-            elif verdict == remote.UNREACHABLE:
-                # The exec could not log in: keepalive decides about the tunnel itself.
-                sup.report_check(r, name, verdict, None, (job.err[-1] if job.err else "exec failed"))
-            elif verdict == remote.CLOSED:
-                target = probe.probe_local(f.host, f.hostport, timeout=LOCAL_TIMEOUT)
-                if target.verdict in (probe.REFUSED, probe.TIMEOUT, probe.ERROR):
-                    sup.report_check(r, name, TARGET_DOWN, None,
-                                     "box-side target %s:%d %s" % (f.host, f.hostport, target.verdict))
-                else:
-                    sup.report_check(r, name, verdict, False, "target answers, so the tunnel is broken")
-            else:
-                sup.report_check(r, name, verdict, False)
+        def done(job):
+            rc = job.returncode if job.returncode is not None else -1
+            out, err = "\n".join(job.out), "\n".join(job.err)
+            markers = [l for l in job.out if l.startswith(remote.CHECK_MARKER + " ")]
+            for i, f in enumerate(todo):
+                if len(todo) == 1:
+                    verdict = remote.interpret_check(rc, out, err, job.timed_out, r.info.kind)
+                elif i < len(markers):
+                    verdict = remote.interpret_check(None, markers[i], "", False, r.info.kind)
+                else:  # the exec ended before reaching this forward's check
+                    verdict = remote.interpret_check(rc, "", err, job.timed_out, r.info.kind)
+                self._judge(sup, r, f, verdict, job)
 
-        job = sup.start_job(r, argv, timeout, done)
+        job = sup.start_job(r, argv, budget + r.t.connect_timeout + 2.0, done)
         if job is not None:
             job.kind = "check"
+
+    def _judge(self, sup, r, f, verdict, job):
+        name = "R:%d" % f.port
+        if verdict == remote.OK:
+            sup.report_check(r, name, verdict, True)
+        elif verdict == remote.UNREACHABLE:
+            # The exec could not log in: keepalive decides about the tunnel itself.
+            sup.report_check(r, name, verdict, None, (job.err[-1] if job.err else "exec failed"))
+        elif verdict == remote.CLOSED:
+            target = probe.probe_local(f.host, f.hostport, timeout=LOCAL_TIMEOUT)
+            if target.verdict in (probe.REFUSED, probe.TIMEOUT, probe.ERROR):
+                sup.report_check(r, name, TARGET_DOWN, None,
+                                 "box-side target %s:%d %s" % (f.host, f.hostport, target.verdict))
+            else:
+                sup.report_check(r, name, verdict, False, "target answers, so the tunnel is broken")
+        else:
+            sup.report_check(r, name, verdict, False)
 
     # -- reclaim ----------------------------------------------------------------
     def reclaim(self, sup, r):

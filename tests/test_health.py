@@ -193,18 +193,41 @@ def test_forced_command_key_falls_back_to_dash_n(lab):
 def test_fast_return_when_the_server_comes_back_during_a_long_backoff(lab):
     server = lab.start_sshd()
     a, _ = start(lab, server, extra=("--max-backoff", "60"))
+    # New connections to sshd are refused (RST) while the fault lasts; sessions are killed.
+    refuse = ["INPUT", "-p", "tcp", "--dport", str(server.port), "--syn", "-j", "REJECT",
+              "--reject-with", "tcp-reset"]
     try:
         a.wait_up(30)
-        server.stop()
+        lab._rule(lab.srv_ns, refuse, True)
+        server.kill_sessions()
         # refused, refused, ...: the backoff grows past what we are willing to wait
         a.wait(lambda: (a.tunnel()["state"] == "backoff"
                         and (a.status()["tunnels"][0].get("next_attempt_in") or 0) > 3.5), 40,
                "a backoff delay longer than 3.5 s")
-        server.start()
+        lab._rule(lab.srv_ns, refuse, False)
         t0 = time.monotonic()
         a.wait(lambda: a.tunnel()["state"] == "up", 15, "up again")
         took = time.monotonic() - t0
         assert took < 3.5, took          # the TCP probe (every 1.5 s) cut the backoff short
         assert "answers again; reconnecting now" in a.log()
+    finally:
+        lab.clear_faults()
+        a.stop()
+
+
+def test_several_reverse_forwards_one_exec_each_judged(lab):
+    server = lab.start_sshd()
+    svc = lab.start_service(lab.box_ns, 0)
+    fwd = [("-R", "127.0.0.1:%d:127.0.0.1:%d" % (port, svc.port)) for port in (20022, 20023, 20024)]
+    a, _ = start(lab, server, forwards=fwd, svc=svc)
+    try:
+        a.wait_up(30)
+        a.wait(lambda: all(a.tunnel()["checks"].get("R:%d" % p) == "ok" for p in (20022, 20023, 20024)),
+               15, "three remote checks ok")
+        lab.kill_listener(20023)
+        a.wait(lambda: a.tunnel()["restarts"] >= 1, 20, "restart after R:20023 failed")
+        assert "R:20023" in a.tunnel()["last_heal"]
+        for p in (20022, 20023, 20024):
+            lab.wait_until(lambda: reverse_ok(lab, p), 15, what="forward %d back" % p)
     finally:
         a.stop()
