@@ -59,6 +59,11 @@ def test_agent_keeps_forwards_through_session_kill(root, lab, record):
         assert root.dbclient in _cmdline(ssh_pid), (
             "the agent's ssh child is not %s's dbclient: %s" % (root.name, _cmdline(ssh_pid)))
         assert "blocked by python3-light guard" not in a.log(), a.log()[-3000:]
+        # the agent detected the generation from the real binary: -o BatchMode only where dbclient has it
+        if root.name == "trixie":
+            assert "BatchMode=yes" in _cmdline(ssh_pid) and "StrictHostKeyChecking=yes" in _cmdline(ssh_pid)
+        else:
+            assert "BatchMode" not in _cmdline(ssh_pid), _cmdline(ssh_pid)
 
         killed = server.kill_sessions()
         assert killed, "no session processes on the server to kill"
