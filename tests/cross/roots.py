@@ -175,7 +175,7 @@ def _source_entries():
                 m = re.match(r"deb\s+(\[[^\]]*\]\s+)?(\S+)\s+(\S+)", line)
                 if m:
                     opts = m.group(1) or ""
-                    sb = re.search(r"signed-by=(\S+?)\s*\]?$", opts.strip("[] "))
+                    sb = re.search(r"signed-by=([^\s\]]+)", opts)
                     entries.append(([m.group(2)], [m.group(3)], sb.group(1) if sb else ""))
     return entries
 
