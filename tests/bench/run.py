@@ -479,6 +479,15 @@ class Suite:
     def run_fault(self, n, rep):
         lab, server, cs = self.lab, self.server, self.contenders
         cap = self.args.cap
+        if self.args.fresh:
+            # every contender starts each fault fresh: autossh's restart backoff otherwise keeps growing
+            # from fault to fault (with AUTOSSH_GATETIME=0 it never resets), which would flatter sshkeep
+            for c in cs:
+                c.stop()
+                for p in c.ports():
+                    kill_listener_owner(server, p)
+            for c in cs:
+                c.start()
         if not self.wait_all_up(90):
             log("fault %d rep %d: not all contenders up before the fault; measuring anyway" % (n, rep))
         time.sleep(self.args.settle)
@@ -817,6 +826,8 @@ def main(argv=None):
     ap.add_argument("--fleet", type=int, default=50)
     ap.add_argument("--fleet-cap", type=float, default=90.0)
     ap.add_argument("--cpu-min", type=float, default=150.0, help="least seconds of idle-CPU measurement")
+    ap.add_argument("--no-fresh", dest="fresh", action="store_false",
+                    help="keep the contenders running from fault to fault (autossh's backoff then grows)")
     ap.add_argument("--no-fleet", action="store_true")
     ap.add_argument("--no-footprint", action="store_true")
     ap.add_argument("--no-readme", action="store_true")
@@ -842,7 +853,7 @@ def main(argv=None):
     doc = {"date": started.strftime("%Y-%m-%d %H:%M UTC"), "machine": machine(), "pyz_bytes": os.path.getsize(pyz),
            "settings": {"keepalive": KEEPALIVE, "interval": INTERVAL, "reps": args.reps, "cap_s": args.cap,
                         "probe_period_s": 0.2, "probe_timeout_s": 1.0, "blackhole_s": args.blackhole,
-                        "target_down_s": args.target_down, "sshd": "OpenSSH, no ClientAliveInterval",
+                        "target_down_s": args.target_down, "fresh_per_fault": args.fresh, "sshd": "OpenSSH, no ClientAliveInterval",
                         "sshkeep": "--keepalive %d --interval %d (remote check every 4th, fail threshold 2)"
                                    % (KEEPALIVE, INTERVAL),
                         "autossh": "AUTOSSH_GATETIME=0, ServerAliveInterval=%d, ServerAliveCountMax=3, "
