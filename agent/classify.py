@@ -45,7 +45,9 @@ _PATTERNS = (
     (HOSTKEY_MISMATCH, ("remote host identification has changed", "host key mismatch",
                         "has changed and you have requested strict checking")),
     (HOSTKEY_UNKNOWN, ("host key is known for", "not in the trusted hosts file",
-                       "host key verification failed", "do you want to continue connecting")),
+                       "host key verification failed", "do you want to continue connecting",
+                       # dbclient 2024.84+ with BatchMode: "Host 'IP' key unknown." then this
+                       "not accepted automatically", "key unknown")),
     (KEY_FORMAT, ("string too long", "failed loading keyfile", "invalid format", "bad permissions",
                   "unprotected private key file")),
     (AUTH, ("permission denied (", "no auth methods could be used", "too many authentication failures",

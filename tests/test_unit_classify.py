@@ -41,6 +41,9 @@ DROPBEAR = [
     (1, ["dbclient: Connection to tunnel@10.213.0.2:22 exited: Remote TCP forward request failed (port 20022)"],
      C.PORT_IN_USE),
     (1, ["dbclient: Connection to tunnel@10.213.0.2:22 exited: Remote closed the connection"], C.CLOSED),
+    # 2025.89 with -o BatchMode=yes
+    (1, ["Host '10.213.0.2' key unknown.",
+         "dbclient: Connection to tunnel@10.213.0.2:22 exited: Not accepted automatically"], C.HOSTKEY_UNKNOWN),
 ]
 
 
