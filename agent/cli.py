@@ -44,6 +44,9 @@ def _add_tunnel_options(p):
     p.add_argument("--fail-threshold", type=int, default=2, metavar="N",
                    help="consecutive failed checks before ssh is restarted")
     p.add_argument("--max-backoff", type=float, default=60, metavar="SECONDS")
+    p.add_argument("--spread", type=float, default=0, metavar="SECONDS",
+                   help="fleet spreading: a per-box offset in [0, SECONDS) added to the first connect, "
+                        "to backoff and to the reconnect after the server comes back (0 = off)")
     p.add_argument("--no-reclaim", action="store_true",
                    help="run ssh with -N; never reclaim a stale listener on the server")
     p.add_argument("--no-checks", action="store_true", help="no health checks (keepalive only)")
@@ -155,7 +158,7 @@ def _tunnel_kwargs(args):
                 known_hosts=_abs(args.known_hosts), accept_new=args.accept_new, keepalive=args.keepalive,
                 connect_timeout=args.connect_timeout, interval=args.interval, max_backoff=args.max_backoff,
                 remote_check_every=max(1, args.remote_check_every), fail_threshold=max(1, args.fail_threshold),
-                reclaim=not args.no_reclaim, loop_port=args.loop_port)
+                reclaim=not args.no_reclaim, loop_port=args.loop_port, spread=max(0.0, args.spread))
 
 
 def _abs(path):

@@ -209,11 +209,17 @@ class Machine:
         """During a network backoff, the driver may probe the server's TCP port."""
         return self.state == BACKOFF and self._wait_for_server and self.deadline is not None
 
-    def on_server_answers(self, now: float) -> List:
-        """A cheap TCP connect to the server succeeded after failing: reconnect now."""
+    def on_server_answers(self, now: float, delay: float = 0.0) -> List:
+        """A cheap TCP connect to the server succeeded after failing: reconnect now,
+        or after `delay` (the box's fleet-spreading offset, so a fleet does not
+        storm a server that just came back)."""
         if not self.wants_server_probe():
             return []
         self.last_heal = "server answered again"
+        if delay > 0:
+            self._wait_for_server = False
+            self._go(BACKOFF, now, now + delay)
+            return []
         return self._spawn(now)
 
     def on_check(self, now: float, name: str, verdict: str, ok: Optional[bool]) -> List:

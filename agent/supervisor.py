@@ -7,6 +7,7 @@ that agent.machine or agent.classify could make.
 
 import dataclasses
 import os
+import random
 import selectors
 import signal
 import socket
@@ -20,7 +21,9 @@ from agent.child import Child, Job
 
 TERM_TIMEOUT = 2.0          # TERM -> KILL for ssh children (procd gives us 5 s in all)
 READY_PREFIX = "sshkeep-ready"
-SERVER_PROBE_EVERY = 1.5    # during a network backoff: cheap TCP connect to the server
+SERVER_PROBE_FAST = 0.5     # during a network backoff: cheap TCP connect to the server,
+SERVER_PROBE_SLOW = 1.5     # every 0.5 s for the first SERVER_PROBE_FAST_FOR s, then every 1.5 s
+SERVER_PROBE_FAST_FOR = 10.0
 
 
 def owner_tag(tunnel_name):
@@ -103,6 +106,7 @@ class Supervisor:
         self.reload_settings = reload_settings
         self.checks = checks            # agent.health.Checks or None
         self.spread = spread or _default_spread
+        self.rng = random.Random()
         self.runners = []
         self.sel = None
         self.fd_owner = {}
@@ -461,15 +465,18 @@ class Supervisor:
             r.next_server_probe = now
         if now < r.next_server_probe:
             return
-        r.next_server_probe = now + SERVER_PROBE_EVERY
+        period = SERVER_PROBE_FAST if now - r.m.since < SERVER_PROBE_FAST_FOR else SERVER_PROBE_SLOW
+        r.next_server_probe = now + period * self.rng.uniform(0.8, 1.2)
         host, port = r.address
         answered = probe.probe_tcp(host, port, timeout=1.0)
         if not answered:
             r.server_probe_failed = True
         elif r.server_probe_failed:
             # Down, now up again: do not wait out the backoff.
-            self.log.info(r.name, "server %s answers again; reconnecting now" % r.server_label())
-            self._event(r, r.m.on_server_answers, now)
+            delay = self._offset(r.t)
+            self.log.info(r.name, "server %s answers again; reconnecting %s" % (
+                r.server_label(), "now" if delay <= 0 else "in %.1fs (fleet spread)" % delay))
+            self._event(r, r.m.on_server_answers, now, delay)
 
     # -- signals --------------------------------------------------------------
     def _handle_signals(self):

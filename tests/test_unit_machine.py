@@ -217,3 +217,13 @@ def test_unreachable_is_neutral_and_keeps_counts():
     m.on_check(2, "R:2", "refused", False)
     assert m.on_check(3, "R:2", "unreachable", None) == []
     assert m.health != "target-down"
+
+
+def test_server_answers_with_spread_delay():
+    m = make()
+    m.start(0)
+    m.on_exit(0, REFUSED)
+    m.on_exit(1, REFUSED)
+    assert m.on_server_answers(1.5, delay=2.0) == []
+    assert m.state == M.BACKOFF and m.deadline == 3.5 and not m.wants_server_probe()
+    assert m.on_timer(3.5) == [M.Spawn()]
