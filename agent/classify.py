@@ -24,6 +24,7 @@ PORT_IN_USE = "remote-port-in-use"
 LOCAL_PORT_IN_USE = "local-port-in-use"
 KEEPALIVE = "keepalive-timeout"
 CLOSED = "closed-by-server"
+SERVER_BUSY = "server-busy"     # dropped before the key exchange: sshd's MaxStartups
 SIGNALED = "killed-by-signal"
 EXITED = "exited"
 # Reasons that come from us, not from the child.
@@ -58,11 +59,13 @@ _PATTERNS = (
     (DNS, ("could not resolve hostname", "name or service not known", "temporary failure in name resolution",
            "error resolving", "no address associated")),
     (REFUSED, ("connection refused",)),
+    # sshd past MaxStartups closes or resets new connections before its banner.
+    (SERVER_BUSY, ("kex_exchange_identification", "exceeded maxstartups")),
     (NETWORK, ("no route to host", "network is unreachable", "network unreachable")),
     (KEEPALIVE, ("not responding", "keepalive timeout", "no response from server")),
     (TIMEOUT, ("timed out", "connection timeout")),
     (CLOSED, ("connection closed by", "remote closed the connection", "connection reset", "broken pipe",
-              "closed by remote host", "kex_exchange_identification")),
+              "closed by remote host")),
 )
 
 _ACTIONS = {
@@ -81,6 +84,8 @@ HINTS = {
                      "or start once with --accept-new",
     HOSTKEY_MISMATCH: "the server's host key CHANGED: if that is expected, remove the old line from known_hosts",
     KEY_FORMAT: "the client cannot use the key file: check its format (dropbearconvert) and mode (chmod 600)",
+    SERVER_BUSY: "the server dropped the connection before the key exchange (MaxStartups?): retrying "
+                 "after a random delay; fleets should set --spread",
     PORT_IN_USE: "the server still holds the listen port (stale session?): reclaiming it, or set "
                  "ClientAliveInterval on the server",
     LOCAL_PORT_IN_USE: "a local listen port is taken by another process on this box",

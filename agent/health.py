@@ -156,7 +156,7 @@ class Checks:
                 self.log.warning(r.name, "could not reclaim port %d on the server (%s: %s); waiting for the server "
                                          "to drop the old session (set ClientAliveInterval there)"
                                  % (failed, verdict, "timed out" if job.timed_out else why))
-            sup._event(r, r.m.on_reclaimed, sup.clock(), freed)
+            sup._event(r, r.m.on_reclaimed, sup.clock(), freed, verdict == remote.NOTHING)
 
         job = sup.start_job(r, argv, max(REMOTE_TIMEOUT_MIN, r.t.connect_timeout + 5.0), done)
         if job is not None:

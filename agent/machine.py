@@ -67,6 +67,10 @@ class Backoff:
         spread = raw * self.jitter * (2 * self.rng.random() - 1)
         return max(0.0, min(self.cap, raw + spread) + self.offset)
 
+    def busy(self) -> float:
+        """A server shedding load: a random delay, so a fleet does not retry in step."""
+        return self.rng.uniform(0.5, 3.0) + self.offset
+
     def longest(self) -> float:
         self.attempt += 1
         return self.cap + self.offset
@@ -186,6 +190,9 @@ class Machine:
             return [Reclaim()]
         if outcome.action == C.RETRY_SLOW:
             delay = self.backoff.longest()
+        elif outcome.reason == C.SERVER_BUSY:
+            # sshd shed us (MaxStartups): come back soon, but not in step with the others.
+            delay = self.backoff.busy()
         else:
             delay = self.backoff.next()
             self._wait_for_server = outcome.reason in C.NETWORK_REASONS
@@ -194,14 +201,15 @@ class Machine:
         self._go(BACKOFF, now, now + delay)
         return []
 
-    def on_reclaimed(self, now: float, freed: bool) -> List:
-        """Result of a reclaim attempt: retry at once if the port was freed."""
+    def on_reclaimed(self, now: float, freed: bool, soon: bool = False) -> List:
+        """Result of a reclaim attempt: retry at once if the port was freed; in a
+        second if `soon` (nothing to reclaim: the old session is already going away)."""
         if self.state != BACKOFF:
             return []
         if freed:
             self.last_heal = "reclaimed stale listener"
             return self._spawn(now)
-        delay = max(self.backoff.next(), 1.0)
+        delay = 1.0 if soon else max(self.backoff.next(), 1.0)
         self._go(BACKOFF, now, now + delay)
         return []
 

@@ -249,7 +249,7 @@ read -r fo fs <"$f"
 [ "$fo" = "$o" ] || continue
 al $q || { rm -f "$f"; continue; }
 x=
-read -r x </proc/$q/stat 2>/dev/null
+{ read -r x </proc/$q/stat; } 2>/dev/null
 x=${x##*") "}
 set -- $x
 [ "${20}" = "$fs" ] || { rm -f "$f"; continue; }

@@ -99,3 +99,9 @@ def test_newest_line_wins_within_a_reason():
 def test_hints_for_operator_reasons():
     for reason in (C.AUTH, C.HOSTKEY_UNKNOWN, C.HOSTKEY_MISMATCH, C.KEY_FORMAT, C.PORT_IN_USE):
         assert C.Outcome(reason, C.RETRY).hint
+
+
+def test_maxstartups_drop_is_server_busy():
+    out = C.classify(255, ["kex_exchange_identification: read: Connection reset by peer",
+                           "Connection reset by 10.213.0.2 port 22"])
+    assert out.reason == C.SERVER_BUSY and out.action == C.RETRY

@@ -227,3 +227,23 @@ def test_server_answers_with_spread_delay():
     assert m.on_server_answers(1.5, delay=2.0) == []
     assert m.state == M.BACKOFF and m.deadline == 3.5 and not m.wants_server_probe()
     assert m.on_timer(3.5) == [M.Spawn()]
+
+
+def test_server_busy_waits_a_random_short_delay():
+    m = make(max_backoff=60)
+    m.start(0)
+    for _ in range(5):
+        m.on_exit(0, C.Outcome(C.SERVER_BUSY, C.RETRY, "kex"))
+        assert m.state == M.BACKOFF and 0.5 <= m.deadline <= 3.0
+        assert not m.wants_server_probe()   # the port answers; the server is just busy
+        m.on_timer(m.deadline)
+
+
+def test_reclaim_nothing_retries_in_a_second():
+    m = make()
+    m.start(0)
+    for _ in range(4):
+        m.on_exit(0, REFUSED)  # grow the backoff
+    m.on_exit(10, C.Outcome(C.PORT_IN_USE, C.RECLAIM, "x"))
+    m.on_reclaimed(10.5, False, soon=True)
+    assert m.deadline == 11.5
