@@ -217,6 +217,10 @@ class Machine:
         """During a network backoff, the driver may probe the server's TCP port."""
         return self.state == BACKOFF and self._wait_for_server and self.deadline is not None
 
+    def wants_connect_probe(self, now: float, after: float) -> bool:
+        """A connect going on for `after` s: the driver may probe whether it is stuck."""
+        return self.state == CONNECTING and now - self.since >= after
+
     def on_server_answers(self, now: float, delay: float = 0.0) -> List:
         """A cheap TCP connect to the server succeeded after failing: reconnect now,
         or after `delay` (the box's fleet-spreading offset, so a fleet does not

@@ -21,8 +21,9 @@ from agent.child import Child, Job
 
 TERM_TIMEOUT = 2.0          # TERM -> KILL for ssh children (procd gives us 5 s in all)
 READY_PREFIX = "sshkeep-ready"
-SERVER_PROBE_FAST = 0.5     # during a network backoff: cheap TCP connect to the server,
-SERVER_PROBE_SLOW = 1.5     # every 0.5 s for the first SERVER_PROBE_FAST_FOR s, then every 1.5 s
+STUCK_CONNECT = 2.0         # a connect not ready after this long may be stuck in an outage
+SERVER_PROBE_FAST = 0.25    # during a network backoff: cheap TCP connect to the server,
+SERVER_PROBE_SLOW = 1.5     # every 0.25 s for the first SERVER_PROBE_FAST_FOR s, then every 1.5 s
 SERVER_PROBE_FAST_FOR = 10.0
 
 
@@ -197,7 +198,7 @@ class Supervisor:
                 deadlines.append(r.m.deadline)
             if r.next_check is not None and r.m.state == M.UP:
                 deadlines.append(r.next_check)
-            if r.m.wants_server_probe() and r.next_server_probe is not None:
+            if r.next_server_probe is not None:
                 deadlines.append(r.next_server_probe)
             for j in r.jobs:
                 deadlines.append(j.deadline)
@@ -316,6 +317,7 @@ class Supervisor:
     def _transition(self, r, before):
         """Side effects of entering a state (logging, check schedule)."""
         self._state_dirty = True
+        r.server_probe_failed = False   # a probe failure counts within one state only
         now = self.clock()
         if r.m.state == M.UP:
             r.connect_failures = 0
@@ -457,7 +459,12 @@ class Supervisor:
         self._state_dirty = True
 
     def _maybe_probe_server(self, r, now):
-        if not r.m.wants_server_probe():
+        """Cheap TCP probes of the server: during a network backoff, and during a connect
+        that hangs (a SYN sent into an outage waits out the kernel's retransmits, seconds
+        after the link is back: dbclient has no connect timeout at all)."""
+        backoff = r.m.wants_server_probe()
+        stuck = r.m.wants_connect_probe(now, STUCK_CONNECT)
+        if not (backoff or stuck):
             r.next_server_probe = None
             r.server_probe_failed = False
             return
@@ -468,15 +475,20 @@ class Supervisor:
         period = SERVER_PROBE_FAST if now - r.m.since < SERVER_PROBE_FAST_FOR else SERVER_PROBE_SLOW
         r.next_server_probe = now + period * self.rng.uniform(0.8, 1.2)
         host, port = r.address
-        answered = probe.probe_tcp(host, port, timeout=1.0)
+        answered = probe.probe_tcp(host, port, timeout=0.5)
         if not answered:
             r.server_probe_failed = True
-        elif r.server_probe_failed:
+        elif r.server_probe_failed and backoff:
             # Down, now up again: do not wait out the backoff.
             delay = self._offset(r.t)
             self.log.info(r.name, "server %s answers again; reconnecting %s" % (
                 r.server_label(), "now" if delay <= 0 else "in %.1fs (fleet spread)" % delay))
             self._event(r, r.m.on_server_answers, now, delay)
+        elif r.server_probe_failed and stuck:
+            self.log.info(r.name, "server %s answers again while ssh is still stuck connecting; "
+                                  "starting a fresh connect" % r.server_label())
+            r.server_probe_failed = False
+            self._event(r, r.m.on_reconnect_request, now)
 
     # -- signals --------------------------------------------------------------
     def _handle_signals(self):

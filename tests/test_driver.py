@@ -48,7 +48,7 @@ class Agent:
         env = dict(os.environ, FAKESSH_MODE=mode, FAKESSH_LOG=self.log, PYTHONPATH=ROOT)
         argv = [sys.executable, "-m", "agent", "run", "-R", "127.0.0.1:20022:127.0.0.1:22",
                 "--ssh", FAKE, "--state", self.state, "--pidfile", str(tmp_path / "pid"),
-                "--no-checks", "--connect-timeout", "1", "--max-backoff", "2"] + list(extra) + ["tunnel@10.0.0.2"]
+                "--no-checks", "--connect-timeout", "1", "--max-backoff", "2"] + list(extra) + ["-p", "9", "tunnel@127.0.0.1"]
         self.err = open(str(tmp_path / "agent.err"), "w+")
         self.proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=self.err, cwd=str(tmp_path))
 

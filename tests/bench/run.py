@@ -717,7 +717,10 @@ def fleet(args, lab, prober, pyz, kind, n):
     try:
         for i in range(n):
             if kind == "sshkeep":
-                c = Keeper(lab, server, base + i, svc, "openssh", pyz, extra=("--keepalive", str(KEEPALIVE)))
+                extra = ("--keepalive", str(KEEPALIVE))
+                if args.fleet_spread:
+                    extra += ("--spread", str(args.fleet_spread))
+                c = Keeper(lab, server, base + i, svc, "openssh", pyz, extra=extra)
             else:
                 c = AutoSSH(lab, server, base + i, svc, tag="fleet")
             prober.watch(c.rport)
@@ -825,6 +828,8 @@ def main(argv=None):
     ap.add_argument("--settle", type=float, default=3.0)
     ap.add_argument("--fleet", type=int, default=50)
     ap.add_argument("--fleet-cap", type=float, default=90.0)
+    ap.add_argument("--fleet-spread", type=float, default=0.0,
+                    help="sshkeep fleet agents get --spread S (per-box offset; 0 = the default, off)")
     ap.add_argument("--cpu-min", type=float, default=150.0, help="least seconds of idle-CPU measurement")
     ap.add_argument("--no-fresh", dest="fresh", action="store_false",
                     help="keep the contenders running from fault to fault (autossh's backoff then grows)")
