@@ -203,13 +203,13 @@ class Machine:
 
     def on_reclaimed(self, now: float, freed: bool, soon: bool = False) -> List:
         """Result of a reclaim attempt: retry at once if the port was freed; in a
-        second if `soon` (nothing to reclaim: the old session is already going away)."""
+        moment if `soon` (nothing to reclaim: the old session is already going away)."""
         if self.state != BACKOFF:
             return []
         if freed:
             self.last_heal = "reclaimed stale listener"
             return self._spawn(now)
-        delay = 1.0 if soon else max(self.backoff.next(), 1.0)
+        delay = 0.4 if soon else max(self.backoff.next(), 1.0)
         self._go(BACKOFF, now, now + delay)
         return []
 

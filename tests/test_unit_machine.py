@@ -246,4 +246,4 @@ def test_reclaim_nothing_retries_in_a_second():
         m.on_exit(0, REFUSED)  # grow the backoff
     m.on_exit(10, C.Outcome(C.PORT_IN_USE, C.RECLAIM, "x"))
     m.on_reclaimed(10.5, False, soon=True)
-    assert m.deadline == 11.5
+    assert m.deadline == 10.9
