@@ -281,7 +281,7 @@ def test_busybox_script_with_real_agent(tmp):
 
 
 def crontab_line_from_readme():
-    with open(os.path.join(TOP, "build", "README-init.md")) as f:
+    with open(os.path.join(TOP, "README.md")) as f:
         lines = [l.rstrip("\n") for l in f if l.startswith("* * * * * ")]
     assert len(lines) == 1, lines
     return lines[0]
