@@ -32,6 +32,7 @@ STOPPED = "stopped"
 HEALTH = "health-check-failed"
 WATCHDOG = "no-ready-in-time"
 RECONNECT = "reconnect-requested"
+SETUP = "setup-failed"          # we could not even prepare the child (known_hosts, HOME)
 
 # Actions
 RETRY = "retry"            # back off (growing), try again
@@ -75,6 +76,7 @@ _ACTIONS = {
     HOSTKEY_MISMATCH: RETRY_SLOW,
     KEY_FORMAT: RETRY_SLOW,
     PORT_IN_USE: RECLAIM,
+    SETUP: RETRY_SLOW,
     STOPPED: NONE,
 }
 

@@ -271,7 +271,7 @@ class Supervisor:
             argv = clients.build_argv(r.info, t, command=command, host=host, port=port)
         except Exception as exc:  # SshkeepError mostly: configuration the operator must fix
             self.log.error(t.name, "cannot start ssh: %s" % exc)
-            self._event(r, r.m.on_exit, self.clock(), C.Outcome(C.KEY_FORMAT, C.RETRY_SLOW, str(exc)))
+            self._event(r, r.m.on_exit, self.clock(), C.Outcome(C.SETUP, C.RETRY_SLOW, str(exc)))
             return
         if known is False:
             # dbclient without BatchMode would sit at a y/n prompt for ever.
