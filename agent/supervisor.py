@@ -18,6 +18,7 @@ from agent import classify as C
 from agent import clients, probe, remote, state
 from agent import machine as M
 from agent.child import Child, Job
+from agent.errors import EX_NOINPUT, SshkeepError
 
 TERM_TIMEOUT = 2.0          # TERM -> KILL for ssh children (procd gives us 5 s in all)
 READY_PREFIX = "sshkeep-ready"
@@ -132,6 +133,10 @@ class Supervisor:
         info = self.detect(t.ssh_path, t.client)
         if t.identity:
             clients.check_identity(info, t.identity)
+        if t.known_hosts and not t.accept_new and not os.path.exists(t.known_hosts):
+            # Strict checking against a file that is not there can never connect: say so now.
+            raise SshkeepError("%s: known_hosts file %s does not exist; create it (ssh-keyscan) or use "
+                               "--accept-new" % (t.name, t.known_hosts), EX_NOINPUT)
         policy = self._policy(t, info)
         backoff = M.Backoff(cap=t.max_backoff, offset=self._offset(t))
         r = Runner(t, info, policy, backoff, self.runtime_dir, self.log, self.clock)

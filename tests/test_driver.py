@@ -194,3 +194,12 @@ def test_real_clients_detected():
     assert clients.detect("/usr/bin/ssh").kind == "openssh"
     db = clients.detect("/usr/bin/dbclient")
     assert db.kind == "dropbear" and db.has_option("ExitOnForwardFailure")
+
+
+def test_missing_known_hosts_fails_fast(tmp_path):
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    p = subprocess.run([sys.executable, "-m", "agent", "run", "-R", "1:h:2", "--ssh", FAKE,
+                        "--known-hosts", str(tmp_path / "nope"), "--state", str(tmp_path / "s"),
+                        "--pidfile", str(tmp_path / "p"), "h"], env=env, stderr=subprocess.PIPE, timeout=20)
+    assert p.returncode == 66
+    assert b"--accept-new" in p.stderr
