@@ -180,6 +180,7 @@ RACER = """
 import os, sys, time
 from agent import pidfile, errors
 go = sys.argv[1]
+open(go + ".ready-%d" % os.getpid(), "w").close()
 deadline = time.monotonic() + 10
 while not os.path.exists(go) and time.monotonic() < deadline:
     time.sleep(0.001)
@@ -200,7 +201,11 @@ def test_ten_racers_exactly_one_wins(tmp):
     racers = [subprocess.Popen([sys.executable, "-c", RACER, go, path], env=ENV, cwd=TOP,
                                stdout=subprocess.PIPE) for _ in range(10)]
     try:
-        time.sleep(0.3)  # let the interpreters start; the barrier file releases them together
+        # every racer has started and waits at the barrier; the go file releases them together
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and \
+                len([n for n in os.listdir(tmp) if n.startswith("go.ready-")]) < len(racers):
+            time.sleep(0.02)
         open(go, "w").close()
         outs = [(p.communicate(timeout=20)[0].decode().split(), p.returncode) for p in racers]
     finally:
