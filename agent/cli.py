@@ -240,30 +240,17 @@ def cmd_run(args, argv):
 
 
 def _reap_previous(settings, log):
-    """Children of an agent that died by SIGKILL still hold our forwards: end them."""
-    from agent import state
-    try:
-        doc = state.read(settings.state)
-    except E.SshkeepError:
-        return
-    if doc.get("pid") == os.getpid() or state.pid_alive(doc.get("pid")) and doc.get("pid") != os.getpid() \
-            and _is_agent(doc.get("pid")):
-        return
-    records = doc.get("children") or []
-    if not records:
-        return
-    from agent import procs
-    for rec in procs.reap_orphans(records):
+    """Children of an agent that died by SIGKILL still hold our forwards: end them
+    (only exact pid + command-line matches: agent.procs.reap_orphans)."""
+    from agent import lifecycle, procs, state
+    doc = lifecycle.read_state(settings.state)
+    prev = doc.get("pid")
+    if prev == os.getpid() or state.pid_alive(prev) and procs.is_sshkeep(prev):
+        return  # a live agent (on another pidfile) writes this state: its children are no orphans
+    children = doc.get("children")
+    for rec in procs.reap_orphans(children if isinstance(children, list) else []):
         log.warning("", "ended ssh pid %s left by a previous agent (pid %s)" % (
-            rec.get("pid") if isinstance(rec, dict) else rec, doc.get("pid")))
-
-
-def _is_agent(pid):
-    try:
-        from agent import procs
-        return procs.is_sshkeep(pid)
-    except Exception:
-        return False
+            rec.get("pid") if isinstance(rec, dict) else rec, prev))
 
 
 def cmd_status(args):

@@ -138,7 +138,8 @@ class Checks:
     # -- reclaim ----------------------------------------------------------------
     def reclaim(self, sup, r):
         ports = [f.port for f in r.t.forwards if f.kind == "R"]
-        failed = _failed_port(r) or (ports[0] if ports else None)
+        out = r.m.last_outcome
+        failed = remote.failed_listen_port(out.detail if out else "") or (ports[0] if ports else None)
         if failed is None:
             sup._event(r, r.m.on_reclaimed, sup.clock(), False)
             return
@@ -161,11 +162,3 @@ class Checks:
         job = sup.start_job(r, argv, max(REMOTE_TIMEOUT_MIN, r.t.connect_timeout + 5.0), done)
         if job is not None:
             job.kind = "reclaim"
-
-
-def _failed_port(r):
-    """The listen port named in ssh's last 'forwarding failed for listen port N'."""
-    import re
-    out = r.m.last_outcome
-    m = re.search(r"port\D{0,3}(\d{1,5})", out.detail if out else "")
-    return int(m.group(1)) if m else None

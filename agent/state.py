@@ -45,15 +45,9 @@ def read(path: str) -> dict:
 
 
 def pid_alive(pid) -> bool:
-    if not isinstance(pid, int) or pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    """For a pid read from a file: agent.procs.alive (a zombie counts as gone), any type."""
+    from agent import procs
+    return isinstance(pid, int) and not isinstance(pid, bool) and procs.alive(pid)
 
 
 def public(doc: dict) -> dict:

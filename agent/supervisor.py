@@ -15,13 +15,12 @@ import time
 
 from agent import __version__
 from agent import classify as C
-from agent import clients, probe, remote, state
+from agent import clients, probe, remote, spread, state
 from agent import machine as M
 from agent.child import Child, Job
 from agent.errors import EX_NOINPUT, SshkeepError
 
 TERM_TIMEOUT = 2.0          # TERM -> KILL for ssh children (procd gives us 5 s in all)
-READY_PREFIX = "sshkeep-ready"
 STUCK_CONNECT = 2.0         # a connect not ready after this long may be stuck in an outage
 SERVER_PROBE_FAST = 0.25    # during a network backoff: cheap TCP connect to the server,
 SERVER_PROBE_SLOW = 1.5     # every 0.25 s for the first SERVER_PROBE_FAST_FOR s, then every 1.5 s
@@ -42,7 +41,7 @@ def session_command(tunnel):
     """
     ports = [f.port for f in tunnel.forwards if f.kind == "R"]
     if not ports:
-        return "echo %s $PPID nostate; exec cat >/dev/null" % READY_PREFIX
+        return "echo %s $PPID nostate; exec cat >/dev/null" % remote.READY_MARKER
     return remote.session_command(ports, owner=owner_tag(tunnel.name))
 
 
@@ -99,7 +98,7 @@ class Runner:
 
 class Supervisor:
     def __init__(self, settings, log, clock=time.monotonic, wall=time.time, detect=clients.detect,
-                 reload_settings=None, checks=None, spread=None):
+                 reload_settings=None, checks=None):
         self.settings = settings
         self.log = log
         self.clock = clock
@@ -107,7 +106,6 @@ class Supervisor:
         self.detect = detect
         self.reload_settings = reload_settings
         self.checks = checks            # agent.health.Checks or None
-        self.spread = spread or _default_spread
         self.rng = random.Random()
         self.runners = []
         self.sel = None
@@ -121,7 +119,7 @@ class Supervisor:
         self.runtime_dir = settings.state + ".d"
 
     # -- setup ------------------------------------------------------------
-    def _policy(self, t, info):
+    def _policy(self, t):
         return M.Policy(connect_timeout=float(t.connect_timeout),
                         use_marker=t.reclaim,
                         stable_after=max(30.0, float(t.interval)),
@@ -137,7 +135,7 @@ class Supervisor:
             # Strict checking against a file that is not there can never connect: say so now.
             raise SshkeepError("%s: known_hosts file %s does not exist; create it (ssh-keyscan) or use "
                                "--accept-new" % (t.name, t.known_hosts), EX_NOINPUT)
-        policy = self._policy(t, info)
+        policy = self._policy(t)
         backoff = M.Backoff(cap=t.max_backoff, offset=self._offset(t))
         r = Runner(t, info, policy, backoff, self.runtime_dir, self.log, self.clock)
         self.log.info(t.name, "using %s %s (%s) for %s" % (info.kind, info.version, info.path, r.server_label()))
@@ -145,9 +143,7 @@ class Supervisor:
 
     def _offset(self, t):
         """Per-box constant delay (fleet spreading): same box, same offset, every time."""
-        if not t.spread:
-            return 0.0
-        return self.spread(t.name, t.spread)
+        return spread.tunnel_offset(t)
 
     def _signal_setup(self):
         rfd, wfd = os.pipe()
@@ -308,10 +304,11 @@ class Supervisor:
         for line in lines:
             if is_err:
                 self.log.info(r.name, "ssh: " + line)
-            elif line.startswith(READY_PREFIX):
-                parts = line.split()
-                r.ready_pid = int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else None
-                self._ready(r)
+            else:
+                ready = remote.parse_ready(line)
+                if ready is not None:
+                    r.ready_pid = ready[0]
+                    self._ready(r)
         if eof:
             self._unwatch(fd)
             child.close_fd(fd)
@@ -621,7 +618,3 @@ class Supervisor:
 def _safe(name):
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)[:64] or "tunnel"
 
-
-def _default_spread(name, span):
-    from agent import spread
-    return spread.offset(spread.host_key() + "/" + name, span)
