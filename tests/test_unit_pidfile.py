@@ -256,8 +256,8 @@ def test_cmdline_and_is_sshkeep_on_real_processes(tmp):
         assert agent.stdout.readline() == b"ok\n"
         assert procs.cmdline(agent.pid) == [sys.executable, script, "run"]
         assert procs.is_sshkeep(agent.pid)
+        assert wait_for(lambda: procs.cmdline(other.pid) == ["sleep", "30"])  # argv lands after Popen returns
         assert not procs.is_sshkeep(other.pid)
-        assert procs.cmdline(other.pid) == ["sleep", "30"]
         assert isinstance(procs.starttime(other.pid), int)
     finally:
         kill_wait(agent)
@@ -615,6 +615,9 @@ def test_children_of_lists_live_children_with_starttime():
     kid = None
     try:
         kid = int(parent.stdout.readline())
+        # Popen returns once exec has begun, before the kernel fills in the new argv: until then
+        # /proc/KID/cmdline is empty and children_of (rightly) skips it. Seen on a loaded CI machine.
+        assert wait_for(lambda: procs.cmdline(kid) == ["sleep", "30"])
         recs = procs.children_of(parent.pid)
         assert recs == [{"pid": kid, "cmdline": ["sleep", "30"], "starttime": procs.starttime(kid)}]
         assert procs.children_of(kid) == []
