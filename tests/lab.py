@@ -35,6 +35,8 @@ import threading
 import time
 from typing import Callable, Dict, List, Optional, Sequence
 
+from polling import wait_until  # noqa: F401  (re-exported: tests import it from lab)
+
 TUNNEL_USER = "sktunnel"
 TUNNEL_HOME = "/var/tmp/sktunnel"  # the global home; each lab overrides it in its server namespace
 LOCK_FILE = "/run/sklab.lock"
@@ -57,20 +59,6 @@ def missing_requirements() -> List[str]:
         if shutil.which(tool) is None:
             problems.append("missing tool: %s" % tool)
     return problems
-
-
-def wait_until(fn: Callable[[], object], timeout: float, interval: float = 0.2,
-               what: str = "condition") -> object:
-    """Poll fn() until it returns something truthy; return that, or raise AssertionError."""
-    deadline = time.monotonic() + timeout
-    last = None  # type: object
-    while True:
-        last = fn()
-        if last:
-            return last
-        if time.monotonic() >= deadline:
-            raise AssertionError("timed out after %.1fs waiting for %s (last: %r)" % (timeout, what, last))
-        time.sleep(interval)
 
 
 def _run(argv: Sequence[str], timeout: float = 10, check: bool = True, **kw) -> subprocess.CompletedProcess:

@@ -13,19 +13,11 @@ import time
 
 import pytest
 
+from polling import wait_until
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 FAKE = os.path.join(HERE, "fakes", "fakessh")
-
-
-def wait_for(fn, timeout, what):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = fn()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError("timed out after %ss waiting for %s" % (timeout, what))
 
 
 def alive(pid):
@@ -105,7 +97,7 @@ def agent(tmp_path):
 
 def test_ready_marker_means_up_and_term_cleans_up(agent):
     a = agent("ready")
-    wait_for(lambda: a.tunnel().get("state") == "up", 10, "state up")
+    wait_until(lambda: a.tunnel().get("state") == "up", 10, 0.05, what="state up")
     pid = a.tunnel()["ssh_pid"]
     assert pid == a.fakes()[-1]
     assert a.doc()["children"][0]["pid"] == pid
@@ -116,7 +108,7 @@ def test_ready_marker_means_up_and_term_cleans_up(agent):
 
 def test_child_ignoring_term_is_killed(agent):
     a = agent("ignoreterm")
-    wait_for(lambda: a.tunnel().get("state") == "up", 10, "state up")
+    wait_until(lambda: a.tunnel().get("state") == "up", 10, 0.05, what="state up")
     pid = a.tunnel()["ssh_pid"]
     t0 = time.monotonic()
     assert a.stop() == 0
@@ -126,7 +118,7 @@ def test_child_ignoring_term_is_killed(agent):
 
 def test_refused_backs_off_and_is_classified(agent):
     a = agent("refused")
-    wait_for(lambda: len(a.fakes()) >= 4, 15, "4 attempts")
+    wait_until(lambda: len(a.fakes()) >= 4, 15, 0.05, what="4 attempts")
     t = a.tunnel()
     assert t["last_error"].startswith("connection-refused")
     assert "Connection refused" in a.stderr()
@@ -137,36 +129,36 @@ def test_refused_backs_off_and_is_classified(agent):
 
 def test_auth_failure_waits_longest_and_says_what_to_fix(agent):
     a = agent("auth")
-    wait_for(lambda: "auth-failed" in a.tunnel().get("last_error", ""), 10, "auth-failed")
+    wait_until(lambda: "auth-failed" in a.tunnel().get("last_error", ""), 10, 0.05, what="auth-failed")
     assert "authorized_keys" in a.stderr()
     assert a.tunnel()["state"] == "backoff"
 
 
 def test_exit_zero_is_not_clean(agent):
     a = agent("exit0")
-    wait_for(lambda: len(a.fakes()) >= 2, 10, "a restart after exit 0")
+    wait_until(lambda: len(a.fakes()) >= 2, 10, 0.05, what="a restart after exit 0")
     assert a.tunnel()["last_error"].startswith("closed-by-server")
 
 
 def test_forward_failure_classified(agent):
     a = agent("fwdfail")
-    wait_for(lambda: "remote-port-in-use" in a.tunnel().get("last_error", ""), 10, "remote-port-in-use")
+    wait_until(lambda: "remote-port-in-use" in a.tunnel().get("last_error", ""), 10, 0.05, what="remote-port-in-use")
 
 
 def test_no_marker_watchdog(agent):
     a = agent("hang")
     # connect timeout 1 s: watchdog at 2*1+5 = 7 s
-    wait_for(lambda: "no-ready-in-time" in a.tunnel().get("last_error", ""), 15, "watchdog kill")
+    wait_until(lambda: "no-ready-in-time" in a.tunnel().get("last_error", ""), 15, 0.05, what="watchdog kill")
     assert not alive(a.fakes()[0])
 
 
 def test_noisy_stderr_is_drained(agent):
     # 20000 lines (~700 KB) on stderr: a child whose pipe nobody reads blocks at 64 KB.
     a = agent("spam")
-    wait_for(lambda: a.tunnel().get("state") == "up", 10, "state up")
+    wait_until(lambda: a.tunnel().get("state") == "up", 10, 0.05, what="state up")
     pid = a.tunnel()["ssh_pid"]
-    wait_for(lambda: open("/proc/%d/cmdline" % pid, "rb").read().startswith(b"cat"), 30,
-             "fake got past its stderr flood")
+    wait_until(lambda: open("/proc/%d/cmdline" % pid, "rb").read().startswith(b"cat"), 30, 0.05,
+             what="fake got past its stderr flood")
 
 
 def test_missing_client_exits_at_once(tmp_path):

@@ -11,13 +11,14 @@
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
 import time
 
 import pytest
+
+from polling import wait_for
 
 from agent import pidfile, procs
 
@@ -126,16 +127,6 @@ def test_busybox_script_syntax_and_posix():
     assert text.startswith("#!/bin/sh\n")
     for bashism in ("[[", "function ", "local ", "$(<", "==", "source "):
         assert bashism not in text, bashism
-
-
-def wait_for(pred, timeout=5.0, step=0.05):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        v = pred()
-        if v:
-            return v
-        time.sleep(step)
-    return pred()
 
 
 class Box:

@@ -15,6 +15,8 @@ import time
 
 import pytest
 
+from polling import wait_for
+
 from agent import pidfile, procs
 
 TOP = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -36,16 +38,6 @@ deadline = time.monotonic() + 600
 while time.monotonic() < deadline:
     time.sleep(0.2)
 """
-
-
-def wait_for(pred, timeout=10.0, step=0.05):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        v = pred()
-        if v:
-            return v
-        time.sleep(step)
-    return pred()
 
 
 class Agent:

@@ -9,6 +9,8 @@ import time
 
 import pytest
 
+from polling import wait_for
+
 from agent import daemon, pidfile, procs
 from agent.errors import EX_CANTCREAT, EX_TEMPFAIL, AlreadyRunning, SshkeepError
 
@@ -20,16 +22,6 @@ ENV = dict(os.environ, PYTHONPATH=TOP)
 def tmp():
     with tempfile.TemporaryDirectory(prefix="sshkeep-pid-%d-" % os.getpid()) as d:
         yield d
-
-
-def wait_for(pred, timeout=5.0, step=0.02):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = pred()
-        if value:
-            return value
-        time.sleep(step)
-    return pred()
 
 
 def py(code, **kw):
@@ -560,13 +552,11 @@ def test_self_command_for_pyz_and_source_checkout(monkeypatch, tmp):
 
 def test_lifecycle_against_standin_agent(tmp):
     """agent_pid / cmd_check / cmd_stop / reload directly, the agent being the stand-in (fixture)."""
-    import io
     from agent import lifecycle
     fake = os.path.join(TOP, "tests", "fixtures", "lifecycle", "fake_sshkeep.py")
     pidf, st = os.path.join(tmp, "l.pid"), os.path.join(tmp, "l.json")
     run_argv = ["run", "--pidfile", pidf, "--state", st]
     entry = [sys.executable, fake]
-    out = io.StringIO()
     assert lifecycle.agent_pid(pidf) is None
     started = []
     try:

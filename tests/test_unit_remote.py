@@ -12,6 +12,8 @@ import time
 
 import pytest
 
+from polling import wait_until
+
 from agent import remote
 from agent.remote import (
     CLOSED, ERROR, MISMATCH, NO_ANSWER, NO_COMMAND, NO_INTERPRETER, NOT_OURS, NOTHING, OK,
@@ -343,14 +345,6 @@ def sessions():
 LOOKALIKE = "echo sshkeep-ready $PPID ok; read x"  # a session process that registers nothing
 
 
-def wait_for(fn, timeout, what):
-    deadline = time.monotonic() + timeout
-    while not fn():
-        if time.monotonic() > deadline:
-            raise AssertionError("timed out waiting for " + what)
-        time.sleep(0.02)
-
-
 def starttime(pid):
     with open("/proc/%d/stat" % pid) as f:
         return f.read().rsplit(")", 1)[1].split()[19]
@@ -370,7 +364,7 @@ def test_session_registers_and_reclaim_ends_it(tmp_path, sessions):
     assert s.proc.wait(3) == -15  # TERM, as sshd gets it
     assert not os.path.exists(os.path.join(state, "rport-8022-%d" % s.pid))
     s.close()  # stdin EOF: the orphaned session script cleans up its other files
-    wait_for(lambda: not os.listdir(state), 3, "the session to remove its files")
+    wait_until(lambda: not os.listdir(state), 3, 0.05, what="the session to remove its files")
 
 
 def test_session_removes_its_files_when_stdin_closes(tmp_path, sessions):

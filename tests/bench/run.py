@@ -28,7 +28,6 @@ import os
 import platform
 import re
 import selectors
-import shutil
 import signal
 import socket
 import statistics
