@@ -15,6 +15,7 @@ It needs only PYTHONPATH and one file, no host paths: for a chroot, copy it in
 with install_guard(root). It is off under `python -I`, `-E` or `-S`.
 """
 
+import ast
 import os
 import shutil
 import subprocess
@@ -22,18 +23,19 @@ import subprocess
 GUARD_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "lightguard_site")
 MESSAGE = "blocked by python3-light guard: "
 
-BLOCKED = (
-    "asyncio", "_asyncio", "cgi", "cgitb",
-    "unicodedata", "_multibytecodec", "_codecs_cn", "_codecs_hk", "_codecs_iso2022",
-    "_codecs_jp", "_codecs_kr", "_codecs_tw",
-    "ctypes", "_ctypes", "dbm", "_dbm", "_gdbm", "decimal", "_decimal", "distutils",
-    "email", "lib2to3", "logging", "lzma", "_lzma", "multiprocessing", "_multiprocessing",
-    "_posixshmem", "curses", "_curses", "_curses_panel", "_hashlib", "_ssl", "ssl",
-    "pydoc", "doctest", "readline", "sqlite3", "_sqlite3", "unittest", "urllib",
-    "uuid", "_uuid", "venv", "ensurepip", "xml", "xmlrpc", "pyexpat", "_elementtree",
-    "pathlib", "zipfile", "compileall", "importlib.metadata", "importlib.resources",
-    "concurrent",
-)
+
+def _blocked_list():
+    """BLOCKED as sitecustomize.py spells it: that file is the one list (it must stand alone in a
+    chroot), read here without importing it (importing it would guard this interpreter)."""
+    with open(os.path.join(GUARD_DIR, "sitecustomize.py")) as f:
+        tree = ast.parse(f.read())
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", "") == "BLOCKED":
+            return tuple(ast.literal_eval(node.value))
+    raise RuntimeError("no BLOCKED = (...) in %s/sitecustomize.py" % GUARD_DIR)
+
+
+BLOCKED = _blocked_list()
 
 
 def is_blocked(name):

@@ -4,7 +4,7 @@ Put this directory first on PYTHONPATH and the interpreter refuses, as
 OpenWrt's python3-light would, every module OpenWrt ships in separate
 packages, and the stdlib modules that fail on light through them. It only
 uses sys, so it also works in a foreign-arch python under QEMU.
-Keep BLOCKED in sync with tests/lightguard.py (a test checks it).
+BLOCKED here is the one list: tests/lightguard.py reads it from this file.
 """
 import sys
 
