@@ -10,7 +10,21 @@ from agent import errors as E
 USAGE_EXAMPLE = "sshkeep run -R 127.0.0.1:20022:127.0.0.1:22 -i /etc/sshkeep/id -p 2222 tunnel@hub.example.com"
 
 
+def _formatter(prog):
+    # A width of our own: argparse would `import shutil` for it (with bz2, lzma and fnmatch,
+    # half a megabyte of a long-running agent's memory) just to size --help.
+    try:
+        width = int(os.environ.get("COLUMNS", "")) or os.get_terminal_size(2).columns
+    except (ValueError, OSError):
+        width = 80
+    return argparse.HelpFormatter(prog, width=max(40, width - 2))
+
+
 class _Parser(argparse.ArgumentParser):
+    def __init__(self, *args, **kw):
+        kw.setdefault("formatter_class", _formatter)
+        super().__init__(*args, **kw)
+
     def error(self, message):
         # argparse would exit(2); we use the documented usage code.
         raise E.UsageError("%s (try: %s --help)" % (message, self.prog))
@@ -101,7 +115,7 @@ def _default_pidfile():
 def settings_from_args(args):
     """Flags (or -c FILE, or --ssh-config) -> Settings. Flags override file globals."""
     # Imported here, not at the top: `--version` and `--help` stay cheap on a slow CPU
-    # (dataclasses + typing cost more than the rest of start-up under emulation).
+    # (the records + typing cost more than the rest of start-up under emulation).
     from agent.model import Tunnel, parse_destination
     if args.config:
         from agent import config
@@ -172,8 +186,8 @@ def _abs(path):
 
 
 def _replace(obj, **kw):
-    import dataclasses
-    return dataclasses.replace(obj, **kw)
+    from agent.record import replace
+    return replace(obj, **kw)
 
 
 def _settings(tunnels, args):
@@ -218,10 +232,8 @@ def cmd_run(args, argv):
         if not args.no_checks:
             from agent.health import Checks
             checks = Checks(log)
-        reload_fn = None
-        if args.config:
-            def reload_fn():
-                return settings_from_args(args)
+        # SIGHUP re-reads the config file; without one there is nothing to re-read
+        reload_fn = (lambda: settings_from_args(args)) if args.config else None
         sup = Supervisor(settings, log, reload_settings=reload_fn, checks=checks)
         try:
             sup.prepare()

@@ -7,19 +7,23 @@ for a shell. Detection is by behaviour (`-V` output, `dbclient -o help`),
 never by file name: OpenWrt's /usr/bin/ssh is often dbclient.
 """
 
+from __future__ import annotations
+
 import os
 import re
 import subprocess
-from dataclasses import dataclass
-from typing import FrozenSet, List, Optional, Sequence
 
 from agent.errors import ClientError, SshkeepError, EX_NOINPUT, EX_NOPERM
+from agent.record import record
+
+if False:  # annotations only: importing typing would cost the agent 0.5 MB of memory
+    from typing import FrozenSet, List, Optional, Sequence
 
 OPENSSH = "openssh"
 DROPBEAR = "dropbear"
 
 
-@dataclass(frozen=True)
+@record
 class ClientInfo:
     kind: str                 # OPENSSH or DROPBEAR
     path: str

@@ -20,15 +20,15 @@ import difflib
 import os
 import re
 import stat
-from dataclasses import fields
 
+from agent import record
 from agent.errors import ConfigError, EX_NOINPUT, EX_NOPERM
 from agent.model import DEFAULT_PIDFILE, DEFAULT_STATE, Forward, Settings, Tunnel
 
 DEFAULT_PATH = "/etc/config/sshkeep"
 MAX_SIZE = 1 << 20  # a config file is small; refuse to parse a log file by mistake
 
-_TUNNEL_DEFAULTS = {f.name: f.default for f in fields(Tunnel)}
+_TUNNEL_DEFAULTS = record.defaults(Tunnel)
 _NAME = re.compile(r"[A-Za-z0-9_]+\Z")          # uci section and option names
 _TYPE = re.compile(r"[A-Za-z0-9_-]+\Z")         # uci section types
 _INT = re.compile(r"[0-9]+\Z")                  # ASCII only: int() also takes '٣' and '1_0'

@@ -141,10 +141,11 @@ class Checks:
         out = r.m.last_outcome
         failed = remote.failed_listen_port(out.detail if out else "") or (ports[0] if ports else None)
         if failed is None:
-            sup._event(r, r.m.on_reclaimed, sup.clock(), False)
+            sup.report_reclaimed(r, False)
             return
         host, port = r.address
-        argv = clients.build_exec_argv(r.info, r.t, remote.reclaim_command(failed, owner=owner_tag(r.name)), host=host, port=port)
+        command = remote.reclaim_command(failed, owner=owner_tag(r.name))
+        argv = clients.build_exec_argv(r.info, r.t, command, host=host, port=port)
 
         def done(job):
             verdict, pid = remote.interpret_reclaim(job.returncode if job.returncode is not None else -1,
@@ -157,7 +158,7 @@ class Checks:
                 self.log.warning(r.name, "could not reclaim port %d on the server (%s: %s); waiting for the server "
                                          "to drop the old session (set ClientAliveInterval there)"
                                  % (failed, verdict, "timed out" if job.timed_out else why))
-            sup._event(r, r.m.on_reclaimed, sup.clock(), freed, verdict == remote.NOTHING)
+            sup.report_reclaimed(r, freed, verdict == remote.NOTHING)
 
         job = sup.start_job(r, argv, max(REMOTE_TIMEOUT_MIN, r.t.connect_timeout + 5.0), done)
         if job is not None:

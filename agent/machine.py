@@ -8,11 +8,15 @@ carries out the commands returned. Tests drive it with plain numbers.
         +--exit/watchdog--> backoff --timer/server answers--> connecting
 """
 
+from __future__ import annotations
+
 import random
-from dataclasses import dataclass
-from typing import List, Optional
 
 from agent import classify as C
+from agent.record import record
+
+if False:  # annotations only: importing typing would cost the agent 0.5 MB of memory
+    from typing import List, Optional
 
 CONNECTING = "connecting"
 UP = "up"
@@ -22,22 +26,22 @@ STOPPED = "stopped"
 
 
 # Commands returned to the driver.
-@dataclass(frozen=True)
+@record
 class Spawn:
     pass
 
 
-@dataclass(frozen=True)
+@record
 class Kill:
     reason: str          # classify.HEALTH / WATCHDOG / RECONNECT / STOPPED
 
 
-@dataclass(frozen=True)
+@record
 class Reclaim:
     pass
 
 
-@dataclass(frozen=True)
+@record
 class Fatal:
     message: str
 
@@ -79,7 +83,7 @@ class Backoff:
         self.attempt = 0
 
 
-@dataclass
+@record(frozen=False)
 class Policy:
     connect_timeout: float = 15.0   # no ready signal by then -> kill (WATCHDOG)
     settle: float = 3.0             # without a ready marker: alive this long = up

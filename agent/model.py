@@ -1,19 +1,22 @@
-"""Settings as frozen dataclasses: what the CLI or a config file produce.
+"""Settings as frozen records (agent.record): what the CLI or a config file produce.
 
 One `Tunnel` is one ssh process to one server carrying one or more forwards;
 each Tunnel is supervised (and fails) independently.
 """
 
-from dataclasses import dataclass, field
-from typing import Optional, Tuple
+from __future__ import annotations
 
 from agent.errors import ConfigError, EX_DATAERR
+from agent.record import field, record
+
+if False:  # annotations only: importing typing would cost the agent 0.5 MB of memory
+    from typing import Optional, Tuple
 
 DEFAULT_STATE = "/var/run/sshkeep.json"
 DEFAULT_PIDFILE = "/var/run/sshkeep.pid"
 
 
-@dataclass(frozen=True)
+@record
 class Forward:
     """One -R/-L/-D forward. `bind` is '' when the user gave none."""
 
@@ -40,7 +43,7 @@ class Forward:
         return self.name or "-%s %s" % (self.kind, self.spec())
 
 
-@dataclass(frozen=True)
+@record
 class Tunnel:
     name: str
     host: str
@@ -67,14 +70,14 @@ class Tunnel:
     loop_port: int = 0            # server-side port for the in-band loop check; 0 = off
 
 
-@dataclass(frozen=True)
+@record
 class Settings:
     tunnels: Tuple[Tunnel, ...]
     state: str = DEFAULT_STATE
     pidfile: str = DEFAULT_PIDFILE
     syslog: bool = False
     config_path: Optional[str] = None
-    argv: Tuple[str, ...] = field(default=())
+    argv: Tuple[str, ...] = ()
     # Non-fatal findings of the config parser (`FILE:LINE: what — fix`); not part of equality.
     warnings: Tuple[str, ...] = field(default=(), compare=False)
 

@@ -57,6 +57,8 @@ Assumptions about the server, numbered (each one-liner names the ones it needs):
     pid, so a recycled pid is never mistaken for the session.
 """
 
+from __future__ import annotations
+
 import errno
 import os
 import re
@@ -64,12 +66,14 @@ import selectors
 import shlex
 import socket
 import time
-from typing import List, Optional, Sequence, Tuple
 
 from agent.model import Forward
 from agent.probe import (
     BANNER_MISMATCH, CLOSED, ERROR, OK_DATA, REFUSED, TIMEOUT, ProbeResult, is_ip_literal,
 )
+
+if False:  # annotations only: importing typing would cost the agent 0.5 MB of memory
+    from typing import List, Optional, Sequence, Tuple
 
 # --- the exit-code table -----------------------------------------------------
 CHECK_OK = 80

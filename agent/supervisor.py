@@ -5,7 +5,6 @@ self-pipe, a bounded timeout to the next deadline. No decision is made here
 that agent.machine or agent.classify could make.
 """
 
-import dataclasses
 import os
 import random
 import selectors
@@ -15,7 +14,7 @@ import time
 
 from agent import __version__
 from agent import classify as C
-from agent import clients, probe, remote, spread, state
+from agent import clients, probe, record, remote, spread, state
 from agent import machine as M
 from agent.child import Child, Job
 from agent.errors import EX_NOINPUT, SshkeepError
@@ -76,7 +75,7 @@ class Runner:
             self.loop = remote.LoopListener()
             r_fwd, l_fwd = remote.loop_forward_pair(self.loop.port, tunnel.loop_port)
             self.loop_box_port = l_fwd.port
-            self.ssh_tunnel = dataclasses.replace(tunnel, forwards=tuple(tunnel.forwards) + (r_fwd, l_fwd))
+            self.ssh_tunnel = record.replace(tunnel, forwards=tuple(tunnel.forwards) + (r_fwd, l_fwd))
 
     def close(self):
         if self.loop is not None:
@@ -459,6 +458,11 @@ class Supervisor:
             lvl(r.name, "check %s: %s%s" % (name, verdict, " (%s)" % detail if detail else ""))
         self._event(r, r.m.on_check, now, name, verdict, ok)
         self._state_dirty = True
+
+    def report_reclaimed(self, r, freed, nothing=False):
+        """Called by the reclaim with its outcome (freed: the stale listener is gone;
+        nothing: the server had no listener of ours left to end)."""
+        self._event(r, r.m.on_reclaimed, self.clock(), freed, nothing)
 
     def _maybe_probe_server(self, r, now):
         """Cheap TCP probes of the server: during a network backoff, and during a connect

@@ -27,7 +27,7 @@ PYTHONS = [pytest.param(p, id="py38" if p == PY38 else "host",
 
 # What agent code is expected to lean on; all of it is in python3-light.
 LIGHT_OK = ("os", "sys", "json", "socket", "select", "selectors", "subprocess", "signal", "fcntl",
-            "syslog", "argparse", "dataclasses", "shlex", "errno", "time", "random", "hashlib",
+            "syslog", "argparse", "shlex", "errno", "time", "random", "hashlib",
             "tempfile", "typing", "struct", "stat", "re", "io", "collections", "functools", "enum",
             "shutil", "textwrap", "base64", "binascii", "pwd", "grp", "getpass", "platform")
 

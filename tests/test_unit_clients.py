@@ -91,8 +91,8 @@ def test_openssh_golden():
 
 
 def test_openssh_accept_new_and_command():
-    import dataclasses
-    t = dataclasses.replace(T, accept_new=True, keepalive=0)
+    from agent import record
+    t = record.replace(T, accept_new=True, keepalive=0)
     argv = clients.build_argv(OSSH, t, command="echo hi")
     assert "StrictHostKeyChecking=accept-new" in argv
     assert "-N" not in argv and argv[-1] == "echo hi" and argv[-2] == "hub.example.com"
@@ -117,12 +117,12 @@ def test_dropbear_2025_golden():
 
 
 def test_dropbear_y_only_with_accept_new():
-    import dataclasses
+    from agent import record
     assert "-y" not in clients.build_argv(DB22, T)
-    argv = clients.build_argv(DB22, dataclasses.replace(T, accept_new=True))
+    argv = clients.build_argv(DB22, record.replace(T, accept_new=True))
     assert argv.count("-y") == 1  # two -y would disable host key checking
     # and OpenSSH never gets -y (it means "log to syslog" there)
-    assert "-y" not in clients.build_argv(OSSH, dataclasses.replace(T, accept_new=True))
+    assert "-y" not in clients.build_argv(OSSH, record.replace(T, accept_new=True))
 
 
 def test_exec_argv_has_no_forwards():
@@ -134,9 +134,9 @@ def test_exec_argv_has_no_forwards():
 
 @pytest.mark.parametrize("host", ["-oProxyCommand=x", "a b", "h1,h2", "host/22", "$(reboot)", "a;b"])
 def test_hostile_destinations_refused(host):
-    import dataclasses
+    from agent import record
     with pytest.raises(SshkeepError):
-        clients.build_argv(DB22, dataclasses.replace(T, host=host))
+        clients.build_argv(DB22, record.replace(T, host=host))
 
 
 def test_dropbear_known_hosts_conversion():
@@ -149,14 +149,14 @@ def test_dropbear_known_hosts_conversion():
 
 
 def test_prepare_home_for_dropbear(tmp_path):
-    import dataclasses
+    from agent import record
     kh = tmp_path / "kh"
     kh.write_text("[10.0.0.2]:2222 ssh-ed25519 AAAAkey\n")
-    t = dataclasses.replace(T, host="10.0.0.2", known_hosts=str(kh))
+    t = record.replace(T, host="10.0.0.2", known_hosts=str(kh))
     home = clients.prepare_home(DB22, t, str(tmp_path / "home"))
     assert open(os.path.join(home, ".ssh", "known_hosts")).read() == "10.0.0.2 ssh-ed25519 AAAAkey\n"
     assert clients.host_key_known(DB22, t, home) is True
-    assert clients.host_key_known(DB22, dataclasses.replace(t, host="10.0.0.3"), home) is False
+    assert clients.host_key_known(DB22, record.replace(t, host="10.0.0.3"), home) is False
     # OpenSSH reads UserKnownHostsFile itself: no HOME games
     assert clients.prepare_home(OSSH, t, str(tmp_path / "h2")) is None
 
