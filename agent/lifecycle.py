@@ -194,7 +194,8 @@ def state_age(pidfile: str, state_path: Optional[str]) -> float:
     mono = state.get("monotonic")
     if isinstance(mono, (int, float)) and 0 < mono <= now_mono + 1:
         ages.append(now_mono - mono)
-    elif isinstance(state.get("updated"), (int, float)):
+    elif isinstance(state.get("updated"), (int, float)) and state["updated"] <= now_wall + 1:
+        # an "updated" in the future means the wall clock stepped back since: no evidence
         ages.append(now_wall - state["updated"])
     try:
         ages.append(now_wall - os.stat(pidfile).st_mtime)

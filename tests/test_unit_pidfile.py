@@ -527,10 +527,16 @@ def test_state_age_prefers_monotonic_over_wall_clock(tmp):
     with open(st, "w") as f:
         json.dump({"updated": time.time() - 365 * 86400, "monotonic": time.monotonic() - 2}, f)
     assert 1.5 < lifecycle.state_age(pid, st) < 10
-    # wall clock jumped back: "updated" in the future, monotonic says 500 s ago: stale
+    # wall clock jumped back: "updated" in the future, monotonic says BACK s ago: stale.
+    # BACK stays below the uptime: a fresh CI machine may have booted less than 500 s ago.
+    back = min(500.0, time.monotonic() / 2)
     with open(st, "w") as f:
-        json.dump({"updated": time.time() + 365 * 86400, "monotonic": time.monotonic() - 500}, f)
-    assert 499 < lifecycle.state_age(pid, st) < 510
+        json.dump({"updated": time.time() + 365 * 86400, "monotonic": time.monotonic() - back}, f)
+    assert back - 1 < lifecycle.state_age(pid, st) < back + 10
+    # the same without a usable monotonic: the future "updated" is ignored, the pidfile's age counts
+    with open(st, "w") as f:
+        json.dump({"updated": time.time() + 365 * 86400, "monotonic": -5}, f)
+    assert 999 < lifecycle.state_age(pid, st) < 1010
     # no monotonic key: "updated"; the pidfile's mtime counts as a sign of life too
     with open(st, "w") as f:
         json.dump({"updated": time.time() - 3000}, f)
