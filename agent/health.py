@@ -7,6 +7,11 @@ Keepalives only prove the SSH connection answers; these prove the forwards do.
   failure; "could not reach the server" is not "forward dead".
 - A -R that answers "closed at once": probe the box-side target directly. If
   the target is down, restarting ssh cannot help: report target-down.
+- A -R whose check is plain `connect` and whose target speaks first (sshd,
+  dropbear, SMTP): the target's greeting is learned by a direct probe and the
+  remote check then asks for it. A stale listener on the server (the old
+  session's, after a lost flow) accepts but never relays a byte, so a bare
+  connect would call it healthy until keepalive gives up.
 """
 
 import shlex
@@ -19,6 +24,7 @@ LOCAL_TIMEOUT = 2.0
 REMOTE_TIMEOUT_MIN = 10.0
 CHECK_TIMEOUT = 3.0
 LOCAL_ROUND_BUDGET = 5.0
+LEARN_GRACE = 1.0   # how long a target may take to greet before it counts as "waits for the client"
 
 
 def _banner(check):
@@ -82,7 +88,7 @@ class Checks:
         parts, budget, todo = [], 0.0, []
         for f in forwards:
             bind = f.bind if f.bind not in ("0.0.0.0", "*", "") else "127.0.0.1"
-            banner = _banner(f.check)
+            banner = _banner(f.check) or self._greeting(r, f)
             try:
                 parts.append(remote.check_command(bind, f.port, banner, CHECK_TIMEOUT))
             except ValueError as exc:
@@ -118,8 +124,44 @@ class Checks:
         if job is not None:
             job.kind = "check"
 
+    def _greeting(self, r, f):
+        """The learned greeting (str) a `connect` -R forward's target sends first, or None.
+
+        Learned once per tunnel by a direct probe of the target (a target that is down
+        is asked again next round); forgotten when the target stops sending it."""
+        if f.check != "connect":
+            return None
+        known = r.greetings.get(f.port, False)
+        if known is not False:
+            return known
+        res = probe.probe_local(f.host, f.hostport, timeout=LOCAL_TIMEOUT, grace=LEARN_GRACE)
+        if not probe.is_healthy(res):
+            return None
+        prefix = probe.greeting_prefix(res.data)
+        learned = prefix.decode("ascii") if prefix else None
+        r.greetings[f.port] = learned
+        if learned:
+            self.log.info(r.name, "R:%d: target %s:%d greets with %r: the remote check expects it"
+                          % (f.port, f.host, f.hostport, learned))
+        return learned
+
     def _judge(self, sup, r, f, verdict, job):
         name = "R:%d" % f.port
+        learned = r.greetings.get(f.port) if f.check == "connect" else None
+        if learned and verdict in (remote.NO_ANSWER, remote.MISMATCH):
+            # Is it the tunnel or did the target change? Ask the target directly.
+            direct = probe.probe_local(f.host, f.hostport, timeout=LOCAL_TIMEOUT, grace=LEARN_GRACE)
+            if probe.is_healthy(direct) and probe.greeting_prefix(direct.data) == learned.encode():
+                sup.report_check(r, name, verdict, False,
+                                 "no %r through the forward, though the target sends it" % learned)
+                return
+            del r.greetings[f.port]
+            if direct.verdict in (probe.REFUSED, probe.TIMEOUT, probe.ERROR):
+                sup.report_check(r, name, TARGET_DOWN, None,
+                                 "box-side target %s:%d %s" % (f.host, f.hostport, direct.verdict))
+            else:
+                sup.report_check(r, name, "relearn", None, "the target no longer greets with %r" % learned)
+            return
         if verdict == remote.OK:
             sup.report_check(r, name, verdict, True)
         elif verdict == remote.UNREACHABLE:

@@ -54,6 +54,7 @@ class ProbeResult:
     address: str   # the address that gave the verdict, e.g. "127.0.0.1" or "::1"
     detail: str    # one line for the log and status
     elapsed: float  # seconds, monotonic
+    data: bytes = b""  # what the far end sent first, if anything (its greeting)
 
 
 def is_healthy(result: ProbeResult) -> bool:
@@ -268,10 +269,23 @@ def probe_local(
     _run(attempts, deadline)
     elapsed = time.monotonic() - start
     rows = [(a.result[0], a.result[1], i, a.address) for i, a in enumerate(attempts)]
-    verdict, detail, _, address = _best(rows)
+    verdict, detail, best, address = _best(rows)
     if len(rows) > 1:
         detail = "; ".join("%s: %s (%s)" % (r[3], r[0], r[1]) for r in rows)
-    return ProbeResult(verdict, address, detail, elapsed)
+    return ProbeResult(verdict, address, detail, elapsed, attempts[best].data[:64])
+
+
+def greeting_prefix(data: bytes) -> Optional[bytes]:
+    """The first 3-4 printable bytes of a greeting (b"SSH-", b"220"), or None.
+
+    A target that speaks first (sshd, dropbear, SMTP, FTP) lets a check ask for its greeting
+    instead of a bare connect: through a wedged channel a connect is still accepted on the
+    far side, but the greeting never comes. Binary or short greetings are not learned.
+    """
+    n = 0
+    while n < min(4, len(data)) and 32 < data[n] < 127:
+        n += 1
+    return data[:n] if n >= 3 else None
 
 
 def probe_tcp(host: str, port: int, timeout: float = 2.0) -> bool:

@@ -44,6 +44,11 @@ def session_command(tunnel):
     return remote.session_command(ports, owner=owner_tag(tunnel.name))
 
 
+def recheck_delay(interval: float) -> float:
+    """Seconds from a failed check to the one that confirms it."""
+    return min(interval, max(1.0, interval / 5.0))
+
+
 class Runner:
     """One tunnel: its settings, machine, client and current ssh child."""
 
@@ -62,6 +67,7 @@ class Runner:
         self.connect_failures = 0
         self.next_check = None
         self.check_round = 0
+        self.greetings = {}             # -R listen port -> learned target greeting (health)
         self.next_server_probe = None
         self.server_probe_failed = False
         self.ready_pid = None
@@ -458,6 +464,10 @@ class Supervisor:
             lvl(r.name, "check %s: %s%s" % (name, verdict, " (%s)" % detail if detail else ""))
         self._event(r, r.m.on_check, now, name, verdict, ok)
         self._state_dirty = True
+        if ok is False and r.m.state == M.UP and r.next_check is not None:
+            # A failure is confirmed (or cleared) soon, not a whole interval later: a dead
+            # forward is healed within about one interval, a blip still needs two checks.
+            r.next_check = min(r.next_check, now + recheck_delay(r.t.interval))
 
     def report_reclaimed(self, r, freed, nothing=False):
         """Called by the reclaim with its outcome (freed: the stale listener is gone;

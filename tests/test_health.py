@@ -111,6 +111,29 @@ def test_stale_listener_after_lost_flow_is_reclaimed(lab, client):
         a.stop()
 
 
+def test_lost_flow_is_found_by_the_check_not_by_keepalive(lab):
+    # Keepalive 60 s x 3 cannot notice within this test: the remote check must. The old session's
+    # listener still accepts on the server but relays nothing; the target's learned greeting
+    # ("SVC-") is what tells that apart from a healthy, silent forward.
+    server = lab.start_sshd()
+    a, _ = start(lab, server, extra=("--keepalive", "60"))
+    try:
+        a.wait_up(30)
+        lab.wait_until(lambda: reverse_ok(lab), 10, what="forward up")
+        a.wait(lambda: a.tunnel()["checks"].get("R:%d" % RPORT) == "ok", 15, "first remote check ok")
+        assert "greets with 'SVC-'" in a.log()
+        for port in lab.wait_until(lambda: lab.flows(server.port), 5, what="the tunnel's TCP flow"):
+            lab.drop_flow(port, server.port)
+        lost = time.monotonic()
+        a.wait(lambda: "failed checks" in (a.tunnel()["last_heal"] or ""), 30, "restart after failed checks")
+        lab.wait_until(lambda: reverse_ok(lab), 20, what="forward back")
+        assert time.monotonic() - lost < 30
+        assert "no-answer" in a.log()
+    finally:
+        lab.clear_faults()
+        a.stop()
+
+
 def test_local_forward_checks_and_localhost(lab):
     server = lab.start_sshd()
     svc = lab.start_service(lab.srv_ns, 0)   # a service on the server, reached through -L
