@@ -13,7 +13,7 @@ import os
 import re
 import subprocess
 
-from agent.errors import ClientError, SshkeepError, EX_NOINPUT, EX_NOPERM
+from agent.errors import ClientError, SshkeepError, EX_NOINPUT, EX_NOPERM, EX_UNAVAILABLE
 from agent.record import record
 
 if False:  # annotations only: importing typing would cost the agent 0.5 MB of memory
@@ -127,6 +127,15 @@ def _destination_checks(tunnel):
     for value, what in ((tunnel.host, "host"), (tunnel.user, "user")):
         if value.startswith("-") or any(c in value for c in " ,/\t\n'\"`$;&|<>") :
             raise SshkeepError("%s %r is not valid (no leading '-', spaces, ',', '/' or shell characters)" % (what, value), 65)
+
+
+def check_forwards(info: ClientInfo, tunnel) -> None:
+    """dbclient has no -D (dynamic/SOCKS) at all, in any version: refuse it up front, since
+    its usage error would take the server's other tunnels down with it on every connect."""
+    if info.kind == DROPBEAR and any(f.kind == "D" for f in tunnel.forwards):
+        raise SshkeepError("%s: %s (dropbear) cannot do dynamic (-D) forwards; install openssh-client and "
+                           "use --client openssh (option client 'openssh'), or drop the -D" % (tunnel.name, info.path),
+                           EX_UNAVAILABLE)
 
 
 def build_argv(info: ClientInfo, tunnel, command: Optional[str] = None, with_forwards: bool = True,
@@ -273,9 +282,18 @@ def prepare_home(info: ClientInfo, tunnel, home: str, host=None, port=None) -> O
     sshdir = os.path.join(home, ".ssh")
     os.makedirs(sshdir, mode=0o700, exist_ok=True)
     dest = os.path.join(sshdir, "known_hosts")
+    lines = dropbear_known_hosts(text, host, port).splitlines()
+    if tunnel.accept_new:
+        # dbclient -y appended the key it accepted on an earlier connect: keep it, or the next
+        # connect would trust whatever key it meets (trust on *first* use, not on every use).
+        try:
+            with open(dest, "r", encoding="utf-8", errors="replace") as fh:
+                lines += [l for l in fh.read().splitlines() if l.split()[:1] == [host] and l not in lines]
+        except OSError:
+            pass
     tmp = dest + ".tmp"
     with open(tmp, "w") as fh:
-        fh.write(dropbear_known_hosts(text, host, port))
+        fh.write("".join(l + "\n" for l in lines))
     os.replace(tmp, dest)
     return home
 

@@ -161,6 +161,38 @@ def test_prepare_home_for_dropbear(tmp_path):
     assert clients.prepare_home(OSSH, t, str(tmp_path / "h2")) is None
 
 
+def test_accept_new_with_dropbear_keeps_the_key_it_accepted(tmp_path):
+    # Trust on first use: the key dbclient -y appended must survive the next spawn's rewrite,
+    # or every reconnect would accept whatever key it meets.
+    from agent import record
+    t = record.replace(T, host="10.0.0.2", known_hosts=str(tmp_path / "absent"), accept_new=True)
+    home = clients.prepare_home(DB22, t, str(tmp_path / "home"))
+    kh = os.path.join(home, ".ssh", "known_hosts")
+    assert open(kh).read() == ""
+    with open(kh, "a") as fh:    # what dbclient -y writes on the first connect
+        fh.write("10.0.0.2 ssh-ed25519 AAAAaccepted\nother ssh-ed25519 AAAAx\n")
+    clients.prepare_home(DB22, t, home)
+    clients.prepare_home(DB22, t, home)
+    assert open(kh).read() == "10.0.0.2 ssh-ed25519 AAAAaccepted\n"
+    # without --accept-new the file given is the whole truth
+    t2 = record.replace(t, accept_new=False, known_hosts=str(tmp_path / "kh"))
+    (tmp_path / "kh").write_text("10.0.0.2 ssh-ed25519 AAAAgiven\n")
+    clients.prepare_home(DB22, t2, home)
+    assert open(kh).read() == "10.0.0.2 ssh-ed25519 AAAAgiven\n"
+
+
+def test_dynamic_forward_refused_for_dropbear():
+    from agent import record
+    from agent.model import parse_forward
+    t = record.replace(T, forwards=(parse_forward("D", "1080"),))
+    for info in (DB22, DB25):
+        with pytest.raises(SshkeepError, match="cannot do dynamic .* --client openssh") as exc:
+            clients.check_forwards(info, t)
+        assert exc.value.code == 69
+    clients.check_forwards(OSSH, t)
+    clients.check_forwards(DB22, record.replace(T, forwards=(parse_forward("L", "8080:127.0.0.1:80"),)))
+
+
 def test_key_format_messages(tmp_path):
     pem = tmp_path / "id"
     pem.write_text("-----BEGIN OPENSSH PRIVATE KEY-----\nxx\n")
