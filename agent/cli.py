@@ -117,6 +117,8 @@ def settings_from_args(args):
     # Imported here, not at the top: `--version` and `--help` stay cheap on a slow CPU
     # (the records + typing cost more than the rest of start-up under emulation).
     from agent.model import Tunnel, parse_destination
+    if not (args.config or args.destination or args.ssh_config) and os.path.exists("/etc/config/sshkeep"):
+        args.config = "/etc/config/sshkeep"  # the default file, when nothing else is given
     if args.config:
         from agent import config
         args.config = os.path.abspath(args.config)  # reload after --daemon's chdir /
@@ -126,15 +128,18 @@ def settings_from_args(args):
         from agent import sshconfig
         if not args.destination:
             raise E.UsageError("--ssh-config needs a Host alias as destination")
-        t = sshconfig.tunnel_from_host(args.ssh_config, args.destination, name=args.name, **_tunnel_kwargs(args))
+        warned = []
+        t = sshconfig.tunnel_from_host(args.ssh_config, args.destination, name=args.name, warnings=warned,
+                                       **_tunnel_kwargs(args))
         extra = _forwards(args)
         if extra:
             t = _replace(t, forwards=tuple(t.forwards) + tuple(extra))
         if not t.forwards:
             raise E.UsageError("Host %s in %s has no forwards; add -R/-L/-D" % (args.destination, args.ssh_config))
-        return _settings((t,), args)
+        return _replace(_settings((t,), args), warnings=tuple(warned))
     if not args.destination:
-        raise E.UsageError("a destination [user@]host is required (e.g. %s)" % USAGE_EXAMPLE)
+        raise E.UsageError("a destination [user@]host is required (e.g. %s), or -c FILE "
+                           "(/etc/config/sshkeep is read when it exists)" % USAGE_EXAMPLE)
     forwards = _forwards(args)
     if not forwards:
         raise E.UsageError("nothing to keep up: give at least one -R, -L or -D")
@@ -226,6 +231,8 @@ def cmd_run(args, argv):
         if notifier:
             notifier.fail(str(exc), exc.code)
         raise
+    for w in settings.warnings:  # e.g. a tunnelW section skipped: say so where procd logs it
+        log.warning("", "config: " + w)
     try:
         _reap_previous(settings, log)
         checks = None

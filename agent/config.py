@@ -23,7 +23,7 @@ import stat
 
 from agent import record
 from agent.errors import ConfigError, EX_NOINPUT, EX_NOPERM
-from agent.model import DEFAULT_PIDFILE, DEFAULT_STATE, Forward, Settings, Tunnel
+from agent.model import DEFAULT_PIDFILE, DEFAULT_STATE, Forward, Settings, Tunnel, expand_tilde
 
 DEFAULT_PATH = "/etc/config/sshkeep"
 MAX_SIZE = 1 << 20  # a config file is small; refuse to parse a log file by mistake
@@ -52,10 +52,10 @@ class _Bad(Exception):
 # --------------------------------------------------------------------------- lexer
 
 class _Opt:
-    __slots__ = ("name", "values", "line", "is_list")
+    __slots__ = ("name", "values", "line", "is_list", "lines")
 
     def __init__(self, name, line):
-        self.name, self.values, self.line, self.is_list = name, [], line, False
+        self.name, self.values, self.line, self.is_list, self.lines = name, [], line, False, []
 
     @property
     def value(self):
@@ -228,6 +228,7 @@ def _sections(text, report):
             opt.is_list = True
             if value:
                 opt.values.append(value)
+                opt.lines.append(line)  # each list item's own line, for its error
     return sections, package, extra
 
 
@@ -283,9 +284,7 @@ def _conv_path(value):
     _printable(value)
     if value.startswith("-"):
         raise _Bad("%r starts with '-'" % value, "give a path (e.g. ./%s)" % value)
-    if value.startswith("~"):
-        value = os.path.expanduser(value)
-    return value
+    return expand_tilde(value) if value.startswith("~") else value
 
 
 def _conv_user(value):
@@ -529,15 +528,17 @@ def _parse_sshkeep(sections, report):
             opt = s.opts.get(name)
             if opt is None:
                 continue
-            items = [w for v in opt.values for w in (v.split() if name == "alternate" else [v])]
-            for item in items:
+            lines = opt.lines if len(opt.lines) == len(opt.values) else [opt.line] * len(opt.values)
+            items = [(w, ln) for v, ln in zip(opt.values, lines)
+                     for w in (v.split() if name == "alternate" else [v])]
+            for item, ln in items:
                 try:
                     if name == "alternate":
                         alts.append(_conv_alternate(item, f["port"]))
                     else:
                         f.setdefault("extra_options", []).append(conv(item))
                 except _Bad as exc:
-                    report.bad(opt.line, exc, "server '%s' %s" % (s.name, name))
+                    report.bad(ln, exc, "server '%s' %s" % (s.name, name))
         if not enabled:
             disabled.add(s.name)
             continue

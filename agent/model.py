@@ -6,6 +6,8 @@ each Tunnel is supervised (and fails) independently.
 
 from __future__ import annotations
 
+import os
+
 from agent.errors import ConfigError, EX_DATAERR
 from agent.record import field, record
 
@@ -109,6 +111,19 @@ def _split(text):
             cur += ch
     out.append(cur)
     return out
+
+
+def expand_tilde(path: str) -> str:
+    """`~/x` with the login user's home from the password database, as OpenSSH does it:
+    the init scripts give the agent HOME=/var/run/sshkeep (tmpfs), which is not where
+    an existing sshtunnel config's `~/.ssh/id_rsa` lives."""
+    if path == "~" or path.startswith("~/"):
+        try:
+            import pwd
+            return pwd.getpwuid(os.getuid()).pw_dir.rstrip("/") + path[1:]
+        except (ImportError, KeyError):
+            pass
+    return os.path.expanduser(path)
 
 
 def parse_forward(kind: str, text: str, source: str = "command line") -> Forward:

@@ -15,7 +15,7 @@ import os
 import re
 
 from agent.errors import ConfigError, EX_NOINPUT, EX_NOPERM
-from agent.model import Tunnel, parse_forward
+from agent.model import Tunnel, expand_tilde, parse_forward
 
 # Keywords we read (lower case -> canonical spelling).
 _SINGLE = ("HostName", "User", "Port", "ServerAliveInterval", "StrictHostKeyChecking",
@@ -103,7 +103,7 @@ def _host_matches(patterns, alias):
 
 def _expand(value, tokens, path, line, what):
     if value.startswith("~"):
-        value = os.path.expanduser(value)
+        value = expand_tilde(value)
 
     def sub(m):
         t = m.group(1)
@@ -229,7 +229,7 @@ def _result(path, alias, got, lines, options, warnings):
         local_user = pwd.getpwuid(os.getuid()).pw_name
     except (ImportError, KeyError):
         local_user = os.environ.get("USER", "")
-    tokens = {"d": os.path.expanduser("~"), "u": local_user, "h": out["HostName"],
+    tokens = {"d": expand_tilde("~"), "u": local_user, "h": out["HostName"],
               "r": out["User"], "%": "%"}
     if "UserKnownHostsFile" in got:
         out["UserKnownHostsFile"] = _expand(got["UserKnownHostsFile"][0], tokens, path,
@@ -259,14 +259,17 @@ def _result(path, alias, got, lines, options, warnings):
     return out
 
 
-def tunnel_from_host(path, alias, name=None, **defaults):
+def tunnel_from_host(path, alias, name=None, warnings=None, **defaults):
     """A Tunnel for `ssh ALIAS` as configured in ssh_config FILE.
 
     `defaults` are Tunnel fields (interval, client, ssh_path, forwards, ...) used where the Host
     block says nothing; forwards given there are added after the block's own. The result has no
     forwards when neither gives any: the caller decides (the CLI adds -R/-L/-D or refuses).
+    `warnings`, a list, gets the file's warnings (skipped Match blocks, ignored keywords).
     """
     d = load_host(path, alias)
+    if warnings is not None:
+        warnings.extend(d["Warnings"])
     fields = dict(defaults)
     extra_fwds = tuple(fields.pop("forwards", ()))
     fields.update(name=name or alias, host=d["HostName"], port=d["Port"])

@@ -195,3 +195,38 @@ def test_missing_known_hosts_fails_fast(tmp_path):
                         "--pidfile", str(tmp_path / "p"), "h"], env=env, stderr=subprocess.PIPE, timeout=20)
     assert p.returncode == 66
     assert b"--accept-new" in p.stderr
+
+
+def test_dynamic_forward_with_dbclient_exits_69_at_once(tmp_path):
+    env = dict(os.environ, FAKESSH_VERSION="Dropbear v2022.83", PYTHONPATH=ROOT)
+    r = subprocess.run([sys.executable, "-m", "agent", "run", "-D", "1080", "--ssh", FAKE, "--client", "auto",
+                        "--state", str(tmp_path / "s.json"), "--pidfile", str(tmp_path / "pid"), "tunnel@127.0.0.1"],
+                       env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=20)
+    assert r.returncode == 69, r.stderr
+    assert b"cannot do dynamic (-D) forwards" in r.stderr and b"--client openssh" in r.stderr
+
+
+def test_run_logs_the_config_files_warnings(tmp_path):
+    # An sshtunnel file with a tunnel naming no server (sshtunnel ignores it too): `config`
+    # lists the warning, and so must `run`, whose stderr is what procd keeps.
+    conf = tmp_path / "sshtunnel"
+    conf.write_text("config server 'vps'\n\toption user 'tunnel'\n\toption hostname '127.0.0.1'\n"
+                    "\toption port '9'\n\nconfig tunnelR 'a'\n\toption server 'vps'\n\toption remoteport '10022'\n"
+                    "\toption localaddress '127.0.0.1'\n\toption localport '22'\n\n"
+                    "config tunnelR 'orphan'\n\toption remoteport '10023'\n")
+    bindir = tmp_path / "bin"   # sshtunnel files name no client: the agent finds `ssh` on PATH
+    bindir.mkdir()
+    os.symlink(FAKE, str(bindir / "ssh"))
+    env = dict(os.environ, FAKESSH_MODE="ready", PYTHONPATH=ROOT, PATH="%s:%s" % (bindir, os.environ["PATH"]))
+    p = subprocess.Popen([sys.executable, "-m", "agent", "run", "-c", str(conf), "--no-checks",
+                          "--state", str(tmp_path / "s.json"), "--pidfile", str(tmp_path / "pid")],
+                         env=env, stdout=subprocess.DEVNULL, stderr=open(str(tmp_path / "err"), "w"))
+    try:
+        wait_until(lambda: "orphan" in (tmp_path / "err").read_text(), 10, 0.05, what="warning logged")
+        line = [l for l in (tmp_path / "err").read_text().splitlines() if "orphan" in l][0]
+        assert "config: %s:12:" % conf in line and "no server option" in line
+        state = tmp_path / "s.json"
+        wait_until(lambda: state.exists() and '"up"' in state.read_text(), 10, 0.05, what="tunnel up")
+    finally:
+        p.terminate()
+        assert p.wait(10) == 0

@@ -240,11 +240,17 @@ def test_different_bind_same_port_is_fine():
     assert len(config.parse_text(text).tunnels[0].forwards) == 2
 
 
-def test_tilde_expands_in_paths(monkeypatch):
-    monkeypatch.setenv("HOME", "/home/op")
+def test_tilde_is_the_users_home_not_home_env(monkeypatch):
+    # procd and the busybox script give the agent HOME=/var/run/sshkeep; ~/.ssh/id_rsa in an
+    # existing sshtunnel config means the login user's home, as it does to OpenSSH.
+    import pwd
+    monkeypatch.setenv("HOME", "/var/run/sshkeep")
     s = config.parse_text(MINI.replace("option host", "option identity '~/.ssh/k'\n\toption host"),
                           check_files=False)
-    assert s.tunnels[0].identity == "/home/op/.ssh/k"
+    assert s.tunnels[0].identity == pwd.getpwuid(os.getuid()).pw_dir.rstrip("/") + "/.ssh/k"
+    s = config.parse_text(MINI.replace("option host", "option identity '~root/k'\n\toption host"),
+                          check_files=False)
+    assert s.tunnels[0].identity == os.path.expanduser("~root/k")
 
 
 def test_render_roundtrip_of_every_example(keydir, tmp_path):
@@ -355,6 +361,8 @@ ERRORS = [
       "without @ or spaces"]),
     (MINI.replace("option host 'hub.example.net'", "option host h\n\tlist alternate 'x:0'"),
      ["t.conf:4: server 'hub' alternate: '0' is not a port — give a number from 1 to 65535"]),
+    (MINI.replace("option host 'hub.example.net'", "option host h\n\tlist alternate 'x:22'\n\tlist alternate 'y:0'"),
+     ["t.conf:5: server 'hub' alternate: '0' is not a port — give a number from 1 to 65535"]),
     (MINI.replace("option host 'hub.example.net'", "option host h\n\tlist ssh_option 'Compression'"),
      ["t.conf:4: server 'hub' ssh_option: 'Compression' is not an ssh option — write Key=Value, e.g. "
       "'Compression=yes'"]),
