@@ -88,7 +88,7 @@ class Checks:
         parts, budget, todo = [], 0.0, []
         for f in forwards:
             bind = f.bind if f.bind not in ("0.0.0.0", "*", "") else "127.0.0.1"
-            banner = _banner(f.check) or self._greeting(r, f)
+            banner = _banner(f.check) or self._greeting(sup, r, f)
             try:
                 parts.append(remote.check_command(bind, f.port, banner, CHECK_TIMEOUT))
             except ValueError as exc:
@@ -124,16 +124,16 @@ class Checks:
         if job is not None:
             job.kind = "check"
 
-    def _greeting(self, r, f):
+    def _greeting(self, sup, r, f):
         """The learned greeting (str) a `connect` -R forward's target sends first, or None.
 
-        Learned once per tunnel by a direct probe of the target (a target that is down
+        Learned once per session by a direct probe of the target (a target that is down
         is asked again next round); forgotten when the target stops sending it."""
         if f.check != "connect":
             return None
         known = r.greetings.get(f.port, False)
-        if known is not False:
-            return known
+        if known is not False or sup.signals:
+            return known or None
         res = probe.probe_local(f.host, f.hostport, timeout=LOCAL_TIMEOUT, grace=LEARN_GRACE)
         if not probe.is_healthy(res):
             return None

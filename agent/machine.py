@@ -218,8 +218,12 @@ class Machine:
         return []
 
     def wants_server_probe(self) -> bool:
-        """During a network backoff, the driver may probe the server's TCP port."""
-        return self.state == BACKOFF and self._wait_for_server and self.deadline is not None
+        """During a network backoff, the driver may probe the server's TCP port. Not after a
+        DNS failure: the probe would resolve the same name in the agent's one loop, and a
+        resolver out of reach blocks for its whole timeout every time."""
+        out = self.last_outcome
+        return (self.state == BACKOFF and self._wait_for_server and self.deadline is not None
+                and not (out and out.reason == C.DNS))
 
     def wants_connect_probe(self, now: float, after: float) -> bool:
         """A connect going on for `after` s: the driver may probe whether it is stuck."""

@@ -134,6 +134,7 @@ class Supervisor:
 
     def _make_runner(self, t):
         info = self.detect(t.ssh_path, t.client)
+        clients.check_forwards(info, t)
         if t.identity:
             clients.check_identity(info, t.identity)
         if t.known_hosts and not t.accept_new and not os.path.exists(t.known_hosts):
@@ -330,6 +331,7 @@ class Supervisor:
             r.connect_failures = 0
             r.next_check = now + min(r.t.interval, 5.0) if self.checks else None
             r.check_round = 0
+            r.greetings.clear()         # learned again once per session (the target may have changed)
             self.log.info(r.name, "up via %s (%d forward%s)%s" % (
                 r.server_label(), len(r.t.forwards), "" if len(r.t.forwards) == 1 else "s",
                 "" if r.ready_pid is None else ", server session pid %d" % r.ready_pid))

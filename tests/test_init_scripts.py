@@ -18,6 +18,7 @@ import time
 
 import pytest
 
+import lightguard
 from polling import wait_for
 
 from agent import pidfile, procs
@@ -33,8 +34,9 @@ BUSYBOX = shutil.which("busybox") or "/bin/busybox"
 
 
 def busybox_sh(args, env=None, timeout=30):
-    """`busybox sh ARGS` with a minimal environment (PATH only: no bash-isms leak in)."""
-    base = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
+    """`busybox sh ARGS` with a minimal environment (PATH, and the python3-light guard for any
+    python the script starts: no bash-isms leak in)."""
+    base = lightguard.guard_env({"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"})
     base.update(env or {})
     return subprocess.run([BUSYBOX, "sh"] + list(args), env=base, cwd="/", stdout=subprocess.PIPE,
                           stderr=subprocess.PIPE, timeout=timeout)

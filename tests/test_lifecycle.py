@@ -15,6 +15,7 @@ import time
 
 import pytest
 
+import lightguard
 from polling import wait_for
 
 from agent import pidfile, procs
@@ -86,12 +87,12 @@ class Agent:
         argv = self.argv(command, *extra) if command in ("run", "check") else \
             [sys.executable, PYZ, command, "--pidfile", self.pidfile] + list(extra)
         out = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                             timeout=timeout, cwd=self.tmp)
+                             timeout=timeout, cwd=self.tmp, env=lightguard.guard_env())
         return out.returncode, out.stdout.decode(), out.stderr.decode()
 
     def foreground(self):
         p = subprocess.Popen(self.argv("run"), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                             stderr=subprocess.PIPE, cwd=self.tmp)
+                             stderr=subprocess.PIPE, cwd=self.tmp, env=lightguard.guard_env())
         self.started.append(p)
         return p
 

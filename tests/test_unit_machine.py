@@ -173,6 +173,11 @@ def test_server_answers_cuts_backoff_only_after_network_failure():
     m2.on_exit(0, C.Outcome(C.AUTH, C.RETRY_SLOW, ""))
     assert not m2.wants_server_probe()
     assert m2.on_server_answers(1) == []
+    m3 = make()                # the name did not resolve: backoff timer only, no lookups in the loop
+    m3.start(0)
+    m3.on_exit(0, C.Outcome(C.DNS, C.RETRY, ""))
+    m3.on_exit(1, C.Outcome(C.DNS, C.RETRY, ""))
+    assert m3.state == M.BACKOFF and not m3.wants_server_probe()
 
 
 def test_reconnect_request_resets_and_kills():
