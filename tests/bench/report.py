@@ -248,10 +248,10 @@ def _targets(doc, pf, labels):
     if size:
         out.append("%s pyz size: %d bytes (target ≤ 65536)" % (_mark(size <= 65536), size))
     for f in doc.get("fleet") or []:
-        if f["kind"] == "sshkeep":
+        if f["kind"].startswith("sshkeep"):
             ok = f.get("all_back_s") is not None and f["all_back_s"] <= 5.0 and f.get("dropped_past_maxstartups") == 0
-            out.append("%s fleet storm, %d agents: all back %s, %s dropped past MaxStartups (target ≤ 5 s, 0)" % (
-                _mark(ok), f["n"], "after %s s" % fmt_s(f["all_back_s"]) if f.get("all_back_s") is not None
+            out.append("%s fleet storm, %d x %s: all back %s, %s dropped past MaxStartups (target ≤ 5 s, 0)" % (
+                _mark(ok), f["n"], f["kind"], "after %s s" % fmt_s(f["all_back_s"]) if f.get("all_back_s") is not None
                 else "not within %.0f s (%d back)" % (f.get("cap", 0), f.get("back", 0)),
                 f.get("dropped_past_maxstartups")))
     if not out:

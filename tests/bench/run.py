@@ -652,7 +652,7 @@ def footprint(args, pyz):
             cpu[c.label]["rss_kb"] = c.rss_kb()
             cpu[c.label]["ssh_starts"] = c.ssh_starts()
         cpu["window_s"] = round(dt, 1)
-        cpu["settings"] = "sshkeep defaults (keepalive 15, interval 30, remote check every 4th); " \
+        cpu["settings"] = "sshkeep defaults (keepalive 15, interval 30: a remote exec check every interval); " \
                           "autossh -M 0, ServerAliveInterval 5 x 3"
         for c in (keep, auto):
             c.stop()
@@ -710,15 +710,16 @@ def fleet(args, lab, prober, pyz, kind, n):
     """n keepers (or autossh) against one fresh sshd with default MaxStartups; kill + restart 2 s later."""
     server = lab.start_sshd(port=2200 + (0 if kind == "sshkeep" else 1))
     svc = lab.start_service(lab.box_ns, 0)
-    base = 22000 if kind == "sshkeep" else 23000
+    base = {"sshkeep": 22000, "autossh": 23000}.get(kind, 24000)
     cs = []
-    out = {"kind": kind, "n": n}
+    spread = args.fleet_spread if kind == "sshkeep-spread" else 0
+    out = {"kind": "sshkeep --spread %g" % spread if spread else kind, "n": n}
     try:
         for i in range(n):
-            if kind == "sshkeep":
+            if kind.startswith("sshkeep"):
                 extra = ("--keepalive", str(KEEPALIVE))
-                if args.fleet_spread:
-                    extra += ("--spread", str(args.fleet_spread))
+                if spread:
+                    extra += ("--spread", str(spread))
                 c = Keeper(lab, server, base + i, svc, "openssh", pyz, extra=extra)
             else:
                 c = AutoSSH(lab, server, base + i, svc, tag="fleet")
@@ -765,7 +766,7 @@ def fleet(args, lab, prober, pyz, kind, n):
         })
         log("fleet %s: %s" % (kind, {k: v for k, v in out.items() if k != "heal_curve"}))
     finally:
-        labmod.stop_processes([c.agent.proc if kind == "sshkeep" else c.proc for c in cs if c.pid])
+        labmod.stop_processes([c.agent.proc if kind.startswith("sshkeep") else c.proc for c in cs if c.pid])
         _save_logs(args.logdir, "fleet-%s" % kind, cs[:5])
         for c in cs:
             prober.unwatch(c.rport)
@@ -827,8 +828,8 @@ def main(argv=None):
     ap.add_argument("--settle", type=float, default=3.0)
     ap.add_argument("--fleet", type=int, default=50)
     ap.add_argument("--fleet-cap", type=float, default=90.0)
-    ap.add_argument("--fleet-spread", type=float, default=0.0,
-                    help="sshkeep fleet agents get --spread S (per-box offset; 0 = the default, off)")
+    ap.add_argument("--fleet-spread", type=float, default=4.0,
+                    help="a second sshkeep fleet run with --spread S (per-box offset); 0: skip it")
     ap.add_argument("--cpu-min", type=float, default=150.0, help="least seconds of idle-CPU measurement")
     ap.add_argument("--no-fresh", dest="fresh", action="store_false",
                     help="keep the contenders running from fault to fault (autossh's backoff then grows)")
@@ -858,7 +859,7 @@ def main(argv=None):
            "settings": {"keepalive": KEEPALIVE, "interval": INTERVAL, "reps": args.reps, "cap_s": args.cap,
                         "probe_period_s": 0.2, "probe_timeout_s": 1.0, "blackhole_s": args.blackhole,
                         "target_down_s": args.target_down, "fresh_per_fault": args.fresh, "sshd": "OpenSSH, no ClientAliveInterval",
-                        "sshkeep": "--keepalive %d --interval %d (remote check every 4th, fail threshold 2)"
+                        "sshkeep": "--keepalive %d --interval %d (remote exec check every interval, learned greeting, fail threshold 2)"
                                    % (KEEPALIVE, INTERVAL),
                         "autossh": "AUTOSSH_GATETIME=0, ServerAliveInterval=%d, ServerAliveCountMax=3, "
                                    "ExitOnForwardFailure=yes" % KEEPALIVE},
@@ -913,7 +914,11 @@ def main(argv=None):
             save(path, doc)
         if not args.no_fleet:
             doc["fleet"] = []
-            for kind in ("sshkeep", "autossh"):
+            # sshkeep twice: with defaults (no spread: one box heals fastest) and with the
+            # per-box spread a fleet should set (README: Fleet spreading)
+            for kind in ("sshkeep", "sshkeep-spread", "autossh"):
+                if kind == "sshkeep-spread" and not args.fleet_spread:
+                    continue
                 log("fleet storm: %d x %s" % (args.fleet, kind))
                 doc["fleet"].append(fleet(args, lab, prober, pyz, kind, args.fleet))
                 save(path, doc)
