@@ -211,6 +211,38 @@ def test_readonly_home_no_writes(pyz, python, tmp_path):
     assert tree(top) == before
 
 
+def test_run_with_readonly_home_and_etc_writes_only_its_state(pyz, tmp_path):
+    # A tunnel up under a read-only $HOME and a read-only config dir: the agent writes its
+    # state, pidfile and runtime dir (tmpfs on a box) and nothing else.
+    top = str(tmp_path / "box")
+    home, etc, var = os.path.join(top, "home"), os.path.join(top, "etc"), str(tmp_path / "var")
+    for d in (home, etc, var):
+        os.makedirs(d)
+    local = os.path.join(etc, "sshkeep.pyz")
+    shutil.copy(pyz, local)
+    kh = os.path.join(etc, "known_hosts")
+    with open(kh, "w") as fh:
+        fh.write("127.0.0.1 ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFake\n")
+    before = tree(top)
+    state = os.path.join(var, "state.json")
+    fake = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fakes", "fakessh")
+    cmd = readonly_cmd(top, [HOST_PY, local, "run", "-R", "127.0.0.1:20022:127.0.0.1:22", "--ssh", fake,
+                             "--known-hosts", kh, "--no-checks", "--state", state,
+                             "--pidfile", os.path.join(var, "pid"), "-p", "9", "tunnel@127.0.0.1"])
+    env = lightguard.guard_env(clean_env(HOME=home, FAKESSH_MODE="ready"))
+    proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        from polling import wait_until
+        wait_until(lambda: os.path.exists(state) and '"up"' in open(state).read(), 15, 0.05,
+                   what="tunnel up (read-only home and etc)")
+    finally:
+        proc.terminate()
+        out, err = proc.communicate(timeout=15)
+    assert proc.returncode == 0, err
+    assert tree(top) == before
+    assert os.path.exists(state + ".d")     # the runtime dir went where the state goes
+
+
 def test_shiv_root_outside_tmp_is_ignored(pyz, tmp_path):
     base = tempfile.mkdtemp(prefix="sshkeep-test-", dir="/var/tmp")
     try:

@@ -230,3 +230,23 @@ def test_run_logs_the_config_files_warnings(tmp_path):
     finally:
         p.terminate()
         assert p.wait(10) == 0
+
+
+def test_status_json_has_the_documented_shape(agent, tmp_path):
+    # Fleet monitoring parses this: the keys are a contract (README: Command line).
+    a = agent("ready")
+    wait_until(lambda: a.tunnel().get("state") == "up", 10, 0.05, what="state up")
+    r = subprocess.run([sys.executable, "-m", "agent", "status", "--json", "--state", a.state],
+                       env=dict(os.environ, PYTHONPATH=ROOT), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                       timeout=20)
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    assert {"pid", "version", "running", "updated", "tunnels"} <= set(doc)
+    assert doc["pid"] == a.proc.pid and doc["running"] is True
+    t = doc["tunnels"][0]
+    assert {"name", "state", "since", "restarts", "last_error", "ssh_pid", "server", "health", "checks",
+            "consecutive_failures", "last_check", "last_heal", "forwards"} <= set(t)
+    assert t["state"] == "up" and t["ssh_pid"] == a.fakes()[-1] and t["restarts"] == 0
+    table = subprocess.run([sys.executable, "-m", "agent", "status", "--state", a.state],
+                           env=dict(os.environ, PYTHONPATH=ROOT), stdout=subprocess.PIPE, timeout=20)
+    assert table.returncode == 0 and b"up" in table.stdout
