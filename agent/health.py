@@ -87,7 +87,7 @@ class Checks:
         """One ssh exec (one key exchange) checks every -R forward of the tunnel in turn."""
         parts, budget, todo = [], 0.0, []
         for f in forwards:
-            bind = f.bind if f.bind not in ("0.0.0.0", "*", "") else "127.0.0.1"
+            bind = f.bind  # remote.check_addresses: '' and localhost are both 127.0.0.1 and ::1
             banner = _banner(f.check) or self._greeting(sup, r, f)
             try:
                 parts.append(remote.check_command(bind, f.port, banner, CHECK_TIMEOUT))

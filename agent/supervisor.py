@@ -454,6 +454,7 @@ class Supervisor:
             r.next_check = now + 1.0
             return
         r.next_check = now + r.t.interval
+        r.check_began = now
         r.check_round += 1
         self.checks.run(self, r, now)
 
@@ -469,7 +470,9 @@ class Supervisor:
         if ok is False and r.m.state == M.UP and r.next_check is not None:
             # A failure is confirmed (or cleared) soon, not a whole interval later: a dead
             # forward is healed within about one interval, a blip still needs two checks.
-            r.next_check = min(r.next_check, now + recheck_delay(r.t.interval))
+            # Counted from when the round began: a no-answer has already waited its timeout.
+            began = getattr(r, "check_began", now)
+            r.next_check = min(r.next_check, max(now, began + recheck_delay(r.t.interval)))
 
     def report_reclaimed(self, r, freed, nothing=False):
         """Called by the reclaim with its outcome (freed: the stale listener is gone;

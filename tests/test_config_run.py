@@ -180,3 +180,31 @@ def test_ssh_config_host_works_with_dropbear(lab):
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(8)
+
+
+def test_banner_with_shell_metacharacters_never_reaches_a_shell(lab):
+    # The banner is the one configured value that travels to the server's shell (as hex, an
+    # argument of a fixed script). The tunnel name is cleaned before use, so it cannot show this.
+    server = lab.start_sshd()
+    kh = os.path.join(lab.dir, "kh")
+    with open(kh, "w") as fh:
+        fh.write(server.known_hosts_line())
+    svc = lab.start_service(lab.box_ns, 0)
+    marker = os.path.join(lab.dir, "pwned")
+    cfg = os.path.join(lab.dir, "sshkeep.conf")
+    write_config(lab, cfg,
+                 [("hub", {"host": lab.srv_ip, "port": server.port, "user": lab.user, "identity": lab.key_openssh,
+                           "known_hosts": kh, "client": "openssh", "ssh": "/usr/bin/ssh",
+                           "remote_check_every": 1}, [])],
+                 [("rev", {"server": "hub", "type": "remote", "listen": "127.0.0.1:20022",
+                           "target": "127.0.0.1:%d" % svc.port,
+                           "check": 'banner:SVC-$(touch %s)`touch %s`;touch %s;"' % (marker, marker, marker)})])
+    a = ConfigAgent(lab, cfg)
+    try:
+        a.wait(lambda t: t["hub"]["checks"].get("R:20022") not in (None, "unknown"), 30, "a remote check judged")
+        # the service's banner is not that text: judged a mismatch on the server, nothing ran
+        assert a.tunnels()["hub"]["checks"]["R:20022"] == "mismatch"
+        assert not os.path.exists(marker)
+    finally:
+        a.stop()
+    assert not os.path.exists(marker)
