@@ -101,8 +101,29 @@ def test_procd_start_instance_params(tmp):
     assert ["cmd:chmod", "0700", "/var/run/sshkeep"] in calls
     # service_triggers: reload on `uci commit sshkeep` / reload_config
     i, j = names.index("procd_open_trigger"), names.index("procd_close_trigger")
-    assert ["procd_add_reload_trigger", "sshkeep"] in calls[i:j]
+    assert ["procd_add_reload_trigger", "sshkeep", "sshtunnel"] in calls[i:j]
     assert calls[-1] == ["procd_close_service", "set"]
+
+
+@pytest.mark.parametrize("present,expect", [((), "sshkeep"), (("sshtunnel",), "sshtunnel"),
+                                            (("sshkeep", "sshtunnel"), "sshkeep")])
+def test_procd_reads_sshtunnel_while_sshkeep_has_no_file(tmp, present, expect):
+    # A copy of the script with /etc/config pointed into tmp: the real one is the host's.
+    confdir = os.path.join(tmp, "config")
+    os.makedirs(confdir)
+    for name in present:
+        open(os.path.join(confdir, name), "w").close()
+    with open(PROCD_SCRIPT) as f:
+        text = f.read().replace("/etc/config/", confdir + "/")
+    script = os.path.join(tmp, "sshkeep")
+    with open(script, "w") as f:
+        f.write(text)
+    log = os.path.join(tmp, "procd.log")
+    assert busybox_sh([RC_COMMON, script, "start"], env={"PROCD_LOG": log}).returncode == 0
+    with open(log) as f:
+        p = params([line.rstrip("\n").split("\x1f") for line in f])
+    assert p["file"] == [os.path.join(confdir, expect)]
+    assert p["command"][p["command"].index("-c") + 1] == os.path.join(confdir, expect)
 
 
 def test_procd_reload_sends_hup_and_stop_kills(tmp):
