@@ -122,6 +122,12 @@ def settings_from_args(args):
     if args.config:
         from agent import config
         args.config = os.path.abspath(args.config)  # reload after --daemon's chdir /
+        base = Tunnel("", "")
+        odd = ["--" + {"ssh_path": "ssh", "reclaim": "no-reclaim"}.get(k, k).replace("_", "-")
+               for k, v in sorted(_tunnel_kwargs(args).items()) if v != getattr(base, k)]
+        if odd or _forwards(args) or args.destination:
+            raise E.UsageError("with -c the tunnels and their settings come from the file; set %s there "
+                               "instead of on the command line" % (", ".join(odd) or "the forwards and host"))
         s = config.load(args.config)
         return _override_globals(s, args)
     if args.ssh_config:

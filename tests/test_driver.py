@@ -250,3 +250,16 @@ def test_status_json_has_the_documented_shape(agent, tmp_path):
     table = subprocess.run([sys.executable, "-m", "agent", "status", "--state", a.state],
                            env=dict(os.environ, PYTHONPATH=ROOT), stdout=subprocess.PIPE, timeout=20)
     assert table.returncode == 0 and b"up" in table.stdout
+
+
+@pytest.mark.parametrize("flags,named", [(["--interval", "5"], "--interval"), (["--ssh", FAKE], "--ssh"),
+                                         (["-R", "1:h:2"], "forwards"), (["--no-reclaim"], "--no-reclaim")])
+def test_tunnel_flags_beside_c_are_refused_not_ignored(tmp_path, flags, named):
+    conf = tmp_path / "c.conf"
+    conf.write_text("config server 'hub'\n\toption host '127.0.0.1'\nconfig tunnel 't'\n\toption server 'hub'\n"
+                    "\toption listen '8080'\n\toption target '127.0.0.1:80'\n")
+    r = subprocess.run([sys.executable, "-m", "agent", "run", "-c", str(conf), "--state", str(tmp_path / "s"),
+                        "--pidfile", str(tmp_path / "p")] + flags, env=dict(os.environ, PYTHONPATH=ROOT),
+                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=20)
+    assert r.returncode == 64 and named.encode() in r.stderr, r.stderr
+    assert not (tmp_path / "p").exists()
