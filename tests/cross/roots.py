@@ -4,8 +4,9 @@
     subprocess.run(root.python + ["-c", "print(1)"], env=root.run_env())
     root.dbclient_wrapper           # executable script: the root's dbclient, usable as `sshkeep --ssh`
 
-Roots (about 11 MB each) live in a cache OUTSIDE the repository, CACHE_DIR/<name>/root, and are
-reused while CACHE_DIR/<name>/stamp.json matches what this file would build. Building one:
+Roots (about 11 MB of .debs each; 45-70 MB unpacked, with pytest, hypothesis and .pyc) live in
+a cache OUTSIDE the repository, CACHE_DIR/<name>/root, and are reused while
+CACHE_DIR/<name>/stamp.json matches what this file would build. Building one:
   1. a private apt configuration (sources list, lists dir, status file, cache) under CACHE_DIR/apt-SUITE,
      naming the SAME mirror as this machine's own sources (read from /etc/apt/sources.list{,.d/*}) and
      the suite (bookworm for the foreign CPUs, trixie for the newer generation); `apt-get update` and
