@@ -125,6 +125,8 @@ def settings_from_args(args):
         base = Tunnel("", "")
         odd = ["--" + {"ssh_path": "ssh", "reclaim": "no-reclaim"}.get(k, k).replace("_", "-")
                for k, v in sorted(_tunnel_kwargs(args).items()) if v != getattr(base, k)]
+        odd += [o for o, v in (("-p", args.port), ("-l", args.user), ("--name", args.name),
+                               ("--ssh-config", args.ssh_config)) if v]
         if odd or _forwards(args) or args.destination:
             raise E.UsageError("with -c the tunnels and their settings come from the file; set %s there "
                                "instead of on the command line" % (", ".join(odd) or "the forwards and host"))

@@ -288,7 +288,9 @@ def prepare_home(info: ClientInfo, tunnel, home: str, host=None, port=None) -> O
         # connect would trust whatever key it meets (trust on *first* use, not on every use).
         try:
             with open(dest, "r", encoding="utf-8", errors="replace") as fh:
-                lines += [l for l in fh.read().splitlines() if l.split()[:1] == [host] and l not in lines]
+                names = {tunnel.host, host} | {h for h, _ in tunnel.alternates}  # failover keeps each
+                lines += [l for l in fh.read().splitlines() if l.split()[:1] and l.split()[0] in names
+                          and l not in lines]
         except OSError:
             pass
     tmp = dest + ".tmp"

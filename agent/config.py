@@ -222,6 +222,7 @@ def _sections(text, report):
                             "remove one of them")
             opt = current.opts[name] = _Opt(name, line)
             opt.values.append(value)
+            opt.lines.append(line)
         else:
             if opt is None:
                 opt = current.opts[name] = _Opt(name, line)

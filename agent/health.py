@@ -46,6 +46,8 @@ class Checks:
                       or r.check_round % max(1, r.t.remote_check_every) == 1
                       or r.t.remote_check_every <= 1
                       or r.m.failures > 0)
+        if r.check_round % 10 == 0:  # targets that were down or silent: ask them again now and then
+            r.greetings = {k: v for k, v in r.greetings.items() if v}
         checked = [f for f in r.t.forwards if f.check != "none"]
         self._locals(sup, r, [f for f in checked if f.kind in ("L", "D")])
         if remote_due:
@@ -127,17 +129,15 @@ class Checks:
     def _greeting(self, sup, r, f):
         """The learned greeting (str) a `connect` -R forward's target sends first, or None.
 
-        Learned once per session by a direct probe of the target (a target that is down
-        is asked again next round); forgotten when the target stops sending it."""
+        Learned once per session by a direct probe of the target (one that was down or
+        silent is asked again every 10th round); forgotten when it stops sending it."""
         if f.check != "connect":
             return None
         known = r.greetings.get(f.port, False)
         if known is not False or sup.signals:
             return known or None
         res = probe.probe_local(f.host, f.hostport, timeout=LOCAL_TIMEOUT, grace=LEARN_GRACE)
-        if not probe.is_healthy(res):
-            return None
-        prefix = probe.greeting_prefix(res.data)
+        prefix = probe.greeting_prefix(res.data) if probe.is_healthy(res) else None
         learned = prefix.decode("ascii") if prefix else None
         r.greetings[f.port] = learned
         if learned:

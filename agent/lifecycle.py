@@ -198,7 +198,9 @@ def state_age(pidfile: str, state_path: Optional[str]) -> float:
         # an "updated" in the future means the wall clock stepped back since: no evidence
         ages.append(now_wall - state["updated"])
     try:
-        ages.append(now_wall - os.stat(pidfile).st_mtime)
+        mtime = os.stat(pidfile).st_mtime
+        if mtime <= now_wall + 1:  # likewise
+            ages.append(now_wall - mtime)
     except OSError:
         pass
     return max(0.0, min(ages)) if ages else float("inf")

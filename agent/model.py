@@ -120,7 +120,7 @@ def expand_tilde(path: str) -> str:
     if path == "~" or path.startswith("~/"):
         try:
             import pwd
-            return pwd.getpwuid(os.getuid()).pw_dir.rstrip("/") + path[1:]
+            return (pwd.getpwuid(os.getuid()).pw_dir.rstrip("/") + path[1:]) or "/"
         except (ImportError, KeyError):
             pass
     return os.path.expanduser(path)

@@ -496,7 +496,11 @@ class Supervisor:
         period = SERVER_PROBE_FAST if now - r.m.since < SERVER_PROBE_FAST_FOR else SERVER_PROBE_SLOW
         r.next_server_probe = now + period * self.rng.uniform(0.8, 1.2)
         host, port = r.address
+        began = self.clock()
         answered = probe.probe_tcp(host, port, timeout=0.5)
+        if self.clock() - began > 2.0:
+            # the name lookup stalled (resolver out of reach): keep the loop free for a while
+            r.next_server_probe = self.clock() + 30.0
         if not answered:
             r.server_probe_failed = True
         elif r.server_probe_failed and backoff:

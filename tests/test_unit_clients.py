@@ -174,6 +174,13 @@ def test_accept_new_with_dropbear_keeps_the_key_it_accepted(tmp_path):
     clients.prepare_home(DB22, t, home)
     clients.prepare_home(DB22, t, home)
     assert open(kh).read() == "10.0.0.2 ssh-ed25519 AAAAaccepted\n"
+    # failover: a spawn for the alternate keeps the primary's accepted key, and back
+    t = record.replace(t, alternates=(("10.0.0.3", 22),))
+    with open(kh, "a") as fh:
+        fh.write("10.0.0.3 ssh-ed25519 AAAAalt\n")
+    clients.prepare_home(DB22, t, home, host="10.0.0.3", port=22)
+    clients.prepare_home(DB22, t, home)
+    assert open(kh).read() == "10.0.0.2 ssh-ed25519 AAAAaccepted\n10.0.0.3 ssh-ed25519 AAAAalt\n"
     # without --accept-new the file given is the whole truth
     t2 = record.replace(t, accept_new=False, known_hosts=str(tmp_path / "kh"))
     (tmp_path / "kh").write_text("10.0.0.2 ssh-ed25519 AAAAgiven\n")

@@ -363,6 +363,8 @@ ERRORS = [
      ["t.conf:4: server 'hub' alternate: '0' is not a port — give a number from 1 to 65535"]),
     (MINI.replace("option host 'hub.example.net'", "option host h\n\tlist alternate 'x:22'\n\tlist alternate 'y:0'"),
      ["t.conf:5: server 'hub' alternate: '0' is not a port — give a number from 1 to 65535"]),
+    (MINI.replace("option host 'hub.example.net'", "option host h\n\toption alternate 'x:22'\n\tlist alternate 'y:0'"),
+     ["t.conf:5: server 'hub' alternate: '0' is not a port — give a number from 1 to 65535"]),
     (MINI.replace("option host 'hub.example.net'", "option host h\n\tlist ssh_option 'Compression'"),
      ["t.conf:4: server 'hub' ssh_option: 'Compression' is not an ssh option — write Key=Value, e.g. "
       "'Compression=yes'"]),

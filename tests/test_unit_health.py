@@ -135,7 +135,12 @@ def test_target_down_is_not_learned_and_not_a_tunnel_failure(peers):
     sup, _ = round_(remote.CHECK_NO_ANSWER, r)
     assert sup.reports == [("R:20022", health.TARGET_DOWN, None)]
     sup, _ = round_(remote.CHECK_OK, r)
-    assert 20022 not in r.greetings     # down: asked again next round
+    assert r.greetings == {20022: None}  # down: bare connect for now...
+    r.check_round = 10
+    svc = peers("send:SSH-2.0-back\r\n")
+    r.t = Tunnel("t", "127.0.0.1", 22, forwards=(Forward("R", "127.0.0.1", 20022, "127.0.0.1", svc.port),))
+    sup, _ = round_(remote.CHECK_OK, r)
+    assert r.greetings == {20022: "SSH-"}  # ...asked again on the 10th round
 
 
 def test_configured_banner_is_not_replaced(peers):

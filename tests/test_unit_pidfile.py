@@ -544,6 +544,9 @@ def test_state_age_prefers_monotonic_over_wall_clock(tmp):
     with open(st, "w") as f:
         f.write("{broken")
     assert 999 < lifecycle.state_age(pid, st) < 1010
+    # a pidfile dated in the future (clock stepped back since) is no sign of life either
+    os.utime(pid, (time.time() + 86400, time.time() + 86400))
+    assert lifecycle.state_age(pid, st) == float("inf")
 
 
 def test_self_command_for_pyz_and_source_checkout(monkeypatch, tmp):
