@@ -126,10 +126,14 @@ def test_procd_reads_sshtunnel_while_sshkeep_has_no_file(tmp, present, expect):
     assert p["command"][p["command"].index("-c") + 1] == os.path.join(confdir, expect)
 
 
-def test_procd_reload_sends_hup_and_stop_kills(tmp):
+def test_procd_reload_reregisters_and_stop_kills(tmp):
+    # reload = start_service again: procd itself HUPs (reload_signal, file md5 changed) or
+    # restarts (command changed); the script must not HUP on its own (a moved CONFIG is missed)
     calls = procd_calls(tmp, "reload")
-    assert ["procd_send_signal", "sshkeep", "*", "HUP"] in calls
-    assert not [c for c in calls if c[0] == "procd_open_instance"]  # reload does not restart
+    assert not [c for c in calls if c[0] == "procd_send_signal"]
+    p = params(calls)
+    assert p["reload_signal"] == ["HUP"] and p["file"] == ["/etc/config/sshkeep"]
+    assert calls[-1] == ["procd_close_service", "set"]
     calls = procd_calls(tmp, "stop")
     assert ["procd_kill", "sshkeep", ""] in calls or ["procd_kill", "sshkeep"] in calls
     calls = procd_calls(tmp, "restart")
