@@ -74,7 +74,11 @@ def test_blackhole_then_heal_comes_back_quickly(lab):
         a.wait_up(30)
         lab.wait_until(lambda: reverse_ok(lab), 10, what="forward up")
         lab.blackhole(True)
+        dark = time.monotonic()
         a.wait(lambda: a.tunnel()["state"] != "up", 30, "keepalive notices the outage")
+        # keep it dark for 20 s in all (the outage): the box gives up on the old flow,
+        # the server (no ClientAliveInterval) keeps the old session and its listener
+        lab.wait_until(lambda: time.monotonic() - dark >= 20, 25, what="a 20 s outage")
         lab.blackhole(False)
         healed = time.monotonic()
         lab.wait_until(lambda: reverse_ok(lab), 20, what="forward back after the heal")
