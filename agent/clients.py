@@ -289,7 +289,7 @@ def prepare_home(info: ClientInfo, tunnel, home: str, host=None, port=None) -> O
         try:
             with open(dest, "r", encoding="utf-8", errors="replace") as fh:
                 names = {tunnel.host, host} | {h for h, _ in tunnel.alternates}  # failover keeps each
-                lines += [l for l in fh.read().splitlines() if l.split()[:1] and l.split()[0] in names
+                lines += [l for l in fh.read().splitlines() if (l.split() or [""])[0] in names
                           and l not in lines]
         except OSError:
             pass

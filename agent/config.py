@@ -529,8 +529,7 @@ def _parse_sshkeep(sections, report):
             opt = s.opts.get(name)
             if opt is None:
                 continue
-            lines = opt.lines if len(opt.lines) == len(opt.values) else [opt.line] * len(opt.values)
-            items = [(w, ln) for v, ln in zip(opt.values, lines)
+            items = [(w, ln) for v, ln in zip(opt.values, opt.lines)
                      for w in (v.split() if name == "alternate" else [v])]
             for item, ln in items:
                 try:

@@ -156,10 +156,7 @@ class Checks:
                                  "no %r through the forward, though the target sends it" % learned)
                 return
             del r.greetings[f.port]
-            if direct.verdict in (probe.REFUSED, probe.TIMEOUT, probe.ERROR):
-                sup.report_check(r, name, TARGET_DOWN, None,
-                                 "box-side target %s:%d %s" % (f.host, f.hostport, direct.verdict))
-            else:
+            if not self._target_down(sup, r, name, f, direct):
                 sup.report_check(r, name, "relearn", None, "the target no longer greets with %r" % learned)
             return
         if verdict == remote.OK:
@@ -168,14 +165,17 @@ class Checks:
             # The exec could not log in: keepalive decides about the tunnel itself.
             sup.report_check(r, name, verdict, None, (job.err[-1] if job.err else "exec failed"))
         elif verdict == remote.CLOSED:
-            target = probe.probe_local(f.host, f.hostport, timeout=LOCAL_TIMEOUT)
-            if target.verdict in (probe.REFUSED, probe.TIMEOUT, probe.ERROR):
-                sup.report_check(r, name, TARGET_DOWN, None,
-                                 "box-side target %s:%d %s" % (f.host, f.hostport, target.verdict))
-            else:
+            if not self._target_down(sup, r, name, f, probe.probe_local(f.host, f.hostport, timeout=LOCAL_TIMEOUT)):
                 sup.report_check(r, name, verdict, False, "target answers, so the tunnel is broken")
         else:
             sup.report_check(r, name, verdict, False)
+
+    def _target_down(self, sup, r, name, f, direct):
+        """Report target-down (restarting ssh cannot help) if the direct probe found nothing."""
+        if direct.verdict not in (probe.REFUSED, probe.TIMEOUT, probe.ERROR):
+            return False
+        sup.report_check(r, name, TARGET_DOWN, None, "box-side target %s:%d %s" % (f.host, f.hostport, direct.verdict))
+        return True
 
     # -- reclaim ----------------------------------------------------------------
     def reclaim(self, sup, r):
