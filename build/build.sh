@@ -4,7 +4,7 @@
 # Reproducible: two builds from clean checkouts are byte-identical.
 #  - build/stage.py copies agent/**/*.py into a fresh site-packages dir: no __pycache__, modes 0644
 #    (shiv records modes), comments and docstring text dropped with line numbers kept (build/slim.py:
-#    the 64 KB budget); shiv --site-packages needs no pip and no dist-info.
+#    the 96 KB budget); shiv --site-packages needs no pip and no dist-info.
 #  - shiv --reproducible fixes timestamps (SOURCE_DATE_EPOCH is honoured if set).
 #  - build/repack.py then swaps shiv's __main__.py for build/entry.py (zipimport, never extracts: see
 #    there why) and rewrites the zip sorted, modes normalised, one compression level.
@@ -14,7 +14,7 @@ VPY=${1:?usage: build.sh VPY OUT}
 OUT=${2:?usage: build.sh VPY OUT}
 HERE=$(cd "$(dirname "$0")" && pwd)
 TOP=$(dirname "$HERE")
-LIMIT=65536
+LIMIT=98304  # 96 KB: was 64 KB, raised for issues 11-16
 
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/sshkeep-build.XXXXXX")
 trap 'rm -rf "$WORK"' EXIT

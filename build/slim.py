@@ -1,6 +1,6 @@
 """Shrink Python source for the pyz: drop comments, empty the docstrings, keep every line number.
 
-The pyz budget is 64 KB and zipimport only knows deflate; comments and docstrings are about a
+The pyz budget is 96 KB and zipimport only knows deflate; comments and docstrings are about a
 quarter of agent/ after compression. Code lines stay byte-for-byte where they were, so a
 traceback from the box names the same file:line as the repository, and `verify` proves the
 result is the same program: equal ASTs once docstrings are blanked on both sides.

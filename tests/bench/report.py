@@ -246,7 +246,7 @@ def _targets(doc, pf, labels):
                        "children" % (_mark(v["self_s"] <= 1.0), fmt_s(v["self_s"]), fmt_s(v.get("reaped_children_s"))))
     size = fp.get("pyz_bytes", doc.get("pyz_bytes"))
     if size:
-        out.append("%s pyz size: %d bytes (target ≤ 65536)" % (_mark(size <= 65536), size))
+        out.append("%s pyz size: %d bytes (target ≤ 98304)" % (_mark(size <= 98304), size))
     for f in doc.get("fleet") or []:
         if f["kind"].startswith("sshkeep"):
             ok = f.get("all_back_s") is not None and f["all_back_s"] <= 5.0 and f.get("dropped_past_maxstartups") == 0
