@@ -1,6 +1,7 @@
 """The documentation stays short, true to the code, and without dead links.
 
-README.md is what a user reads in five minutes (at most 12 KB); the rest lives in docs/. Its
+README.md is what a user reads in five minutes (at most 12 KB); the rest lives in docs/. Its one
+configuration example must pass `sshkeep config`; its
 exit-code table must list exactly the codes of agent/errors.py, and every relative link in
 README.md and docs/*.md must point at a file (and heading) that exists.
 """
@@ -100,3 +101,20 @@ def test_link_checker_sees_a_dead_link():
     text = "see [x](docs/nothere.md) and `[y](z.md)`\n\n    [w](indented.md)\n"
     assert LINK.findall(prose(text)) == ["docs/nothere.md"]
     assert slug("Coming from OpenWrt's sshtunnel (three lines)") == "coming-from-openwrts-sshtunnel-three-lines"
+
+
+def test_readme_config_example_is_valid(tmp_path, capsys):
+    """The README's one configuration example passes `sshkeep config -c` (paths pointed at temp files)."""
+    from agent import cli
+    text = read(README).split("\n## One configuration file\n", 1)[1]
+    example = text.split("```\n", 2)[1]
+    etc = tmp_path / "etc"
+    etc.mkdir()
+    (etc / "id").write_text("not checked beyond its mode\n")
+    os.chmod(str(etc / "id"), 0o600)
+    (etc / "known_hosts").write_text("")
+    conf = tmp_path / "sshkeep"
+    conf.write_text(example.replace("/etc/sshkeep", str(etc)))
+    assert cli.main(["config", "-c", str(conf)]) == 0, capsys.readouterr().err
+    out = capsys.readouterr().out
+    assert "config tunnel 'ssh'" in out and "config tunnel 'luci'" in out, out
