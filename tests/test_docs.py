@@ -1,9 +1,9 @@
 """The documentation stays short, true to the code, and without dead links.
 
 README.md is what a user reads in five minutes (at most 12 KB); the rest lives in docs/. Its one
-configuration example must pass `sshkeep config`; its
-exit-code table must list exactly the codes of agent/errors.py, and every relative link in
-README.md and docs/*.md must point at a file (and heading) that exists.
+configuration example must pass `sshkeep config`, its exit-code table must list exactly the codes of
+agent/errors.py, and every relative link in README.md and docs/*.md must point at a file (and
+heading) that exists.
 """
 
 import glob
