@@ -98,6 +98,14 @@ def build_parser():
     rl.add_argument("-c", "--config", metavar="FILE")
     cf = sub.add_parser("config", help="print the effective configuration, or every error in it")
     cf.add_argument("-c", "--config", metavar="FILE", default="/etc/config/sshkeep")
+    hb = sub.add_parser("hub", help="on the hub, as the tunnel user: the boxes connected now, their ports, "
+                                    "whether each forward answers (docs/hub.md)")
+    hb.add_argument("--json", action="store_true", help="one JSON document instead of the table")
+    hb.add_argument("--state-dir", metavar="DIR", default=None,
+                    help="where the sessions record themselves (default $HOME/.sshkeep)")
+    hb.add_argument("--prometheus", metavar="FILE", default=None,
+                    help="write Prometheus text (node_exporter textfile collector) atomically to FILE")
+    hb.add_argument("--timeout", type=float, default=3.0, metavar="SECONDS", help="bound of the probes")
     return p
 
 
@@ -342,6 +350,9 @@ def main(argv=None):
             return cmd_status(args)
         if args.command == "config":
             return cmd_config(args)
+        if args.command == "hub":
+            from agent.hubscan import cmd_hub
+            return cmd_hub(args)
         from agent import lifecycle
         if args.command == "stop":
             return lifecycle.cmd_stop(_pidfile_of(args), state_path=_state_of(args))

@@ -257,22 +257,40 @@ def probe_local(
     non-numeric name). The best verdict wins; `.address` says which address
     gave it and `.detail` lists every address's outcome.
     """
-    start = time.monotonic()
-    try:
-        addrs = addresses_for(bind)
-    except (OSError, UnicodeError) as exc:
-        return ProbeResult(ERROR, bind, "resolve %s: %s" % (bind, exc), time.monotonic() - start)
-    if not addrs:
-        return ProbeResult(ERROR, bind, "resolve %s: no address" % bind, time.monotonic() - start)
-    deadline = start + timeout
-    attempts = [_Attempt(a, port, banner or b"", grace, deadline, False) for a in addrs]
-    _run(attempts, deadline)
-    elapsed = time.monotonic() - start
-    rows = [(a.result[0], a.result[1], i, a.address) for i, a in enumerate(attempts)]
-    verdict, detail, best, address = _best(rows)
-    if len(rows) > 1:
-        detail = "; ".join("%s: %s (%s)" % (r[3], r[0], r[1]) for r in rows)
-    return ProbeResult(verdict, address, detail, elapsed, attempts[best].data[:64])
+    return probe_many([(bind, port, banner)], timeout, grace)[0]
+
+
+def probe_many(targets, timeout: float = 3.0, grace: float = 0.3, batch: int = 256) -> List[ProbeResult]:
+    """probe_local for many (bind, port, banner) at once: one selector, `batch` targets at a time.
+
+    The hub probes every recorded forward this way: N forwards cost about
+    ceil(N / batch) * timeout at worst, not N * timeout, and at most 2 * batch
+    sockets are open at once (two addresses for 'localhost').
+    """
+    out = []  # type: List[ProbeResult]
+    for i in range(0, len(targets), batch):
+        start = time.monotonic()
+        deadline = start + timeout
+        groups = []
+        for bind, port, banner in targets[i:i + batch]:
+            try:
+                addrs = addresses_for(bind)
+                err = "" if addrs else "resolve %s: no address" % bind
+            except (OSError, UnicodeError) as exc:
+                addrs, err = [], "resolve %s: %s" % (bind, exc)
+            groups.append((bind, err, [_Attempt(a, port, banner or b"", grace, deadline, False) for a in addrs]))
+        _run([a for _, _, g in groups for a in g], deadline)
+        elapsed = time.monotonic() - start
+        for bind, err, attempts in groups:
+            if err:
+                out.append(ProbeResult(ERROR, bind, err, elapsed))
+                continue
+            rows = [(a.result[0], a.result[1], j, a.address) for j, a in enumerate(attempts)]
+            verdict, detail, best, address = _best(rows)
+            if len(rows) > 1:
+                detail = "; ".join("%s: %s (%s)" % (r[3], r[0], r[1]) for r in rows)
+            out.append(ProbeResult(verdict, address, detail, elapsed, attempts[best].data[:64]))
+    return out
 
 
 def greeting_prefix(data: bytes) -> Optional[bytes]:
