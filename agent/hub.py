@@ -55,7 +55,7 @@ class Proc:
 
 @record
 class Session:
-    """A live session: the records of one pid with the same start time, merged."""
+    """A live session: the records of one pid with the same start time and box, merged."""
     pid: int
     start: str
     box: str
@@ -157,12 +157,12 @@ def since_from_start(start: str, boot_time: Optional[float], hz: int) -> Optiona
 
 
 def sessions(records: Sequence[Tuple[Record, bool]]) -> List[Session]:
-    """(live record, owned by another user?) -> one Session per pid and start time, ports merged."""
-    groups = {}  # type: Dict[Tuple[int, str], List[Tuple[Record, bool]]]
+    """(live record, owned by another user?) -> one Session per pid, start time and box, ports merged."""
+    groups = {}  # type: Dict[Tuple[int, str, str], List[Tuple[Record, bool]]]
     for rec, foreign in records:
-        groups.setdefault((rec.pid, rec.start), []).append((rec, foreign))
+        groups.setdefault((rec.pid, rec.start, rec.box), []).append((rec, foreign))
     out = []
-    for (pid, start), group in groups.items():
+    for (pid, start, _), group in groups.items():
         group.sort(key=lambda rf: rf[0].name)
         first = group[0][0]
         ports = sorted({p for rec, _ in group for p in (rec.port,) + rec.ports})
