@@ -4,7 +4,8 @@ Each tunnel session records itself on the hub in STATE_DIR/rport-PORT-PID
 (agent.remote's session command; docs/hub-records.md). Two record formats are
 read: `v1 box=ID host=H tunnel=N start=TICKS since=EPOCH ports=P,Q` (one line
 of key=value words; keys we do not know are kept, so a newer writer's fields
-reach the JSON) and the older `OWNER STARTTIME` (OWNER is "host.tunnel").
+reach the JSON; another version word is reported, not guessed at) and the
+older `OWNER STARTTIME` (OWNER is "host.tunnel").
 The I/O (the directory, /proc, the probes, the reaping) is agent.hubscan's.
 """
 
@@ -96,7 +97,10 @@ def parse_record(name: str, text: str) -> Record:
         raise BadRecord("empty (a session that could not write its record, or not ours)")
     if not all(_WORD.match(w) for w in words):
         raise BadRecord("not a session record (control or non-ASCII characters)")
-    if re.match(r"\Av[0-9]+\Z", words[0]):
+    if re.match(r"\Av[0-9]+\Z", words[0]) and words[0] != "v1":
+        raise BadRecord("record format %s is newer than this sshkeep reads (v1): upgrade sshkeep on the hub"
+                        % words[0])
+    if words[0] == "v1":
         fields = {}  # type: Dict[str, str]
         for w in words[1:]:
             key, eq, value = w.partition("=")
@@ -105,7 +109,7 @@ def parse_record(name: str, text: str) -> Record:
             fields.setdefault(key, value)
         box = fields.pop("box", "")
         if not box or box == "-":
-            raise BadRecord("%s record without box=" % words[0])
+            raise BadRecord("v1 record without box=")
         start = fields.pop("start", "")
         since = fields.pop("since", "")
         ports = []
@@ -116,7 +120,7 @@ def parse_record(name: str, text: str) -> Record:
             ports.append(port)
         return Record(name, port, pid, box, fields.pop("host", "-") or "-", fields.pop("tunnel", "-") or "-",
                       start if _digits(start) else "", int(since) if _digits(since) else None,
-                      tuple(sorted(ports)), words[0], tuple(sorted(fields.items())))
+                      tuple(sorted(ports)), "v1", tuple(sorted(fields.items())))
     if len(words) == 2:  # before box IDs: "OWNER STARTTIME"
         start = words[1] if _digits(words[1]) else ""
         return Record(name, port, pid, words[0], start=start, ports=(port,), format="legacy")

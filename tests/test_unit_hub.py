@@ -48,6 +48,7 @@ def test_legacy_record():
     ("rport-20022-4242", "v1 host=a start=1", "without box"),
     ("rport-20022-4242", "v1 box=a nonsense", "KEY=VALUE"),
     ("rport-20022-4242", "one two three", "unknown record format"),
+    ("rport-20022-4242", "v2 box=a start=1", "newer than this sshkeep reads"),
     ("rport-20022-4242", "box\x1b[2J 1", "control"),
     ("rport-20022-4242", "b\u00f6x 1", "non-ASCII"),
     ("rport-99999-4242", "a 1", "not a session record name"),
