@@ -174,6 +174,18 @@ class Child:
         except OSError:
             pass
 
+    def send_line(self, text: str) -> bool:
+        """One short line to the child's stdin (the session command reads it; a pipe holds
+        64 KB, so a few bytes never block); False when stdin is closed or broken."""
+        try:
+            if self.proc and self.proc.stdin and not self.proc.stdin.closed:
+                self.proc.stdin.write((text + "\n").encode())
+                self.proc.stdin.flush()
+                return True
+        except (OSError, ValueError):
+            pass
+        return False
+
     def uptime(self) -> float:
         return 0.0 if self.started is None else self.clock() - self.started
 

@@ -177,7 +177,7 @@ def _forwards(args):
     seen = set()
     for f in out:
         key = (f.kind == "R", f.bind, f.port)
-        if key in seen:
+        if key in seen and f.port:
             raise E.ConfigError("two forwards listen on port %d on the same side" % f.port, E.EX_DATAERR)
         seen.add(key)
     return out

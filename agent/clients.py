@@ -129,6 +129,21 @@ def _destination_checks(tunnel):
             raise SshkeepError("%s %r is not valid (no leading '-', spaces, ',', '/' or shell characters)" % (what, value), 65)
 
 
+_ALLOCATED = re.compile(r"Allocated port (\d+) for remote forward to (\S+)")
+
+
+def allocated_port(line: str):
+    """(port, "host:hostport") from a client's report of a hub-picked -R port, else None.
+
+    Measured: OpenSSH 9.2 "Allocated port 46271 for remote forward to 127.0.0.1:22" and
+    dbclient 2022.83 "dbclient: Allocated port 38681 for remote forward to 127.0.0.1:22",
+    against OpenSSH and dropbear servers alike."""
+    m = _ALLOCATED.search(line)
+    if m and 0 < int(m.group(1)) < 65536:
+        return int(m.group(1)), m.group(2)
+    return None
+
+
 def check_forwards(info: ClientInfo, tunnel) -> None:
     """dbclient has no -D (dynamic/SOCKS) at all, in any version: refuse it up front, since
     its usage error would take the server's other tunnels down with it on every connect."""

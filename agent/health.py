@@ -48,7 +48,7 @@ class Checks:
                       or r.m.failures > 0)
         if r.check_round % 10 == 0:  # targets that were down or silent: ask them again now and then
             r.greetings = {k: v for k, v in r.greetings.items() if v}
-        checked = [f for f in r.t.forwards if f.check != "none"]
+        checked = [f for f in r.forwards_now() if f.check != "none"]
         self._locals(sup, r, [f for f in checked if f.kind in ("L", "D")])
         if remote_due:
             self._remote(sup, r, [f for f in checked if f.kind == "R"])
@@ -179,7 +179,7 @@ class Checks:
 
     # -- reclaim ----------------------------------------------------------------
     def reclaim(self, sup, r):
-        ports = [f.port for f in r.t.forwards if f.kind == "R"]
+        ports = [f.port for f in r.t.forwards if f.kind == "R" and f.port]  # a hub-picked port never collides
         out = r.m.last_outcome
         failed = remote.failed_listen_port(out.detail if out else "") or (ports[0] if ports else None)
         if failed is None:

@@ -213,7 +213,8 @@ exit $f
 # $2 owner token, $3... listen ports. Writes "OWNER STARTTIME" to
 # DIR/rport-PORT-PPID for each port, says READY, waits while stdin is open,
 # removes its own files (named by its own PPID, so never another session's),
-# also on HUP/TERM/PIPE. A session whose parent is already gone ($PPID 1: the
+# also on HUP/TERM/PIPE. A `port N` line on stdin (a port the hub picked for
+# -R 0:..., sent by the agent once the client reports it) is recorded too. A session whose parent is already gone ($PPID 1: the
 # client left before the shell started, e.g. a forward that failed) exits
 # at once without recording anything.
 _SESSION_SH = _oneline("""
@@ -228,7 +229,7 @@ if read -r x </proc/$q/stat; then x=${x##*") "}; set -- $x; st=${20}; fi 2>/dev/
 mkdir -p "$d" 2>/dev/null || w=nostate
 for p in $ps; do printf "%s %s\\n" "$o" "$st" >"$d/rport-$p-$q" 2>/dev/null || w=nostate; done
 echo "sshkeep-ready $q $w"
-while read -r l; do :; done
+while read -r l; do case $l in "port "*) p=${l#port }; case $p in ""|0*|*[!0-9]*|??????*) ;; *) x=; for f in "$d"/rport-*-$q; do [ -f "$f" ] && read -r x <"$f"; break; done; [ -n "$x" ] || x="$o $st"; printf "%s\\n" "$x" >"$d/rport-$p-$q" 2>/dev/null && ps="$ps $p";; esac;; esac; done
 cl
 """)
 
@@ -388,9 +389,7 @@ def session_command(ports: Sequence[int], state_dir: str = DEFAULT_STATE_DIR, ow
     reclaim only ends sessions with the same owner, so two boxes that share a
     port by mistake do not end each other's sessions.
     """
-    ports = [str(_port(p)) for p in ports]
-    if not ports:
-        raise ValueError("no ports")
+    ports = [str(_port(p)) for p in ports]  # none: every -R port is picked by the hub (`port N` lines)
     return " ".join(["exec sh -c", shlex.quote(_SESSION_SH), "sshkeep-session",
                      _dir_word(state_dir), shlex.quote(_owner(owner))] + ports)
 

@@ -38,8 +38,8 @@ def session_command(tunnel):
 
     Without -R forwards there is nothing to reclaim; the command still marks readiness.
     """
-    ports = [f.port for f in tunnel.forwards if f.kind == "R"]
-    if not ports:
+    ports = [f.port for f in tunnel.forwards if f.kind == "R" and f.port]  # hub-picked: sent as `port N`
+    if not any(f.kind == "R" for f in tunnel.forwards):
         return "echo %s $PPID nostate; exec cat >/dev/null" % remote.READY_MARKER
     return remote.session_command(ports, owner=owner_tag(tunnel.name))
 
@@ -71,6 +71,8 @@ class Runner:
         self.next_server_probe = None
         self.server_probe_failed = False
         self.ready_pid = None
+        self.allocated = {}             # index in t.forwards of a -R 0:... -> the port the hub picked
+        self.session_cmd = False        # the current ssh runs our session command (not -N)
         self.seen = None
         self.no_command = False         # the server ran no command of ours: use -N
         self.watchdogs = 0              # consecutive "no ready line in time"
@@ -82,6 +84,31 @@ class Runner:
             r_fwd, l_fwd = remote.loop_forward_pair(self.loop.port, tunnel.loop_port)
             self.loop_box_port = l_fwd.port
             self.ssh_tunnel = record.replace(tunnel, forwards=tuple(tunnel.forwards) + (r_fwd, l_fwd))
+
+    def forwards_now(self):
+        """The forwards as this session has them: a hub-picked port (-R 0:...) as the client
+        reported it; one not reported (yet) is left out, there is nothing to check."""
+        out = []
+        for i, f in enumerate(self.t.forwards):
+            if f.kind == "R" and f.port == 0:
+                if i not in self.allocated:
+                    continue
+                f = record.replace(f, port=self.allocated[i])
+            out.append(f)
+        return out
+
+    def note_allocated(self, line):
+        """A client's "Allocated port N for remote forward to HOST:PORT": the first -R 0:HOST:PORT
+        without a port yet gets N (the replies come in the order of the requests). N or None."""
+        got = clients.allocated_port(line)
+        if got is None:
+            return None
+        for i, f in enumerate(self.t.forwards):
+            if (f.kind == "R" and f.port == 0 and i not in self.allocated
+                    and got[1] in ("%s:%d" % (f.host, f.hostport), "[%s]:%d" % (f.host, f.hostport))):
+                self.allocated[i] = got[0]
+                return got[0]
+        return None
 
     def close(self):
         if self.loop is not None:
@@ -294,6 +321,8 @@ class Supervisor:
             return
         r.child = child
         r.ready_pid = None
+        r.allocated = {}
+        r.session_cmd = command is not None
         for fd in child.fds():
             self._watch(fd, r, child)
         self.log.info(t.name, "connecting to %s (ssh pid %d)" % (r.server_label(), child.pid))
@@ -310,6 +339,11 @@ class Supervisor:
         for line in lines:
             if is_err:
                 self.log.info(r.name, "ssh: " + line)
+                picked = r.note_allocated(line)
+                if picked:
+                    self._state_dirty = True
+                    if r.session_cmd:  # the session records it for the hub (agent.remote)
+                        child.send_line("port %d" % picked)
             else:
                 ready = remote.parse_ready(line)
                 if ready is not None:
@@ -616,6 +650,7 @@ class Supervisor:
                 "last_heal": m.last_heal,
                 "next_attempt_in": round(m.deadline - mono_now, 1) if m.state == M.BACKOFF and m.deadline else None,
                 "forwards": [f.label() for f in r.ssh_tunnel.forwards],
+                "allocated": {r.t.forwards[i].label(): p for i, p in sorted(r.allocated.items())},
             })
             if r.child:
                 children.append(r.child.cmdline_record())

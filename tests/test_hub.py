@@ -126,3 +126,30 @@ def test_hub_view_three_boxes_one_healed_one_target_down(lab, kind):
     finally:
         for a in agents:
             a.stop()
+
+
+@pytest.mark.parametrize("client", ["openssh", "dropbear"])
+def test_hub_picked_port_is_recorded_shown_by_status_and_the_hub(lab, client):
+    """-R 127.0.0.1:0:...: the hub picks the port, the client says "Allocated port N"; the agent keeps N,
+    checks the forward on N, `status` shows it, and the session records it for `sshkeep hub`."""
+    server = lab.start_sshd()
+    svc = lab.start_service(lab.box_ns, 0)
+    a = Agent(lab, server, [("-R", "127.0.0.1:0:127.0.0.1:%d" % svc.port)], client=client, name="picked",
+              extra=("--interval", "2", "--remote-check-every", "1")).start()
+    try:
+        a.wait_up(30)
+        a.wait(lambda: a.tunnel().get("allocated"), 10, "the allocated port in the state")
+        label, port = next(iter(a.tunnel()["allocated"].items()))
+        assert label == "-R 127.0.0.1:0:127.0.0.1:%d" % svc.port and 1024 <= port < 65536
+        assert lab.listening(lab.srv_ns, port) == ["127.0.0.1"]
+        a.wait(lambda: a.tunnel()["checks"].get("R:%d" % port) == "ok", 15, "the remote check on the picked port")
+        r = lab.box_run(["/usr/bin/python3", require_pyz(), "status", "--state", a.state])
+        assert ("picked: hub port %d for %s" % (port, label)).encode() in r.stdout, r.stdout
+        lab.wait_until(lambda: record_pid(lab, port), 10, what="the session's record of the picked port")
+        rc, doc, err = hub_json(lab)
+        assert rc == 0, (doc, err)
+        assert [s["forwards"][0]["port"] for s in doc["sessions"]] == [port]
+        assert doc["sessions"][0]["forwards"][0]["verdict"] == "ok-data"
+    finally:
+        assert a.stop() == 0
+    lab.wait_until(lambda: not records(lab), 10, what="the session removed its records at its end")
