@@ -370,12 +370,14 @@ def _split_hostport(value):
     return host, port
 
 
-def _conv_listen(value):
+def _conv_listen(value, remote=False):
     _printable(value)
     host, port = _split_hostport(value)
     if port is None:
         raise _Bad("%r has no port" % value, "write [address:]port, e.g. '8080' or '127.0.0.1:8080'")
     bind = "" if host is None else _conv_host(host, wildcard=True) if host else ""
+    if remote and port == "0":
+        return bind, 0  # the server picks the port (the agent shows which)
     return bind, _conv_port(port)
 
 
@@ -616,7 +618,7 @@ def _forward_fields(t, label, kind, vals, report):
         ok = False
     else:
         try:
-            bind, port = _conv_listen(listen[0])
+            bind, port = _conv_listen(listen[0], remote=kind == "R")
         except _Bad as exc:
             report.bad(listen[1], exc, "%s option listen" % label)
             ok = False
@@ -864,6 +866,8 @@ def _check_conflicts(servers, report):
     seen = {}
     for s, host, f, fwds in servers:
         for t, line, fw in fwds:
+            if not fw.port:
+                continue  # picked by the server: never the same as another
             side = ("server", host) if fw.kind == "R" else ("box",)
             for other_bind, other_name, other_line in seen.get((side, fw.port), ()):
                 if fw.bind == other_bind or fw.bind in _WILDCARDS or other_bind in _WILDCARDS:

@@ -84,3 +84,37 @@ def test_session_with_only_picked_ports(tmp_path, sessions):  # noqa: F811
     wait_until(lambda: os.path.exists(path) and os.path.getsize(path), 3, 0.05, what="the record")
     with open(path) as f:
         assert f.read() == "box1.t1 %s\n" % starttime(s.pid)
+
+
+CONF = """config server 'hub'
+	option host 'hub.example.com'
+	option user 'tunnel'
+	option identity '%s'
+
+config tunnel 'a'
+	option server 'hub'
+	option type 'remote'
+	option listen '127.0.0.1:0'
+	option target '127.0.0.1:22'
+
+config tunnel 'b'
+	option server 'hub'
+	option type 'remote'
+	option listen '0'
+	option target '127.0.0.1:80'
+"""
+
+
+def test_config_file_remote_listen_port_zero(tmp_path):
+    from agent import config
+    key = tmp_path / "id"
+    key.write_text("x")
+    key.chmod(0o600)
+    path = tmp_path / "sshkeep"
+    path.write_text(CONF % key)
+    s = config.load(str(path))
+    assert [(f.bind, f.port) for t in s.tunnels for f in t.forwards] == [("127.0.0.1", 0), ("", 0)]
+    path.write_text(CONF.replace("'remote'\n\toption listen '0'", "'local'\n\toption listen '0'") % key)
+    with pytest.raises(ConfigError) as exc:
+        config.load(str(path))
+    assert "'0' is not a port" in str(exc.value.errors)
