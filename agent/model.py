@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 
+from agent import values
 from agent.errors import ConfigError, EX_DATAERR
 from agent.record import field, record
 
@@ -86,12 +87,9 @@ class Settings:
 
 def _port(text, what, source):
     try:
-        value = int(text, 10)
-    except (TypeError, ValueError):
-        value = -1
-    if not 0 < value < 65536:
+        return values.port(text)
+    except values.Bad:
         raise ConfigError("%s: %s %r is not a port (1-65535)" % (source, what, text), EX_DATAERR)
-    return value
 
 
 def _split(text):
