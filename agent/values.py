@@ -56,8 +56,10 @@ def host(value, wildcard=False):
 
 
 def user(value):
-    """A login name: no leading '-', no '@', no spaces or control characters."""
-    if not value or value.startswith("-") or "@" in value or any(c.isspace() or ord(c) < 32 for c in value):
+    """A login name: no leading '-', no '@', spaces, control or shell characters (dbclient also
+    reads ',' and '/' in its destination argument)."""
+    if not value or value.startswith("-") or any(c.isspace() or ord(c) < 32 or c in "@,/'\"`$;&|<>\\"
+                                                 for c in value):
         raise Bad("%r is not a user name" % value, "give the login name alone, without @ or spaces")
     return value
 

@@ -143,8 +143,8 @@ hosts = st.text(HOSTCHARS, min_size=1, max_size=20).filter(lambda h: not h.start
 binds = st.one_of(st.just(""), st.just("*"), hosts)
 ports = st.integers(1, 65535)
 paths = st.text(PRINTABLE, min_size=1, max_size=30).filter(lambda p: p[0] not in "-~")
-users = st.text(PRINTABLE, max_size=12).filter(lambda u: not u.startswith("-") and "@" not in u
-                                               and not any(c.isspace() for c in u))
+users = st.text(PRINTABLE, max_size=12).filter(lambda u: not u.startswith("-")  # agent.values.user
+                                               and not any(c.isspace() or c in "@,/'\"`$;&|<>\\" for c in u))
 seconds = st.floats(min_value=0.001, max_value=1e6, allow_nan=False, allow_infinity=False)
 backoffs = st.floats(min_value=1, max_value=1e6, allow_nan=False, allow_infinity=False)  # >= 1 s (issue 10)
 checks = st.one_of(st.sampled_from(["connect", "none"]), st.text(PRINTABLE, min_size=1).map(lambda t: "banner:" + t))
