@@ -147,8 +147,11 @@ def parse_forward(kind: str, text: str, source: str = "command line") -> Forward
         raise ConfigError("%s: expected [bind:]port:host:hostport" % where, EX_DATAERR)
     if not host:
         raise ConfigError("%s: target host is empty" % where, EX_DATAERR)
-    for name in (bind, host):
-        if name and not all(c.isalnum() or c in ".-_:*%" for c in name):
+    for name, wildcard in ((bind, True), (host, False)):
+        try:
+            if name:
+                values.host(name, wildcard=wildcard)
+        except values.Bad:  # str.isalnum() took 'ü' here, which the idna codec then needs
             raise ConfigError("%s: %r is not a host name or address" % (where, name), EX_DATAERR)
     return Forward(kind, bind, _port(port, "listen port", where), host, _port(hostport, "target port", where))
 

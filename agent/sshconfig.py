@@ -198,14 +198,13 @@ def load_host(path, alias):
     return _result(path, alias, got, lines, options, warnings)
 
 
-def _int(got, lines, key, path, low, high):
+def _int(got, lines, key, path, low):
     if key not in got:
         return None
-    value = got[key][0]
-    if not re.match(r"[0-9]{1,9}\Z", value) or not low <= int(value) <= high:
-        raise _err(path, lines[key], "%s %r is not a number from %d to %d" % (key, value, low, high),
-                   "fix the value")
-    return int(value)
+    try:
+        return values.whole(low)(got[key][0])
+    except values.Bad as exc:
+        raise _err(path, lines[key], "%s: %s" % (key, exc.what), exc.fix)
 
 
 def _result(path, alias, got, lines, options, warnings):
@@ -225,8 +224,8 @@ def _result(path, alias, got, lines, options, warnings):
                     msg = "%s: Host %s has no HostName, and %s — add HostName" % (path, alias, exc.what)
                     raise ConfigError(msg, errors=[msg])
                 raise _err(path, lines[key], "%s: %s" % (key, exc.what), exc.fix)
-    out["ServerAliveInterval"] = _int(got, lines, "ServerAliveInterval", path, 0, 10 ** 6)
-    out["ConnectTimeout"] = _int(got, lines, "ConnectTimeout", path, 1, 10 ** 6)
+    out["ServerAliveInterval"] = _int(got, lines, "ServerAliveInterval", path, 0)
+    out["ConnectTimeout"] = _int(got, lines, "ConnectTimeout", path, 1)
     if "StrictHostKeyChecking" in got:
         value = got["StrictHostKeyChecking"][0].lower()
         if value not in ("yes", "no", "ask", "accept-new", "off"):

@@ -141,3 +141,31 @@ def test_ssh_config_loses_to_flags(tmp_path):
         assert argv[argv.index("-p") + 1] == "2222" and argv[argv.index("-i") + 1] == str(key), argv
     finally:
         assert _stop(p) == 0
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("client", ["openssh", "dropbear"])
+def test_o_options_reach_real_clients(lab, client):
+    # 19 with real parts: OpenSSH gets -o as given; dbclient 2022.83 gets the mapped flags
+    # (ServerAliveInterval -> -K, Ciphers -> -c) and the tunnel comes up through either.
+    from agentrun import Agent
+    server = lab.start_sshd()
+    svc = lab.start_service(lab.box_ns, 0)
+    extra = ["-o", "ServerAliveInterval=7", "-oCiphers=aes128-ctr"]
+    if client == "openssh":
+        extra += ["-o", "Compression yes"]
+    a = Agent(lab, server, [("-R", "127.0.0.1:20023:127.0.0.1:%d" % svc.port)], client=client,
+              extra=["--interval", "3"] + extra).start()
+    try:
+        pid = a.wait_up(30)["ssh_pid"]
+        with open("/proc/%d/cmdline" % pid, "rb") as fh:
+            argv = fh.read().decode().split("\0")
+        if client == "openssh":
+            assert {"ServerAliveInterval=7", "Ciphers=aes128-ctr", "Compression=yes"} <= set(argv), argv
+        else:
+            assert argv[argv.index("-K") + 1] == "7" and argv[argv.index("-c") + 1] == "aes128-ctr", argv
+        lab.wait_until(lambda: lab.probe_from(lab.srv_ns, "127.0.0.1", 20023, timeout=2), 10,
+                       what="reverse forward answers")
+        assert a.stop() == 0
+    finally:
+        a.stop()

@@ -151,6 +151,13 @@ def test_ssh_config_host_name_checked_like_a_flag(tmp_path):
     assert str(info.value).startswith("%s:2: HostName: 'bad!host' is not a host name" % p)
 
 
+@pytest.mark.parametrize("spec", ["1:hü:2", "ü:1:h:2", "1:-h:2", "1:*:2"])
+def test_forward_hosts_checked_like_any_host(spec):
+    with pytest.raises(ConfigError) as info:
+        parse_forward("R", spec)
+    assert "is not a host name or address" in str(info.value)
+
+
 def test_the_shared_validators_are_the_ones_config_uses():
     assert config._conv_port is values.port and config._conv_host is values.host
     assert parse_forward("R", "20022:127.0.0.1:22").port == 20022
