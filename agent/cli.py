@@ -56,7 +56,8 @@ def _add_tunnel_options(p):
     p.add_argument("-l", "--user", default=None, help="user on the server")
     p.add_argument("-i", "--identity", default=None, metavar="KEYFILE", help="private key")
     p.add_argument("--client", choices=("auto", "openssh", "dropbear"), default="auto")
-    p.add_argument("--ssh", default="", metavar="PATH", help="the client binary (default: ssh, then dbclient on PATH; --client picks which)")
+    p.add_argument("--ssh", default="", metavar="PATH",
+                   help="the client binary (default: ssh, then dbclient on PATH; --client dropbear: dbclient first)")
     p.add_argument("--ssh-config", metavar="FILE", help="take host, user, port, key, forwards from this ssh_config")
     p.add_argument("--known-hosts", default="", metavar="FILE")
     p.add_argument("--accept-new", action="store_true", help="trust an unknown host key on first use")
@@ -287,7 +288,8 @@ def _ssh_options(items):
             except values.Bad as exc:
                 raise E.SshkeepError("-o %s: %s — %s" % (text, exc.what, exc.fix), E.EX_DATAERR)
         else:
-            value = _abs(os.path.expanduser(value))
+            from agent.model import expand_tilde
+            value = _abs(expand_tilde(value))
         out[field] = value
     if extra:
         out["extra_options"] = tuple(extra)
