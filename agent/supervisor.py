@@ -137,6 +137,9 @@ class Supervisor:
         clients.check_forwards(info, t)
         if t.identity:
             clients.check_identity(info, t.identity)
+        if t.known_hosts and os.path.isdir(t.known_hosts):
+            raise SshkeepError("%s: known_hosts file %s is a directory; give the file in it (%s/known_hosts "
+                               "or the like)" % (t.name, t.known_hosts, t.known_hosts.rstrip("/")), EX_NOINPUT)
         if t.known_hosts and not t.accept_new and not os.path.exists(t.known_hosts):
             # Strict checking against a file that is not there can never connect: say so now.
             raise SshkeepError("%s: known_hosts file %s does not exist; create it (ssh-keyscan) or use "

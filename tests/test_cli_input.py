@@ -55,6 +55,8 @@ def test_bad_values_refused_at_start(tmp_path, argv, code, text):
 def test_identity_directory_and_public_key(tmp_path):
     # 2: IsADirectoryError traceback before; 11: chmod advice for a .pub before
     refused(tmp_path, ["-R", "1:h:2", "--ssh", FAKE, "-i", str(tmp_path), "h"], 66, "is a directory")
+    # the same mistake with --known-hosts was a retry loop
+    refused(tmp_path, ["-R", "1:h:2", "--ssh", FAKE, "--known-hosts", str(tmp_path), "h"], 66, "is a directory")
     pub = tmp_path / "id.pub"
     pub.write_text("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAA me@box\n")
     os.chmod(str(pub), 0o644)
