@@ -220,7 +220,7 @@ def _dropbear(info, t, no_command, port):
     return argv
 
 
-# OpenSSH options that dbclient takes as flags of its own, in every version we know (2019.78+).
+# OpenSSH options that dbclient takes as flags of its own (`dbclient -h` of 2022.83 and 2025.89).
 _DROPBEAR_FLAGS = {"ciphers": "-c", "macs": "-m", "bindaddress": "-b"}
 
 
@@ -271,8 +271,8 @@ def check_identity(info: ClientInfo, path: str) -> None:
     except OSError as exc:
         raise SshkeepError("identity file %s cannot be read (%s)" % (path, exc.strerror or exc), EX_NOINPUT)
     if values.is_public_key(head):
-        private = path[:-4] if path.endswith(".pub") else "the file without .pub"
-        raise SshkeepError("identity file %s is a public key; give the private key (%s)" % (path, private),
+        private = " (%s)" % path[:-4] if path.endswith(".pub") else ""
+        raise SshkeepError("identity file %s is a public key; give the private key%s" % (path, private),
                            EX_NOINPUT)
     if st.st_mode & 0o077:
         # OpenSSH refuses such a key; dbclient uses it, but a key others can read is no secret.

@@ -880,7 +880,7 @@ def _check_files(servers, report):
                              "point identity at the private key file")
             elif _is_public(key):
                 report.error(line, "server '%s': key file %s is a public key" % (s.name, key),
-                             "give the private key (%s)" % (key[:-4] if key.endswith(".pub") else "without .pub"))
+                             "give the private key" + (" (%s)" % key[:-4] if key.endswith(".pub") else ""))
             elif st.st_mode & 0o077:
                 report.error(line, "server '%s': key file %s is readable by group or others (mode %04o)"
                              % (s.name, key, stat.S_IMODE(st.st_mode)), "chmod 600 %s" % key)
