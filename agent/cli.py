@@ -288,6 +288,8 @@ def _ssh_options(items):
             except values.Bad as exc:
                 raise E.SshkeepError("-o %s: %s — %s" % (text, exc.what, exc.fix), E.EX_DATAERR)
         else:
+            if key == "UserKnownHostsFile" and len(value.split()) > 1:
+                raise E.UsageError("-o %s: give one known_hosts file (sshkeep passes one to either client)" % text)
             from agent.model import expand_tilde
             value = _abs(expand_tilde(value))
         out[field] = value
