@@ -254,7 +254,8 @@ def test_status_json_has_the_documented_shape(agent, tmp_path):
 
 @pytest.mark.parametrize("flags,named", [(["--interval", "5"], "--interval"), (["--ssh", FAKE], "--ssh"),
                                          (["-R", "1:h:2"], "forwards"), (["--no-reclaim"], "--no-reclaim"),
-                                         (["-p", "2222"], "-p"), (["--name", "x"], "--name")])
+                                         (["-p", "2222"], "-p"), (["--name", "x"], "--name"),
+                                         (["-o", "Compression=yes"], "-o")])
 def test_tunnel_flags_beside_c_are_refused_not_ignored(tmp_path, flags, named):
     conf = tmp_path / "c.conf"
     conf.write_text("config server 'hub'\n\toption host '127.0.0.1'\nconfig tunnel 't'\n\toption server 'hub'\n"
