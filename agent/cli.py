@@ -222,14 +222,15 @@ def _override_globals(s, args):
 
 
 def cmd_run(args, argv):
-    from agent.log import Log
+    from agent.log import Log, log_path_for
     from agent.supervisor import Supervisor
     settings = settings_from_args(args)
-    log = Log(use_syslog=settings.syslog or args.daemon, debug=args.debug)
     notifier = None
     if args.daemon:
         from agent import daemon
         notifier = daemon.daemonize()
+    # After the detach: a daemon's stderr is /dev/null, so without syslog the lines go to a file.
+    log = Log(use_syslog=settings.syslog or args.daemon, debug=args.debug, logfile=log_path_for(settings.state))
     pid = None
     try:
         from agent.pidfile import PidFile
@@ -257,9 +258,10 @@ def cmd_run(args, argv):
                 notifier.fail(str(exc), exc.code)
             raise
         if notifier:
-            notifier.ok()
-        log.info("", "sshkeep %s started (pid %d), %d tunnel(s), state %s" % (
-            __version__, os.getpid(), len(settings.tunnels), settings.state))
+            notifier.ok("started (pid %d)%s" % (os.getpid(), "; " + log.note if log.note else ""))
+        names = [f.label() for t in settings.tunnels for f in t.forwards]
+        log.info("", "sshkeep %s started (pid %d), %d tunnel(s) (%s) over %d ssh connection(s), state %s" % (
+            __version__, os.getpid(), len(names), ", ".join(names), len(settings.tunnels), settings.state))
         return sup.run()
     finally:
         if pid is not None:
@@ -298,7 +300,9 @@ def cmd_status(args):
         sys.stdout.write(json.dumps(state.public(doc), indent=1, sort_keys=True) + "\n")
     else:
         sys.stdout.write(state.render(doc))
-    return E.EX_OK if running else 3
+    if not running:
+        return 3  # LSB: not running
+    return E.EX_OK if state.updating(doc) else 4  # LSB 4: status unknown (alive, but hung)
 
 
 def _pidfile_of(args):
@@ -356,8 +360,9 @@ def main(argv=None):
                 run_argv += ["--pidfile", s.pidfile]
             if not args.state:
                 run_argv += ["--state", s.state]
+            from agent.state import digest
             return lifecycle.cmd_check(s.pidfile, s.state, run_argv, stale_after=max(120.0, 4 * min(
-                t.interval for t in s.tunnels)))
+                t.interval for t in s.tunnels)), digest=digest(s), config=s.config_path)
         raise E.UsageError("unknown command %s" % args.command)
     except E.SshkeepError as exc:
         return _report(exc)
