@@ -17,7 +17,18 @@ def _formatter(prog):
         width = int(os.environ.get("COLUMNS", "")) or os.get_terminal_size(2).columns
     except (ValueError, OSError):
         width = 80
-    return argparse.HelpFormatter(prog, width=max(40, width - 2))
+    return _DefaultsFormatter(prog, width=max(40, width - 2))
+
+
+class _DefaultsFormatter(argparse.HelpFormatter):
+    """Help with each real default, as `(default: N)`; not argparse's `(default: None)` noise."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        d = action.default
+        if "default" not in text and d is not None and d is not False and d not in ("", [], argparse.SUPPRESS):
+            text += " (default: %(default)s)"
+        return text
 
 
 class _Parser(argparse.ArgumentParser):
@@ -42,13 +53,13 @@ def _add_tunnel_options(p):
     p.add_argument("-p", "--port", type=int, default=None, help="server port (default 22)")
     p.add_argument("-l", "--user", default=None, help="user on the server")
     p.add_argument("-i", "--identity", default=None, metavar="KEYFILE", help="private key")
-    p.add_argument("--client", choices=("auto", "openssh", "dropbear"), default="auto")
+    p.add_argument("--client", choices=("auto", "openssh", "dropbear"), default="auto", help="which client")
     p.add_argument("--ssh", default="", metavar="PATH", help="the client binary (default: ssh, then dbclient)")
     p.add_argument("--ssh-config", metavar="FILE", help="take host, user, port, key, forwards from this ssh_config")
-    p.add_argument("--known-hosts", default="", metavar="FILE")
+    p.add_argument("--known-hosts", default="", metavar="FILE", help="the server's host key (OpenSSH format)")
     p.add_argument("--accept-new", action="store_true", help="trust an unknown host key on first use")
-    p.add_argument("--keepalive", type=int, default=15, metavar="SECONDS")
-    p.add_argument("--connect-timeout", type=int, default=15, metavar="SECONDS")
+    p.add_argument("--keepalive", type=int, default=15, metavar="SECONDS", help="server-alive interval; 0 = off")
+    p.add_argument("--connect-timeout", type=int, default=15, metavar="SECONDS", help="per connect")
     p.add_argument("--interval", type=float, default=30, metavar="SECONDS", help="health-check period")
     p.add_argument("--remote-check-every", type=int, default=4, metavar="N",
                    help="run the ssh-exec check of -R forwards every Nth interval (and after any failure)")
@@ -57,19 +68,20 @@ def _add_tunnel_options(p):
                         "connection, checked every interval; the ssh-exec check then runs every Nth)")
     p.add_argument("--fail-threshold", type=int, default=2, metavar="N",
                    help="consecutive failed checks before ssh is restarted")
-    p.add_argument("--max-backoff", type=float, default=60, metavar="SECONDS")
+    p.add_argument("--max-backoff", type=float, default=60, metavar="SECONDS", help="longest wait between reconnects")
     p.add_argument("--spread", type=float, default=0, metavar="SECONDS",
                    help="fleet spreading: a per-box offset in [0, SECONDS) added to the first connect, "
                         "to backoff and to the reconnect after the server comes back (0 = off)")
     p.add_argument("--no-reclaim", action="store_true",
                    help="run ssh with -N; never reclaim a stale listener on the server")
     p.add_argument("--no-checks", action="store_true", help="no health checks (keepalive only)")
-    p.add_argument("--name", default=None)
+    p.add_argument("--name", default=None, help="the tunnel's name in logs and status (default: the host)")
     p.add_argument("--state", default=None, metavar="FILE", help="run-state JSON (default /var/run/sshkeep.json)")
     p.add_argument("--pidfile", default=None, metavar="FILE", help="default /var/run/sshkeep.pid")
-    p.add_argument("--syslog", action="store_true", help="log to syslog instead of stderr")
+    p.add_argument("--syslog", action="store_true", help="log to syslog instead of stderr (stderr, or a file "
+                                                          "beside --state, when no syslog daemon listens)")
     p.add_argument("--daemon", action="store_true", help="detach (double fork) after start; for plain init scripts")
-    p.add_argument("--debug", action="store_true")
+    p.add_argument("--debug", action="store_true", help="also log debug lines (each ssh argv, repeated ssh lines)")
 
 
 def build_parser():
