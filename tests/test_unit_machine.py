@@ -252,3 +252,15 @@ def test_reclaim_nothing_retries_in_a_second():
     m.on_exit(10, C.Outcome(C.PORT_IN_USE, C.RECLAIM, "x"))
     m.on_reclaimed(10.5, False, soon=True)
     assert m.deadline == 10.9
+
+
+def test_requested_reconnect_is_not_an_error():
+    # SIGUSR1 / failback: status must keep showing the last real error, not "reconnect-requested".
+    m = make()
+    m.start(0)
+    m.on_exit(0.1, REFUSED)
+    m.on_timer(m.deadline)
+    m.on_ready(2)
+    assert m.on_reconnect_request(3) == [M.Kill(C.RECONNECT)]
+    assert m.on_exit(3.1, C.classify(0, [], ours=C.RECONNECT)) == [M.Spawn()]
+    assert m.last_error == "connection-refused: refused"
