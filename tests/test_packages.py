@@ -453,9 +453,18 @@ def test_deb_agent_from_installed_init_script_keeps_a_tunnel(lab, debroot):
     lab.wait_until(lambda: state().get("restarts", 0) >= 1 and reverse_ok(), 30,
                    what="the installed agent heals the tunnel after the session is killed")
     assert agent_pid(ov) == pid
+    # A chroot has no init system, so invoke-rc.d blocks every action unless policy-rc.d allows it
+    # ("No init system and policy-rc.d missing! Defaulting to block"): allow, like a booted box.
+    with open(os.open(ov.path("/usr/sbin/policy-rc.d"), os.O_CREAT | os.O_WRONLY, 0o755), "w") as f:
+        f.write("#!/bin/sh\nexit 0\n")
+    # an upgrade (the same .deb again) restarts the agent: the postinst sees a tunnel in the config
+    r = ov.chroot(["dpkg", "-i", "/tmp/sshkeep.deb"], ns=lab.box_ns)
+    assert wait_for(lambda: agent_pid(ov) not in (None, pid), 10), (r.stdout, r.stderr)
+    pid = agent_pid(ov)
+    lab.wait_until(reverse_ok, 30, what="the tunnel is back after the upgrade's restart")
     # removal stops it (prerm) and keeps the config and keys (conffiles stay until purge)
-    ov.chroot(["dpkg", "-r", "sshkeep"], ns=lab.box_ns)
-    assert wait_for(lambda: agent_pid(ov) is None, 10)
+    r = ov.chroot(["dpkg", "-r", "sshkeep"], ns=lab.box_ns)
+    assert wait_for(lambda: agent_pid(ov) is None, 10), (r.stdout, r.stderr)
     assert not os.path.exists(ov.path("/usr/bin/sshkeep"))
     assert os.path.exists(ov.path("/etc/sshkeep/sshkeep.conf")) and os.path.exists(ov.path("/etc/sshkeep/id_ed25519"))
     ov.chroot(["dpkg", "-P", "sshkeep"])
