@@ -495,3 +495,80 @@ def test_deb_agent_from_installed_init_script_keeps_a_tunnel(lab, debroot):
     assert not os.path.exists(ov.path("/etc/sshkeep/sshkeep.conf"))
     assert os.path.exists(ov.path("/etc/sshkeep/id_ed25519"))   # never lose a key
     assert not [n for n in os.listdir(ov.path("/etc/rc2.d")) if n.endswith("sshkeep")]
+
+
+@pytest.mark.integration
+def test_ipk_procd_command_keeps_a_tunnel_with_dbclient(lab, pkgs, tmp):
+    """What procd would run after `opkg install` (the recorded command and env, its paths mapped
+    into the unpacked root), under the python3-light guard, with dbclient like a router: keeps a
+    reverse tunnel to the lab's dropbear and heals it; TERM ends it within procd's term_timeout."""
+    import lightguard
+    server = lab.start_dropbear()
+    svc = lab.start_service(lab.box_ns, 0)
+    known = lab.known_hosts(server, os.path.join(tmp, "known_hosts"))
+    conf = ("config server 'hub'\n\toption host '%s'\n\toption port '%d'\n\toption user '%s'\n"
+            "\toption identity '%s'\n\toption known_hosts '%s'\n\toption client 'dropbear'\n"
+            "\toption ssh '/usr/bin/dbclient'\n\n"  # on OpenWrt /usr/bin/ssh is dbclient; here OpenSSH
+            "config tunnel 'ssh'\n\toption server 'hub'\n\toption listen '127.0.0.1:%d'\n"
+            "\toption target '127.0.0.1:%d'\n" % (lab.srv_ip, server.port, lab.user, lab.key_dropbear, known,
+                                                   RPORT, svc.port))
+    root = opkg_root(tmp, pkgs[0], config=conf)
+    calls = chroot_sh(root, "/usr/lib/opkg/info/sshkeep.postinst", "configure")
+    params = {c[1]: c[2:] for c in calls if c[0] == "procd_set_param"}
+    run_dir = os.path.join(tmp, "var-run")
+    os.makedirs(run_dir)
+
+    def mapped(word):
+        if word.startswith("/var/run/"):
+            return os.path.join(run_dir, word[len("/var/run/"):])
+        if word.startswith(("/usr/lib/sshkeep/", "/etc/config/")):
+            return os.path.join(root, word[1:])
+        return word
+    argv = [mapped(w) for w in params["command"]]
+    assert argv[0] == "/usr/bin/python3" and os.path.islink(argv[1])   # the packaged symlink to the pyz
+    env = dict(kv.split("=", 1) for kv in params["env"])
+    env["HOME"] = mapped(env["HOME"])
+    os.makedirs(env["HOME"], mode=0o700)
+    log = open(os.path.join(tmp, "agent.log"), "wb")
+    try:
+        proc = lab.box_popen(argv, env=lightguard.guard_env(env), stdout=log, stderr=log)
+    finally:
+        log.close()
+
+    def reverse_ok():
+        return lab.probe_from(lab.srv_ns, "127.0.0.1", RPORT, timeout=2) == BANNER
+
+    def agent_log():
+        with open(os.path.join(tmp, "agent.log"), "rb") as f:
+            return f.read().decode(errors="replace")[-3000:]
+    try:
+        lab.wait_until(lambda: proc.poll() is not None or reverse_ok(), 30, what="reverse forward answers")
+        assert proc.poll() is None, agent_log()
+        assert server.kill_sessions()
+
+        def healed():
+            try:
+                with open(os.path.join(run_dir, "sshkeep.json")) as f:
+                    restarts = json.load(f)["tunnels"][0]["restarts"]
+            except (OSError, ValueError, KeyError, IndexError):
+                restarts = 0
+            return proc.poll() is not None or (restarts >= 1 and reverse_ok())
+        lab.wait_until(healed, 30, what="healed after session kill")
+        assert proc.poll() is None and reverse_ok(), agent_log()
+    finally:
+        rc = lab_stop(proc)
+    assert rc == 0, agent_log()
+
+
+def lab_stop(proc, timeout=5.0):
+    """procd's stop: TERM the main pid, KILL after term_timeout (5 s). The exit status, or None if
+    it needed the KILL."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            return proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+            return None
+    return proc.returncode
