@@ -301,9 +301,13 @@ def test_ipk_postinst_in_an_image_build_only_enables(pkgs, tmp):
 
 # -- .deb ----------------------------------------------------------------------------------------
 
-def debian_root():
-    """The cached minbase Debian root (the machine's own release), built with mmdebstrap once."""
-    codename = roots._host_codename()
+# this machine's Debian release, and Debian 13 (Python 3.13, merged /usr, systemd 257)
+SUITES = sorted({roots._host_codename() or "bookworm", "trixie"})
+
+
+def debian_root(codename):
+    """The cached minbase Debian root of suite CODENAME, built with mmdebstrap once, from the
+    machine's own mirror."""
     base = os.path.join(CACHE_DIR, "debian-" + codename)
     stamp = {"format": ROOT_FORMAT, "packages": list(ROOT_PKGS), "suite": codename}
     os.makedirs(CACHE_DIR, exist_ok=True)
@@ -356,9 +360,9 @@ class Overlay:
                 run(["umount", "-l", mnt], check=False)
 
 
-@pytest.fixture
-def debroot(pkgs, tmp):
-    ov = Overlay(debian_root(), tmp)
+@pytest.fixture(params=SUITES)
+def debroot(request, pkgs, tmp):
+    ov = Overlay(debian_root(request.param), tmp)
     try:
         shutil.copy(pkgs[1], ov.path("/tmp/sshkeep.deb"))
         yield ov
@@ -424,7 +428,10 @@ def test_deb_unit_verifies(debroot):
     ov.chroot(["dpkg", "-i", "/tmp/sshkeep.deb"])
     unit = "/usr/lib/systemd/system/sshkeep.service"
     r = run(["systemd-analyze", "verify", "--root=" + ov.root, unit], check=False)
-    assert r.returncode == 0 and not r.stderr.strip() and not r.stdout.strip(), r
+    # only complaints about sshkeep count: this machine's systemd (252) may find fault with a newer
+    # root's own units (Debian 13's run-lock.mount)
+    ours = [l for l in (r.stdout + r.stderr).decode().replace(ov.root, "ROOT").splitlines() if "sshkeep" in l]
+    assert r.returncode == 0 and not ours, r
     # and it fails when something is wrong (a check that can fail): a missing ExecStart binary
     os.unlink(ov.path("/usr/bin/sshkeep"))
     r = run(["systemd-analyze", "verify", "--root=" + ov.root, unit], check=False)
