@@ -62,13 +62,14 @@ set -e
 has_tunnel() { %(has)s; }
 failed() { echo "sshkeep: start failed: see $1 and: sshkeep config -c %(conf)s" >&2; }
 [ "$1" = configure ] || exit 0
+# the LSB script's rc links, whatever init runs now (update-rc.d enables the unit as well)
+if [ -x /usr/sbin/update-rc.d ]; then update-rc.d sshkeep defaults; fi
 if [ -d /run/systemd/system ]; then
 	systemctl daemon-reload
 	systemctl enable sshkeep.service
 	if has_tunnel; then systemctl restart sshkeep.service || failed "journalctl -u sshkeep"; fi
 else
-	# sysvinit or busybox init: the LSB script; enable the unit too for a later boot under systemd
-	if [ -x /usr/sbin/update-rc.d ]; then update-rc.d sshkeep defaults; fi
+	# sysvinit or busybox init; the unit enabled too, for a later boot under systemd
 	if command -v systemctl >/dev/null 2>&1; then systemctl enable sshkeep.service 2>/dev/null || true; fi
 	if has_tunnel; then
 		if [ -x /usr/sbin/invoke-rc.d ]; then invoke-rc.d sshkeep restart || failed syslog

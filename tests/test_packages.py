@@ -423,6 +423,47 @@ def test_deb_installs_into_debian_root(debroot):
     assert "CONFIG=${CONFIG:-/etc/sshkeep/sshkeep.conf}" in text and "### BEGIN INIT INFO" in text
 
 
+RECORDING_SYSTEMCTL = """#!/bin/sh
+# RECORDING stand-in for systemctl (test): one line per call
+echo "systemctl $*" >> /tmp/systemctl.log
+"""
+
+
+def test_deb_scripts_under_a_running_systemd(debroot):
+    """The branch a booted Debian box takes (/run/systemd/system exists): systemctl calls recorded
+    by a stand-in. Enable always; restart only once the config names a tunnel (and on upgrade);
+    stop on removal, disable after it."""
+    ov = debroot
+    os.makedirs(ov.path("/run/systemd/system"))
+    os.unlink(ov.path("/usr/bin/systemctl"))
+    with open(os.open(ov.path("/usr/bin/systemctl"), os.O_CREAT | os.O_WRONLY, 0o755), "w") as f:
+        f.write(RECORDING_SYSTEMCTL)
+    log = ov.path("/tmp/systemctl.log")
+
+    def calls():
+        try:
+            with open(log) as f:
+                out = f.read().splitlines()
+        except OSError:
+            return []
+        os.unlink(log)
+        return out
+    ov.chroot(["dpkg", "-i", "/tmp/sshkeep.deb"])
+    got = calls()
+    assert "systemctl enable sshkeep.service" in got and not [c for c in got if "restart" in c or "start " in c], got
+    assert [n for n in os.listdir(ov.path("/etc/rc2.d")) if n.endswith("sshkeep")]  # for a later sysvinit
+    with open(ov.path("/etc/sshkeep/sshkeep.conf"), "a") as f:
+        f.write("config server 'hub'\n\toption host '192.0.2.1'\nconfig tunnel 'ssh'\n\toption server 'hub'\n"
+                "\toption listen '8022'\n\toption target '127.0.0.1:22'\n")
+    ov.chroot(["dpkg", "-i", "/tmp/sshkeep.deb"])          # an upgrade, now with a tunnel
+    got = calls()
+    assert got[-2:] == ["systemctl enable sshkeep.service", "systemctl restart sshkeep.service"], got
+    assert "systemctl stop sshkeep.service" not in got     # upgrade: restarted, not stopped first
+    ov.chroot(["dpkg", "-r", "sshkeep"])
+    got = calls()
+    assert got.index("systemctl stop sshkeep.service") < got.index("systemctl disable sshkeep.service"), got
+
+
 def test_deb_unit_verifies(debroot):
     ov = debroot
     ov.chroot(["dpkg", "-i", "/tmp/sshkeep.deb"])
