@@ -298,7 +298,7 @@ def cmd_status(args):
         sys.stdout.write(json.dumps(state.public(doc), indent=1, sort_keys=True) + "\n")
     else:
         sys.stdout.write(state.render(doc))
-    return E.EX_OK if running else 3
+    return E.EX_OK if running else E.EX_STATUS_NOT_RUNNING
 
 
 def _pidfile_of(args):

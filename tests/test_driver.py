@@ -233,7 +233,7 @@ def test_run_logs_the_config_files_warnings(tmp_path):
 
 
 def test_status_json_has_the_documented_shape(agent, tmp_path):
-    # Fleet monitoring parses this: the keys are a contract (README: Command line).
+    # Fleet monitoring parses this: the keys are a contract (README: Status and logs).
     a = agent("ready")
     wait_until(lambda: a.tunnel().get("state") == "up", 10, 0.05, what="state up")
     r = subprocess.run([sys.executable, "-m", "agent", "status", "--json", "--state", a.state],
