@@ -167,6 +167,14 @@ class Child:
             except OSError:
                 pass
 
+    def send(self, data: bytes) -> None:
+        """A few bytes to the child's stdin (fits the empty pipe: never blocks)."""
+        try:
+            self.proc.stdin.write(data)
+            self.proc.stdin.flush()
+        except (OSError, ValueError, AttributeError):
+            pass
+
     def close_stdin(self):
         try:
             if self.proc and self.proc.stdin:

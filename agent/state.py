@@ -56,9 +56,10 @@ def public(doc: dict) -> dict:
     for t in doc.get("tunnels", []):
         tunnels.append({k: t.get(k) for k in ("name", "state", "since", "restarts", "last_error", "ssh_pid",
                                               "server", "health", "checks", "consecutive_failures",
-                                              "last_check", "last_heal", "forwards", "next_attempt_in", "client")})
+                                              "last_check", "last_heal", "forwards", "next_attempt_in", "client",
+                                              "host_keys")})
     return {"pid": doc.get("pid"), "version": doc.get("version"), "running": pid_alive(doc.get("pid")),
-            "updated": doc.get("updated"), "tunnels": tunnels}
+            "updated": doc.get("updated"), "tunnels": tunnels, "warnings": doc.get("warnings") or []}
 
 
 def render(doc: dict, now=None) -> str:
@@ -73,6 +74,8 @@ def render(doc: dict, now=None) -> str:
                      (t["last_error"] or "-")[:70]))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = [head] + ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+    lines += ["%s: host keys %s" % (t["name"], t["host_keys"]) for t in d["tunnels"] if t.get("host_keys")]
+    lines += ["warning: %s" % w for w in d["warnings"]]
     return "\n".join(lines) + "\n"
 
 

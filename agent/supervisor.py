@@ -144,6 +144,11 @@ class Supervisor:
         policy = self._policy(t)
         backoff = M.Backoff(cap=t.max_backoff, offset=self._offset(t))
         r = Runner(t, info, policy, backoff, self.runtime_dir, self.log, self.clock)
+        if t.accept_new:
+            # Trust on first use pins to a persistent file (tmpfs HOME would forget at boot).
+            pins = t.known_hosts or clients.default_known_hosts()
+            clients.ensure_pin_file(pins)
+            r.ssh_tunnel = record.replace(r.ssh_tunnel, known_hosts=pins)
         self.log.info(t.name, "using %s %s (%s) for %s" % (info.kind, info.version, info.path, r.server_label()))
         return r
 
@@ -275,13 +280,14 @@ class Supervisor:
         try:
             r.home = clients.prepare_home(r.info, t, home_dir, host, port)
             known = clients.host_key_known(r.info, t, r.home, host, port)
-            argv = clients.build_argv(r.info, t, command=command, host=host, port=port)
+            learn = known is False and t.accept_new
+            argv = clients.build_argv(r.info, t, command=command, host=host, port=port, learn=learn)
         except Exception as exc:  # SshkeepError mostly: configuration the operator must fix
             self.log.error(t.name, "cannot start ssh: %s" % exc)
             self._event(r, r.m.on_exit, self.clock(), C.Outcome(C.SETUP, C.RETRY_SLOW, str(exc)))
             return
-        if known is False:
-            # dbclient without BatchMode would sit at a y/n prompt for ever.
+        if known is False and not learn:
+            # dbclient would sit at a y/n prompt for ever (2022.83 has no BatchMode).
             msg = "host key of %s is not in %s/.ssh/known_hosts and --accept-new is off" % (
                 host, r.home or os.environ.get("HOME", "/"))
             self.log.error(t.name, msg + "; " + C.HINTS[C.HOSTKEY_UNKNOWN])
@@ -292,6 +298,12 @@ class Supervisor:
             self.log.error(t.name, "cannot run %s: %s" % (argv[0], child.spawn_error))
             self._event(r, r.m.on_exit, self.clock(), C.classify(None, [child.spawn_error]))
             return
+        if learn:
+            # First contact: answer dbclient's "continue connecting? (y/n)" once, on its stdin
+            # (no tty: its own session). It records the key; _save_pin copies it to the pin file.
+            child.send(b"y\n")
+            self.log.warning(t.name, "first contact with %s: accepting its host key and pinning it in %s"
+                             % (r.server_label(), t.known_hosts))
         r.child = child
         r.ready_pid = None
         for fd in child.fds():
@@ -328,6 +340,7 @@ class Supervisor:
         r.server_probe_failed = False   # a probe failure counts within one state only
         now = self.clock()
         if r.m.state == M.UP:
+            self._save_pin(r)
             r.connect_failures = 0
             r.next_check = now + min(r.t.interval, 5.0) if self.checks else None
             r.check_round = 0
@@ -350,7 +363,10 @@ class Supervisor:
             self._unwatch(fd)
         child.close()
         r.child = None
+        self._save_pin(r)
         outcome = C.classify(child.returncode, child.stderr_tail, r.m.kill_reason, r.info.kind)
+        if outcome.reason == C.HOSTKEY_MISMATCH:
+            self.log.error(r.name, clients.mismatch_hint(r.ssh_tunnel.known_hosts, *r.address))
         level = self.log.info if outcome.action == C.NONE else self.log.warning
         level(r.name, "ssh exited after %.1fs: %s%s%s" % (
             child.uptime(), outcome.reason, " (%s)" % outcome.detail if outcome.detail else "",
@@ -369,6 +385,18 @@ class Supervisor:
             self._maybe_failover(r)
         self._event(r, r.m.on_exit, now, outcome)
         self._state_dirty = True
+
+    def _save_pin(self, r):
+        """dbclient's first contact: the key it recorded goes to the pin file, once."""
+        host, port = r.address
+        try:
+            line = clients.save_learned(r.info, r.ssh_tunnel, r.home, host, port)
+        except (OSError, SshkeepError) as exc:
+            self.log.error(r.name, "cannot pin the host key of %s: %s" % (r.server_label(), exc))
+            return
+        if line:
+            self.log.warning(r.name, "pinned host key of %s in %s: %s" % (r.server_label(),
+                                                                          r.ssh_tunnel.known_hosts, line))
 
     def _maybe_failover(self, r):
         if len(r.addresses) > 1 and r.connect_failures >= r.t.failover_after:
@@ -616,6 +644,8 @@ class Supervisor:
                 "last_heal": m.last_heal,
                 "next_attempt_in": round(m.deadline - mono_now, 1) if m.state == M.BACKOFF and m.deadline else None,
                 "forwards": [f.label() for f in r.ssh_tunnel.forwards],
+                "host_keys": ("pinned on first use in " if r.t.accept_new else "checked against ") +
+                             (r.ssh_tunnel.known_hosts or "the client's default known_hosts"),
             })
             if r.child:
                 children.append(r.child.cmdline_record())
@@ -623,7 +653,7 @@ class Supervisor:
                 # `check` judges freshness on the monotonic clock: the wall clock of a box
                 # without an RTC jumps at boot when NTP sets it.
                 "updated": wall_now, "monotonic": mono_now, "pidfile": self.settings.pidfile, "tunnels": tunnels,
-                "children": children}
+                "children": children, "warnings": list(getattr(self.settings, "warnings", ()) or ())}
 
     def _write_state(self, force=False):
         now = self.clock()
