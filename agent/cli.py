@@ -239,6 +239,8 @@ def cmd_run(args, argv):
         if notifier:
             notifier.fail(str(exc), exc.code)
         raise
+    if pid.write_error:
+        log.error("", pid.write_error + "; running with the lock alone (full tmpfs?)")
     for w in settings.warnings:  # e.g. a tunnelW section skipped: say so where procd logs it
         log.warning("", "config: " + w)
     try:

@@ -121,6 +121,7 @@ class Supervisor:
         self.started_wall = wall()
         self._state_dirty = True
         self._last_state_write = 0.0
+        self._state_error = ""
         self.runtime_dir = settings.state + ".d"
 
     # -- setup ------------------------------------------------------------
@@ -662,8 +663,18 @@ class Supervisor:
             return
         try:
             state.write(self.settings.state, self.state_doc())
+            if self._state_error:
+                self.log.info("", "state file %s written again" % self.settings.state)
+            self._state_error = ""
         except Exception as exc:
-            self.log.error("", str(exc))
+            if str(exc) != self._state_error:  # once, not every interval
+                self.log.error("", "%s; running on: `status` cannot show this agent until it can be written" % exc)
+            self._state_error = str(exc)
+            try:
+                # The heartbeat `check` reads when there is no state: the pidfile's mtime (no space needed).
+                os.utime(self.settings.pidfile, follow_symlinks=False)
+            except OSError:
+                pass
         self._last_state_write = now
         self._state_dirty = False
 
