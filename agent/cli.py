@@ -107,9 +107,8 @@ def _default_state():
 
 
 def _default_pidfile():
-    if os.geteuid() == 0 or os.access("/var/run", os.W_OK):
-        return "/var/run/sshkeep.pid"
-    return "/tmp/sshkeep-%d.pid" % os.getuid()
+    from agent.state import default_dir
+    return os.path.join(default_dir(), "sshkeep.pid")
 
 
 def settings_from_args(args):

@@ -185,9 +185,9 @@ class Supervisor:
         self.sel = selectors.DefaultSelector()
         self._signal_setup()
         try:
-            os.makedirs(self.runtime_dir, mode=0o700, exist_ok=True)
-        except OSError:
-            pass
+            state.private_dir(self.runtime_dir)  # private HOMEs: never a planted directory
+        except (OSError, SshkeepError) as exc:
+            self.log.error("", str(exc))
         now = self.clock()
         for r in self.runners:
             self._event(r, r.m.start, now, self._offset(r.t))
