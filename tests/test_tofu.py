@@ -103,3 +103,40 @@ def test_first_contact_pins_and_a_changed_key_is_refused(lab, client):
         assert "up via" not in c.log()
     finally:
         c.stop()
+
+
+def test_strict_host_key_checking_no_is_warned_at_start_and_in_status(tmp_path):
+    # sshtunnel's `StrictHostKeyChecking no` runs (as TOFU: a changed key is still refused),
+    # with a warning in the log at every start and in `status`.
+    import subprocess
+    from polling import wait_until
+    root = os.path.dirname(HERE)
+    fake = os.path.join(HERE, "fakes", "fakessh")
+    conf = tmp_path / "sshtunnel"
+    conf.write_text("config sshkeep\n\toption known_hosts '%s'\n\n" % (tmp_path / "known_hosts") +
+                    "config server 'vps'\n\toption user 'tunnel'\n\toption hostname '127.0.0.1'\n"
+                    "\toption StrictHostKeyChecking 'no'\n\n"
+                    "config tunnelR 'a'\n\toption server 'vps'\n\toption remoteport '10022'\n"
+                    "\toption localaddress '127.0.0.1'\n\toption localport '22'\n")
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    os.symlink(fake, str(bindir / "ssh"))
+    env = dict(os.environ, FAKESSH_MODE="ready", PYTHONPATH=root, PATH="%s:%s" % (bindir, os.environ["PATH"]))
+    state = tmp_path / "s.json"
+    err = tmp_path / "err"
+    for _ in range(2):   # every start
+        with open(str(err), "w") as fh:
+            p = subprocess.Popen([sys.executable, "-m", "agent", "run", "-c", str(conf), "--no-checks",
+                                  "--state", str(state), "--pidfile", str(tmp_path / "pid")],
+                                 env=env, stdout=subprocess.DEVNULL, stderr=fh)
+        try:
+            wait_until(lambda: state.exists() and '"up"' in state.read_text(), 10, 0.05, what="tunnel up")
+            assert "StrictHostKeyChecking no is treated as accept-new" in err.read_text()
+            st = subprocess.run([sys.executable, "-m", "agent", "status", "--state", str(state)], env=env,
+                                stdout=subprocess.PIPE, timeout=20)
+            text = st.stdout.decode()
+            assert "warning:" in text and "StrictHostKeyChecking no is treated as accept-new" in text
+            assert "host keys pinned on first use in %s" % (tmp_path / "known_hosts") in text
+        finally:
+            p.terminate()
+            assert p.wait(10) == 0
