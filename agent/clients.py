@@ -262,12 +262,27 @@ def dropbear_known_hosts(text: str, host: str, port: int) -> str:
         wanted.add("[%s]:22" % host)
     for line in text.splitlines():
         parts = line.split()
-        if len(parts) < 3 or line.startswith("#") or parts[0].startswith("@") or parts[0].startswith("|"):
+        if len(parts) < 3 or line.startswith("#") or parts[0].startswith("@"):
             continue
-        names = parts[0].split(",")
-        if any(n in wanted for n in names):
+        if _names_match(parts[0], wanted):
             out.append("%s %s %s" % (host, parts[1], parts[2]))
     return "".join(l + "\n" for l in out)
+
+
+def _names_match(field: str, wanted) -> bool:
+    """A known_hosts name field: plain names, or one hashed name `|1|salt|hmac-sha1` (ssh-keyscan -H,
+    HashKnownHosts yes). dbclient cannot read hashed lines: skipping them would make a pinned
+    host look new to it, and accept-new would then take any key."""
+    if not field.startswith("|1|"):
+        return any(n in wanted for n in field.split(","))
+    import binascii
+    import hashlib
+    import hmac
+    try:
+        salt, digest = (binascii.a2b_base64(x) for x in field[3:].split("|", 1))
+    except (ValueError, binascii.Error):
+        return False
+    return any(hmac.compare_digest(hmac.new(salt, n.encode(), hashlib.sha1).digest(), digest) for n in wanted)
 
 
 def pin_name(host: str, port: int) -> str:
@@ -311,7 +326,7 @@ def find_pin(path: str, host: str, port: int):
         with open(path, "r", encoding="utf-8", errors="replace") as fh:
             for n, line in enumerate(fh, 1):
                 parts = line.split()
-                if len(parts) >= 3 and not line.startswith("#") and wanted & set(parts[0].split(",")):
+                if len(parts) >= 3 and not line.startswith("#") and _names_match(parts[0], wanted):
                     return n, line.rstrip("\n")
     except OSError:
         pass

@@ -44,7 +44,7 @@ def private_dir(path: str) -> str:
         raise StateError("directory %s belongs to uid %d, not to us (uid %d): refusing it; remove it, or "
                          "give --state and --pidfile elsewhere" % (path, st.st_uid, os.geteuid()))
     if st.st_mode & 0o077:
-        os.chmod(path, 0o700, follow_symlinks=False)
+        os.chmod(path, 0o700)  # ours and a real directory (lstat above)
     return path
 
 

@@ -241,3 +241,30 @@ def test_key_format_messages(tmp_path):
         clients.check_identity(OSSH, str(pem))
     with pytest.raises(SshkeepError, match="does not exist"):
         clients.check_identity(OSSH, str(tmp_path / "nope"))
+
+
+def test_hashed_known_hosts_lines_are_read_for_dbclient(tmp_path):
+    # `ssh-keyscan -H` / HashKnownHosts yes write |1|salt|hmac names. Skipped, a pinned hub would
+    # look new to dbclient, and accept-new would then take any key.
+    import subprocess
+    import sys
+    kh = tmp_path / "kh"
+    kh.write_text("[10.0.0.2]:2222 ssh-ed25519 AAAAkey\n10.0.0.3 ssh-ed25519 AAAAother\n")
+    subprocess.run(["ssh-keygen", "-H", "-f", str(kh)], check=True, stdout=subprocess.DEVNULL,
+                   stderr=subprocess.DEVNULL, timeout=20)
+    text = kh.read_text()
+    assert "10.0.0.2" not in text and text.count("|1|") == 2
+    assert clients.dropbear_known_hosts(text, "10.0.0.2", 2222) == "10.0.0.2 ssh-ed25519 AAAAkey\n"
+    assert clients.dropbear_known_hosts(text, "10.0.0.3", 22) == "10.0.0.3 ssh-ed25519 AAAAother\n"
+    assert clients.dropbear_known_hosts(text, "10.0.0.2", 22) == ""
+    assert clients.find_pin(str(kh), "10.0.0.3", 22)[0] == 2
+    # and on python3-light (no _hashlib): the guard lets the builtin sha1 through
+    import lightguard
+    root = os.path.dirname(os.path.dirname(os.path.abspath(clients.__file__)))
+    code = ("import sys; from agent import clients; "
+            "sys.stdout.write(clients.dropbear_known_hosts(open(sys.argv[1]).read(), '10.0.0.2', 2222))")
+    out = subprocess.run([sys.executable, "-c", code, str(kh)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         env=dict(lightguard.guard_env(), PYTHONPATH=root + os.pathsep +
+                                  lightguard.guard_env().get("PYTHONPATH", "")), timeout=30)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == b"10.0.0.2 ssh-ed25519 AAAAkey\n"
