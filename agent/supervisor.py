@@ -54,6 +54,7 @@ class Runner:
 
     def __init__(self, tunnel, info, policy, backoff, runtime_dir, log, clock):
         self.t = tunnel
+        self.given = tunnel             # as configured (self.t may add the default pin file)
         self.info = info
         self.log = log
         self.clock = clock
@@ -149,6 +150,9 @@ class Supervisor:
             # Trust on first use pins to a persistent file (tmpfs HOME would forget at boot).
             pins = t.known_hosts or clients.default_known_hosts()
             clients.ensure_pin_file(pins)
+            # Every ssh of this tunnel (its own, checks, reclaims) checks against the pins;
+            # `given` is what a reload compares with.
+            r.t = record.replace(t, known_hosts=pins)
             r.ssh_tunnel = record.replace(r.ssh_tunnel, known_hosts=pins)
         self.log.info(t.name, "using %s %s (%s) for %s" % (info.kind, info.version, info.path, r.server_label()))
         return r
@@ -585,7 +589,7 @@ class Supervisor:
         now = self.clock()
         for t in new.tunnels:
             r = old.pop(t.name, None)
-            if r is not None and r.t == t:
+            if r is not None and r.given == t:
                 keep.append(r)
                 continue
             if r is not None:

@@ -268,3 +268,23 @@ def test_hashed_known_hosts_lines_are_read_for_dbclient(tmp_path):
                                   lightguard.guard_env().get("PYTHONPATH", "")), timeout=30)
     assert out.returncode == 0, out.stderr
     assert out.stdout == b"10.0.0.2 ssh-ed25519 AAAAkey\n"
+
+
+def test_checks_and_reclaims_use_the_pin_file_too_and_reload_keeps_the_runner(tmp_path, monkeypatch):
+    # The default pin file is added to the runner's tunnel, so the ssh execs of checks and
+    # reclaims (built from r.t) are checked against it as well; a reload of the same config
+    # (known_hosts "" there) must not see a change.
+    from agent import record, supervisor
+    from agent.log import Log
+    from agent.model import Settings
+    pins = str(tmp_path / "flash" / "known_hosts")
+    monkeypatch.setattr(clients, "default_known_hosts", lambda env=None: pins)
+    t = record.replace(T, known_hosts="", accept_new=True, identity="")
+    s = Settings(tunnels=(t,), state=str(tmp_path / "s.json"), pidfile=str(tmp_path / "pid"))
+    sup = supervisor.Supervisor(s, Log(), detect=lambda path, client: OSSH, reload_settings=lambda: s)
+    sup.prepare()
+    r = sup.runners[0]
+    assert os.path.exists(pins) and r.t.known_hosts == pins and r.ssh_tunnel.known_hosts == pins
+    assert "UserKnownHostsFile=%s" % pins in clients.build_exec_argv(OSSH, r.t, "true")
+    sup._reload()
+    assert sup.runners[0] is r
