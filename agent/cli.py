@@ -141,9 +141,8 @@ def _default_state():
 
 
 def _default_pidfile():
-    if os.geteuid() == 0 or os.access("/var/run", os.W_OK):
-        return "/var/run/sshkeep.pid"
-    return "/tmp/sshkeep-%d.pid" % os.getuid()
+    from agent.state import default_dir
+    return os.path.join(default_dir(), "sshkeep.pid")
 
 
 def settings_from_args(args):
@@ -358,6 +357,8 @@ def cmd_run(args, argv):
         if notifier:
             notifier.fail(str(exc), exc.code)
         raise
+    if pid.write_error:
+        log.error("", pid.write_error + "; running with the lock alone (full tmpfs?)")
     for w in settings.warnings:  # e.g. a tunnelW section skipped: say so where procd logs it
         log.warning("", "config: " + w)
     try:

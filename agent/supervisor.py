@@ -55,6 +55,7 @@ class Runner:
 
     def __init__(self, tunnel, info, policy, backoff, runtime_dir, log, clock):
         self.t = tunnel
+        self.given = tunnel             # as configured (self.t may add the default pin file)
         self.info = info
         self.log = log
         self.clock = clock
@@ -133,6 +134,7 @@ class Supervisor:
         self.started_wall = wall()
         self._state_dirty = True
         self._last_state_write = 0.0
+        self._state_error = ""
         self.runtime_dir = settings.state + ".d"
 
     # -- setup ------------------------------------------------------------
@@ -156,6 +158,14 @@ class Supervisor:
         policy = self._policy(t)
         backoff = M.Backoff(cap=t.max_backoff, offset=self._offset(t))
         r = Runner(t, info, policy, backoff, self.runtime_dir, self.log, self.clock)
+        if t.accept_new:
+            # Trust on first use pins to a persistent file (tmpfs HOME would forget at boot).
+            pins = t.known_hosts or clients.default_known_hosts()
+            clients.ensure_pin_file(pins)
+            # Every ssh of this tunnel (its own, checks, reclaims) checks against the pins;
+            # `given` is what a reload compares with.
+            r.t = record.replace(t, known_hosts=pins)
+            r.ssh_tunnel = record.replace(r.ssh_tunnel, known_hosts=pins)
         self.log.info(t.name, "using %s %s (%s) for %s" % (info.kind, info.version, info.path, r.server_label()))
         return r
 
@@ -191,9 +201,9 @@ class Supervisor:
         self.sel = selectors.DefaultSelector()
         self._signal_setup()
         try:
-            os.makedirs(self.runtime_dir, mode=0o700, exist_ok=True)
-        except OSError:
-            pass
+            state.private_dir(self.runtime_dir)  # private HOMEs: never a planted directory
+        except (OSError, SshkeepError) as exc:
+            self.log.error("", str(exc))
         now = self.clock()
         for r in self.runners:
             self._event(r, r.m.start, now, self._offset(r.t))
@@ -287,12 +297,13 @@ class Supervisor:
         try:
             r.home = clients.prepare_home(r.info, t, home_dir, host, port)
             known = clients.host_key_known(r.info, t, r.home, host, port)
-            argv = clients.build_argv(r.info, t, command=command, host=host, port=port)
+            learn = known is False and t.accept_new
+            argv = clients.build_argv(r.info, t, command=command, host=host, port=port, learn=learn)
         except Exception as exc:  # SshkeepError mostly: configuration the operator must fix
             self.log.error(t.name, "cannot start ssh: %s" % exc)
             self._event(r, r.m.on_exit, self.clock(), C.Outcome(C.SETUP, C.RETRY_SLOW, str(exc)))
             return
-        if known is False:
+        if known is False and not learn:
             # dbclient without BatchMode would sit at a y/n prompt for ever.
             # Name the user's file, not the private copy sshkeep gives dbclient (prepare_home).
             where = t.known_hosts or os.path.join(os.environ.get("HOME", "/"), ".ssh", "known_hosts")
@@ -305,6 +316,12 @@ class Supervisor:
             self.log.error(t.name, "cannot run %s: %s" % (argv[0], child.spawn_error))
             self._event(r, r.m.on_exit, self.clock(), C.classify(None, [child.spawn_error]))
             return
+        if learn:
+            # First contact: answer dbclient's "continue connecting? (y/n)" once, on its stdin
+            # (no tty: its own session). It records the key; _save_pin copies it to the pin file.
+            child.send(b"y\n")
+            self.log.warning(t.name, "first contact with %s: accepting its host key and pinning it in %s"
+                             % (r.server_label(), t.known_hosts))
         r.child = child
         r.ready_pid = None
         r.ssh_said.clear()
@@ -354,6 +371,7 @@ class Supervisor:
         r.server_probe_failed = False   # a probe failure counts within one state only
         now = self.clock()
         if r.m.state == M.UP:
+            self._save_pin(r)
             r.connect_failures = 0
             r.next_check = now + min(r.t.interval, 5.0) if self.checks else None
             r.check_round = 0
@@ -376,7 +394,10 @@ class Supervisor:
             self._unwatch(fd)
         child.close()
         r.child = None
+        self._save_pin(r)
         outcome = C.classify(child.returncode, child.stderr_tail, r.m.kill_reason, r.info.kind)
+        if outcome.reason == C.HOSTKEY_MISMATCH:
+            self.log.error(r.name, clients.mismatch_hint(r.ssh_tunnel.known_hosts, *r.address))
         quiet = outcome.action == C.NONE or outcome.reason == C.RECONNECT  # we asked for it
         level = self.log.info if quiet else self.log.warning
         level(r.name, "ssh exited after %.1fs: %s%s%s" % (
@@ -401,6 +422,18 @@ class Supervisor:
             self._maybe_failover(r)
         self._event(r, r.m.on_exit, now, outcome)
         self._state_dirty = True
+
+    def _save_pin(self, r):
+        """dbclient's first contact: the key it recorded goes to the pin file, once."""
+        host, port = r.address
+        try:
+            line = clients.save_learned(r.info, r.ssh_tunnel, r.home, host, port)
+        except (OSError, SshkeepError) as exc:
+            self.log.error(r.name, "cannot pin the host key of %s: %s" % (r.server_label(), exc))
+            return
+        if line:
+            self.log.warning(r.name, "pinned host key of %s in %s: %s" % (r.server_label(),
+                                                                          r.ssh_tunnel.known_hosts, line))
 
     def _maybe_failover(self, r):
         if len(r.addresses) > 1 and r.connect_failures >= r.t.failover_after:
@@ -590,7 +623,7 @@ class Supervisor:
         now = self.clock()
         for t in new.tunnels:
             r = old.pop(t.name, None)
-            if r is not None and r.t == t:
+            if r is not None and r.given == t:
                 keep.append(r)
                 continue
             if r is not None:
@@ -653,6 +686,8 @@ class Supervisor:
                 # name, or `-R SPEC` when none was given.
                 "forwards": [{"name": f.label(), "kind": f.kind, "spec": f.spec(),
                               "verdict": m.verdicts.get(check_key(f))} for f in r.ssh_tunnel.forwards],
+                "host_keys": ("pinned on first use in " if r.t.accept_new else "checked against ") +
+                             (r.ssh_tunnel.known_hosts or "the client's default known_hosts"),
             })
             if r.child:
                 children.append(r.child.cmdline_record())
@@ -663,7 +698,7 @@ class Supervisor:
                 # `status` calls the agent hung after STALE_INTERVALS of these without a write
                 "interval": min([r.t.interval for r in self.runners] or [30]),
                 "settings": state.digest(self.settings), "config": self.settings.config_path,
-                "children": children}
+                "children": children, "warnings": list(getattr(self.settings, "warnings", ()) or ())}
 
     def _write_state(self, force=False):
         now = self.clock()
@@ -672,8 +707,18 @@ class Supervisor:
             return
         try:
             state.write(self.settings.state, self.state_doc())
+            if self._state_error:
+                self.log.info("", "state file %s written again" % self.settings.state)
+            self._state_error = ""
         except Exception as exc:
-            self.log.error("", str(exc))
+            if str(exc) != self._state_error:  # once, not every interval
+                self.log.error("", "%s; running on: `status` cannot show this agent until it can be written" % exc)
+            self._state_error = str(exc)
+            try:
+                # The heartbeat `check` reads when there is no state: the pidfile's mtime (no space needed).
+                os.utime(self.settings.pidfile, follow_symlinks=False)
+            except OSError:
+                pass
         self._last_state_write = now
         self._state_dirty = False
 

@@ -102,12 +102,13 @@ def is_public_key(head):
 # session. Left out on purpose (examples): ProxyCommand, LocalCommand, PermitLocalCommand and
 # KnownHostsCommand run commands on the box; RemoteCommand, RequestTTY, SessionType replace or break
 # the session sshkeep reads its ready line from; ClearAllForwardings, Control* (a master would
-# carry the tunnel away from the agent), Forward*, EscapeChar, Include, Match, SendEnv/SetEnv.
+# carry the tunnel away from the agent), Forward*, EscapeChar, Include, Match, SendEnv/SetEnv,
+# LogLevel (QUIET would hide the errors sshkeep classifies).
 ALLOWED_SSH_OPTIONS = (
     "AddressFamily", "BatchMode", "BindAddress", "BindInterface", "CASignatureAlgorithms", "CheckHostIP",
     "Ciphers", "Compression", "ConnectionAttempts", "ConnectTimeout", "ExitOnForwardFailure",
     "FingerprintHash", "GatewayPorts", "HashKnownHosts", "HostKeyAlgorithms", "HostKeyAlias",
-    "IdentitiesOnly", "IdentityFile", "IPQoS", "KexAlgorithms", "LogLevel", "MACs", "Port",
+    "IdentitiesOnly", "IdentityFile", "IPQoS", "KexAlgorithms", "MACs", "Port",
     "PreferredAuthentications", "PubkeyAcceptedAlgorithms", "PubkeyAcceptedKeyTypes", "RekeyLimit",
     "ServerAliveCountMax", "ServerAliveInterval", "StrictHostKeyChecking", "TCPKeepAlive", "UpdateHostKeys",
     "User", "UserKnownHostsFile", "VerifyHostKeyDNS",
