@@ -510,8 +510,8 @@ def test_render_sanitizes_names_from_the_command_line():
     assert config.parse_text(text).tunnels[0].forwards == s.tunnels[0].forwards
 
 
-_REFUSED = ("ssh option %s is not allowed (it could run commands, change the forwards or weaken checks "
-            "sshkeep relies on) — remove it; allowed options are listed in docs/security.md")
+_REFUSED = ("ssh option %s is not allowed in sshkeep (it could run commands, move the session or hide what "
+            "sshkeep watches) — remove it; allowed options are listed in docs/security.md")
 
 
 @pytest.mark.parametrize("option", ["LocalCommand=touch /tmp/pwned", "PermitLocalCommand=yes",
