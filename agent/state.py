@@ -56,16 +56,17 @@ def public(doc: dict) -> dict:
     for t in doc.get("tunnels", []):
         tunnels.append({k: t.get(k) for k in ("name", "state", "since", "restarts", "last_error", "ssh_pid",
                                               "server", "health", "checks", "consecutive_failures",
-                                              "last_check", "last_heal", "forwards", "next_attempt_in", "client")})
+                                              "last_check", "last_heal", "forwards", "next_attempt_in", "client",
+                                              "session", "held")})
     return {"pid": doc.get("pid"), "version": doc.get("version"), "running": pid_alive(doc.get("pid")),
-            "updated": doc.get("updated"), "tunnels": tunnels}
+            "updated": doc.get("updated"), "box_id": doc.get("box_id"), "tunnels": tunnels}
 
 
 def render(doc: dict, now=None) -> str:
     now = time.time() if now is None else now
     d = public(doc)
-    head = "sshkeep %s, pid %s%s, updated %s ago" % (
-        d["version"], d["pid"], "" if d["running"] else " (NOT RUNNING)", _ago(now, d["updated"]))
+    head = "sshkeep %s, pid %s%s, box %s, updated %s ago" % (
+        d["version"], d["pid"], "" if d["running"] else " (NOT RUNNING)", d["box_id"] or "-", _ago(now, d["updated"]))
     rows = [("TUNNEL", "STATE", "FOR", "RESTARTS", "SSH PID", "SERVER", "HEALTH", "LAST ERROR")]
     for t in d["tunnels"]:
         rows.append((t["name"] or "-", t["state"] or "-", _ago(now, t["since"]), str(t["restarts"] or 0),
@@ -73,6 +74,7 @@ def render(doc: dict, now=None) -> str:
                      (t["last_error"] or "-")[:70]))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = [head] + ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+    lines += ["%s: %s" % (t["name"], t["held"]) for t in d["tunnels"] if t.get("held")]  # whole: it says who
     return "\n".join(lines) + "\n"
 
 

@@ -1,0 +1,68 @@
+"""agent.identity: the box ID is made once, kept, and never derived from names that collide."""
+
+import os
+import re
+
+import pytest
+
+from agent import errors as E
+from agent import identity
+from agent.health import held_message
+
+
+def test_made_once_then_kept(tmp_path):
+    path = str(tmp_path / "etc" / "sshkeep" / "box-id")
+    first = identity.box_id(path)
+    assert re.match(r"\A[0-9a-f]{16}\Z", first)
+    assert open(path).read() == first + "\n"
+    assert identity.box_id(path) == first                  # read, not made again
+    assert os.listdir(os.path.dirname(path)) == ["box-id"]  # no temp file left behind
+    assert identity.box_id(str(tmp_path / "other")) != first
+
+
+def test_two_boxes_with_the_same_hostname_differ(tmp_path):
+    ids = {identity.box_id(str(tmp_path / ("b%d" % i) / "box-id")) for i in range(20)}
+    assert len(ids) == 20
+
+
+def test_an_admin_may_write_their_own(tmp_path):
+    path = tmp_path / "box-id"
+    path.write_text("  rtr-berlin-01 \n")
+    assert identity.box_id(str(path)) == "rtr-berlin-01"
+
+
+@pytest.mark.parametrize("text", ["", "a b c", "$(id)", "x" * 65, "ab"])
+def test_a_bad_file_is_an_error_with_the_fix(tmp_path, text):
+    path = tmp_path / "box-id"
+    path.write_text(text)
+    with pytest.raises(E.SshkeepError) as exc:
+        identity.box_id(str(path))
+    assert str(path) + ":1:" in str(exc.value) and "remove the file" in str(exc.value)
+
+
+def test_cannot_create_is_an_error_naming_the_file(tmp_path):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    (ro / "sshkeep").write_text("a file where the directory should be")
+    with pytest.raises(E.SshkeepError) as exc:
+        identity.box_id(str(ro / "sshkeep" / "box-id"))
+    assert exc.value.code == E.EX_CANTCREAT and "--box-id-file" in str(exc.value)
+
+
+def test_default_dir_is_persistent():
+    d = identity.default_dir()
+    assert d == "/etc/sshkeep" if os.geteuid() == 0 else d.endswith("/sshkeep")
+    assert not d.startswith(("/tmp", "/var/run", "/run"))
+
+
+@pytest.mark.parametrize("text, folded", [("tünnel", "tunnel"), ("Straße", "Strasse"), ("OpenWrt", "OpenWrt"),
+                                          ("a b;c", "a_b_c"), ("☃", "_"), ("", "-"), ("x" * 99, "x" * 64)])
+def test_word_folds_any_text_to_ascii(text, folded):
+    assert identity.word(text) == folded
+
+
+def test_held_message_says_who_and_since():
+    msg = held_message(20022, [{"pid": 7, "box": "0123abcd", "since": 0, "host": "OpenWrt", "tunnel": "t"}], "me")
+    assert msg.startswith("port 20022 on the hub is held by box 0123abcd, hostname OpenWrt, tunnel t, since ")
+    msg = held_message(20022, [{"pid": 7, "box": "me", "since": 1764650000, "host": "h", "tunnel": "t"}], "me")
+    assert "earlier session of this box" in msg and "2025-12-02" in msg and "never ended" in msg
