@@ -205,9 +205,8 @@ class Checks:
                 return
             if verdict == remote.HELD:
                 held = held_message(failed, remote.reclaim_holders(text), sup.box)
+                self.log.warning(r.name, held + "; not ending it")
                 sup.report_reclaimed(r, False, held=held)
-                wait = r.m.deadline - sup.clock() if r.m.deadline is not None else 0.0
-                self.log.warning(r.name, "%s; not ending it, trying again in %.0fs" % (held, max(0.0, wait)))
                 return
             if verdict == remote.NOTHING:
                 why = ("no session on the hub is registered for port %d: the old session is going away, or "

@@ -66,3 +66,40 @@ def test_held_message_says_who_and_since():
     assert msg.startswith("port 20022 on the hub is held by box 0123abcd, hostname OpenWrt, tunnel t, since ")
     msg = held_message(20022, [{"pid": 7, "box": "me", "since": 1764650000, "host": "h", "tunnel": "t"}], "me")
     assert "earlier session of this box" in msg and "2025-12-02" in msg and "never ended" in msg
+
+
+def _sup(tmp_path, box="0123abcd"):
+    from types import SimpleNamespace
+    from agent.model import Settings
+    from agent.supervisor import Supervisor
+    sup = Supervisor(Settings(tunnels=(), state=str(tmp_path / "state.json")), log=None)
+    sup.box = box
+    sup.runners = [SimpleNamespace(name="t", session=None), SimpleNamespace(name="u", session=None)]
+    return sup
+
+
+def _doc(pid, box="0123abcd", session=None):
+    session = session or {"pid": 4242, "start": "987654", "server": "hub:22", "box": box}
+    return {"pid": pid, "box_id": box, "tunnels": [{"name": "t", "session": session}, {"name": "u"}]}
+
+
+def test_a_restarted_agent_keeps_its_own_last_session(tmp_path):
+    dead = 2 ** 22 + 17  # above pid_max on this kind of machine: never alive
+    sup = _sup(tmp_path)
+    sup._seed_sessions(_doc(dead))
+    assert sup.runners[0].session == {"pid": 4242, "start": "987654", "server": "hub:22", "box": "0123abcd"}
+    assert sup.runners[1].session is None
+
+
+@pytest.mark.parametrize("doc", [
+    _doc(os.getppid()),                                       # a live agent wrote it: its sessions are not stale
+    _doc(2 ** 22 + 17, box="another-box"),                    # another box identity
+    _doc(2 ** 22 + 17, session={"pid": "4242; id", "start": "1", "server": "h", "box": "0123abcd"}),
+    _doc(2 ** 22 + 17, session={"pid": 4242, "start": "$(id)", "server": "h", "box": "0123abcd"}),
+    _doc(2 ** 22 + 17, session={"pid": 1, "start": "5", "server": "h", "box": "0123abcd"}),
+    {"pid": None, "tunnels": "junk"},
+])
+def test_no_session_is_taken_from_a_state_that_does_not_prove_it(tmp_path, doc):
+    sup = _sup(tmp_path)
+    sup._seed_sessions(doc)
+    assert [r.session for r in sup.runners] == [None, None]
