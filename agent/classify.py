@@ -94,8 +94,8 @@ HINTS = {
     KEY_FORMAT: "the client cannot use the key file: check its format (dropbearconvert) and mode (chmod 600)",
     SERVER_BUSY: "the server dropped the connection before the key exchange (MaxStartups?): retrying "
                  "after a random delay; fleets should set --spread",
-    PORT_IN_USE: "the listen port is taken on the server: asking it who holds the port (only this box's "
-                 "own stale session is ever ended; set ClientAliveInterval on the server)",
+    PORT_IN_USE: "the listen port is taken on the server; unless reclaim is off, the hub is asked who holds "
+                 "it and only this box's own stale session is ended (set ClientAliveInterval on the server)",
     LOCAL_PORT_IN_USE: "a local listen port is taken by another process on this box",
     CLIENT_MISSING: "install openssh-client or dropbear, or give --ssh PATH",
 }

@@ -205,7 +205,8 @@ class Checks:
                 return
             if verdict == remote.HELD:
                 held = held_message(failed, remote.reclaim_holders(text), sup.box)
-                self.log.warning(r.name, held + "; not ending it")
+                if held != r.held:  # once per holder, not at every retry
+                    self.log.warning(r.name, held + "; not ending it")
                 sup.report_reclaimed(r, False, held=held)
                 return
             if verdict == remote.NOTHING:
