@@ -34,7 +34,7 @@ test: build      ## every test: unit, integration (netns), build, cross
 demo: build      ## throwaway sshd, the agent keeping a reverse tunnel, status
 	$(VPY) tests/demo.py $(PYZ)
 
-bench: build     ## heal times and footprint against autossh; rewrites README's results
+bench: build     ## heal times and footprint against autossh; rewrites docs/benchmarks.md's results
 	$(VPY) tests/bench/run.py $(PYZ)
 
 clean:

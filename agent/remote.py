@@ -71,7 +71,7 @@ import shlex
 import socket
 import time
 
-from agent import identity
+from agent import identity, values
 from agent.model import Forward
 from agent.probe import (
     BANNER_MISMATCH, CLOSED, ERROR, OK_DATA, REFUSED, TIMEOUT, ProbeResult, is_ip_literal,
@@ -303,9 +303,9 @@ _PATH_OK = re.compile(r"\A[A-Za-z0-9._/+@-]{1,200}\Z")
 
 
 def _port(port) -> int:
-    if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
+    if not isinstance(port, int):  # a number here, never text: this goes into a shell line
         raise ValueError("not a port (1-65535): %r" % (port,))
-    return port
+    return values.port(port)  # values.Bad is a ValueError
 
 
 def check_addresses(bind: str) -> List[str]:

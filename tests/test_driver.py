@@ -233,7 +233,7 @@ def test_run_logs_the_config_files_warnings(tmp_path):
 
 
 def test_status_json_has_the_documented_shape(agent, tmp_path):
-    # Fleet monitoring parses this: the keys are a contract (README: Command line).
+    # Fleet monitoring parses this: the keys are a contract (README: Status and logs).
     a = agent("ready")
     wait_until(lambda: a.tunnel().get("state") == "up", 10, 0.05, what="state up")
     r = subprocess.run([sys.executable, "-m", "agent", "status", "--json", "--state", a.state],
@@ -254,7 +254,8 @@ def test_status_json_has_the_documented_shape(agent, tmp_path):
 
 @pytest.mark.parametrize("flags,named", [(["--interval", "5"], "--interval"), (["--ssh", FAKE], "--ssh"),
                                          (["-R", "1:h:2"], "forwards"), (["--no-reclaim"], "--no-reclaim"),
-                                         (["-p", "2222"], "-p"), (["--name", "x"], "--name")])
+                                         (["-p", "2222"], "-p"), (["--name", "x"], "--name"),
+                                         (["-o", "Compression=yes"], "-o")])
 def test_tunnel_flags_beside_c_are_refused_not_ignored(tmp_path, flags, named):
     conf = tmp_path / "c.conf"
     conf.write_text("config server 'hub'\n\toption host '127.0.0.1'\nconfig tunnel 't'\n\toption server 'hub'\n"

@@ -298,22 +298,23 @@ def test_busybox_script_with_real_agent(tmp):
         box.cleanup()
 
 
-def crontab_line_from_readme():
-    with open(os.path.join(TOP, "README.md")) as f:
+def crontab_line_from_docs():
+    """The one crontab line docs/init.md tells users to install."""
+    with open(os.path.join(TOP, "docs", "init.md")) as f:
         lines = [l.rstrip("\n") for l in f if l.startswith("* * * * * ")]
     assert len(lines) == 1, lines
     return lines[0]
 
 
-def test_readme_crontab_line_under_real_busybox_crond(tmp):
-    """The README's crontab line, paths pointed into a temp dir, run by busybox crond with a bare
+def test_docs_crontab_line_under_real_busybox_crond(tmp):
+    """docs/init.md's crontab line, paths pointed into a temp dir, run by busybox crond with a bare
     environment: within a minute (+ slack) an agent runs, with HOME on the tmpfs dir. REAL agent.
     (Slow: waits for crond's minute boundary.)"""
     if not os.path.exists(PYZ):
         pytest.fail("build/sshkeep.pyz missing: run `make build`", pytrace=False)
     pidf, statef, home = (os.path.join(tmp, n) for n in ("cron.pid", "cron.json", "home"))
     conf = real_config(tmp, globals_="\toption pidfile '%s'\n\toption state '%s'\n" % (pidf, statef))
-    line = crontab_line_from_readme()
+    line = crontab_line_from_docs()
     for old, new in (("/usr/bin/python3", sys.executable), ("/usr/lib/sshkeep/sshkeep.pyz", PYZ),
                      ("/etc/config/sshkeep", conf), ("/var/run/sshkeep", home),
                      (">/dev/null 2>&1", ">>%s 2>&1" % os.path.join(tmp, "cron.out"))):
