@@ -189,8 +189,10 @@ class Machine:
         if self.state == STOPPING or outcome.reason == C.STOPPED:
             self._go(STOPPED, now)
             return []
-        self.last_outcome = outcome
-        self.last_error = outcome.reason + (": " + outcome.detail if outcome.detail else "")
+        if outcome.reason != C.RECONNECT:
+            # A reconnect someone asked for (SIGUSR1, failback) is no error: keep the last real one.
+            self.last_outcome = outcome
+            self.last_error = outcome.reason + (": " + outcome.detail if outcome.detail else "")
         self.up_since = None
         self._wait_for_server = False
         if outcome.action == C.FATAL:

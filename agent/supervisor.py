@@ -18,6 +18,7 @@ from agent import clients, identity, lifecycle, probe, record, remote, spread, s
 from agent import machine as M
 from agent.child import Child, Job
 from agent.errors import EX_NOINPUT, SshkeepError
+from agent.model import check_key, hostport
 
 TERM_TIMEOUT = 2.0          # TERM -> KILL for ssh children (procd gives us 5 s in all)
 STUCK_CONNECT = 2.0         # a connect not ready after this long may be stuck in an outage
@@ -82,7 +83,8 @@ class Runner:
         self.held = ""                  # who holds our -R port on the hub, when another session does
         self.seen = None
         self.no_command = False         # the server ran no command of ours: use -N
-        self.watchdogs = 0              # consecutive "no ready line in time"
+        self.watchdogs = 0              # consecutive "no ready line" (in time, or the session ended first)
+        self.ssh_said = set()           # stderr lines logged since the last change (not repeated)
         self.loop = None                # remote.LoopListener when t.loop_port
         self.loop_box_port = 0
         self.ssh_tunnel = tunnel        # what ssh is started with (tunnel + loop forwards)
@@ -106,8 +108,18 @@ class Runner:
         return self.addresses[self.addr_index]
 
     def server_label(self):
-        host, port = self.address
-        return "%s:%d" % (host, port)
+        return hostport(*self.address)
+
+    def forward_names(self):
+        """The configured names (or `-R SPEC` where none was given), for logs."""
+        return ", ".join(f.label() for f in self.t.forwards)
+
+    def check_label(self, name):
+        """A check's name (`R:8080`) with the configured name of its forward: `web (R:8080)`."""
+        for f in self.t.forwards:
+            if f.name and check_key(f) == name:
+                return "%s (%s)" % (f.name, name)
+        return name
 
 
 class Supervisor:
@@ -320,8 +332,9 @@ class Supervisor:
             return
         if known is False:
             # dbclient without BatchMode would sit at a y/n prompt for ever.
-            msg = "host key of %s is not in %s/.ssh/known_hosts and --accept-new is off" % (
-                host, r.home or os.environ.get("HOME", "/"))
+            # Name the user's file, not the private copy sshkeep gives dbclient (prepare_home).
+            where = t.known_hosts or os.path.join(os.environ.get("HOME", "/"), ".ssh", "known_hosts")
+            msg = "host key of %s is not in %s and --accept-new is off" % (hostport(host, port), where)
             self.log.error(t.name, msg + "; " + C.HINTS[C.HOSTKEY_UNKNOWN])
             self._event(r, r.m.on_exit, self.clock(), C.Outcome(C.HOSTKEY_UNKNOWN, C.RETRY_SLOW, msg))
             return
@@ -332,6 +345,7 @@ class Supervisor:
             return
         r.child = child
         r.ready_pid = None
+        r.ssh_said.clear()
         for fd in child.fds():
             self._watch(fd, r, child)
         self.log.info(t.name, "connecting to %s (ssh pid %d)" % (r.server_label(), child.pid))
@@ -347,7 +361,7 @@ class Supervisor:
         lines, eof = child.read(fd)
         for line in lines:
             if is_err:
-                self.log.info(r.name, "ssh: " + line)
+                self._ssh_said(r, line)
             else:
                 ready = remote.parse_ready(line)
                 if ready is not None:
@@ -360,6 +374,18 @@ class Supervisor:
         if eof:
             self._unwatch(fd)
             child.close_fd(fd)
+
+    def _ssh_said(self, r, line):
+        """Log a line of ssh's stderr once per change: OpenSSH writes `connect_to ... failed`
+        for every connection to a target that is down, i.e. on every check."""
+        text = line if line.startswith(("ssh:", "dbclient:")) else "ssh: " + line
+        if line in r.ssh_said:
+            self.log.debug(r.name, text)
+            return
+        if len(r.ssh_said) >= 64:
+            r.ssh_said.clear()
+        r.ssh_said.add(line)
+        self.log.info(r.name, text)
 
     def _ready(self, r):
         self._event(r, r.m.on_ready, self.clock())
@@ -374,8 +400,8 @@ class Supervisor:
             r.next_check = now + min(r.t.interval, 5.0) if self.checks else None
             r.check_round = 0
             r.greetings.clear()         # learned again once per session (the target may have changed)
-            self.log.info(r.name, "up via %s (%d forward%s)%s" % (
-                r.server_label(), len(r.t.forwards), "" if len(r.t.forwards) == 1 else "s",
+            self.log.info(r.name, "up via %s (%d forward%s: %s)%s" % (
+                r.server_label(), len(r.t.forwards), "" if len(r.t.forwards) == 1 else "s", r.forward_names(),
                 "" if r.ready_pid is None else ", server session pid %d" % r.ready_pid))
         elif r.m.state == M.BACKOFF and r.m.deadline is not None:
             self.log.info(r.name, "retrying in %.1fs" % (r.m.deadline - now))
@@ -388,17 +414,23 @@ class Supervisor:
             lines, _ = child.read(fd)
             if child.is_stderr(fd):
                 for line in lines:
-                    self.log.info(r.name, "ssh: " + line)
+                    self._ssh_said(r, line)
             self._unwatch(fd)
         child.close()
         r.child = None
         outcome = C.classify(child.returncode, child.stderr_tail, r.m.kill_reason, r.info.kind)
-        level = self.log.info if outcome.action == C.NONE else self.log.warning
+        quiet = outcome.action == C.NONE or outcome.reason == C.RECONNECT  # we asked for it
+        level = self.log.info if quiet else self.log.warning
         level(r.name, "ssh exited after %.1fs: %s%s%s" % (
             child.uptime(), outcome.reason, " (%s)" % outcome.detail if outcome.detail else "",
-            "; " + outcome.hint if outcome.hint and outcome.action != C.NONE else ""))
+            "; " + outcome.hint if outcome.hint and not quiet else ""))
         was_up = r.m.state == M.UP
-        r.watchdogs = r.watchdogs + 1 if outcome.reason == C.WATCHDOG else 0
+        # A forced command (`command="echo tunnels only"` in authorized_keys) runs instead of
+        # ours and ends the session before our ready line: as telling as a watchdog kill.
+        ended_first = (r.m.state == M.CONNECTING and r.m.kill_reason is None and not r.no_command
+                       and outcome.reason in (C.CLOSED, C.EXITED)
+                       and C.session_ran(r.info.kind, child.returncode, child.stdout_tail))
+        r.watchdogs = r.watchdogs + 1 if outcome.reason == C.WATCHDOG or ended_first else 0
         if r.watchdogs >= 2 and r.t.reclaim and not r.no_command:
             # Logged in but our session command never said ready: a forced command
             # (restricted key) or no shell. Fall back to -N; reclaim cannot work there.
@@ -485,7 +517,8 @@ class Supervisor:
         r.next_failback = now + r.t.interval
         host, port = r.addresses[0]
         if probe.probe_tcp(host, port, timeout=1.0):
-            self.log.info(r.name, "primary %s:%d answers again: moving back from %s" % (host, port, r.server_label()))
+            self.log.info(r.name, "primary %s answers again: moving back from %s" % (
+                hostport(host, port), r.server_label()))
             r.addr_index = 0
             self._event(r, r.m.on_reconnect_request, now)
 
@@ -505,8 +538,9 @@ class Supervisor:
         now = self.clock()
         prev = r.m.verdicts.get(name)
         if prev != verdict:
+            r.ssh_said.clear()  # the target changed: its next connect_to line is news again
             lvl = self.log.info if ok else self.log.warning
-            lvl(r.name, "check %s: %s%s" % (name, verdict, " (%s)" % detail if detail else ""))
+            lvl(r.name, "check %s: %s%s" % (r.check_label(name), verdict, " (%s)" % detail if detail else ""))
         self._event(r, r.m.on_check, now, name, verdict, ok)
         self._state_dirty = True
         if ok is False and r.m.state == M.UP and r.next_check is not None:
@@ -659,7 +693,10 @@ class Supervisor:
                 "last_check": round(wall_now - (mono_now - m.last_check), 3) if m.last_check else None,
                 "last_heal": m.last_heal,
                 "next_attempt_in": round(m.deadline - mono_now, 1) if m.state == M.BACKOFF and m.deadline else None,
-                "forwards": [f.label() for f in r.ssh_tunnel.forwards],
+                # One shape in every mode (docs/status-and-logs.md): name is the configured
+                # name, or `-R SPEC` when none was given.
+                "forwards": [{"name": f.label(), "kind": f.kind, "spec": f.spec(),
+                              "verdict": m.verdicts.get(check_key(f))} for f in r.ssh_tunnel.forwards],
                 "session": r.session,
                 "held": r.held or None,
             })
@@ -669,6 +706,9 @@ class Supervisor:
                 # `check` judges freshness on the monotonic clock: the wall clock of a box
                 # without an RTC jumps at boot when NTP sets it.
                 "updated": wall_now, "monotonic": mono_now, "pidfile": self.settings.pidfile, "tunnels": tunnels,
+                # `status` calls the agent hung after STALE_INTERVALS of these without a write
+                "interval": min([r.t.interval for r in self.runners] or [30]),
+                "settings": state.digest(self.settings), "config": self.settings.config_path,
                 "children": children}
 
     def _write_state(self, force=False):

@@ -265,3 +265,15 @@ def test_port_held_by_another_box_waits_longest_and_says_who():
     assert m.last_error == "remote-port-held: " + held
     assert m.on_timer(30.0) == []             # no retry, no reclaim before the long wait is over
     assert m.on_timer(m.deadline) == [M.Spawn()]
+
+
+def test_requested_reconnect_is_not_an_error():
+    # SIGUSR1 / failback: status must keep showing the last real error, not "reconnect-requested".
+    m = make()
+    m.start(0)
+    m.on_exit(0.1, REFUSED)
+    m.on_timer(m.deadline)
+    m.on_ready(2)
+    assert m.on_reconnect_request(3) == [M.Kill(C.RECONNECT)]
+    assert m.on_exit(3.1, C.classify(0, [], ours=C.RECONNECT)) == [M.Spawn()]
+    assert m.last_error == "connection-refused: refused"
