@@ -103,3 +103,29 @@ def test_no_session_is_taken_from_a_state_that_does_not_prove_it(tmp_path, doc):
     sup = _sup(tmp_path)
     sup._seed_sessions(doc)
     assert [r.session for r in sup.runners] == [None, None]
+
+
+def test_an_unusable_id_file_does_not_stop_the_tunnels(tmp_path):
+    """Full or read-only flash: a temporary ID (the previous run's, from the state) and an error
+    line naming the file, instead of refusing to start."""
+    import json
+    from agent.model import Settings
+    from agent.supervisor import Supervisor
+
+    class Log:
+        lines = []
+
+        def error(self, tunnel, message):
+            self.lines.append(message)
+
+    (tmp_path / "flat").write_text("a file where the directory should be")
+    bad = str(tmp_path / "flat" / "box-id")
+    state = tmp_path / "state.json"
+    log = Log()
+    sup = Supervisor(Settings(tunnels=(), state=str(state), box_id_file=bad), log=log)
+    sup.prepare()
+    assert identity.ID_OK.match(sup.box) and bad in log.lines[0] and "temporary box id" in log.lines[0]
+    state.write_text(json.dumps({"pid": None, "box_id": "feedc0de12345678"}))
+    again = Supervisor(Settings(tunnels=(), state=str(state), box_id_file=bad), log=log)
+    again.prepare()
+    assert again.box == "feedc0de12345678"  # the same temporary ID until the reboot clears the state
