@@ -100,6 +100,9 @@ def _add_tunnel_options(p):
     p.add_argument("--name", default=None, help="the tunnel's name in logs and status (default: the host)")
     p.add_argument("--state", default=None, metavar="FILE", help="run-state JSON (default /var/run/sshkeep.json)")
     p.add_argument("--pidfile", default=None, metavar="FILE", help="default /var/run/sshkeep.pid")
+    p.add_argument("--box-id-file", default=None, metavar="FILE",
+                   help="this box's identity on the hub, made once (default /etc/sshkeep/box-id as root, "
+                        "else ~/.config/sshkeep/box-id)")
     p.add_argument("--syslog", action="store_true", help="log to syslog instead of stderr (stderr, or a file "
                                                           "beside --state, when no syslog daemon listens)")
     p.add_argument("--daemon", action="store_true", help="detach (double fork) after start; for plain init scripts")
@@ -324,7 +327,8 @@ def _settings(tunnels, args):
     from agent.model import Settings
     return Settings(tunnels=tuple(tunnels), state=os.path.abspath(args.state or _default_state()),
                     pidfile=os.path.abspath(args.pidfile or _default_pidfile()), syslog=args.syslog,
-                    config_path=args.config and os.path.abspath(args.config))
+                    config_path=args.config and os.path.abspath(args.config),
+                    box_id_file=_abs(args.box_id_file or ""))
 
 
 def _override_globals(s, args):
@@ -335,6 +339,8 @@ def _override_globals(s, args):
         kw["pidfile"] = os.path.abspath(args.pidfile)
     if args.syslog:
         kw["syslog"] = True
+    if args.box_id_file:
+        kw["box_id_file"] = _abs(args.box_id_file)
     return _replace(s, **kw) if kw else s
 
 

@@ -81,6 +81,7 @@ class Settings:
     syslog: bool = False
     config_path: Optional[str] = None
     argv: Tuple[str, ...] = ()
+    box_id_file: str = ""           # agent.identity: "" = the default beside the host-key pins
     # Non-fatal findings of the config parser (`FILE:LINE: what — fix`); not part of equality.
     warnings: Tuple[str, ...] = field(default=(), compare=False)
 

@@ -129,14 +129,15 @@ def public(doc: dict, now_wall=None, now_mono=None) -> dict:
     for t in doc.get("tunnels", []):
         pt = {k: t.get(k) for k in ("name", "state", "since", "restarts", "last_error", "ssh_pid",
                                     "server", "health", "checks", "consecutive_failures",
-                                    "last_check", "last_heal", "next_attempt_in", "client", "host_keys")}
+                                    "last_check", "last_heal", "next_attempt_in", "client", "host_keys",
+                                    "session", "held")}
         # [{name, kind, spec, verdict}]; a state file of an older agent has plain labels.
         pt["forwards"] = [f if isinstance(f, dict) else {"name": f, "kind": None, "spec": None, "verdict": None}
                           for f in t.get("forwards") or []]
         tunnels.append(pt)
     running = pid_alive(doc.get("pid"))
     return {"pid": doc.get("pid"), "version": doc.get("version"), "running": running,
-            "updated": doc.get("updated"), "interval": doc.get("interval"),
+            "updated": doc.get("updated"), "interval": doc.get("interval"), "box_id": doc.get("box_id"),
             "updating": running and updating(doc, now_wall, now_mono), "tunnels": tunnels,
             "warnings": doc.get("warnings") or []}
 
@@ -144,8 +145,8 @@ def public(doc: dict, now_wall=None, now_mono=None) -> dict:
 def render(doc: dict, now=None, now_mono=None) -> str:
     now = time.time() if now is None else now
     d = public(doc, now, now_mono)
-    head = "sshkeep %s, pid %s%s, updated %s ago" % (
-        d["version"], d["pid"], "" if d["running"] else " (NOT RUNNING)", _ago(now, d["updated"]))
+    head = "sshkeep %s, pid %s%s, box %s, updated %s ago" % (
+        d["version"], d["pid"], "" if d["running"] else " (NOT RUNNING)", d["box_id"] or "-", _ago(now, d["updated"]))
     if d["running"] and not d["updating"]:
         head += ("\nNOT UPDATING: no state written for %s (interval %ss): the agent is hung or stopped "
                  "(SIGSTOP?); `sshkeep check` restarts it" % (_ago(now, d["updated"]), d["interval"]))
@@ -159,6 +160,9 @@ def render(doc: dict, now=None, now_mono=None) -> str:
     lines = [head] + ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
     lines += ["%s: host keys %s" % (t["name"], t["host_keys"]) for t in d["tunnels"] if t.get("host_keys")]
     lines += ["warning: %s" % w for w in d["warnings"]]
+    # who holds a -R port, also once LAST ERROR has moved on to the next attempt's reason
+    lines += ["%s: %s" % (t["name"], t["held"]) for t in d["tunnels"]
+              if t.get("held") and t["held"] not in (t["last_error"] or "")]
     return "\n".join(lines) + "\n"
 
 

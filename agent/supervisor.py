@@ -14,7 +14,7 @@ import time
 
 from agent import __version__
 from agent import classify as C
-from agent import clients, probe, record, remote, spread, state
+from agent import clients, identity, lifecycle, probe, record, remote, spread, state
 from agent import machine as M
 from agent.child import Child, Job
 from agent.errors import EX_NOINPUT, SshkeepError
@@ -27,22 +27,28 @@ SERVER_PROBE_SLOW = 1.5     # every 0.25 s for the first SERVER_PROBE_FAST_FOR s
 SERVER_PROBE_FAST_FOR = 10.0
 
 
-def owner_tag(tunnel_name):
-    """Who owns a server-side session record: this box and tunnel (see agent.remote)."""
-    host = socket.gethostname() or "box"
-    clean = lambda text: "".join(c if c.isalnum() or c in "._-" else "_" for c in text)[:31] or "x"
-    return "%s.%s" % (clean(host), clean(tunnel_name))
-
-
-def session_command(tunnel):
+def session_command(tunnel, box):
     """Remote command run instead of -N: records the session for reclaim, prints the ready marker.
 
-    Without -R forwards there is nothing to reclaim; the command still marks readiness.
+    The record's owner is the box identity; hostname and tunnel name go beside
+    it for people (agent.identity.word folds any text). Without -R forwards there
+    is nothing to reclaim; the command still marks readiness.
     """
     ports = [f.port for f in tunnel.forwards if f.kind == "R"]
     if not ports:
         return "echo %s $PPID nostate; exec cat >/dev/null" % remote.READY_MARKER
-    return remote.session_command(ports, owner=owner_tag(tunnel.name))
+    return remote.session_command(ports, owner=box, host=socket.gethostname() or "-", tunnel=tunnel.name)
+
+
+def _session_record(value):
+    """A `session` entry of a previous run's state, checked: {pid, start, server, box} or None."""
+    if not isinstance(value, dict):
+        return None
+    pid, start, server, box = (value.get(k) for k in ("pid", "start", "server", "box"))
+    if (isinstance(pid, int) and not isinstance(pid, bool) and pid > 1 and isinstance(start, str)
+            and start.isdigit() and isinstance(server, str) and isinstance(box, str)):
+        return {"pid": pid, "start": start, "server": server, "box": box}
+    return None
 
 
 def recheck_delay(interval: float) -> float:
@@ -73,6 +79,9 @@ class Runner:
         self.next_server_probe = None
         self.server_probe_failed = False
         self.ready_pid = None
+        self.session = None             # this box's last session on the server, from its ready line:
+                                        # {pid, start, server, box}; the only one a reclaim may end
+        self.held = ""                  # who holds our -R port on the hub, when another session does
         self.seen = None
         self.no_command = False         # the server ran no command of ours: use -N
         self.watchdogs = 0              # consecutive "no ready line" (in time, or the session ended first)
@@ -136,6 +145,7 @@ class Supervisor:
         self._last_state_write = 0.0
         self._state_error = ""
         self.runtime_dir = settings.state + ".d"
+        self.box = None                 # agent.identity.box_id, read (or made) by prepare()
 
     # -- setup ------------------------------------------------------------
     def _policy(self, t):
@@ -193,8 +203,36 @@ class Supervisor:
     # -- main loop --------------------------------------------------------
     def prepare(self):
         """Detect clients and check keys for every tunnel: errors surface before we detach."""
+        if self.box is None:
+            self.box = self._box_id()
         if not self.runners:
             self.runners = [self._make_runner(t) for t in self.settings.tunnels]
+            self._seed_sessions(lifecycle.read_state(self.settings.state))
+
+    def _box_id(self):
+        """The box identity; if its file cannot be read or made, a temporary one (kept in the
+        run state until reboot), loudly: the tunnels matter more than reclaim across reboots."""
+        try:
+            return identity.box_id(self.settings.box_id_file)
+        except SshkeepError as exc:
+            prev = lifecycle.read_state(self.settings.state).get("box_id")
+            box = prev if isinstance(prev, str) and identity.ID_OK.match(prev) else identity.new_id()
+            self.log.error("", "%s; using the temporary box id %s until this is fixed (forgotten at reboot)"
+                           % (exc, box))
+            return box
+
+    def _seed_sessions(self, doc):
+        """Keep the last sessions a previous run of this agent announced (state on tmpfs: lost
+        at reboot), so a restarted agent can still reclaim its own stale session. Not from a
+        live agent's state (its sessions are not stale), not under another box identity."""
+        prev = doc.get("pid")
+        if prev != os.getpid() and state.pid_alive(prev) or doc.get("box_id") != self.box:
+            return
+        by_name = {t.get("name"): t for t in doc.get("tunnels") or [] if isinstance(t, dict)}
+        for r in self.runners:
+            rec = _session_record((by_name.get(r.name) or {}).get("session"))
+            if rec and rec["box"] == self.box:
+                r.session = rec
 
     def run(self) -> int:
         self.prepare()
@@ -292,7 +330,7 @@ class Supervisor:
     def _spawn(self, r):
         host, port = r.address
         t = r.ssh_tunnel
-        command = session_command(t) if t.reclaim and not r.no_command else None
+        command = session_command(t, self.box) if t.reclaim and not r.no_command else None
         home_dir = os.path.join(r.runtime_dir, "home-" + _safe(t.name))
         try:
             r.home = clients.prepare_home(r.info, t, home_dir, host, port)
@@ -345,6 +383,10 @@ class Supervisor:
                 ready = remote.parse_ready(line)
                 if ready is not None:
                     r.ready_pid = ready[0]
+                    recorded = ready[1] and ready[2] and any(f.kind == "R" for f in r.t.forwards)
+                    r.session = {"pid": ready[0], "start": ready[2], "server": r.server_label(),
+                                 "box": self.box} if recorded else None
+                    r.held = ""
                     self._ready(r)
         if eof:
             self._unwatch(fd)
@@ -541,10 +583,12 @@ class Supervisor:
             began = getattr(r, "check_began", now)
             r.next_check = min(r.next_check, max(now, began + recheck_delay(r.t.interval)))
 
-    def report_reclaimed(self, r, freed, nothing=False):
+    def report_reclaimed(self, r, freed, nothing=False, held=""):
         """Called by the reclaim with its outcome (freed: the stale listener is gone;
-        nothing: the server had no listener of ours left to end)."""
-        self._event(r, r.m.on_reclaimed, self.clock(), freed, nothing)
+        nothing: the server had no listener of ours left to end; held: who holds the
+        port instead, for the log and status: another box, so no fight, a long wait)."""
+        r.held = held
+        self._event(r, r.m.on_reclaimed, self.clock(), freed, nothing, held)
 
     def _maybe_probe_server(self, r, now):
         """Cheap TCP probes of the server: during a network backoff, and during a connect
@@ -688,10 +732,12 @@ class Supervisor:
                               "verdict": m.verdicts.get(check_key(f))} for f in r.ssh_tunnel.forwards],
                 "host_keys": ("pinned on first use in " if r.t.accept_new else "checked against ") +
                              (r.ssh_tunnel.known_hosts or "the client's default known_hosts"),
+                "session": r.session,
+                "held": r.held or None,
             })
             if r.child:
                 children.append(r.child.cmdline_record())
-        return {"pid": os.getpid(), "version": __version__, "started": self.started_wall,
+        return {"pid": os.getpid(), "version": __version__, "started": self.started_wall, "box_id": self.box,
                 # `check` judges freshness on the monotonic clock: the wall clock of a box
                 # without an RTC jumps at boot when NTP sets it.
                 "updated": wall_now, "monotonic": mono_now, "pidfile": self.settings.pidfile, "tunnels": tunnels,
