@@ -18,7 +18,18 @@ def _formatter(prog):
         width = int(os.environ.get("COLUMNS", "")) or os.get_terminal_size(2).columns
     except (ValueError, OSError):
         width = 80
-    return argparse.HelpFormatter(prog, width=max(40, width - 2))
+    return _DefaultsFormatter(prog, width=max(40, width - 2))
+
+
+class _DefaultsFormatter(argparse.HelpFormatter):
+    """Help with each real default, as `(default: N)`; not argparse's `(default: None)` noise."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        d = action.default
+        if "default" not in text and d is not None and d is not False and d not in ("", [], argparse.SUPPRESS):
+            text += " (default: %(default)s)"
+        return text
 
 
 class _Parser(argparse.ArgumentParser):
@@ -55,18 +66,18 @@ def _add_tunnel_options(p):
                    help="server port (default 22)")
     p.add_argument("-l", "--user", default=None, help="user on the server")
     p.add_argument("-i", "--identity", default=None, metavar="KEYFILE", help="private key")
-    p.add_argument("--client", choices=("auto", "openssh", "dropbear"), default="auto")
+    p.add_argument("--client", choices=("auto", "openssh", "dropbear"), default="auto", help="which client")
     p.add_argument("--ssh", default="", metavar="PATH",
                    help="the client binary (default: ssh, then dbclient on PATH; --client dropbear: dbclient first)")
     p.add_argument("--ssh-config", metavar="FILE", help="take host, user, port, key, forwards from this ssh_config")
-    p.add_argument("--known-hosts", default="", metavar="FILE")
+    p.add_argument("--known-hosts", default="", metavar="FILE", help="the server's host key (OpenSSH format)")
     p.add_argument("--accept-new", action="store_true", help="trust an unknown host key on first use")
     p.add_argument("-o", dest="ssh_options", action="append", default=[], metavar="Option=value",
                    help="an ssh option, as ssh -o takes it (repeatable; see docs/cli.md for the ones allowed)")
     p.add_argument("--keepalive", type=_checked(values.whole(0), "--keepalive"), default=None,
-                   metavar="SECONDS", help="ServerAliveInterval / dbclient -K (default 15; 0 = off)")
+                   metavar="SECONDS", help="server-alive interval; 0 = off (default: 15)")
     p.add_argument("--connect-timeout", type=_checked(values.whole(1), "--connect-timeout"), default=None,
-                   metavar="SECONDS", help="default 15")
+                   metavar="SECONDS", help="per connect (default: 15)")
     p.add_argument("--interval", type=_checked(values.seconds(1), "--interval"), default=30,
                    metavar="SECONDS", help="health-check period")
     p.add_argument("--remote-check-every", type=_checked(values.whole(0), "--remote-check-every"), default=4,
@@ -80,19 +91,23 @@ def _add_tunnel_options(p):
                    metavar="N",
                    help="consecutive failed checks before ssh is restarted")
     p.add_argument("--max-backoff", type=_checked(values.seconds(1), "--max-backoff"), default=60,
-                   metavar="SECONDS", help="longest wait between connects (at least 1)")
+                   metavar="SECONDS", help="longest wait between reconnects")
     p.add_argument("--spread", type=_checked(values.seconds(0), "--spread"), default=0, metavar="SECONDS",
                    help="fleet spreading: a per-box offset in [0, SECONDS) added to the first connect, "
                         "to backoff and to the reconnect after the server comes back (0 = off)")
     p.add_argument("--no-reclaim", action="store_true",
                    help="run ssh with -N; never reclaim a stale listener on the server")
     p.add_argument("--no-checks", action="store_true", help="no health checks (keepalive only)")
-    p.add_argument("--name", default=None)
+    p.add_argument("--name", default=None, help="the tunnel's name in logs and status (default: the host)")
     p.add_argument("--state", default=None, metavar="FILE", help="run-state JSON (default /var/run/sshkeep.json)")
     p.add_argument("--pidfile", default=None, metavar="FILE", help="default /var/run/sshkeep.pid")
-    p.add_argument("--syslog", action="store_true", help="log to syslog instead of stderr")
+    p.add_argument("--box-id-file", default=None, metavar="FILE",
+                   help="this box's identity on the hub, made once (default /etc/sshkeep/box-id as root, "
+                        "else ~/.config/sshkeep/box-id)")
+    p.add_argument("--syslog", action="store_true", help="log to syslog instead of stderr (stderr, or a file "
+                                                          "beside --state, when no syslog daemon listens)")
     p.add_argument("--daemon", action="store_true", help="detach (double fork) after start; for plain init scripts")
-    p.add_argument("--debug", action="store_true")
+    p.add_argument("--debug", action="store_true", help="also log debug lines (each ssh argv, repeated ssh lines)")
 
 
 def build_parser():
@@ -130,9 +145,8 @@ def _default_state():
 
 
 def _default_pidfile():
-    if os.geteuid() == 0 or os.access("/var/run", os.W_OK):
-        return "/var/run/sshkeep.pid"
-    return "/tmp/sshkeep-%d.pid" % os.getuid()
+    from agent.state import default_dir
+    return os.path.join(default_dir(), "sshkeep.pid")
 
 
 def settings_from_args(args):
@@ -317,7 +331,8 @@ def _settings(tunnels, args):
     from agent.model import Settings
     return Settings(tunnels=tuple(tunnels), state=os.path.abspath(args.state or _default_state()),
                     pidfile=os.path.abspath(args.pidfile or _default_pidfile()), syslog=args.syslog,
-                    config_path=args.config and os.path.abspath(args.config))
+                    config_path=args.config and os.path.abspath(args.config),
+                    box_id_file=_abs(args.box_id_file or ""))
 
 
 def _override_globals(s, args):
@@ -328,18 +343,21 @@ def _override_globals(s, args):
         kw["pidfile"] = os.path.abspath(args.pidfile)
     if args.syslog:
         kw["syslog"] = True
+    if args.box_id_file:
+        kw["box_id_file"] = _abs(args.box_id_file)
     return _replace(s, **kw) if kw else s
 
 
 def cmd_run(args, argv):
-    from agent.log import Log
+    from agent.log import Log, log_path_for
     from agent.supervisor import Supervisor
     settings = settings_from_args(args)
-    log = Log(use_syslog=settings.syslog or args.daemon, debug=args.debug)
     notifier = None
     if args.daemon:
         from agent import daemon
         notifier = daemon.daemonize()
+    # After the detach: a daemon's stderr is /dev/null, so without syslog the lines go to a file.
+    log = Log(use_syslog=settings.syslog or args.daemon, debug=args.debug, logfile=log_path_for(settings.state))
     pid = None
     try:
         from agent.pidfile import PidFile
@@ -349,6 +367,8 @@ def cmd_run(args, argv):
         if notifier:
             notifier.fail(str(exc), exc.code)
         raise
+    if pid.write_error:
+        log.error("", pid.write_error + "; running with the lock alone (full tmpfs?)")
     for w in settings.warnings:  # e.g. a tunnelW section skipped: say so where procd logs it
         log.warning("", "config: " + w)
     try:
@@ -368,9 +388,10 @@ def cmd_run(args, argv):
                 notifier.fail(str(exc), exc.code)
             raise
         if notifier:
-            notifier.ok()
-        log.info("", "sshkeep %s started (pid %d), %d tunnel(s), state %s" % (
-            __version__, os.getpid(), len(settings.tunnels), settings.state))
+            notifier.ok("started (pid %d)%s" % (os.getpid(), "; " + log.note if log.note else ""))
+        names = [f.label() for t in settings.tunnels for f in t.forwards]
+        log.info("", "sshkeep %s started (pid %d), %d tunnel(s) (%s) over %d ssh connection(s), state %s" % (
+            __version__, os.getpid(), len(names), ", ".join(names), len(settings.tunnels), settings.state))
         return sup.run()
     finally:
         if pid is not None:
@@ -428,7 +449,9 @@ def cmd_status(args):
         sys.stdout.write(json.dumps(state.public(doc), indent=1, sort_keys=True) + "\n")
     else:
         sys.stdout.write(state.render(doc))
-    return E.EX_OK if running else 3
+    if not running:
+        return E.EX_STATUS_NOT_RUNNING
+    return E.EX_OK if state.updating(doc) else E.EX_STATUS_HUNG
 
 
 def _pidfile_of(args):
@@ -486,8 +509,9 @@ def main(argv=None):
                 run_argv += ["--pidfile", s.pidfile]
             if not args.state:
                 run_argv += ["--state", s.state]
+            from agent.state import digest
             return lifecycle.cmd_check(s.pidfile, s.state, run_argv, stale_after=max(120.0, 4 * min(
-                t.interval for t in s.tunnels)))
+                t.interval for t in s.tunnels)), digest=digest(s), config=s.config_path)
         raise E.UsageError("unknown command %s" % args.command)
     except E.SshkeepError as exc:
         return _report(exc)

@@ -370,7 +370,10 @@ def _conv_option(value):
     m = re.match(r"([A-Za-z][A-Za-z0-9]*)\s*(?:=|\s)\s*(\S.*)\Z", value)
     if not m:
         raise _Bad("%r is not an ssh option" % value, "write Key=Value, e.g. 'Compression=yes'")
-    return m.group(1), m.group(2)
+    problem = values.check_ssh_option(m.group(1), m.group(2), in_config=True)
+    if problem:
+        raise _Bad(problem.split(";")[0], "remove it; allowed options are listed in docs/security.md")
+    return values.canonical_ssh_option(m.group(1)), m.group(2)
 
 
 # --------------------------------------------------------------------------- sshkeep dialect

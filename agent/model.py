@@ -81,6 +81,7 @@ class Settings:
     syslog: bool = False
     config_path: Optional[str] = None
     argv: Tuple[str, ...] = ()
+    box_id_file: str = ""           # agent.identity: "" = the default beside the host-key pins
     # Non-fatal findings of the config parser (`FILE:LINE: what — fix`); not part of equality.
     warnings: Tuple[str, ...] = field(default=(), compare=False)
 
@@ -160,3 +161,15 @@ def parse_destination(text: str):
     """`[user@]host` -> (user, host)."""
     user, _, host = text.rpartition("@")
     return user, host
+
+
+def hostport(host: str, port: int) -> str:
+    """`host:port`, with an IPv6 address in brackets as ssh writes it: `[::1]:2299`."""
+    return ("[%s]:%d" if ":" in host else "%s:%d") % (host, port)
+
+
+def check_key(f: Forward) -> str:
+    """The name under which agent.health reports the check of forward `f`."""
+    if f.name in ("loop-r", "loop-l"):
+        return "loop"
+    return "%s:%d" % (f.kind, f.port)

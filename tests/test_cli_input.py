@@ -44,7 +44,7 @@ def refused(tmp_path, argv, code, text, env=None):
     # 1: --max-backoff 0 made a spawn loop of ~150 ssh/s, then the overflow
     (["--max-backoff", "0"], 64, "--max-backoff: '0' is not a number of seconds >= 1"),
     # 19: dangerous options are refused, like a config file's ssh_option
-    (["-o", "ProxyCommand=sh -c reboot"], 64, "ssh option ProxyCommand is not allowed"),
+    (["-o", "LocalCommand=sh -c reboot"], 64, "ssh option LocalCommand is not allowed"),
     (["-oLocalCommand=x"], 64, "ssh option LocalCommand is not allowed"),
 ])
 def test_bad_values_refused_at_start(tmp_path, argv, code, text):
