@@ -6,6 +6,7 @@ status. README.md's exit-code table lists exactly these codes (tests/test_docs.p
 
 EX_OK = 0
 EX_STATUS_NOT_RUNNING = 3  # status: the state names an agent that is not running (LSB status 3)
+EX_STATUS_HUNG = 4   # status: the agent is alive but has not updated its state for ~3 intervals (LSB 4)
 EX_NOT_RUNNING = 7   # reload/reconnect: no agent holds the pidfile (LSB "not running")
 EX_USAGE = 64        # bad command line
 EX_DATAERR = 65      # bad forward spec / value given on the command line
@@ -21,6 +22,7 @@ EX_CONFIG = 78       # configuration file invalid
 EXIT_CODES = {
     EX_OK: "ok (also: stopped by TERM/INT)",
     EX_STATUS_NOT_RUNNING: "status: the agent the state file names is not running",
+    EX_STATUS_HUNG: "status: the agent is alive but not updating its state",
     EX_NOT_RUNNING: "reload/reconnect: no agent holds the pidfile",
     EX_USAGE: "command line usage error",
     EX_DATAERR: "bad value on the command line (forward spec, port)",

@@ -11,7 +11,7 @@ import pytest
 from polling import wait_until
 from test_unit_remote import FakeSession, sessions, starttime  # noqa: F401  (fixture)
 
-from agent import clients
+from agent import clients, hub
 from agent.errors import ConfigError
 from agent.model import Forward, Tunnel, parse_forward
 from agent.remote import session_command
@@ -58,6 +58,12 @@ def test_allocations_go_to_port_zero_forwards_in_order():
     assert r.allocated == {1: 40001, 2: 40002, 3: 40004}
 
 
+def record(state, port, pid):
+    name = "rport-%d-%d" % (port, pid)
+    with open(os.path.join(state, name)) as f:
+        return hub.parse_record(name, f.read())
+
+
 def test_session_records_a_picked_port_sent_on_stdin(tmp_path, sessions):  # noqa: F811
     state = str(tmp_path / "state")
     s = sessions(session_command([2222], state, "box1.t1"))
@@ -66,8 +72,10 @@ def test_session_records_a_picked_port_sent_on_stdin(tmp_path, sessions):  # noq
     s.proc.stdin.flush()
     want = sorted(["rport-2222-%d" % s.pid, "rport-40001-%d" % s.pid])
     wait_until(lambda: sorted(os.listdir(state)) == want, 3, 0.05, what="the picked port's record")
-    with open(os.path.join(state, "rport-40001-%d" % s.pid)) as f:
-        assert f.read() == "box1.t1 %s\n" % starttime(s.pid)  # a copy of the session's own record
+    for port in (2222, 40001):  # every record of the session now lists both ports
+        wait_until(lambda: record(state, port, s.pid).ports == (2222, 40001), 3, 0.05, what="ports=2222,40001")
+        r = record(state, port, s.pid)
+        assert (r.box, r.start, r.format) == ("box1.t1", starttime(s.pid), "v1")
     s.proc.stdin.close()
     s.proc.stdin = None
     assert s.proc.wait(3) == 0
@@ -82,8 +90,8 @@ def test_session_with_only_picked_ports(tmp_path, sessions):  # noqa: F811
     s.proc.stdin.flush()
     path = os.path.join(state, "rport-40001-%d" % s.pid)
     wait_until(lambda: os.path.exists(path) and os.path.getsize(path), 3, 0.05, what="the record")
-    with open(path) as f:
-        assert f.read() == "box1.t1 %s\n" % starttime(s.pid)
+    r = record(state, 40001, s.pid)
+    assert (r.box, r.start, r.ports) == ("box1.t1", starttime(s.pid), (40001,))
 
 
 CONF = """config server 'hub'
