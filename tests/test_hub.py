@@ -9,6 +9,7 @@ import subprocess
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+import lightguard
 from agentrun import Agent, alive, require_pyz
 from lab import cmdline, descendants, kill_pids
 
@@ -18,7 +19,9 @@ PORTS = (20031, 20032, 20033)
 
 
 def run_hub(lab, *args):
-    return lab.user_run(["/usr/bin/python3", require_pyz(), "hub"] + list(args), timeout=60)
+    """The built pyz on the hub as the tunnel user, under the python3-light guard (a hub may be a router)."""
+    return lab.user_run(["/usr/bin/python3", require_pyz(), "hub"] + list(args), timeout=60,
+                        env=lightguard.guard_env())
 
 
 def hub_json(lab):
