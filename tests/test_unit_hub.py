@@ -341,3 +341,16 @@ def test_cli_exit_codes_json_and_prometheus_file(tmp_path):
     assert r.returncode == 69 and b"DOWN (refused)" in r.stdout
     r = hub_cli("--state-dir", str(d), "--prometheus", str(tmp_path / "no" / "such" / "x.prom"))
     assert r.returncode == 73 and b"cannot write" in r.stderr and b"Traceback" not in r.stderr
+
+
+def test_every_json_key_is_documented_in_docs_hub_md():
+    """The document is stable and documented: each key `--json` prints is named in docs/hub.md."""
+    with open(os.path.join(ROOT, "docs", "hub.md"), encoding="utf-8") as fh:
+        text = fh.read()
+    section = text.split("## The JSON document", 1)[1].split("\n## ", 1)[0]
+    doc = _doc()
+    keys = set(doc) | set(doc["sessions"][0]) | set(doc["sessions"][0]["forwards"][0]) | set(doc["summary"]) \
+        | set(doc["reaped"][0]) | set(doc["problems"][0])
+    missing = sorted(k for k in keys if '"%s"' % k not in section and "`%s`" % k not in section
+                     and "`.%s`" % k not in section)
+    assert not missing, "keys of sshkeep hub --json not in docs/hub.md: %s" % missing
