@@ -183,15 +183,18 @@ class Supervisor:
         """Detect clients and check keys for every tunnel: errors surface before we detach."""
         if not self.runners:
             self.runners = [self._make_runner(t) for t in self.settings.tunnels]
+        try:
+            state.private_dir(self.runtime_dir)  # dbclient's private HOMEs
+        except (OSError, SshkeepError) as exc:
+            if os.path.lexists(self.runtime_dir):
+                raise  # there but not ours, or a symlink: never write through it
+            self.log.error("", str(exc))  # cannot be made (full or read-only): those tunnels report it
 
     def run(self) -> int:
         self.prepare()
         self.sel = selectors.DefaultSelector()
         self._signal_setup()
-        try:
-            state.private_dir(self.runtime_dir)  # private HOMEs: never a planted directory
-        except (OSError, SshkeepError) as exc:
-            self.log.error("", str(exc))
+
         now = self.clock()
         for r in self.runners:
             self._event(r, r.m.start, now, self._offset(r.t))
