@@ -73,6 +73,7 @@ def test_first_contact_pins_and_a_changed_key_is_refused(lab, client):
     finally:
         assert a.stop() is not None
     pinned = _read(pins)
+    mtime = os.stat(pins).st_mtime_ns
 
     # reboot: the tmpfs state (and the private HOME under it) is gone, the pin is not
     _empty_tmpfs_state(a)
@@ -81,6 +82,7 @@ def test_first_contact_pins_and_a_changed_key_is_refused(lab, client):
     try:
         b.wait_up(30)
         assert _read(pins) == pinned           # checked against the pin, nothing written
+        assert os.stat(pins).st_mtime_ns == mtime
         assert "first contact" not in b.log()
     finally:
         b.stop()
