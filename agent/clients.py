@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 import subprocess
 
+from agent import values
 from agent.errors import ClientError, SshkeepError, EX_CANTCREAT, EX_NOINPUT, EX_NOPERM, EX_UNAVAILABLE
 from agent.record import record
 
@@ -59,8 +61,14 @@ def parse_dropbear_options(text: str) -> FrozenSet[str]:
     return frozenset(names)
 
 
-def find_client(path: str = "", env_path: Optional[str] = None) -> str:
-    """An explicit --ssh PATH, else the first of ssh, dbclient on PATH."""
+# The names to look for on PATH, per --client. OpenWrt's `ssh` is often dbclient itself, so
+# dropbear falls back to `ssh` (detect() then tells by behaviour); openssh never takes dbclient.
+_NAMES = {"auto": ("ssh", "dbclient"), OPENSSH: ("ssh",), DROPBEAR: ("dbclient", "ssh")}
+
+
+def find_client(path: str = "", env_path: Optional[str] = None, forced: str = "auto") -> str:
+    """An explicit --ssh PATH, else the first client on PATH for `forced` (--client): auto
+    takes ssh, then dbclient; dropbear takes dbclient, then ssh; openssh takes ssh."""
     if path:
         if os.sep not in path:
             found = _which(path, env_path)
@@ -72,10 +80,14 @@ def find_client(path: str = "", env_path: Optional[str] = None) -> str:
         if not os.access(path, os.X_OK):
             raise ClientError("ssh client %s is not executable (chmod +x, or fix --ssh)" % path)
         return path
-    for name in ("ssh", "dbclient"):
+    for name in _NAMES.get(forced, _NAMES["auto"]):
         found = _which(name, env_path)
         if found:
             return found
+    if forced == DROPBEAR:
+        raise ClientError("--client dropbear: no dbclient on PATH; install dropbear, or give --ssh PATH")
+    if forced == OPENSSH:
+        raise ClientError("--client openssh: no ssh on PATH; install openssh-client, or give --ssh PATH")
     raise ClientError("no ssh client found: install openssh-client (or dropbear's dbclient), or give --ssh PATH")
 
 
@@ -101,7 +113,8 @@ def _run(argv: Sequence[str], timeout: float = 5.0) -> str:
 
 def detect(path: str = "", forced: str = "auto", runner=_run) -> ClientInfo:
     """Identify the client at `path` (or on PATH) by what it prints."""
-    path = find_client(path)
+    given = path
+    path = find_client(path, forced=forced)
     out = runner([path, "-V"])
     found = parse_version(out)
     if found is None:
@@ -112,7 +125,9 @@ def detect(path: str = "", forced: str = "auto", runner=_run) -> ClientInfo:
             raise ClientError("%s is neither OpenSSH nor dropbear (`-V` printed: %s); use --client" % (path, first[:120]))
     kind, version = found
     if forced in (OPENSSH, DROPBEAR) and forced != kind:
-        raise ClientError("--client %s given, but %s is %s %s" % (forced, path, kind, version))
+        hint = "" if given else "; install %s or give --ssh PATH" % (
+            "dropbear (no dbclient on PATH)" if forced == DROPBEAR else "openssh-client")
+        raise ClientError("--client %s given, but %s is %s %s%s" % (forced, path, kind, version, hint))
     options = frozenset()
     if kind == DROPBEAR:
         options = parse_dropbear_options(runner([path, "-o", "help"]))
@@ -208,8 +223,31 @@ def _dropbear(info, t, no_command, port, learn=False):
         argv += ["-o", "StrictHostKeyChecking=yes"]
     if t.identity:
         argv += ["-i", t.identity]
+    argv += dropbear_options(info, t.extra_options)[0]
     argv += ["-p", str(port)]
     return argv
+
+
+# OpenSSH options that dbclient takes as flags of its own (`dbclient -h` of 2022.83 and 2025.89).
+_DROPBEAR_FLAGS = {"ciphers": "-c", "macs": "-m", "bindaddress": "-b"}
+
+
+def dropbear_options(info: ClientInfo, options) -> tuple:
+    """(dbclient argv, names it has no way to take) for (Key, value) ssh options: `-o Key=value`
+    where its `-o help` lists the key (2022.83: ExitOnForwardFailure, DisableTrivialAuth, UseSyslog,
+    Port; 2024.84+ more), else its own flag (-c, -m, -b, -g) where it has one."""
+    argv, missing = [], []
+    for key, value in options:
+        low = key.lower()
+        if info.has_option(key):
+            argv += ["-o", "%s=%s" % (key, value)]
+        elif low in _DROPBEAR_FLAGS:
+            argv += [_DROPBEAR_FLAGS[low], value]
+        elif low == "gatewayports" and value.lower() in ("yes", "no"):
+            argv += ["-g"] if value.lower() == "yes" else []
+        else:
+            missing.append(key)
+    return argv, missing
 
 
 def build_exec_argv(info: ClientInfo, tunnel, command: str, host=None, port=None) -> List[str]:
@@ -229,15 +267,26 @@ def check_identity(info: ClientInfo, path: str) -> None:
         return
     try:
         st = os.stat(path)
+        if stat.S_ISDIR(st.st_mode):
+            raise SshkeepError("identity file %s is a directory; give the private key file in it (-i %s/id_ed25519 "
+                               "or the like)" % (path, path.rstrip("/")), EX_NOINPUT)
         with open(path, "rb") as fh:
             head = fh.read(64)
     except FileNotFoundError:
         raise SshkeepError("identity file %s does not exist (-i)" % path, EX_NOINPUT)
     except PermissionError:
         raise SshkeepError("identity file %s is not readable by uid %d" % (path, os.getuid()), EX_NOPERM)
-    if st.st_mode & 0o077 and info.kind == OPENSSH:
-        raise SshkeepError("identity file %s is readable by group/others (mode %o): OpenSSH refuses it; "
-                           "run chmod 600 %s" % (path, st.st_mode & 0o777, path), EX_NOPERM)
+    except OSError as exc:
+        raise SshkeepError("identity file %s cannot be read (%s)" % (path, exc.strerror or exc), EX_NOINPUT)
+    if values.is_public_key(head):
+        private = " (%s)" % path[:-4] if path.endswith(".pub") else ""
+        raise SshkeepError("identity file %s is a public key; give the private key%s" % (path, private),
+                           EX_NOINPUT)
+    if st.st_mode & 0o077:
+        # OpenSSH refuses such a key; dbclient uses it, but a key others can read is no secret.
+        raise SshkeepError("identity file %s is readable by group/others (mode %o)%s; run chmod 600 %s"
+                           % (path, st.st_mode & 0o777, ": OpenSSH refuses it" if info.kind == OPENSSH else "",
+                              path), EX_NOPERM)
     is_pem = head.startswith(b"-----BEGIN")
     if info.kind == DROPBEAR and is_pem:
         # dbclient's own message for this is "Exited: String too long".

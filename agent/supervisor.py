@@ -14,10 +14,11 @@ import time
 
 from agent import __version__
 from agent import classify as C
-from agent import clients, probe, record, remote, spread, state
+from agent import clients, identity, lifecycle, probe, record, remote, spread, state
 from agent import machine as M
 from agent.child import Child, Job
 from agent.errors import EX_NOINPUT, SshkeepError
+from agent.model import check_key, hostport
 
 TERM_TIMEOUT = 2.0          # TERM -> KILL for ssh children (procd gives us 5 s in all)
 STUCK_CONNECT = 2.0         # a connect not ready after this long may be stuck in an outage
@@ -26,22 +27,28 @@ SERVER_PROBE_SLOW = 1.5     # every 0.25 s for the first SERVER_PROBE_FAST_FOR s
 SERVER_PROBE_FAST_FOR = 10.0
 
 
-def owner_tag(tunnel_name):
-    """Who owns a server-side session record: this box and tunnel (see agent.remote)."""
-    host = socket.gethostname() or "box"
-    clean = lambda text: "".join(c if c.isalnum() or c in "._-" else "_" for c in text)[:31] or "x"
-    return "%s.%s" % (clean(host), clean(tunnel_name))
-
-
-def session_command(tunnel):
+def session_command(tunnel, box):
     """Remote command run instead of -N: records the session for reclaim, prints the ready marker.
 
-    Without -R forwards there is nothing to reclaim; the command still marks readiness.
+    The record's owner is the box identity; hostname and tunnel name go beside
+    it for people (agent.identity.word folds any text). Without -R forwards there
+    is nothing to reclaim; the command still marks readiness.
     """
     ports = [f.port for f in tunnel.forwards if f.kind == "R"]
     if not ports:
         return "echo %s $PPID nostate; exec cat >/dev/null" % remote.READY_MARKER
-    return remote.session_command(ports, owner=owner_tag(tunnel.name))
+    return remote.session_command(ports, owner=box, host=socket.gethostname() or "-", tunnel=tunnel.name)
+
+
+def _session_record(value):
+    """A `session` entry of a previous run's state, checked: {pid, start, server, box} or None."""
+    if not isinstance(value, dict):
+        return None
+    pid, start, server, box = (value.get(k) for k in ("pid", "start", "server", "box"))
+    if (isinstance(pid, int) and not isinstance(pid, bool) and pid > 1 and isinstance(start, str)
+            and start.isdigit() and isinstance(server, str) and isinstance(box, str)):
+        return {"pid": pid, "start": start, "server": server, "box": box}
+    return None
 
 
 def recheck_delay(interval: float) -> float:
@@ -72,9 +79,13 @@ class Runner:
         self.next_server_probe = None
         self.server_probe_failed = False
         self.ready_pid = None
+        self.session = None             # this box's last session on the server, from its ready line:
+                                        # {pid, start, server, box}; the only one a reclaim may end
+        self.held = ""                  # who holds our -R port on the hub, when another session does
         self.seen = None
         self.no_command = False         # the server ran no command of ours: use -N
-        self.watchdogs = 0              # consecutive "no ready line in time"
+        self.watchdogs = 0              # consecutive "no ready line" (in time, or the session ended first)
+        self.ssh_said = set()           # stderr lines logged since the last change (not repeated)
         self.loop = None                # remote.LoopListener when t.loop_port
         self.loop_box_port = 0
         self.ssh_tunnel = tunnel        # what ssh is started with (tunnel + loop forwards)
@@ -98,8 +109,18 @@ class Runner:
         return self.addresses[self.addr_index]
 
     def server_label(self):
-        host, port = self.address
-        return "%s:%d" % (host, port)
+        return hostport(*self.address)
+
+    def forward_names(self):
+        """The configured names (or `-R SPEC` where none was given), for logs."""
+        return ", ".join(f.label() for f in self.t.forwards)
+
+    def check_label(self, name):
+        """A check's name (`R:8080`) with the configured name of its forward: `web (R:8080)`."""
+        for f in self.t.forwards:
+            if f.name and check_key(f) == name:
+                return "%s (%s)" % (f.name, name)
+        return name
 
 
 class Supervisor:
@@ -124,6 +145,7 @@ class Supervisor:
         self._last_state_write = 0.0
         self._state_error = ""
         self.runtime_dir = settings.state + ".d"
+        self.box = None                 # agent.identity.box_id, read (or made) by prepare()
 
     # -- setup ------------------------------------------------------------
     def _policy(self, t):
@@ -139,6 +161,9 @@ class Supervisor:
         clients.check_forwards(info, t)
         if t.identity:
             clients.check_identity(info, t.identity)
+        if t.known_hosts and os.path.isdir(t.known_hosts):
+            raise SshkeepError("%s: known_hosts file %s is a directory; give the file in it (%s/known_hosts "
+                               "or the like)" % (t.name, t.known_hosts, t.known_hosts.rstrip("/")), EX_NOINPUT)
         if t.known_hosts and not t.accept_new and not os.path.exists(t.known_hosts):
             # Strict checking against a file that is not there can never connect: say so now.
             raise SshkeepError("%s: known_hosts file %s does not exist; create it (ssh-keyscan) or use "
@@ -181,14 +206,42 @@ class Supervisor:
     # -- main loop --------------------------------------------------------
     def prepare(self):
         """Detect clients and check keys for every tunnel: errors surface before we detach."""
+        if self.box is None:
+            self.box = self._box_id()
         if not self.runners:
             self.runners = [self._make_runner(t) for t in self.settings.tunnels]
+            self._seed_sessions(lifecycle.read_state(self.settings.state))
         try:
             state.private_dir(self.runtime_dir)  # dbclient's private HOMEs
         except (OSError, SshkeepError) as exc:
             if os.path.lexists(self.runtime_dir):
                 raise  # there but not ours, or a symlink: never write through it
             self.log.error("", str(exc))  # cannot be made (full or read-only): those tunnels report it
+
+    def _box_id(self):
+        """The box identity; if its file cannot be read or made, a temporary one (kept in the
+        run state until reboot), loudly: the tunnels matter more than reclaim across reboots."""
+        try:
+            return identity.box_id(self.settings.box_id_file)
+        except SshkeepError as exc:
+            prev = lifecycle.read_state(self.settings.state).get("box_id")
+            box = prev if isinstance(prev, str) and identity.ID_OK.match(prev) else identity.new_id()
+            self.log.error("", "%s; using the temporary box id %s until this is fixed (forgotten at reboot)"
+                           % (exc, box))
+            return box
+
+    def _seed_sessions(self, doc):
+        """Keep the last sessions a previous run of this agent announced (state on tmpfs: lost
+        at reboot), so a restarted agent can still reclaim its own stale session. Not from a
+        live agent's state (its sessions are not stale), not under another box identity."""
+        prev = doc.get("pid")
+        if prev != os.getpid() and state.pid_alive(prev) or doc.get("box_id") != self.box:
+            return
+        by_name = {t.get("name"): t for t in doc.get("tunnels") or [] if isinstance(t, dict)}
+        for r in self.runners:
+            rec = _session_record((by_name.get(r.name) or {}).get("session"))
+            if rec and rec["box"] == self.box:
+                r.session = rec
 
     def run(self) -> int:
         self.prepare()
@@ -283,7 +336,7 @@ class Supervisor:
     def _spawn(self, r):
         host, port = r.address
         t = r.ssh_tunnel
-        command = session_command(t) if t.reclaim and not r.no_command else None
+        command = session_command(t, self.box) if t.reclaim and not r.no_command else None
         home_dir = os.path.join(r.runtime_dir, "home-" + _safe(t.name))
         try:
             r.home = clients.prepare_home(r.info, t, home_dir, host, port)
@@ -295,9 +348,10 @@ class Supervisor:
             self._event(r, r.m.on_exit, self.clock(), C.Outcome(C.SETUP, C.RETRY_SLOW, str(exc)))
             return
         if known is False and not learn:
-            # dbclient would sit at a y/n prompt for ever (2022.83 has no BatchMode).
-            msg = "host key of %s is not in %s/.ssh/known_hosts and --accept-new is off" % (
-                host, r.home or os.environ.get("HOME", "/"))
+            # dbclient without BatchMode would sit at a y/n prompt for ever.
+            # Name the user's file, not the private copy sshkeep gives dbclient (prepare_home).
+            where = t.known_hosts or os.path.join(os.environ.get("HOME", "/"), ".ssh", "known_hosts")
+            msg = "host key of %s is not in %s and --accept-new is off" % (hostport(host, port), where)
             self.log.error(t.name, msg + "; " + C.HINTS[C.HOSTKEY_UNKNOWN])
             self._event(r, r.m.on_exit, self.clock(), C.Outcome(C.HOSTKEY_UNKNOWN, C.RETRY_SLOW, msg))
             return
@@ -314,6 +368,7 @@ class Supervisor:
                              % (r.server_label(), t.known_hosts))
         r.child = child
         r.ready_pid = None
+        r.ssh_said.clear()
         for fd in child.fds():
             self._watch(fd, r, child)
         self.log.info(t.name, "connecting to %s (ssh pid %d)" % (r.server_label(), child.pid))
@@ -329,15 +384,31 @@ class Supervisor:
         lines, eof = child.read(fd)
         for line in lines:
             if is_err:
-                self.log.info(r.name, "ssh: " + line)
+                self._ssh_said(r, line)
             else:
                 ready = remote.parse_ready(line)
                 if ready is not None:
                     r.ready_pid = ready[0]
+                    recorded = ready[1] and ready[2] and any(f.kind == "R" for f in r.t.forwards)
+                    r.session = {"pid": ready[0], "start": ready[2], "server": r.server_label(),
+                                 "box": self.box} if recorded else None
+                    r.held = ""
                     self._ready(r)
         if eof:
             self._unwatch(fd)
             child.close_fd(fd)
+
+    def _ssh_said(self, r, line):
+        """Log a line of ssh's stderr once per change: OpenSSH writes `connect_to ... failed`
+        for every connection to a target that is down, i.e. on every check."""
+        text = line if line.startswith(("ssh:", "dbclient:")) else "ssh: " + line
+        if line in r.ssh_said:
+            self.log.debug(r.name, text)
+            return
+        if len(r.ssh_said) >= 64:
+            r.ssh_said.clear()
+        r.ssh_said.add(line)
+        self.log.info(r.name, text)
 
     def _ready(self, r):
         self._event(r, r.m.on_ready, self.clock())
@@ -353,8 +424,8 @@ class Supervisor:
             r.next_check = now + min(r.t.interval, 5.0) if self.checks else None
             r.check_round = 0
             r.greetings.clear()         # learned again once per session (the target may have changed)
-            self.log.info(r.name, "up via %s (%d forward%s)%s" % (
-                r.server_label(), len(r.t.forwards), "" if len(r.t.forwards) == 1 else "s",
+            self.log.info(r.name, "up via %s (%d forward%s: %s)%s" % (
+                r.server_label(), len(r.t.forwards), "" if len(r.t.forwards) == 1 else "s", r.forward_names(),
                 "" if r.ready_pid is None else ", server session pid %d" % r.ready_pid))
         elif r.m.state == M.BACKOFF and r.m.deadline is not None:
             self.log.info(r.name, "retrying in %.1fs" % (r.m.deadline - now))
@@ -367,7 +438,7 @@ class Supervisor:
             lines, _ = child.read(fd)
             if child.is_stderr(fd):
                 for line in lines:
-                    self.log.info(r.name, "ssh: " + line)
+                    self._ssh_said(r, line)
             self._unwatch(fd)
         child.close()
         r.child = None
@@ -375,12 +446,18 @@ class Supervisor:
         outcome = C.classify(child.returncode, child.stderr_tail, r.m.kill_reason, r.info.kind)
         if outcome.reason == C.HOSTKEY_MISMATCH:
             self.log.error(r.name, clients.mismatch_hint(r.ssh_tunnel.known_hosts, *r.address))
-        level = self.log.info if outcome.action == C.NONE else self.log.warning
+        quiet = outcome.action == C.NONE or outcome.reason == C.RECONNECT  # we asked for it
+        level = self.log.info if quiet else self.log.warning
         level(r.name, "ssh exited after %.1fs: %s%s%s" % (
             child.uptime(), outcome.reason, " (%s)" % outcome.detail if outcome.detail else "",
-            "; " + outcome.hint if outcome.hint and outcome.action != C.NONE else ""))
+            "; " + outcome.hint if outcome.hint and not quiet else ""))
         was_up = r.m.state == M.UP
-        r.watchdogs = r.watchdogs + 1 if outcome.reason == C.WATCHDOG else 0
+        # A forced command (`command="echo tunnels only"` in authorized_keys) runs instead of
+        # ours and ends the session before our ready line: as telling as a watchdog kill.
+        ended_first = (r.m.state == M.CONNECTING and r.m.kill_reason is None and not r.no_command
+                       and outcome.reason in (C.CLOSED, C.EXITED)
+                       and C.session_ran(r.info.kind, child.returncode, child.stdout_tail))
+        r.watchdogs = r.watchdogs + 1 if outcome.reason == C.WATCHDOG or ended_first else 0
         if r.watchdogs >= 2 and r.t.reclaim and not r.no_command:
             # Logged in but our session command never said ready: a forced command
             # (restricted key) or no shell. Fall back to -N; reclaim cannot work there.
@@ -479,7 +556,8 @@ class Supervisor:
         r.next_failback = now + r.t.interval
         host, port = r.addresses[0]
         if probe.probe_tcp(host, port, timeout=1.0):
-            self.log.info(r.name, "primary %s:%d answers again: moving back from %s" % (host, port, r.server_label()))
+            self.log.info(r.name, "primary %s answers again: moving back from %s" % (
+                hostport(host, port), r.server_label()))
             r.addr_index = 0
             self._event(r, r.m.on_reconnect_request, now)
 
@@ -499,8 +577,9 @@ class Supervisor:
         now = self.clock()
         prev = r.m.verdicts.get(name)
         if prev != verdict:
+            r.ssh_said.clear()  # the target changed: its next connect_to line is news again
             lvl = self.log.info if ok else self.log.warning
-            lvl(r.name, "check %s: %s%s" % (name, verdict, " (%s)" % detail if detail else ""))
+            lvl(r.name, "check %s: %s%s" % (r.check_label(name), verdict, " (%s)" % detail if detail else ""))
         self._event(r, r.m.on_check, now, name, verdict, ok)
         self._state_dirty = True
         if ok is False and r.m.state == M.UP and r.next_check is not None:
@@ -510,10 +589,12 @@ class Supervisor:
             began = getattr(r, "check_began", now)
             r.next_check = min(r.next_check, max(now, began + recheck_delay(r.t.interval)))
 
-    def report_reclaimed(self, r, freed, nothing=False):
+    def report_reclaimed(self, r, freed, nothing=False, held=""):
         """Called by the reclaim with its outcome (freed: the stale listener is gone;
-        nothing: the server had no listener of ours left to end)."""
-        self._event(r, r.m.on_reclaimed, self.clock(), freed, nothing)
+        nothing: the server had no listener of ours left to end; held: who holds the
+        port instead, for the log and status: another box, so no fight, a long wait)."""
+        r.held = held
+        self._event(r, r.m.on_reclaimed, self.clock(), freed, nothing, held)
 
     def _maybe_probe_server(self, r, now):
         """Cheap TCP probes of the server: during a network backoff, and during a connect
@@ -651,16 +732,24 @@ class Supervisor:
                 "last_check": round(wall_now - (mono_now - m.last_check), 3) if m.last_check else None,
                 "last_heal": m.last_heal,
                 "next_attempt_in": round(m.deadline - mono_now, 1) if m.state == M.BACKOFF and m.deadline else None,
-                "forwards": [f.label() for f in r.ssh_tunnel.forwards],
+                # One shape in every mode (docs/status-and-logs.md): name is the configured
+                # name, or `-R SPEC` when none was given.
+                "forwards": [{"name": f.label(), "kind": f.kind, "spec": f.spec(),
+                              "verdict": m.verdicts.get(check_key(f))} for f in r.ssh_tunnel.forwards],
                 "host_keys": ("pinned on first use in " if r.t.accept_new else "checked against ") +
                              (r.ssh_tunnel.known_hosts or "the client's default known_hosts"),
+                "session": r.session,
+                "held": r.held or None,
             })
             if r.child:
                 children.append(r.child.cmdline_record())
-        return {"pid": os.getpid(), "version": __version__, "started": self.started_wall,
+        return {"pid": os.getpid(), "version": __version__, "started": self.started_wall, "box_id": self.box,
                 # `check` judges freshness on the monotonic clock: the wall clock of a box
                 # without an RTC jumps at boot when NTP sets it.
                 "updated": wall_now, "monotonic": mono_now, "pidfile": self.settings.pidfile, "tunnels": tunnels,
+                # `status` calls the agent hung after STALE_INTERVALS of these without a write
+                "interval": min([r.t.interval for r in self.runners] or [30]),
+                "settings": state.digest(self.settings), "config": self.settings.config_path,
                 "children": children, "warnings": list(getattr(self.settings, "warnings", ()) or ())}
 
     def _write_state(self, force=False):

@@ -341,7 +341,7 @@ ERRORS = [
     ("config sshkeep\n\toption interval 0\n\toption max_backoff -1\n\toption keepalive x\n"
      "\toption client putty\n\toption spread 1e3\n" + MINI,
      ["t.conf:2: config sshkeep option interval: '0' is not a number of seconds > 0 — give e.g. '30' or '2.5'",
-      "t.conf:3: config sshkeep option max_backoff: '-1' is not a number of seconds > 0 — give e.g. '30' "
+      "t.conf:3: config sshkeep option max_backoff: '-1' is not a number of seconds >= 1 — give e.g. '30' "
       "or '2.5'",
       "t.conf:4: config sshkeep option keepalive: 'x' is not a whole number >= 0 — give a number such as 1",
       "t.conf:5: config sshkeep option client: 'putty' is not one of auto, openssh, dropbear — write one of them",
@@ -369,8 +369,10 @@ ERRORS = [
      ["t.conf:4: server 'hub' ssh_option: 'Compression' is not an ssh option — write Key=Value, e.g. "
       "'Compression=yes'"]),
     (MINI.replace("option host 'hub.example.net'", "option host 'a\nb'"),
-     ["t.conf:3: server 'hub' option host: 'a\\nb' is not a host name or address — give a name or IP "
-      "address (ASCII letters, digits, . - _ :)"]),
+     # a quote must close on its line: the rest is read as new lines (issue 10, item 20)
+     ["t.conf:2: server 'hub' has no host — add option host 'hub.example.net'",
+      "t.conf:3: unterminated ' quote — close the quote on this value",
+      "t.conf:4: unterminated ' quote — close the quote on this value"]),
     (MINI.replace("'8080'", "'8080' '9090'"),
      ["t.conf:7: extra text '9090' after the value — quote values that contain spaces: option name 'a b'"]),
     ("config server\n\toption host h\n" + MINI,
@@ -508,8 +510,8 @@ def test_render_sanitizes_names_from_the_command_line():
     assert config.parse_text(text).tunnels[0].forwards == s.tunnels[0].forwards
 
 
-_REFUSED = ("ssh option %s is not allowed (it could run commands, change the forwards or weaken checks "
-            "sshkeep relies on) — remove it; allowed options are listed in docs/security.md")
+_REFUSED = ("ssh option %s is not allowed in sshkeep (it could run commands, move the session or hide what "
+            "sshkeep watches) — remove it; allowed options are listed in docs/security.md")
 
 
 @pytest.mark.parametrize("option", ["LocalCommand=touch /tmp/pwned", "PermitLocalCommand=yes",
