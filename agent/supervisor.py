@@ -247,7 +247,6 @@ class Supervisor:
         self.prepare()
         self.sel = selectors.DefaultSelector()
         self._signal_setup()
-
         now = self.clock()
         for r in self.runners:
             self._event(r, r.m.start, now, self._offset(r.t))
