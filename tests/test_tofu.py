@@ -142,3 +142,16 @@ def test_strict_host_key_checking_no_is_warned_at_start_and_in_status(tmp_path):
         finally:
             p.terminate()
             assert p.wait(10) == 0
+
+
+def test_o_strict_host_key_checking_no_is_warned_too():
+    from agent import cli
+    args = cli.build_parser().parse_args(["run", "-o", "StrictHostKeyChecking=no", "-R", "1:h:2", "--state",
+                                          "/tmp/x.json", "--pidfile", "/tmp/x.pid", "hub"])
+    s = cli.settings_from_args(args)
+    assert s.tunnels[0].accept_new is True
+    assert s.warnings == ("-o StrictHostKeyChecking=no is treated as accept-new (a changed host key is "
+                          "still refused)",)
+    args = cli.build_parser().parse_args(["run", "-o", "StrictHostKeyChecking=yes", "-o",
+                                          "StrictHostKeyChecking=no", "-R", "1:h:2", "hub", "--state", "/tmp/x"])
+    assert cli.settings_from_args(args).warnings == ()
