@@ -608,7 +608,8 @@ class Supervisor:
             self._stop_now(r)
         self.runners = keep
         self.settings = new
-        self.log.info("", "reloaded: %d tunnel(s)" % len(keep))
+        self.log.info("", "reloaded: %d tunnel(s) over %d ssh connection(s)" % (
+            sum(len(r.t.forwards) for r in keep), len(keep)))
         self._state_dirty = True
 
     def _stop_now(self, r):

@@ -363,3 +363,24 @@ def test_run_help_shows_the_defaults():
                  "(default: 30)", "--debug"):
         assert text in flat, text
     assert "(default: None)" not in flat and "(default: [])" not in flat
+
+
+def test_syslog_without_a_syslog_daemon_logs_to_stderr_and_says_so(tmp_path):
+    # libc's syslog() drops every line when /dev/log is missing: the agent must notice.
+    argv = [sys.executable, "-m", "agent", "run", "-R", "127.0.0.1:20022:127.0.0.1:22", "--ssh", FAKE,
+            "--no-checks", "--syslog", "--state", str(tmp_path / "s.json"), "--pidfile", str(tmp_path / "p"),
+            "tunnel@127.0.0.1"]
+    if os.path.exists("/dev/log"):   # a private mount namespace hides this machine's syslog
+        (tmp_path / "empty").write_text("")
+        argv = ["unshare", "-m", "sh", "-c", 'mount --bind "$0" /dev/log && exec "$@"', str(tmp_path / "empty")] + argv
+    err = tmp_path / "err"
+    with open(str(err), "w") as fh:
+        p = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=fh,
+                             env=dict(os.environ, PYTHONPATH=ROOT, FAKESSH_MODE="ready"))
+    try:
+        wait_until(lambda: " up via " in err.read_text(), 10, 0.05, what="up logged on stderr")
+        first = err.read_text().splitlines()[0]
+        assert "no syslog (/dev/log: " in first and first.endswith("logging to stderr"), first
+    finally:
+        p.terminate()
+        assert p.wait(10) == 0
