@@ -134,6 +134,7 @@ class Supervisor:
         self._state_dirty = True
         self._last_state_write = 0.0
         self.runtime_dir = settings.state + ".d"
+        self._digest_of = (None, "")    # (settings, state.digest(settings))
 
     # -- setup ------------------------------------------------------------
     def _policy(self, t):
@@ -663,8 +664,14 @@ class Supervisor:
                 "updated": wall_now, "monotonic": mono_now, "pidfile": self.settings.pidfile, "tunnels": tunnels,
                 # `status` calls the agent hung after STALE_INTERVALS of these without a write
                 "interval": min([r.t.interval for r in self.runners] or [30]),
-                "settings": state.digest(self.settings), "config": self.settings.config_path,
+                "settings": self._digest(), "config": self.settings.config_path,
                 "children": children}
+
+    def _digest(self):
+        """state.digest of the running settings (hashed in pure Python: once per reload)."""
+        if self._digest_of[0] is not self.settings:
+            self._digest_of = (self.settings, state.digest(self.settings))
+        return self._digest_of[1]
 
     def _write_state(self, force=False):
         now = self.clock()
