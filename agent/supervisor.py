@@ -338,12 +338,15 @@ class Supervisor:
         """Log a line of ssh's stderr once per change: OpenSSH writes `connect_to ... failed`
         for every connection to a target that is down, i.e. on every check."""
         text = line if line.startswith(("ssh:", "dbclient:")) else "ssh: " + line
-        if line in r.ssh_said:
+        # `channel 7: open failed: connect failed: ...` (-L to a target that is down): one line
+        # whatever the channel number.
+        key = line.split(":", 1)[-1] if line.startswith("channel ") else line
+        if key in r.ssh_said:
             self.log.debug(r.name, text)
             return
         if len(r.ssh_said) >= 64:
             r.ssh_said.clear()
-        r.ssh_said.add(line)
+        r.ssh_said.add(key)
         self.log.info(r.name, text)
 
     def _ready(self, r):

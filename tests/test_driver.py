@@ -337,7 +337,20 @@ def test_a_repeated_ssh_line_is_logged_once(agent):
     pid = a.tunnel()["ssh_pid"]
     wait_until(lambda: open("/proc/%d/cmdline" % pid, "rb").read().startswith(b"cat"), 30, 0.05,
                what="fake got past its stderr flood")
+    wait_until(lambda: "connect_to 127.0.0.1 port 9: failed." in a.stderr(), 10, 0.05, what="the line logged")
     assert a.stderr().count("connect_to 127.0.0.1 port 9: failed.") == 1
+
+
+def test_channel_open_failures_are_logged_once_whatever_the_channel(agent):
+    a = agent("spamch")   # -L to a target that is down: "channel N: open failed: ..." per connection
+    wait_until(lambda: a.tunnel().get("state") == "up", 10, 0.05, what="state up")
+    pid = a.tunnel()["ssh_pid"]
+    wait_until(lambda: open("/proc/%d/cmdline" % pid, "rb").read().startswith(b"cat"), 30, 0.05,
+               what="fake wrote its 50 lines")
+    wait_until(lambda: "open failed: connect failed" in a.stderr(), 10, 0.05, what="the line logged")
+    a.stop()   # every line read and logged (or not) by now
+    with open(a.err.name) as fh:
+        assert fh.read().count("open failed: connect failed") == 1
 
 
 def test_ipv6_server_in_brackets(tmp_path):
