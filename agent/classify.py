@@ -26,6 +26,7 @@ HOSTKEY_UNKNOWN = "host-key-unknown"
 HOSTKEY_MISMATCH = "host-key-mismatch"
 KEY_FORMAT = "key-unusable"
 PORT_IN_USE = "remote-port-in-use"
+PORT_HELD = "remote-port-held"  # ...by another live session (another box's): found by the reclaim
 LOCAL_PORT_IN_USE = "local-port-in-use"
 KEEPALIVE = "keepalive-timeout"
 CLOSED = "closed-by-server"
@@ -95,8 +96,8 @@ HINTS = {
     KEY_FORMAT: "the client cannot use the key file: check its format (dropbearconvert) and mode (chmod 600)",
     SERVER_BUSY: "the server dropped the connection before the key exchange (MaxStartups?): retrying "
                  "after a random delay; fleets should set --spread",
-    PORT_IN_USE: "the server still holds the listen port (stale session?): reclaiming it, or set "
-                 "ClientAliveInterval on the server",
+    PORT_IN_USE: "the listen port is taken on the server; unless reclaim is off, the hub is asked who holds "
+                 "it and only this box's own stale session is ended (set ClientAliveInterval on the server)",
     LOCAL_PORT_IN_USE: "a local listen port is taken by another process on this box",
     CLIENT_MISSING: "install openssh-client or dropbear, or give --ssh PATH",
 }

@@ -14,7 +14,7 @@ import time
 
 from agent import __version__
 from agent import classify as C
-from agent import clients, probe, record, remote, spread, state
+from agent import clients, identity, lifecycle, probe, record, remote, spread, state
 from agent import machine as M
 from agent.child import Child, Job
 from agent.errors import EX_NOINPUT, SshkeepError
@@ -27,22 +27,28 @@ SERVER_PROBE_SLOW = 1.5     # every 0.25 s for the first SERVER_PROBE_FAST_FOR s
 SERVER_PROBE_FAST_FOR = 10.0
 
 
-def owner_tag(tunnel_name):
-    """Who owns a server-side session record: this box and tunnel (see agent.remote)."""
-    host = socket.gethostname() or "box"
-    clean = lambda text: "".join(c if c.isalnum() or c in "._-" else "_" for c in text)[:31] or "x"
-    return "%s.%s" % (clean(host), clean(tunnel_name))
-
-
-def session_command(tunnel):
+def session_command(tunnel, box):
     """Remote command run instead of -N: records the session for reclaim, prints the ready marker.
 
-    Without -R forwards there is nothing to reclaim; the command still marks readiness.
+    The record's owner is the box identity; hostname and tunnel name go beside
+    it for people (agent.identity.word folds any text). Without -R forwards there
+    is nothing to reclaim; the command still marks readiness.
     """
     ports = [f.port for f in tunnel.forwards if f.kind == "R"]
     if not ports:
         return "echo %s $PPID nostate; exec cat >/dev/null" % remote.READY_MARKER
-    return remote.session_command(ports, owner=owner_tag(tunnel.name))
+    return remote.session_command(ports, owner=box, host=socket.gethostname() or "-", tunnel=tunnel.name)
+
+
+def _session_record(value):
+    """A `session` entry of a previous run's state, checked: {pid, start, server, box} or None."""
+    if not isinstance(value, dict):
+        return None
+    pid, start, server, box = (value.get(k) for k in ("pid", "start", "server", "box"))
+    if (isinstance(pid, int) and not isinstance(pid, bool) and pid > 1 and isinstance(start, str)
+            and start.isdigit() and isinstance(server, str) and isinstance(box, str)):
+        return {"pid": pid, "start": start, "server": server, "box": box}
+    return None
 
 
 def recheck_delay(interval: float) -> float:
@@ -55,6 +61,7 @@ class Runner:
 
     def __init__(self, tunnel, info, policy, backoff, runtime_dir, log, clock):
         self.t = tunnel
+        self.given = tunnel             # as configured (self.t may add the default pin file)
         self.info = info
         self.log = log
         self.clock = clock
@@ -72,6 +79,9 @@ class Runner:
         self.next_server_probe = None
         self.server_probe_failed = False
         self.ready_pid = None
+        self.session = None             # this box's last session on the server, from its ready line:
+                                        # {pid, start, server, box}; the only one a reclaim may end
+        self.held = ""                  # who holds our -R port on the hub, when another session does
         self.seen = None
         self.no_command = False         # the server ran no command of ours: use -N
         self.watchdogs = 0              # consecutive "no ready line" (in time, or the session ended first)
@@ -133,8 +143,10 @@ class Supervisor:
         self.started_wall = wall()
         self._state_dirty = True
         self._last_state_write = 0.0
+        self._state_error = ""
         self.runtime_dir = settings.state + ".d"
         self._digest_of = (None, "")    # (settings, state.digest(settings))
+        self.box = None                 # agent.identity.box_id, read (or made) by prepare()
 
     # -- setup ------------------------------------------------------------
     def _policy(self, t):
@@ -150,6 +162,9 @@ class Supervisor:
         clients.check_forwards(info, t)
         if t.identity:
             clients.check_identity(info, t.identity)
+        if t.known_hosts and os.path.isdir(t.known_hosts):
+            raise SshkeepError("%s: known_hosts file %s is a directory; give the file in it (%s/known_hosts "
+                               "or the like)" % (t.name, t.known_hosts, t.known_hosts.rstrip("/")), EX_NOINPUT)
         if t.known_hosts and not t.accept_new and not os.path.exists(t.known_hosts):
             # Strict checking against a file that is not there can never connect: say so now.
             raise SshkeepError("%s: known_hosts file %s does not exist; create it (ssh-keyscan) or use "
@@ -157,6 +172,14 @@ class Supervisor:
         policy = self._policy(t)
         backoff = M.Backoff(cap=t.max_backoff, offset=self._offset(t))
         r = Runner(t, info, policy, backoff, self.runtime_dir, self.log, self.clock)
+        if t.accept_new:
+            # Trust on first use pins to a persistent file (tmpfs HOME would forget at boot).
+            pins = t.known_hosts or clients.default_known_hosts()
+            clients.ensure_pin_file(pins)
+            # Every ssh of this tunnel (its own, checks, reclaims) checks against the pins;
+            # `given` is what a reload compares with.
+            r.t = record.replace(t, known_hosts=pins)
+            r.ssh_tunnel = record.replace(r.ssh_tunnel, known_hosts=pins)
         self.log.info(t.name, "using %s %s (%s) for %s" % (info.kind, info.version, info.path, r.server_label()))
         return r
 
@@ -184,17 +207,45 @@ class Supervisor:
     # -- main loop --------------------------------------------------------
     def prepare(self):
         """Detect clients and check keys for every tunnel: errors surface before we detach."""
+        if self.box is None:
+            self.box = self._box_id()
         if not self.runners:
             self.runners = [self._make_runner(t) for t in self.settings.tunnels]
+            self._seed_sessions(lifecycle.read_state(self.settings.state))
+
+    def _box_id(self):
+        """The box identity; if its file cannot be read or made, a temporary one (kept in the
+        run state until reboot), loudly: the tunnels matter more than reclaim across reboots."""
+        try:
+            return identity.box_id(self.settings.box_id_file)
+        except SshkeepError as exc:
+            prev = lifecycle.read_state(self.settings.state).get("box_id")
+            box = prev if isinstance(prev, str) and identity.ID_OK.match(prev) else identity.new_id()
+            self.log.error("", "%s; using the temporary box id %s until this is fixed (forgotten at reboot)"
+                           % (exc, box))
+            return box
+
+    def _seed_sessions(self, doc):
+        """Keep the last sessions a previous run of this agent announced (state on tmpfs: lost
+        at reboot), so a restarted agent can still reclaim its own stale session. Not from a
+        live agent's state (its sessions are not stale), not under another box identity."""
+        prev = doc.get("pid")
+        if prev != os.getpid() and state.pid_alive(prev) or doc.get("box_id") != self.box:
+            return
+        by_name = {t.get("name"): t for t in doc.get("tunnels") or [] if isinstance(t, dict)}
+        for r in self.runners:
+            rec = _session_record((by_name.get(r.name) or {}).get("session"))
+            if rec and rec["box"] == self.box:
+                r.session = rec
 
     def run(self) -> int:
         self.prepare()
         self.sel = selectors.DefaultSelector()
         self._signal_setup()
         try:
-            os.makedirs(self.runtime_dir, mode=0o700, exist_ok=True)
-        except OSError:
-            pass
+            state.private_dir(self.runtime_dir)  # private HOMEs: never a planted directory
+        except (OSError, SshkeepError) as exc:
+            self.log.error("", str(exc))
         now = self.clock()
         for r in self.runners:
             self._event(r, r.m.start, now, self._offset(r.t))
@@ -283,17 +334,18 @@ class Supervisor:
     def _spawn(self, r):
         host, port = r.address
         t = r.ssh_tunnel
-        command = session_command(t) if t.reclaim and not r.no_command else None
+        command = session_command(t, self.box) if t.reclaim and not r.no_command else None
         home_dir = os.path.join(r.runtime_dir, "home-" + _safe(t.name))
         try:
             r.home = clients.prepare_home(r.info, t, home_dir, host, port)
             known = clients.host_key_known(r.info, t, r.home, host, port)
-            argv = clients.build_argv(r.info, t, command=command, host=host, port=port)
+            learn = known is False and t.accept_new
+            argv = clients.build_argv(r.info, t, command=command, host=host, port=port, learn=learn)
         except Exception as exc:  # SshkeepError mostly: configuration the operator must fix
             self.log.error(t.name, "cannot start ssh: %s" % exc)
             self._event(r, r.m.on_exit, self.clock(), C.Outcome(C.SETUP, C.RETRY_SLOW, str(exc)))
             return
-        if known is False:
+        if known is False and not learn:
             # dbclient without BatchMode would sit at a y/n prompt for ever.
             # Name the user's file, not the private copy sshkeep gives dbclient (prepare_home).
             where = t.known_hosts or os.path.join(os.environ.get("HOME", "/"), ".ssh", "known_hosts")
@@ -306,6 +358,12 @@ class Supervisor:
             self.log.error(t.name, "cannot run %s: %s" % (argv[0], child.spawn_error))
             self._event(r, r.m.on_exit, self.clock(), C.classify(None, [child.spawn_error]))
             return
+        if learn:
+            # First contact: answer dbclient's "continue connecting? (y/n)" once, on its stdin
+            # (no tty: its own session). It records the key; _save_pin copies it to the pin file.
+            child.send(b"y\n")
+            self.log.warning(t.name, "first contact with %s: accepting its host key and pinning it in %s"
+                             % (r.server_label(), t.known_hosts))
         r.child = child
         r.ready_pid = None
         r.ssh_said.clear()
@@ -329,6 +387,10 @@ class Supervisor:
                 ready = remote.parse_ready(line)
                 if ready is not None:
                     r.ready_pid = ready[0]
+                    recorded = ready[1] and ready[2] and any(f.kind == "R" for f in r.t.forwards)
+                    r.session = {"pid": ready[0], "start": ready[2], "server": r.server_label(),
+                                 "box": self.box} if recorded else None
+                    r.held = ""
                     self._ready(r)
         if eof:
             self._unwatch(fd)
@@ -358,6 +420,7 @@ class Supervisor:
         r.server_probe_failed = False   # a probe failure counts within one state only
         now = self.clock()
         if r.m.state == M.UP:
+            self._save_pin(r)
             r.connect_failures = 0
             r.next_check = now + min(r.t.interval, 5.0) if self.checks else None
             r.check_round = 0
@@ -380,7 +443,10 @@ class Supervisor:
             self._unwatch(fd)
         child.close()
         r.child = None
+        self._save_pin(r)
         outcome = C.classify(child.returncode, child.stderr_tail, r.m.kill_reason, r.info.kind)
+        if outcome.reason == C.HOSTKEY_MISMATCH:
+            self.log.error(r.name, clients.mismatch_hint(r.ssh_tunnel.known_hosts, *r.address))
         quiet = outcome.action == C.NONE or outcome.reason == C.RECONNECT  # we asked for it
         level = self.log.info if quiet else self.log.warning
         level(r.name, "ssh exited after %.1fs: %s%s%s" % (
@@ -405,6 +471,18 @@ class Supervisor:
             self._maybe_failover(r)
         self._event(r, r.m.on_exit, now, outcome)
         self._state_dirty = True
+
+    def _save_pin(self, r):
+        """dbclient's first contact: the key it recorded goes to the pin file, once."""
+        host, port = r.address
+        try:
+            line = clients.save_learned(r.info, r.ssh_tunnel, r.home, host, port)
+        except (OSError, SshkeepError) as exc:
+            self.log.error(r.name, "cannot pin the host key of %s: %s" % (r.server_label(), exc))
+            return
+        if line:
+            self.log.warning(r.name, "pinned host key of %s in %s: %s" % (r.server_label(),
+                                                                          r.ssh_tunnel.known_hosts, line))
 
     def _maybe_failover(self, r):
         if len(r.addresses) > 1 and r.connect_failures >= r.t.failover_after:
@@ -512,10 +590,12 @@ class Supervisor:
             began = getattr(r, "check_began", now)
             r.next_check = min(r.next_check, max(now, began + recheck_delay(r.t.interval)))
 
-    def report_reclaimed(self, r, freed, nothing=False):
+    def report_reclaimed(self, r, freed, nothing=False, held=""):
         """Called by the reclaim with its outcome (freed: the stale listener is gone;
-        nothing: the server had no listener of ours left to end)."""
-        self._event(r, r.m.on_reclaimed, self.clock(), freed, nothing)
+        nothing: the server had no listener of ours left to end; held: who holds the
+        port instead, for the log and status: another box, so no fight, a long wait)."""
+        r.held = held
+        self._event(r, r.m.on_reclaimed, self.clock(), freed, nothing, held)
 
     def _maybe_probe_server(self, r, now):
         """Cheap TCP probes of the server: during a network backoff, and during a connect
@@ -594,7 +674,7 @@ class Supervisor:
         now = self.clock()
         for t in new.tunnels:
             r = old.pop(t.name, None)
-            if r is not None and r.t == t:
+            if r is not None and r.given == t:
                 keep.append(r)
                 continue
             if r is not None:
@@ -658,17 +738,21 @@ class Supervisor:
                 # name, or `-R SPEC` when none was given.
                 "forwards": [{"name": f.label(), "kind": f.kind, "spec": f.spec(),
                               "verdict": m.verdicts.get(check_key(f))} for f in r.ssh_tunnel.forwards],
+                "host_keys": ("pinned on first use in " if r.t.accept_new else "checked against ") +
+                             (r.ssh_tunnel.known_hosts or "the client's default known_hosts"),
+                "session": r.session,
+                "held": r.held or None,
             })
             if r.child:
                 children.append(r.child.cmdline_record())
-        return {"pid": os.getpid(), "version": __version__, "started": self.started_wall,
+        return {"pid": os.getpid(), "version": __version__, "started": self.started_wall, "box_id": self.box,
                 # `check` judges freshness on the monotonic clock: the wall clock of a box
                 # without an RTC jumps at boot when NTP sets it.
                 "updated": wall_now, "monotonic": mono_now, "pidfile": self.settings.pidfile, "tunnels": tunnels,
                 # `status` calls the agent hung after STALE_INTERVALS of these without a write
                 "interval": min([r.t.interval for r in self.runners] or [30]),
                 "settings": self._digest(), "config": self.settings.config_path,
-                "children": children}
+                "children": children, "warnings": list(getattr(self.settings, "warnings", ()) or ())}
 
     def _digest(self):
         """state.digest of the running settings (hashed in pure Python: once per reload)."""
@@ -683,8 +767,18 @@ class Supervisor:
             return
         try:
             state.write(self.settings.state, self.state_doc())
+            if self._state_error:
+                self.log.info("", "state file %s written again" % self.settings.state)
+            self._state_error = ""
         except Exception as exc:
-            self.log.error("", str(exc))
+            if str(exc) != self._state_error:  # once, not every interval
+                self.log.error("", "%s; running on: `status` cannot show this agent until it can be written" % exc)
+            self._state_error = str(exc)
+            try:
+                # The heartbeat `check` reads when there is no state: the pidfile's mtime (no space needed).
+                os.utime(self.settings.pidfile, follow_symlinks=False)
+            except OSError:
+                pass
         self._last_state_write = now
         self._state_dirty = False
 

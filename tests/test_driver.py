@@ -211,7 +211,9 @@ def test_run_logs_the_config_files_warnings(tmp_path):
     # An sshtunnel file with a tunnel naming no server (sshtunnel ignores it too): `config`
     # lists the warning, and so must `run`, whose stderr is what procd keeps.
     conf = tmp_path / "sshtunnel"
-    conf.write_text("config server 'vps'\n\toption user 'tunnel'\n\toption hostname '127.0.0.1'\n"
+    # (a known_hosts of its own: accept-new, sshtunnel's default, would pin in /etc/sshkeep)
+    conf.write_text("config sshkeep\n\toption known_hosts '%s'\n\n" % (tmp_path / "known_hosts") +
+                    "config server 'vps'\n\toption user 'tunnel'\n\toption hostname '127.0.0.1'\n"
                     "\toption port '9'\n\nconfig tunnelR 'a'\n\toption server 'vps'\n\toption remoteport '10022'\n"
                     "\toption localaddress '127.0.0.1'\n\toption localport '22'\n\n"
                     "config tunnelR 'orphan'\n\toption remoteport '10023'\n")
@@ -225,7 +227,7 @@ def test_run_logs_the_config_files_warnings(tmp_path):
     try:
         wait_until(lambda: "orphan" in (tmp_path / "err").read_text(), 10, 0.05, what="warning logged")
         line = [l for l in (tmp_path / "err").read_text().splitlines() if "orphan" in l][0]
-        assert "config: %s:12:" % conf in line and "no server option" in line
+        assert "config: %s:15:" % conf in line and "no server option" in line
         state = tmp_path / "s.json"
         wait_until(lambda: state.exists() and '"up"' in state.read_text(), 10, 0.05, what="tunnel up")
     finally:
@@ -234,7 +236,7 @@ def test_run_logs_the_config_files_warnings(tmp_path):
 
 
 def test_status_json_has_the_documented_shape(agent, tmp_path):
-    # Fleet monitoring parses this: the keys are a contract (README: Command line).
+    # Fleet monitoring parses this: the keys are a contract (README: Status and logs).
     a = agent("ready")
     wait_until(lambda: a.tunnel().get("state") == "up", 10, 0.05, what="state up")
     r = subprocess.run([sys.executable, "-m", "agent", "status", "--json", "--state", a.state],
@@ -255,7 +257,8 @@ def test_status_json_has_the_documented_shape(agent, tmp_path):
 
 @pytest.mark.parametrize("flags,named", [(["--interval", "5"], "--interval"), (["--ssh", FAKE], "--ssh"),
                                          (["-R", "1:h:2"], "forwards"), (["--no-reclaim"], "--no-reclaim"),
-                                         (["-p", "2222"], "-p"), (["--name", "x"], "--name")])
+                                         (["-p", "2222"], "-p"), (["--name", "x"], "--name"),
+                                         (["-o", "Compression=yes"], "-o")])
 def test_tunnel_flags_beside_c_are_refused_not_ignored(tmp_path, flags, named):
     conf = tmp_path / "c.conf"
     conf.write_text("config server 'hub'\n\toption host '127.0.0.1'\nconfig tunnel 't'\n\toption server 'hub'\n"
