@@ -578,7 +578,8 @@ class Supervisor:
         now = self.clock()
         prev = r.m.verdicts.get(name)
         if prev != verdict:
-            r.ssh_said.clear()  # the target changed: its next connect_to line is news again
+            if ok:
+                r.ssh_said.clear()  # healthy again: the next connect_to line is news (a new outage)
             lvl = self.log.info if ok else self.log.warning
             lvl(r.name, "check %s: %s%s" % (r.check_label(name), verdict, " (%s)" % detail if detail else ""))
         self._event(r, r.m.on_check, now, name, verdict, ok)
