@@ -197,7 +197,7 @@ def settings_from_args(args):
             t = _replace(t, forwards=tuple(t.forwards) + tuple(extra))
         if not t.forwards:
             raise E.UsageError("Host %s in %s has no forwards; add -R/-L/-D" % (args.destination, args.ssh_config))
-        return _replace(_settings((t,), args), warnings=tuple(warned))
+        return _settings((t,), args, warned)
     if not args.destination:
         raise E.UsageError("a destination [user@]host is required (e.g. %s), or -c FILE "
                            "(/etc/config/sshkeep is read when it exists)" % USAGE_EXAMPLE)
@@ -335,12 +335,23 @@ def _replace(obj, **kw):
     return replace(obj, **kw)
 
 
-def _settings(tunnels, args):
+def _settings(tunnels, args, warnings=()):
     from agent.model import Settings
     return Settings(tunnels=tuple(tunnels), state=os.path.abspath(args.state or _default_state()),
                     pidfile=os.path.abspath(args.pidfile or _default_pidfile()), syslog=args.syslog,
                     config_path=args.config and os.path.abspath(args.config),
-                    box_id_file=_abs(args.box_id_file or ""))
+                    box_id_file=_abs(args.box_id_file or ""), warnings=tuple(warnings) + _option_warnings(args))
+
+
+def _option_warnings(args):
+    """`-o StrictHostKeyChecking=no` runs as trust on first use: say so at every start and in status."""
+    for text in getattr(args, "ssh_options", None) or ():
+        key, value = values.split_ssh_option(text)  # checked already by _ssh_options
+        if key.lower() == "stricthostkeychecking":
+            if value.lower() in ("no", "off"):
+                return ("-o %s is treated as accept-new (a changed host key is still refused)" % text,)
+            break  # the first value wins
+    return ()
 
 
 def _override_globals(s, args):

@@ -170,6 +170,7 @@ class Supervisor:
         self._last_state_write = 0.0
         self._state_error = ""
         self.runtime_dir = settings.state + ".d"
+        self._digest_of = (None, "")    # (settings, state.digest(settings))
         self.box = None                 # agent.identity.box_id, read (or made) by prepare()
 
     # -- setup ------------------------------------------------------------
@@ -236,6 +237,12 @@ class Supervisor:
         if not self.runners:
             self.runners = [self._make_runner(t) for t in self.settings.tunnels]
             self._seed_sessions(lifecycle.read_state(self.settings.state))
+        try:
+            state.private_dir(self.runtime_dir)  # dbclient's private HOMEs
+        except (OSError, SshkeepError) as exc:
+            if os.path.lexists(self.runtime_dir):
+                raise  # there but not ours, or a symlink: never write through it
+            self.log.error("", str(exc))  # cannot be made (full or read-only): those tunnels report it
 
     def _box_id(self):
         """The box identity; if its file cannot be read or made, a temporary one (kept in the
@@ -266,10 +273,6 @@ class Supervisor:
         self.prepare()
         self.sel = selectors.DefaultSelector()
         self._signal_setup()
-        try:
-            state.private_dir(self.runtime_dir)  # private HOMEs: never a planted directory
-        except (OSError, SshkeepError) as exc:
-            self.log.error("", str(exc))
         now = self.clock()
         for r in self.runners:
             self._event(r, r.m.start, now, self._offset(r.t))
@@ -431,12 +434,15 @@ class Supervisor:
         """Log a line of ssh's stderr once per change: OpenSSH writes `connect_to ... failed`
         for every connection to a target that is down, i.e. on every check."""
         text = line if line.startswith(("ssh:", "dbclient:")) else "ssh: " + line
-        if line in r.ssh_said:
+        # `channel 7: open failed: connect failed: ...` (-L to a target that is down): one line
+        # whatever the channel number.
+        key = line.split(":", 1)[-1] if line.startswith("channel ") else line
+        if key in r.ssh_said:
             self.log.debug(r.name, text)
             return
         if len(r.ssh_said) >= 64:
             r.ssh_said.clear()
-        r.ssh_said.add(line)
+        r.ssh_said.add(key)
         self.log.info(r.name, text)
 
     def _ready(self, r):
@@ -606,7 +612,8 @@ class Supervisor:
         now = self.clock()
         prev = r.m.verdicts.get(name)
         if prev != verdict:
-            r.ssh_said.clear()  # the target changed: its next connect_to line is news again
+            if ok:
+                r.ssh_said.clear()  # healthy again: the next connect_to line is news (a new outage)
             lvl = self.log.info if ok else self.log.warning
             lvl(r.name, "check %s: %s%s" % (r.check_label(name), verdict, " (%s)" % detail if detail else ""))
         self._event(r, r.m.on_check, now, name, verdict, ok)
@@ -720,7 +727,8 @@ class Supervisor:
             self._stop_now(r)
         self.runners = keep
         self.settings = new
-        self.log.info("", "reloaded: %d tunnel(s)" % len(keep))
+        self.log.info("", "reloaded: %d tunnel(s) over %d ssh connection(s)" % (
+            sum(len(r.t.forwards) for r in keep), len(keep)))
         self._state_dirty = True
 
     def _stop_now(self, r):
@@ -780,8 +788,14 @@ class Supervisor:
                 "updated": wall_now, "monotonic": mono_now, "pidfile": self.settings.pidfile, "tunnels": tunnels,
                 # `status` calls the agent hung after STALE_INTERVALS of these without a write
                 "interval": min([r.t.interval for r in self.runners] or [30]),
-                "settings": state.digest(self.settings), "config": self.settings.config_path,
+                "settings": self._digest(), "config": self.settings.config_path,
                 "children": children, "warnings": list(getattr(self.settings, "warnings", ()) or ())}
+
+    def _digest(self):
+        """state.digest of the running settings (hashed in pure Python: once per reload)."""
+        if self._digest_of[0] is not self.settings:
+            self._digest_of = (self.settings, state.digest(self.settings))
+        return self._digest_of[1]
 
     def _write_state(self, force=False):
         now = self.clock()
