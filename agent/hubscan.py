@@ -17,11 +17,13 @@ from __future__ import annotations
 import errno
 import json
 import os
+import stat
 import sys
 import time
 
 from agent import errors as E
 from agent import hub
+from agent.record import replace
 
 if False:  # annotations only
     from typing import Dict, List, Optional, Tuple
@@ -112,16 +114,11 @@ def _open_record(path: str):
     fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
     try:
         st = os.fstat(fd)
-        if not _regular(st):
+        if not stat.S_ISREG(st.st_mode):
             raise hub.BadRecord("not a regular file")
         return os.read(fd, MAX_RECORD).decode("utf-8", "replace"), st
     finally:
         os.close(fd)
-
-
-def _regular(st) -> bool:
-    import stat as S
-    return S.S_ISREG(st.st_mode)
 
 
 def scan(state_dir: str, uid: int, proc: str = "/proc"):
@@ -226,7 +223,7 @@ def view(state_dir: str, timeout: float = 3.0, grace: float = 0.3, proc: str = "
     problems += [("-", line) for line in hub.collisions(found)]
     hz = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
     btime = boot_time(proc)
-    found = [s if s.since is not None else _with_since(s, hub.since_from_start(s.start, btime, hz))
+    found = [s if s.since is not None else replace(s, since=hub.since_from_start(s.start, btime, hz))
              for s in found]
     ports = sorted({p for s in found for p in s.ports})
     results = probe.probe_many([("localhost", p, None) for p in ports], timeout, grace)
@@ -241,16 +238,11 @@ def view(state_dir: str, timeout: float = 3.0, grace: float = 0.3, proc: str = "
                         time.time() if now is None else now)
 
 
-def _with_since(s, since):
-    from agent.record import replace
-    return replace(s, since=since)
-
-
 def cmd_hub(args) -> int:
     """`sshkeep hub`: the table (or --json) on stdout, problems on stderr, --prometheus FILE.
     Exit 0 when every recorded forward answers, EX_UNAVAILABLE when one does not."""
-    if args.timeout <= 0:
-        raise E.UsageError("--timeout must be positive")
+    if not 0 < args.timeout <= 60:
+        raise E.UsageError("--timeout must be more than 0 and at most 60 seconds")
     state_dir = os.path.abspath(args.state_dir or default_state_dir())
     doc = view(state_dir, timeout=args.timeout)
     for p in doc["problems"]:

@@ -302,6 +302,12 @@ def hub_cli(*args, user=None):
                           env=dict(os.environ, PYTHONPATH=ROOT))
 
 
+@pytest.mark.parametrize("value", ["0", "-1", "61", "x"])
+def test_cli_timeout_bounded(tmp_path, value):
+    r = hub_cli("--state-dir", str(tmp_path), "--timeout", value)
+    assert r.returncode == 64 and b"--timeout" in r.stderr and b"Traceback" not in r.stderr
+
+
 def test_cli_missing_and_unreadable_dir_one_clear_line(tmp_path):
     r = hub_cli("--state-dir", str(tmp_path / "nope"))
     assert r.returncode == 66 and r.stdout == b""
