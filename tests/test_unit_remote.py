@@ -306,6 +306,8 @@ def test_interpret_reclaim_table():
     assert remote.reclaim_holders(held) == [{"pid": 77, "box": "0123abcd", "since": 1764650000, "host": "OpenWrt",
                                              "tunnel": "t1"}]
     assert remote.reclaim_holders("sshkeep-reclaim held 77 x - h t\n")[0]["since"] is None
+    assert remote.reclaim_holders("sshkeep-reclaim held 77 \x1b[2J - h\x07 t\n")[0] == {
+        "pid": 77, "box": "__2J", "since": None, "host": "h_", "tunnel": "t"}
     assert interpret_reclaim(255, "", "Connection timed out", False) == (UNREACHABLE, None)
     assert interpret_reclaim(None, "", "", True) == (UNREACHABLE, None)
     assert interpret_reclaim(1, "", "dbclient: Exited", False, "dropbear") == (UNREACHABLE, None)
