@@ -67,7 +67,8 @@ def _add_tunnel_options(p):
     p.add_argument("-l", "--user", default=None, help="user on the server")
     p.add_argument("-i", "--identity", default=None, metavar="KEYFILE", help="private key")
     p.add_argument("--client", choices=("auto", "openssh", "dropbear"), default="auto", help="which client")
-    p.add_argument("--ssh", default="", metavar="PATH", help="the client binary (default: ssh, then dbclient on PATH; --client picks which)")
+    p.add_argument("--ssh", default="", metavar="PATH",
+                   help="the client binary (default: ssh, then dbclient on PATH; --client dropbear: dbclient first)")
     p.add_argument("--ssh-config", metavar="FILE", help="take host, user, port, key, forwards from this ssh_config")
     p.add_argument("--known-hosts", default="", metavar="FILE", help="the server's host key (OpenSSH format)")
     p.add_argument("--accept-new", action="store_true", help="trust an unknown host key on first use")
@@ -144,9 +145,8 @@ def _default_state():
 
 
 def _default_pidfile():
-    if os.geteuid() == 0 or os.access("/var/run", os.W_OK):
-        return "/var/run/sshkeep.pid"
-    return "/tmp/sshkeep-%d.pid" % os.getuid()
+    from agent.state import default_dir
+    return os.path.join(default_dir(), "sshkeep.pid")
 
 
 def settings_from_args(args):
@@ -189,7 +189,7 @@ def settings_from_args(args):
             t = _replace(t, forwards=tuple(t.forwards) + tuple(extra))
         if not t.forwards:
             raise E.UsageError("Host %s in %s has no forwards; add -R/-L/-D" % (args.destination, args.ssh_config))
-        return _replace(_settings((t,), args), warnings=tuple(warned))
+        return _settings((t,), args, warned)
     if not args.destination:
         raise E.UsageError("a destination [user@]host is required (e.g. %s), or -c FILE "
                            "(/etc/config/sshkeep is read when it exists)" % USAGE_EXAMPLE)
@@ -302,7 +302,10 @@ def _ssh_options(items):
             except values.Bad as exc:
                 raise E.SshkeepError("-o %s: %s — %s" % (text, exc.what, exc.fix), E.EX_DATAERR)
         else:
-            value = _abs(os.path.expanduser(value))
+            if key == "UserKnownHostsFile" and len(value.split()) > 1:
+                raise E.UsageError("-o %s: give one known_hosts file (sshkeep passes one to either client)" % text)
+            from agent.model import expand_tilde
+            value = _abs(expand_tilde(value))
         out[field] = value
     if extra:
         out["extra_options"] = tuple(extra)
@@ -324,12 +327,23 @@ def _replace(obj, **kw):
     return replace(obj, **kw)
 
 
-def _settings(tunnels, args):
+def _settings(tunnels, args, warnings=()):
     from agent.model import Settings
     return Settings(tunnels=tuple(tunnels), state=os.path.abspath(args.state or _default_state()),
                     pidfile=os.path.abspath(args.pidfile or _default_pidfile()), syslog=args.syslog,
                     config_path=args.config and os.path.abspath(args.config),
-                    box_id_file=_abs(args.box_id_file or ""))
+                    box_id_file=_abs(args.box_id_file or ""), warnings=tuple(warnings) + _option_warnings(args))
+
+
+def _option_warnings(args):
+    """`-o StrictHostKeyChecking=no` runs as trust on first use: say so at every start and in status."""
+    for text in getattr(args, "ssh_options", None) or ():
+        key, value = values.split_ssh_option(text)  # checked already by _ssh_options
+        if key.lower() == "stricthostkeychecking":
+            if value.lower() in ("no", "off"):
+                return ("-o %s is treated as accept-new (a changed host key is still refused)" % text,)
+            break  # the first value wins
+    return ()
 
 
 def _override_globals(s, args):
@@ -364,6 +378,8 @@ def cmd_run(args, argv):
         if notifier:
             notifier.fail(str(exc), exc.code)
         raise
+    if pid.write_error:
+        log.error("", pid.write_error + "; running with the lock alone (full tmpfs?)")
     for w in settings.warnings:  # e.g. a tunnelW section skipped: say so where procd logs it
         log.warning("", "config: " + w)
     try:

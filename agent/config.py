@@ -370,7 +370,10 @@ def _conv_option(value):
     m = re.match(r"([A-Za-z][A-Za-z0-9]*)\s*(?:=|\s)\s*(\S.*)\Z", value)
     if not m:
         raise _Bad("%r is not an ssh option" % value, "write Key=Value, e.g. 'Compression=yes'")
-    return m.group(1), m.group(2)
+    problem = values.check_ssh_option(m.group(1), m.group(2), in_config=True)
+    if problem:
+        raise _Bad(problem.split(";")[0], "remove it; allowed options are listed in docs/security.md")
+    return values.canonical_ssh_option(m.group(1)), m.group(2)
 
 
 # --------------------------------------------------------------------------- sshkeep dialect
@@ -880,7 +883,7 @@ def _check_files(servers, report):
                              "point identity at the private key file")
             elif _is_public(key):
                 report.error(line, "server '%s': key file %s is a public key" % (s.name, key),
-                             "give the private key (%s)" % (key[:-4] if key.endswith(".pub") else "without .pub"))
+                             "give the private key" + (" (%s)" % key[:-4] if key.endswith(".pub") else ""))
             elif st.st_mode & 0o077:
                 report.error(line, "server '%s': key file %s is readable by group or others (mode %04o)"
                              % (s.name, key, stat.S_IMODE(st.st_mode)), "chmod 600 %s" % key)

@@ -18,6 +18,7 @@ import shlex
 import time
 
 from agent import clients, identity, probe, remote
+from agent.model import hostport
 
 TARGET_DOWN = "target-down"
 LOCAL_TIMEOUT = 2.0
@@ -141,8 +142,8 @@ class Checks:
         learned = prefix.decode("ascii") if prefix else None
         r.greetings[f.port] = learned
         if learned:
-            self.log.info(r.name, "R:%d: target %s:%d greets with %r: the remote check expects it"
-                          % (f.port, f.host, f.hostport, learned))
+            self.log.info(r.name, "%s: target %s greets with %r: the remote check expects it"
+                          % ("R:%d" % f.port, hostport(f.host, f.hostport), learned))
         return learned
 
     def _judge(self, sup, r, f, verdict, job):
@@ -174,7 +175,7 @@ class Checks:
         """Report target-down (restarting ssh cannot help) if the direct probe found nothing."""
         if direct.verdict not in (probe.REFUSED, probe.TIMEOUT, probe.ERROR):
             return False
-        sup.report_check(r, name, TARGET_DOWN, None, "box-side target %s:%d %s" % (f.host, f.hostport, direct.verdict))
+        sup.report_check(r, name, TARGET_DOWN, None, "box-side target %s %s" % (hostport(f.host, f.hostport), direct.verdict))
         return True
 
     # -- reclaim ----------------------------------------------------------------

@@ -102,14 +102,26 @@ def cmd_reconnect(pidfile: str, out=None) -> int:
 
 
 def read_state(state_path: Optional[str]) -> dict:
-    """The run state JSON as a dict, {} if missing or unreadable (never raises)."""
+    """The run state JSON as a dict, {} if missing, unreadable, a symlink or not written by
+    our own uid (its `children` are processes we would end: never take them from another user)."""
     if not state_path:
         return {}
     try:
-        with open(state_path, "rb") as f:
+        fd = os.open(state_path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+    except OSError:
+        return {}
+    try:
+        from agent.state import owned_by_us
+        if not owned_by_us(fd):
+            return {}
+        with os.fdopen(fd, "rb") as f:
+            fd = None
             data = json.loads(f.read(1 << 20).decode("utf-8"))
     except (OSError, ValueError):
         return {}
+    finally:
+        if fd is not None:
+            os.close(fd)
     return data if isinstance(data, dict) else {}
 
 

@@ -61,6 +61,7 @@ class Runner:
 
     def __init__(self, tunnel, info, policy, backoff, runtime_dir, log, clock):
         self.t = tunnel
+        self.given = tunnel             # as configured (self.t may add the default pin file)
         self.info = info
         self.log = log
         self.clock = clock
@@ -142,7 +143,9 @@ class Supervisor:
         self.started_wall = wall()
         self._state_dirty = True
         self._last_state_write = 0.0
+        self._state_error = ""
         self.runtime_dir = settings.state + ".d"
+        self._digest_of = (None, "")    # (settings, state.digest(settings))
         self.box = None                 # agent.identity.box_id, read (or made) by prepare()
 
     # -- setup ------------------------------------------------------------
@@ -159,6 +162,9 @@ class Supervisor:
         clients.check_forwards(info, t)
         if t.identity:
             clients.check_identity(info, t.identity)
+        if t.known_hosts and os.path.isdir(t.known_hosts):
+            raise SshkeepError("%s: known_hosts file %s is a directory; give the file in it (%s/known_hosts "
+                               "or the like)" % (t.name, t.known_hosts, t.known_hosts.rstrip("/")), EX_NOINPUT)
         if t.known_hosts and not t.accept_new and not os.path.exists(t.known_hosts):
             # Strict checking against a file that is not there can never connect: say so now.
             raise SshkeepError("%s: known_hosts file %s does not exist; create it (ssh-keyscan) or use "
@@ -166,6 +172,14 @@ class Supervisor:
         policy = self._policy(t)
         backoff = M.Backoff(cap=t.max_backoff, offset=self._offset(t))
         r = Runner(t, info, policy, backoff, self.runtime_dir, self.log, self.clock)
+        if t.accept_new:
+            # Trust on first use pins to a persistent file (tmpfs HOME would forget at boot).
+            pins = t.known_hosts or clients.default_known_hosts()
+            clients.ensure_pin_file(pins)
+            # Every ssh of this tunnel (its own, checks, reclaims) checks against the pins;
+            # `given` is what a reload compares with.
+            r.t = record.replace(t, known_hosts=pins)
+            r.ssh_tunnel = record.replace(r.ssh_tunnel, known_hosts=pins)
         self.log.info(t.name, "using %s %s (%s) for %s" % (info.kind, info.version, info.path, r.server_label()))
         return r
 
@@ -198,6 +212,12 @@ class Supervisor:
         if not self.runners:
             self.runners = [self._make_runner(t) for t in self.settings.tunnels]
             self._seed_sessions(lifecycle.read_state(self.settings.state))
+        try:
+            state.private_dir(self.runtime_dir)  # dbclient's private HOMEs
+        except (OSError, SshkeepError) as exc:
+            if os.path.lexists(self.runtime_dir):
+                raise  # there but not ours, or a symlink: never write through it
+            self.log.error("", str(exc))  # cannot be made (full or read-only): those tunnels report it
 
     def _box_id(self):
         """The box identity; if its file cannot be read or made, a temporary one (kept in the
@@ -228,10 +248,6 @@ class Supervisor:
         self.prepare()
         self.sel = selectors.DefaultSelector()
         self._signal_setup()
-        try:
-            os.makedirs(self.runtime_dir, mode=0o700, exist_ok=True)
-        except OSError:
-            pass
         now = self.clock()
         for r in self.runners:
             self._event(r, r.m.start, now, self._offset(r.t))
@@ -325,12 +341,13 @@ class Supervisor:
         try:
             r.home = clients.prepare_home(r.info, t, home_dir, host, port)
             known = clients.host_key_known(r.info, t, r.home, host, port)
-            argv = clients.build_argv(r.info, t, command=command, host=host, port=port)
+            learn = known is False and t.accept_new
+            argv = clients.build_argv(r.info, t, command=command, host=host, port=port, learn=learn)
         except Exception as exc:  # SshkeepError mostly: configuration the operator must fix
             self.log.error(t.name, "cannot start ssh: %s" % exc)
             self._event(r, r.m.on_exit, self.clock(), C.Outcome(C.SETUP, C.RETRY_SLOW, str(exc)))
             return
-        if known is False:
+        if known is False and not learn:
             # dbclient without BatchMode would sit at a y/n prompt for ever.
             # Name the user's file, not the private copy sshkeep gives dbclient (prepare_home).
             where = t.known_hosts or os.path.join(os.environ.get("HOME", "/"), ".ssh", "known_hosts")
@@ -343,6 +360,12 @@ class Supervisor:
             self.log.error(t.name, "cannot run %s: %s" % (argv[0], child.spawn_error))
             self._event(r, r.m.on_exit, self.clock(), C.classify(None, [child.spawn_error]))
             return
+        if learn:
+            # First contact: answer dbclient's "continue connecting? (y/n)" once, on its stdin
+            # (no tty: its own session). It records the key; _save_pin copies it to the pin file.
+            child.send(b"y\n")
+            self.log.warning(t.name, "first contact with %s: accepting its host key and pinning it in %s"
+                             % (r.server_label(), t.known_hosts))
         r.child = child
         r.ready_pid = None
         r.ssh_said.clear()
@@ -379,12 +402,15 @@ class Supervisor:
         """Log a line of ssh's stderr once per change: OpenSSH writes `connect_to ... failed`
         for every connection to a target that is down, i.e. on every check."""
         text = line if line.startswith(("ssh:", "dbclient:")) else "ssh: " + line
-        if line in r.ssh_said:
+        # `channel 7: open failed: connect failed: ...` (-L to a target that is down): one line
+        # whatever the channel number.
+        key = line.split(":", 1)[-1] if line.startswith("channel ") else line
+        if key in r.ssh_said:
             self.log.debug(r.name, text)
             return
         if len(r.ssh_said) >= 64:
             r.ssh_said.clear()
-        r.ssh_said.add(line)
+        r.ssh_said.add(key)
         self.log.info(r.name, text)
 
     def _ready(self, r):
@@ -396,6 +422,7 @@ class Supervisor:
         r.server_probe_failed = False   # a probe failure counts within one state only
         now = self.clock()
         if r.m.state == M.UP:
+            self._save_pin(r)
             r.connect_failures = 0
             r.next_check = now + min(r.t.interval, 5.0) if self.checks else None
             r.check_round = 0
@@ -418,7 +445,10 @@ class Supervisor:
             self._unwatch(fd)
         child.close()
         r.child = None
+        self._save_pin(r)
         outcome = C.classify(child.returncode, child.stderr_tail, r.m.kill_reason, r.info.kind)
+        if outcome.reason == C.HOSTKEY_MISMATCH:
+            self.log.error(r.name, clients.mismatch_hint(r.ssh_tunnel.known_hosts, *r.address))
         quiet = outcome.action == C.NONE or outcome.reason == C.RECONNECT  # we asked for it
         level = self.log.info if quiet else self.log.warning
         level(r.name, "ssh exited after %.1fs: %s%s%s" % (
@@ -443,6 +473,18 @@ class Supervisor:
             self._maybe_failover(r)
         self._event(r, r.m.on_exit, now, outcome)
         self._state_dirty = True
+
+    def _save_pin(self, r):
+        """dbclient's first contact: the key it recorded goes to the pin file, once."""
+        host, port = r.address
+        try:
+            line = clients.save_learned(r.info, r.ssh_tunnel, r.home, host, port)
+        except (OSError, SshkeepError) as exc:
+            self.log.error(r.name, "cannot pin the host key of %s: %s" % (r.server_label(), exc))
+            return
+        if line:
+            self.log.warning(r.name, "pinned host key of %s in %s: %s" % (r.server_label(),
+                                                                          r.ssh_tunnel.known_hosts, line))
 
     def _maybe_failover(self, r):
         if len(r.addresses) > 1 and r.connect_failures >= r.t.failover_after:
@@ -538,7 +580,8 @@ class Supervisor:
         now = self.clock()
         prev = r.m.verdicts.get(name)
         if prev != verdict:
-            r.ssh_said.clear()  # the target changed: its next connect_to line is news again
+            if ok:
+                r.ssh_said.clear()  # healthy again: the next connect_to line is news (a new outage)
             lvl = self.log.info if ok else self.log.warning
             lvl(r.name, "check %s: %s%s" % (r.check_label(name), verdict, " (%s)" % detail if detail else ""))
         self._event(r, r.m.on_check, now, name, verdict, ok)
@@ -634,7 +677,7 @@ class Supervisor:
         now = self.clock()
         for t in new.tunnels:
             r = old.pop(t.name, None)
-            if r is not None and r.t == t:
+            if r is not None and r.given == t:
                 keep.append(r)
                 continue
             if r is not None:
@@ -652,7 +695,8 @@ class Supervisor:
             self._stop_now(r)
         self.runners = keep
         self.settings = new
-        self.log.info("", "reloaded: %d tunnel(s)" % len(keep))
+        self.log.info("", "reloaded: %d tunnel(s) over %d ssh connection(s)" % (
+            sum(len(r.t.forwards) for r in keep), len(keep)))
         self._state_dirty = True
 
     def _stop_now(self, r):
@@ -697,6 +741,8 @@ class Supervisor:
                 # name, or `-R SPEC` when none was given.
                 "forwards": [{"name": f.label(), "kind": f.kind, "spec": f.spec(),
                               "verdict": m.verdicts.get(check_key(f))} for f in r.ssh_tunnel.forwards],
+                "host_keys": ("pinned on first use in " if r.t.accept_new else "checked against ") +
+                             (r.ssh_tunnel.known_hosts or "the client's default known_hosts"),
                 "session": r.session,
                 "held": r.held or None,
             })
@@ -708,8 +754,14 @@ class Supervisor:
                 "updated": wall_now, "monotonic": mono_now, "pidfile": self.settings.pidfile, "tunnels": tunnels,
                 # `status` calls the agent hung after STALE_INTERVALS of these without a write
                 "interval": min([r.t.interval for r in self.runners] or [30]),
-                "settings": state.digest(self.settings), "config": self.settings.config_path,
-                "children": children}
+                "settings": self._digest(), "config": self.settings.config_path,
+                "children": children, "warnings": list(getattr(self.settings, "warnings", ()) or ())}
+
+    def _digest(self):
+        """state.digest of the running settings (hashed in pure Python: once per reload)."""
+        if self._digest_of[0] is not self.settings:
+            self._digest_of = (self.settings, state.digest(self.settings))
+        return self._digest_of[1]
 
     def _write_state(self, force=False):
         now = self.clock()
@@ -718,8 +770,18 @@ class Supervisor:
             return
         try:
             state.write(self.settings.state, self.state_doc())
+            if self._state_error:
+                self.log.info("", "state file %s written again" % self.settings.state)
+            self._state_error = ""
         except Exception as exc:
-            self.log.error("", str(exc))
+            if str(exc) != self._state_error:  # once, not every interval
+                self.log.error("", "%s; running on: `status` cannot show this agent until it can be written" % exc)
+            self._state_error = str(exc)
+            try:
+                # The heartbeat `check` reads when there is no state: the pidfile's mtime (no space needed).
+                os.utime(self.settings.pidfile, follow_symlinks=False)
+            except OSError:
+                pass
         self._last_state_write = now
         self._state_dirty = False
 

@@ -99,16 +99,20 @@ def is_public_key(head):
 
 # OpenSSH options a user may pass with -o (or a config file's ssh_option): they change how the
 # connection is made, never what runs on either side, where forwards go, or how sshkeep sees the
-# session. Left out on purpose (examples): ProxyCommand, LocalCommand, PermitLocalCommand and
-# KnownHostsCommand run commands on the box; RemoteCommand, RequestTTY, SessionType replace or break
+# session. ProxyCommand and ProxyJump are allowed: they are how a box reaches a hub through a
+# proxy (OpenWrt's own sshtunnel example uses ProxyCommand), and they only carry the connection.
+# Left out on purpose (examples): LocalCommand, PermitLocalCommand and KnownHostsCommand run
+# commands on the box beside the session; RemoteCommand, RequestTTY, SessionType replace or break
 # the session sshkeep reads its ready line from; ClearAllForwardings, Control* (a master would
-# carry the tunnel away from the agent), Forward*, EscapeChar, Include, Match, SendEnv/SetEnv.
+# carry the tunnel away from the agent), Forward*, EscapeChar, Include, Match, SendEnv/SetEnv,
+# LogLevel (QUIET would hide the errors sshkeep classifies).
 ALLOWED_SSH_OPTIONS = (
     "AddressFamily", "BatchMode", "BindAddress", "BindInterface", "CASignatureAlgorithms", "CheckHostIP",
     "Ciphers", "Compression", "ConnectionAttempts", "ConnectTimeout", "ExitOnForwardFailure",
     "FingerprintHash", "GatewayPorts", "HashKnownHosts", "HostKeyAlgorithms", "HostKeyAlias",
-    "IdentitiesOnly", "IdentityFile", "IPQoS", "KexAlgorithms", "LogLevel", "MACs", "Port",
-    "PreferredAuthentications", "PubkeyAcceptedAlgorithms", "PubkeyAcceptedKeyTypes", "RekeyLimit",
+    "IdentitiesOnly", "IdentityFile", "IPQoS", "KexAlgorithms", "MACs", "Port",
+    "PreferredAuthentications", "ProxyCommand", "ProxyJump", "PubkeyAcceptedAlgorithms",
+    "PubkeyAcceptedKeyTypes", "RekeyLimit", "RequiredRSASize",
     "ServerAliveCountMax", "ServerAliveInterval", "StrictHostKeyChecking", "TCPKeepAlive", "UpdateHostKeys",
     "User", "UserKnownHostsFile", "VerifyHostKeyDNS",
 )  # not dbclient's own DisableTrivialAuth, UseSyslog: OpenSSH fails on them (and syslog hides errors)
@@ -123,10 +127,16 @@ def canonical_ssh_option(name):
     return _CANON.get(name.lower())
 
 
-def check_ssh_option(name, value=None):
-    """None if `name` (and `value`, when given) may be passed to ssh; else the error text (with the fix)."""
+# A config file has options of its own for these (accept_new, known_hosts) and sshkeep sets the
+# others itself: as a config's ssh_option they would only weaken the host-key pin or the session.
+CONFIG_REFUSED = ("BatchMode", "ExitOnForwardFailure", "StrictHostKeyChecking", "UserKnownHostsFile")
+
+
+def check_ssh_option(name, value=None, in_config=False):
+    """None if `name` (and `value`, when given) may be passed to ssh; else the error text (with the fix).
+    `in_config`: a config file's ssh_option, where CONFIG_REFUSED are refused whatever the value."""
     canon = canonical_ssh_option(name)
-    if canon is None:
+    if canon is None or (in_config and canon in CONFIG_REFUSED):
         return ("ssh option %s is not allowed in sshkeep (it could run commands, move the session or "
                 "hide what sshkeep watches); allowed: %s" % (name, ", ".join(ALLOWED_SSH_OPTIONS)))
     need = REQUIRED_VALUES.get(canon)

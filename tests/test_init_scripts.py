@@ -314,9 +314,10 @@ def real_config(tmp, port=2222, globals_=""):
         f.write("config sshkeep\n\toption interval '5'\n" + globals_ + "\n"
                 "config server 'hub'\n\toption host '127.0.0.1'\n\toption user 'box'\n"
                 "\toption ssh '%s'\n\toption client 'openssh'\n\toption remote_check_every '0'\n"
-                "\toption reclaim '0'\n\toption accept_new '1'\n\n"
+                "\toption reclaim '0'\n\toption accept_new '1'\n\toption known_hosts '%s'\n\n"
                 "config tunnel 'ssh'\n\toption server 'hub'\n\toption listen '127.0.0.1:%d'\n"
-                "\toption target '127.0.0.1:22'\n\toption check 'none'\n" % (ssh, port))
+                "\toption target '127.0.0.1:22'\n\toption check 'none'\n"
+                % (ssh, os.path.join(tmp, "known_hosts"), port))
     return conf
 
 

@@ -72,10 +72,11 @@ class Agent:
             port = (ports or {}).get(name, 22)
             text += ("config server '%s'\n\toption host '127.0.0.1'\n\toption port '%d'\n\toption user 'box'\n"
                      "\toption ssh '%s'\n\toption client 'openssh'\n\toption remote_check_every '%d'\n"
-                     "\toption reclaim '0'\n\toption accept_new '1'\n\n"
+                     "\toption reclaim '0'\n\toption accept_new '1'\n\toption known_hosts '%s'\n\n"
                      "config tunnel 't_%s'\n\toption server '%s'\n\toption listen '127.0.0.1:%d'\n"
                      "\toption target '127.0.0.1:22'\n\toption check '%s'\n\n"
-                     % (name, port, self.fake_ssh(mode), remote_checks, name, name,
+                     % (name, port, self.fake_ssh(mode), remote_checks, os.path.join(self.tmp, "known_hosts"),
+                        name, name,
                         20000 + os.getpid() % 20000 + i, check))
         with open(self.conf, "w") as f:
             f.write(text)

@@ -508,3 +508,27 @@ def test_render_sanitizes_names_from_the_command_line():
     text = config.render(s)
     assert "config server 'box_hub_example_net'" in text
     assert config.parse_text(text).tunnels[0].forwards == s.tunnels[0].forwards
+
+
+_REFUSED = ("ssh option %s is not allowed in sshkeep (it could run commands, move the session or hide what "
+            "sshkeep watches) — remove it; allowed options are listed in docs/security.md")
+
+
+@pytest.mark.parametrize("option", ["LocalCommand=touch /tmp/pwned", "PermitLocalCommand=yes",
+                                    "ClearAllForwardings=yes", "KnownHostsCommand=/bin/x", "BatchMode=no",
+                                    "StrictHostKeyChecking=no", "RemoteForward=1:a:2", "LogLevel=QUIET"])
+def test_ssh_option_outside_the_allow_list_is_refused_with_its_line(option):
+    # LocalCommand + PermitLocalCommand ran a local command as root; ClearAllForwardings removed
+    # the forwards: only transport tuning gets through (agent/values.py).
+    text = MINI.replace("option host 'hub.example.net'", "option host h\n\tlist ssh_option '%s'" % option)
+    assert errors_of(text) == ["t.conf:4: server 'hub' ssh_option: " + _REFUSED % option.split("=")[0]]
+
+
+def test_allowed_ssh_option_passes_with_its_canonical_name():
+    from agent import config
+    from agent.values import ALLOWED_SSH_OPTIONS
+    assert "LocalCommand" not in ALLOWED_SSH_OPTIONS and "ClearAllForwardings" not in ALLOWED_SSH_OPTIONS
+    text = MINI.replace("option host 'hub.example.net'", "option host h\n\tlist ssh_option 'compression=yes'")
+    assert config._conv_option("compression=yes") == ("Compression", "yes")
+    t = config.parse_text(text, "t.conf").tunnels[0]
+    assert t.extra_options == (("Compression", "yes"),)

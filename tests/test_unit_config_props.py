@@ -137,6 +137,8 @@ def test_mutated_examples_parse_and_round_trip_or_raise_config_error(text):
 
 # --------------------------------------------------------------------------- generated valid settings
 
+from agent.values import ALLOWED_SSH_OPTIONS, CONFIG_REFUSED  # noqa: E402
+
 PRINTABLE = st.characters(blacklist_categories=("Cc", "Cs"))
 HOSTCHARS = string.ascii_letters + string.digits + ".-_:%"
 hosts = st.text(HOSTCHARS, min_size=1, max_size=20).filter(lambda h: not h.startswith("-"))
@@ -150,7 +152,8 @@ backoffs = st.floats(min_value=1, max_value=1e6, allow_nan=False, allow_infinity
 checks = st.one_of(st.sampled_from(["connect", "none"]), st.text(PRINTABLE, min_size=1).map(lambda t: "banner:" + t))
 names = st.text(string.ascii_letters + string.digits + "_", min_size=1, max_size=12)
 option_values = st.text(PRINTABLE, min_size=1, max_size=20).filter(lambda v: not v[0].isspace())
-extra = st.tuples(st.from_regex(r"[A-Za-z][A-Za-z0-9]{0,15}", fullmatch=True), option_values)
+extra = st.tuples(st.sampled_from([o for o in ALLOWED_SSH_OPTIONS if o not in CONFIG_REFUSED]),
+                  option_values)  # the rest is refused
 
 
 @st.composite

@@ -292,12 +292,13 @@ def test_flags_beat_the_same_setting_given_with_o():
     assert (t.port, t.user, t.keepalive) == (2200, "u", 9)
 
 
-@pytest.mark.parametrize("opt,code", [("ProxyCommand=nc %h %p", 64), ("LocalCommand=reboot", 64),
+@pytest.mark.parametrize("opt,code", [("LocalCommand=reboot", 64),
                                       ("PermitLocalCommand=yes", 64), ("ClearAllForwardings=yes", 64),
                                       ("ControlMaster=auto", 64), ("RemoteCommand=sh", 64),
                                       ("BatchMode=no", 64), ("ExitOnForwardFailure=no", 64),
                                       ("ServerAliveInterval", 64), ("=5", 64), ("Port=0", 65),
-                                      ("ServerAliveInterval=-1", 65), ("StrictHostKeyChecking=maybe", 64)])
+                                      ("ServerAliveInterval=-1", 65), ("StrictHostKeyChecking=maybe", 64),
+                                      ("UserKnownHostsFile=/a /b", 64)])
 def test_o_refusals(opt, code):
     with pytest.raises(SshkeepError) as info:
         _tunnel("-o", opt)
@@ -306,10 +307,11 @@ def test_o_refusals(opt, code):
 
 def test_check_ssh_option_for_the_config_code():
     assert values.check_ssh_option("serveraliveinterval") is None
-    assert values.check_ssh_option("ProxyCommand").startswith("ssh option ProxyCommand is not allowed")
+    assert values.check_ssh_option("ProxyCommand") is None  # how a box reaches a hub through a proxy
+    assert values.check_ssh_option("LocalCommand").startswith("ssh option LocalCommand is not allowed")
     assert "BatchMode=yes" in values.check_ssh_option("BatchMode", "no")
-    assert set(values.ALLOWED_SSH_OPTIONS).isdisjoint({"ProxyCommand", "LocalCommand", "PermitLocalCommand",
-                                                       "ClearAllForwardings", "ControlMaster", "ProxyJump"})
+    assert set(values.ALLOWED_SSH_OPTIONS).isdisjoint({"LocalCommand", "PermitLocalCommand", "KnownHostsCommand",
+                                                       "ClearAllForwardings", "ControlMaster", "LogLevel"})
 
 
 def test_o_in_argv_of_each_client():
