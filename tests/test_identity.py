@@ -98,6 +98,34 @@ def test_another_box_with_the_same_names_and_port_never_ends_the_first_session(l
         a.stop()
 
 
+def test_a_dbclient_box_is_told_who_holds_the_port_too(lab):
+    """The same with dbclient as B's client ("Remote TCP forward request failed (port N ...)"), shorter:
+    B's first answer from the hub and two more attempts, A's session untouched throughout."""
+    server = lab.start_sshd()
+    svc = lab.start_service(lab.box_ns, 0)
+    a = agent(lab, server, svc)
+    b = None
+    try:
+        a.wait_up(30)
+        a.wait(lambda: (a.tunnel().get("session") or {}).get("pid"), 10, "A's session in its state")
+        session = a.tunnel()["session"]["pid"]
+        b = agent(lab, server, svc, client="dropbear",
+                  extra=("--box-id-file", os.path.join(b_dir(lab), "box-id"), "--max-backoff", "3"))
+        held = "port %d on the hub is held by box %s, hostname %s, tunnel t" % (
+            RPORT, a.status()["box_id"], socket.gethostname())
+
+        def watched():
+            assert alive(session) and a.tunnel()["restarts"] == 0 and reverse_ok(lab)
+            return b.log().count("remote-port-in-use") >= 3
+        wait_until(watched, 60, 0.5, "three attempts by B")
+        assert held in b.log() and b.tunnel()["held"].startswith(held)
+        assert alive(session) and a.tunnel()["session"]["pid"] == session
+    finally:
+        if b is not None:
+            b.stop()
+        a.stop()
+
+
 def b_dir(lab):
     d = os.path.join(lab.dir, "box-b")
     os.makedirs(d, exist_ok=True)
