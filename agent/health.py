@@ -17,7 +17,7 @@ Keepalives only prove the SSH connection answers; these prove the forwards do.
 import shlex
 import time
 
-from agent import clients, probe, remote
+from agent import clients, identity, probe, remote
 from agent.model import hostport
 
 TARGET_DOWN = "target-down"
@@ -205,7 +205,7 @@ class Checks:
                 sup.report_reclaimed(r, True)
                 return
             if verdict == remote.HELD:
-                held = held_message(failed, remote.reclaim_holders(text), sup.box)
+                held = held_message(failed, remote.reclaim_holders(text), sup.box, r.name)
                 if held != r.held:  # once per holder, not at every retry
                     self.log.warning(r.name, held + "; not ending it")
                 sup.report_reclaimed(r, False, held=held)
@@ -226,12 +226,15 @@ class Checks:
             job.kind = "reclaim"
 
 
-def held_message(port, holders, box):
+def held_message(port, holders, box, tunnel=""):
     """'port 20022 on the hub is held by box ID, hostname H, since T' for the log and status."""
     if not holders:
         return "port %d on the hub is held by another live session" % port
     h = holders[0]
     since = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(h["since"])) if h["since"] else "an unknown time"
+    if h["box"] == box and tunnel and h["tunnel"] != identity.word(tunnel):
+        return "port %d on the hub is held by this box's tunnel %s (server pid %d, since %s): give each tunnel " \
+               "its own port" % (port, h["tunnel"], h["pid"], since)
     if h["box"] == box:
         return ("port %d on the hub is held by an earlier session of this box (server pid %d, tunnel %s, since %s) "
                 "that this agent has no record of (state lost, e.g. at a reboot): it is never ended without "

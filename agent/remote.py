@@ -512,9 +512,10 @@ def reclaim_holders(stdout: str) -> List[dict]:
     for line in stdout.splitlines():
         parts = line.split()
         if len(parts) == 7 and parts[0] == RECLAIM_MARKER and parts[1] == "held" and parts[2].isdigit():
-            out.append({"pid": int(parts[2]), "box": parts[3],
-                        "since": int(parts[4]) if parts[4].isdigit() else None,
-                        "host": parts[5], "tunnel": parts[6]})
+            # the hub's words go to our log: folded, so a planted record cannot carry escapes
+            out.append({"pid": int(parts[2]), "box": identity.word(parts[3]),
+                        "since": int(parts[4]) if parts[4].isdigit() and parts[4].isascii() else None,
+                        "host": identity.word(parts[5]), "tunnel": identity.word(parts[6])})
     return out
 
 
