@@ -46,6 +46,20 @@ class Fatal:
     message: str
 
 
+BUSY_LOW, BUSY_HIGH = 0.5, 3.0
+
+
+def busy_delay(drops: int, u: float, cap: float) -> float:
+    """The wait after the `drops`-th server-busy drop in a row (1, 2, ...); u in [0, 1) spreads a fleet.
+
+    A random 0.5-3 s at first (MaxStartups sheds load at random: soon is fine), doubling with each
+    further drop up to `cap`: a server that keeps closing us before the key exchange (a port that
+    accepts and closes, a PerSourcePenalties refusal that each retry would renew) is not asked again
+    every couple of seconds for ever."""
+    scale = 2.0 ** min(max(drops, 1) - 1, 16)
+    return min(cap, (BUSY_LOW + (BUSY_HIGH - BUSY_LOW) * u) * scale)
+
+
 class Backoff:
     """Exponential backoff with jitter; attempt 0 is immediate.
 
@@ -61,6 +75,7 @@ class Backoff:
         self.offset = float(offset)
         self.rng = rng or random.Random()
         self.attempt = 0
+        self.busy_drops = 0
 
     def next(self) -> float:
         n = self.attempt
@@ -72,8 +87,10 @@ class Backoff:
         return max(0.0, min(self.cap, raw + spread) + self.offset)
 
     def busy(self) -> float:
-        """A server shedding load: a random delay, so a fleet does not retry in step."""
-        return self.rng.uniform(0.5, 3.0) + self.offset
+        """A server shedding load: a random delay (so a fleet does not retry in step) that grows
+        with each drop in a row (busy_delay)."""
+        self.busy_drops += 1
+        return busy_delay(self.busy_drops, self.rng.random(), max(self.cap, BUSY_HIGH)) + self.offset
 
     def longest(self) -> float:
         self.attempt += 1
@@ -81,6 +98,7 @@ class Backoff:
 
     def reset(self):
         self.attempt = 0
+        self.busy_drops = 0
 
 
 @record(frozen=False)
@@ -218,12 +236,14 @@ class Machine:
         return []
 
     def wants_server_probe(self) -> bool:
-        """During a network backoff, the driver may probe the server's TCP port. Not after a
-        DNS failure: the probe would resolve the same name in the agent's one loop, and a
-        resolver out of reach blocks for its whole timeout every time."""
+        """During a network backoff, the driver may probe the server's TCP port: only after the
+        server's host did not answer (classify.PROBE_REASONS). Not after a refused or closed
+        connection (a probe that gets through costs a 9.8+ hub a PerSourcePenalties `noauth`),
+        not after a DNS failure (the probe would resolve the same name in the agent's one loop,
+        and a resolver out of reach blocks for its whole timeout every time)."""
         out = self.last_outcome
         return (self.state == BACKOFF and self._wait_for_server and self.deadline is not None
-                and not (out and out.reason == C.DNS))
+                and bool(out) and out.reason in C.PROBE_REASONS)
 
     def wants_connect_probe(self, now: float, after: float) -> bool:
         """A connect going on for `after` s: the driver may probe whether it is stuck."""

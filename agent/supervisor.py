@@ -70,6 +70,7 @@ class Runner:
         self.greetings = {}             # -R listen port -> learned target greeting (health)
         self.next_server_probe = None
         self.server_probe_failed = False
+        self.server_probe_answered = False  # one answer ends the probing until the state changes
         self.ready_pid = None
         self.seen = None
         self.no_command = False         # the server ran no command of ours: use -N
@@ -326,6 +327,7 @@ class Supervisor:
         """Side effects of entering a state (logging, check schedule)."""
         self._state_dirty = True
         r.server_probe_failed = False   # a probe failure counts within one state only
+        r.server_probe_answered = False
         now = self.clock()
         if r.m.state == M.UP:
             r.connect_failures = 0
@@ -480,12 +482,19 @@ class Supervisor:
         self._event(r, r.m.on_reclaimed, self.clock(), freed, nothing)
 
     def _maybe_probe_server(self, r, now):
-        """Cheap TCP probes of the server: during a network backoff, and during a connect
-        that hangs (a SYN sent into an outage waits out the kernel's retransmits, seconds
-        after the link is back: dbclient has no connect timeout at all)."""
+        """Cheap TCP probes of the server: during a backoff after the server's host did not answer
+        at all (timeouts, unreachable: machine.wants_server_probe), and during a connect that
+        hangs (a SYN sent into an outage waits out the kernel's retransmits, seconds after the
+        link is back: dbclient has no connect timeout at all).
+
+        The first probe that connects is the last one in this state: on OpenSSH 9.8+ every
+        connection that closes before authenticating costs our source address a `noauth`
+        PerSourcePenalties second (measured on 10.0p2: also when we read its banner and send
+        a version line first, and mostly even with an RST), so a live server is never poked
+        twice; ssh itself connects next."""
         backoff = r.m.wants_server_probe()
         stuck = r.m.wants_connect_probe(now, STUCK_CONNECT)
-        if not (backoff or stuck):
+        if not (backoff or stuck) or r.server_probe_answered:
             r.next_server_probe = None
             r.server_probe_failed = False
             return
@@ -503,7 +512,10 @@ class Supervisor:
             r.next_server_probe = self.clock() + 30.0
         if not answered:
             r.server_probe_failed = True
-        elif r.server_probe_failed and backoff:
+            return
+        r.server_probe_answered = True
+        r.next_server_probe = None
+        if r.server_probe_failed and backoff:
             # Down, now up again: do not wait out the backoff.
             delay = self._offset(r.t)
             self.log.info(r.name, "server %s answers again; reconnecting %s" % (
