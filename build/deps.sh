@@ -4,7 +4,8 @@
 # Other engineers: add what your tests need to PACKAGES (one per line, sorted).
 # Who needs what: dropbear-bin (dbclient, dropbear, dropbearkey/convert), openssh-* (ssh, sshd,
 # ssh-keygen), iproute2 (ip, ss), passwd (useradd), util-linux (unshare, setpriv, nsenter),
-# qemu-user-static + busybox-static (tests/cross), autossh + time (bench, build/measure.py),
+# qemu-user-static + busybox-static (tests/cross), mmdebstrap (tests/hubroot.py: the Debian 13 hub),
+# autossh + time (bench, build/measure.py),
 # python3-venv + ca-certificates (build/venv.sh: pip over https).
 set -eu
 
@@ -15,6 +16,7 @@ ca-certificates
 dropbear-bin
 iproute2
 iptables
+mmdebstrap
 openssh-client
 openssh-server
 passwd

@@ -374,6 +374,13 @@ class Server:
             return len(set(listening(self.lab.srv_ns, self.port))) >= need
         wait_until(ready, timeout, 0.02, "%s to listen on port %d" % (self.kind, self.port))
 
+    def penalty_lines(self) -> List[str]:
+        """Log lines where the server punished or refused a client: OpenSSH 9.8+ PerSourcePenalties
+        (`srclimit_penalise: ...`, `drop connection ... penalty`, LogLevel VERBOSE shows them),
+        MaxStartups drops, and any `refused`."""
+        return [l for l in self.log_text().splitlines()
+                if any(w in l.lower() for w in ("penalt", "refused", "drop connection", "maxstartups"))]
+
     def log_text(self) -> str:
         try:
             with open(self.log, "rb") as f:
