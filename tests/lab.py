@@ -377,9 +377,11 @@ class Server:
     def penalty_lines(self) -> List[str]:
         """Log lines where the server punished or refused a client: OpenSSH 9.8+ PerSourcePenalties
         (`srclimit_penalise: ...`, `drop connection ... penalty`, LogLevel VERBOSE shows them),
-        MaxStartups drops, and any `refused`."""
+        MaxStartups drops, and refusals of a client (not "channel N: open failed: connect failed:
+        Connection refused", which is a forward's target)."""
         return [l for l in self.log_text().splitlines()
-                if any(w in l.lower() for w in ("penalt", "refused", "drop connection", "maxstartups"))]
+                if any(w in l.lower() for w in ("penalt", "drop connection", "maxstartups"))
+                or ("refus" in l.lower() and "open failed" not in l)]
 
     def log_text(self) -> str:
         try:

@@ -7,6 +7,7 @@ import time
 import pytest
 
 from agentrun import Agent, alive
+from hubroot import GENERATIONS
 
 pytestmark = pytest.mark.integration
 
@@ -18,6 +19,11 @@ def reverse_ok(lab, port=RPORT):
     return lab.probe_from(lab.srv_ns, "127.0.0.1", port, timeout=2) == BANNER
 
 
+def no_penalties(server):
+    """Nothing the agent did earned a PerSourcePenalty or a drop (OpenSSH 10 logs them at VERBOSE)."""
+    assert server.penalty_lines() == [], server.penalty_lines()
+
+
 def start(lab, server, client="openssh", extra=(), forwards=None, svc=None, name="t"):
     svc = svc or lab.start_service(lab.box_ns, 0)
     fwd = forwards or [("-R", "127.0.0.1:%d:127.0.0.1:%d" % (RPORT, svc.port))]
@@ -26,8 +32,9 @@ def start(lab, server, client="openssh", extra=(), forwards=None, svc=None, name
     return a, svc
 
 
+@pytest.mark.parametrize("hub", GENERATIONS)
 @pytest.mark.parametrize("client", ["openssh", "dropbear"])
-def test_listener_gone_while_ssh_lives_is_healed(lab, client):
+def test_listener_gone_while_ssh_lives_is_healed(lab, client, hub):
     server = lab.start_sshd()
     a, _ = start(lab, server, client)
     try:
@@ -42,34 +49,44 @@ def test_listener_gone_while_ssh_lives_is_healed(lab, client):
         a.wait(lambda: a.tunnel()["restarts"] >= 1, 20, "restart after failed checks")
         lab.wait_until(lambda: reverse_ok(lab), 15, what="forward healed")
         assert "failed checks" in a.tunnel()["last_heal"]
+        print("HEAL %s %s listener-gone %.1fs" % (server.version, client, time.monotonic() - t0))
         assert time.monotonic() - t0 < 20
+        no_penalties(server)
     finally:
         a.stop()
 
 
-def test_target_down_is_reported_not_churned(lab):
+@pytest.mark.parametrize("hub", GENERATIONS)
+@pytest.mark.parametrize("client", ["openssh", "dropbear"])
+def test_target_down_is_reported_not_churned(lab, client, hub):
     server = lab.start_sshd()
-    a, svc = start(lab, server)
+    a, svc = start(lab, server, client)
     try:
         a.wait_up(30)
         a.wait(lambda: a.tunnel()["checks"].get("R:%d" % RPORT) == "ok", 15, "check ok")
         svc.stop()
+        down = time.monotonic()
         a.wait(lambda: a.tunnel()["health"] == "target-down", 15, "target-down")
+        print("HEAL %s %s target-down reported in %.1fs, no restart" % (server.version, client,
+                                                                        time.monotonic() - down))
         seen = a.tunnel()["last_check"]
         a.wait(lambda: a.tunnel()["last_check"] > seen + 3, 15, "two more check rounds")
         assert a.tunnel()["restarts"] == 0 and a.tunnel()["state"] == "up"
         svc.start()  # same port: the service binds it again
         a.wait(lambda: a.tunnel()["health"] == "ok", 15, "healthy again")
         assert a.tunnel()["restarts"] == 0
+        no_penalties(server)
     finally:
         a.stop()
 
 
-def test_blackhole_then_heal_comes_back_quickly(lab):
+@pytest.mark.parametrize("hub,client", [("deb12", "openssh"), ("deb13", "dropbear")])
+def test_blackhole_then_heal_comes_back_quickly(lab, hub, client):
     # No ClientAliveInterval on the server. When the link heals, the box's RST ends the old
     # session on the server (measured), or a reclaim does: either way, back within seconds.
+    # Slow (20 s dark): once per server generation, each with one of the clients.
     server = lab.start_sshd()
-    a, _ = start(lab, server)
+    a, _ = start(lab, server, client)
     try:
         a.wait_up(30)
         lab.wait_until(lambda: reverse_ok(lab), 10, what="forward up")
@@ -82,14 +99,21 @@ def test_blackhole_then_heal_comes_back_quickly(lab):
         lab.blackhole(False)
         healed = time.monotonic()
         lab.wait_until(lambda: reverse_ok(lab), 20, what="forward back after the heal")
+        print("HEAL %s %s blackhole-20s %.1fs after the heal" % (server.version, client, time.monotonic() - healed))
         assert time.monotonic() - healed < 10
+        # Known limit (docs/hubs.md): the one bare connect that finds the link back is a `noauth`
+        # on OpenSSH 9.8+ (1 s, "deferred"); never a second one, never an active penalty.
+        lines = server.penalty_lines()
+        print("PENALTY-LINES %s %s blackhole: %r" % (server.version, client, lines))
+        assert len(lines) <= 1 and not [l for l in lines if "deferred penalty of 1 seconds" not in l], lines
     finally:
         lab.clear_faults()
         a.stop()
 
 
+@pytest.mark.parametrize("hub", GENERATIONS)
 @pytest.mark.parametrize("client", ["openssh", "dropbear"])
-def test_stale_listener_after_lost_flow_is_reclaimed(lab, client):
+def test_stale_listener_after_lost_flow_is_reclaimed(lab, client, hub):
     # The NAT mapping of the tunnel's flow is gone for good: the server never hears of the
     # client again and keeps the old session and its listen port (for hours, without
     # ClientAliveInterval). The new -R fails until sshkeep reclaims the port.
@@ -107,9 +131,11 @@ def test_stale_listener_after_lost_flow_is_reclaimed(lab, client):
         lost = time.monotonic()
         a.wait(lambda: "reclaimed stale listener" in a.log(), 60, "reclaim")
         lab.wait_until(lambda: reverse_ok(lab), 15, what="forward back after the reclaim")
+        print("HEAL %s %s flow-lost(reclaim) %.1fs" % (server.version, client, time.monotonic() - lost))
         assert time.monotonic() - lost < 45
         assert not any(alive(p) for p in old_sessions)
         assert tunnel_flow not in lab.flows(server.port)
+        no_penalties(server)
     finally:
         lab.clear_faults()
         a.stop()
@@ -219,10 +245,10 @@ def test_forced_command_key_falls_back_to_dash_n(lab):
 
 def test_fast_return_when_the_server_comes_back_during_a_long_backoff(lab):
     server = lab.start_sshd()
-    a, _ = start(lab, server, extra=("--max-backoff", "60"))
-    # New connections to sshd are refused (RST) while the fault lasts; sessions are killed.
-    refuse = ["INPUT", "-p", "tcp", "--dport", str(server.port), "--syn", "-j", "REJECT",
-              "--reject-with", "tcp-reset"]
+    a, _ = start(lab, server, extra=("--max-backoff", "60", "--connect-timeout", "2"))
+    # New connections to sshd go unanswered (SYN dropped: the host is out of reach) while the
+    # fault lasts; sessions are killed. (A refused connect is not probed: the host answered.)
+    refuse = ["INPUT", "-p", "tcp", "--dport", str(server.port), "--syn", "-j", "DROP"]
     try:
         a.wait_up(30)
         lab._rule(lab.srv_ns, refuse, True)
