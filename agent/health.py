@@ -197,6 +197,10 @@ class Checks:
                 self.log.warning(r.name, "reclaimed stale listener on port %d: ended server pid %s" % (failed, pid))
             else:
                 why = (job.err[-1] if job.err else "") or ("exit %s" % job.returncode)
+                if any(" other-uid " in line for line in job.out):
+                    # measured: dropbear 2022.83 keeps the session process root's (2025.89 does not)
+                    why = ("its session process runs as another user: on a dropbear server that keeps "
+                           "sessions root's, only a root tunnel user can end it")
                 self.log.warning(r.name, "could not reclaim port %d on the server (%s: %s); waiting for the server "
                                          "to drop the old session (set ClientAliveInterval there)"
                                  % (failed, verdict, "timed out" if job.timed_out else why))

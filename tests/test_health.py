@@ -141,6 +141,30 @@ def test_stale_listener_after_lost_flow_is_reclaimed(lab, client, hub):
         a.stop()
 
 
+@pytest.mark.parametrize("hub", GENERATIONS)
+def test_stale_listener_on_a_dropbear_hub(lab, hub):
+    """dropbear as the hub: 2025.89 runs the session as the user, so the reclaim ends it and the
+    tunnel heals; 2022.83 keeps it root's, so the agent says why it cannot and waits."""
+    server = lab.start_dropbear()
+    a, _ = start(lab, server)
+    try:
+        a.wait_up(30)
+        lab.wait_until(lambda: reverse_ok(lab), 10, what="forward up")
+        for port in lab.wait_until(lambda: lab.flows(server.port), 5, what="the tunnel's TCP flow"):
+            lab.drop_flow(port, server.port)
+        lost = time.monotonic()
+        if hub == "deb12":
+            a.wait(lambda: "only a root tunnel user can end it" in a.log(), 60, "the reason the reclaim cannot work")
+            assert not reverse_ok(lab)
+            return
+        a.wait(lambda: "reclaimed stale listener" in a.log(), 60, "reclaim")
+        lab.wait_until(lambda: reverse_ok(lab), 15, what="forward back after the reclaim")
+        print("HEAL %s openssh flow-lost(reclaim) %.1fs" % (server.version, time.monotonic() - lost))
+    finally:
+        lab.clear_faults()
+        a.stop()
+
+
 def test_lost_flow_is_found_by_the_check_not_by_keepalive(lab):
     # Keepalive 60 s x 3 cannot notice within this test: the remote check must. The old session's
     # listener still accepts on the server but relays nothing; the target's learned greeting

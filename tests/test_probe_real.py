@@ -20,6 +20,7 @@ import pytest
 
 import lab as labmod
 from lab import wait_until
+from hubroot import GENERATIONS
 from agent import remote
 from agent.probe import OK_BANNER, OK_DATA, REFUSED as P_REFUSED, TIMEOUT as P_TIMEOUT, probe_local, probe_tcp
 from agent.remote import (
@@ -199,13 +200,15 @@ def make_stale(lab, server, tunnel):
     tunnel.wait(5)
 
 
+@pytest.mark.parametrize("hub", GENERATIONS)
 @pytest.mark.parametrize("client", ["ssh", "dbclient"])
-def test_reclaim_stale_listener_openssh_server(lab, client):
+def test_reclaim_stale_listener_openssh_server(lab, client, hub):
     server = lab.start_sshd()
     svc = lab.start_service(lab.box_ns, 0)
     tunnel = start_tunnel(lab, server, client, [("R", rspec(svc.port))], session=True)
     pid, recorded = read_ready(tunnel)
-    assert recorded and labmod.cmdline(pid) == "sshd: %s@notty" % lab.user
+    # 9.2: "sshd: USER@notty"; 9.8+ (sshd-session split): "sshd-session: USER@notty"
+    assert recorded and labmod.cmdline(pid) == "%s%s@notty" % (server.session_title, lab.user)
     wait_until(lambda: forward_answers(lab), 10, 0.1, "forward up")
     assert remote_check(lab, server, client)[0] == OK
 
@@ -244,15 +247,19 @@ def test_reclaim_stale_listener_openssh_server(lab, client):
     assert r.stdout.decode().split() == [], r
 
 
-def test_reclaim_on_dropbear_server_is_not_ours(lab):
-    """dropbear server, non-root user: the session process ($PPID) is the per-connection dropbear
-    process, root's: the tunnel user cannot end it. dropbear binds -R 127.0.0.1:P on 127.0.0.1 AND
-    ::1; its stale session holds both, so a new -R fails like on OpenSSH (ExitOnForwardFailure)."""
+@pytest.mark.parametrize("hub", GENERATIONS)
+def test_reclaim_on_dropbear_server(lab, hub):
+    """dropbear server: the session process ($PPID) is the per-connection dropbear process.
+    2022.83 (deb12) keeps it root's: a non-root tunnel user cannot end it (NOT_OURS, other-uid).
+    2025.89 (deb13) runs it as the logged-in user (measured): the reclaim ends it like on OpenSSH.
+    dropbear binds -R 127.0.0.1:P on 127.0.0.1 AND ::1; its stale session holds both, so a new -R
+    fails like on OpenSSH (ExitOnForwardFailure)."""
     server = lab.start_dropbear()
     svc = lab.start_service(lab.box_ns, 0)
     tunnel = start_tunnel(lab, server, "ssh", [("R", rspec(svc.port))], session=True)
     pid, recorded = read_ready(tunnel)
-    assert recorded and labmod.cmdline(pid).startswith(" ".join(server.argv)) and labmod._uid(pid) == 0
+    owner = 0 if hub == "deb12" else lab.uid
+    assert recorded and labmod.cmdline(pid).startswith(" ".join(server.argv)) and labmod._uid(pid) == owner
     wait_until(lambda: forward_answers(lab), 10, 0.1, "forward up")
     assert sorted(lab.listening(lab.srv_ns, FWD)) == ["127.0.0.1", "::1"]
     make_stale(lab, server, tunnel)
@@ -263,8 +270,15 @@ def test_reclaim_on_dropbear_server_is_not_ours(lab):
     assert "remote port forwarding failed for listen port %d" % FWD in again.stderr.read().decode()
 
     rc, out, err, timed_out, _ = run_exec(lab, server, "ssh", reclaim_command(FWD, owner=OWNER))
-    assert interpret_reclaim(rc, out, err, timed_out) == (NOT_OURS, None), (rc, out, err)
-    assert "other-uid %d" % pid in out and labmod.alive(pid)
+    if hub == "deb12":
+        assert interpret_reclaim(rc, out, err, timed_out) == (NOT_OURS, None), (rc, out, err)
+        assert "other-uid %d" % pid in out and labmod.alive(pid)
+        return
+    assert interpret_reclaim(rc, out, err, timed_out) == (RECLAIMED, pid), (rc, out, err)
+    assert not labmod.alive(pid)
+    fresh = start_tunnel(lab, server, "ssh", [("R", rspec(svc.port))], session=True)
+    read_ready(fresh)
+    wait_until(lambda: forward_answers(lab), 5, 0.05, "the forward after the reclaim")
 
 
 def test_dropbear_server_stranger_on_exact_address(lab):
