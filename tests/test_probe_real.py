@@ -105,9 +105,10 @@ def rspec(svc_port, port=FWD, bind="127.0.0.1"):
 
 
 # ----------------------------------------------------------------------------- remote check, real exec
+@pytest.mark.parametrize("hub", GENERATIONS)
 @pytest.mark.parametrize("kind", ["openssh", "dropbear"])
 @pytest.mark.parametrize("client", ["ssh", "dbclient"])
-def test_remote_check_verdicts_through_real_exec(lab, kind, client):
+def test_remote_check_verdicts_through_real_exec(lab, kind, client, hub):
     server = start_server(lab, kind)
     svc = lab.start_service(lab.box_ns, 0)
     tunnel = start_tunnel(lab, server, "ssh", [("R", rspec(svc.port))])
