@@ -111,6 +111,7 @@ class Policy:
     max_backoff: float = 60.0
     reclaim: bool = True
     reclaim_limit: int = 3          # reclaims in a row before we give up and back off
+    half_open_probe: bool = False   # the driver's server probe is a half-open SYN (costs the hub nothing)
 
 
 class Machine:
@@ -236,14 +237,16 @@ class Machine:
         return []
 
     def wants_server_probe(self) -> bool:
-        """During a network backoff, the driver may probe the server's TCP port: only after the
-        server's host did not answer (classify.PROBE_REASONS). Not after a refused or closed
-        connection (a probe that gets through costs a 9.8+ hub a PerSourcePenalties `noauth`),
-        not after a DNS failure (the probe would resolve the same name in the agent's one loop,
-        and a resolver out of reach blocks for its whole timeout every time)."""
+        """During a network backoff, the driver may probe the server's TCP port. With a bare
+        connect only after the server's host did not answer (classify.PROBE_REASONS): after a
+        refused or closed connection a probe that gets through would cost a 9.8+ hub a
+        PerSourcePenalties `noauth`; a half-open probe costs nothing, so it may probe after any
+        network reason. Never after a DNS failure: the probe would resolve the same name in the
+        agent's one loop, and a resolver out of reach blocks for its whole timeout every time."""
         out = self.last_outcome
+        reasons = C.NETWORK_REASONS if self.p.half_open_probe else C.PROBE_REASONS
         return (self.state == BACKOFF and self._wait_for_server and self.deadline is not None
-                and bool(out) and out.reason in C.PROBE_REASONS)
+                and bool(out) and out.reason in reasons and out.reason != C.DNS)
 
     def wants_connect_probe(self, now: float, after: float) -> bool:
         """A connect going on for `after` s: the driver may probe whether it is stuck."""

@@ -21,7 +21,7 @@ import pytest
 import lab as labmod
 from lab import wait_until
 from hubroot import GENERATIONS
-from agent import remote
+from agent import probe as remote_probe, remote
 from agent.probe import OK_BANNER, OK_DATA, REFUSED as P_REFUSED, TIMEOUT as P_TIMEOUT, probe_local, probe_tcp
 from agent.remote import (
     CLOSED, MISMATCH, NO_ANSWER, NO_COMMAND, NOT_OURS, NOTHING, OK, RECLAIMED, REFUSED, UNREACHABLE,
@@ -331,6 +331,24 @@ def test_probe_tcp_sees_the_server_come_back(lab):
     assert up() is True
     banner = labmod.in_ns(lab.box_ns, lambda: probe_local(lab.srv_ip, server.port, 2, banner=b"SSH-"))
     assert banner.verdict == OK_BANNER
+
+
+@pytest.mark.parametrize("hub", GENERATIONS)
+def test_half_open_probe_leaves_no_trace_on_the_hub(lab, hub):
+    """probe_syn (root): True while sshd listens, False when stopped (RST) or dark (no answer); the
+    server never accepts a connection: no log line, no PerSourcePenalties `noauth` on 10.x, where
+    the same number of bare connects activates a penalty (measured: 20 at 5/s)."""
+    server = lab.start_sshd()
+    syn = lambda: labmod.in_ns(lab.box_ns, lambda: remote_probe.probe_syn(lab.srv_ip, server.port, 0.5))  # noqa
+    assert [syn() for _ in range(30)] == [True] * 30
+    lab.blackhole(True)
+    t0 = time.monotonic()
+    assert syn() is False and time.monotonic() - t0 < 1.0
+    lab.blackhole(False)
+    assert "Connection from" not in server.log_text() and server.penalty_lines() == []
+    assert lab.box_run(lab.ssh_argv(server, cmd=["true"])).returncode == 0
+    server.stop()
+    assert syn() is False
 
 
 @pytest.mark.parametrize("client", ["ssh", "dbclient"])

@@ -181,6 +181,14 @@ def test_server_answers_cuts_backoff_only_after_network_failure():
         m1.on_exit(0, C.Outcome(reason, C.RETRY, ""))
         m1.on_exit(1, C.Outcome(reason, C.RETRY, ""))
         assert m1.wants_server_probe(), reason
+    for reason, want in ((C.REFUSED, True), (C.CLOSED, True), (C.DNS, False)):  # half-open SYN probes
+        m1 = make(half_open_probe=True)
+        m1.start(0)
+        m1.on_exit(0, C.Outcome(reason, C.RETRY, ""))
+        m1.on_exit(1, C.Outcome(reason, C.RETRY, ""))
+        assert m1.wants_server_probe() == want, reason
+        if want:
+            assert m1.on_server_answers(2) == [M.Spawn()]
     m2 = make()
     m2.start(0)
     m2.on_exit(0, C.Outcome(C.AUTH, C.RETRY_SLOW, ""))
