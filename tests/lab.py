@@ -14,6 +14,12 @@ a connection from inside ns receives (in-process: a thread joins the namespace w
 `lab.blackhole()` (iptables INPUT DROP at both ends; no netem in this kernel), `lab.drop_flow(bport, sport)`
 (one TCP 4-tuple: a lost NAT mapping), `server.kill_sessions()`, `server.restart()`, `lab.kill_listener(port)`
 (`ss -K`). Cleanup by pid (TERM, bounded wait, KILL), then whatever is left in the namespaces; also at exit.
+
+Server generations (tests/hubroot.py): `Lab(generation="deb13")` or `start_sshd(generation="deb13")` runs
+OpenSSH 10 / dropbear 2025 from the cached Debian 13 root, `chroot`ed in the server namespace from this
+lab's own overlay of it (`lab.hub_root(gen)`: tunnel user, lab.home bind-mounted, /proc; unmounted on
+close). `server.version` names it ("OpenSSH_10.0p2", "dropbear 2025.89"), `server.session_title` is
+what its session processes are called, `server.penalty_lines()` what it logged against a client.
 """
 
 from __future__ import annotations
