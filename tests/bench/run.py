@@ -932,6 +932,8 @@ def main(argv=None):
                     run_suite(args, doc, lab13, server13, prober13, pyz, hub_faults, path)
                 finally:
                     prober13.halt.set()
+                with open(os.path.join(args.logdir, "hub-%s.log" % server13.version), "w") as f:
+                    f.write(server13.log_text())
                 doc.setdefault("hubs", {})[server13.version] = {
                     "generation": "deb13", "faults": hub_faults, "penalty_lines": server13.penalty_lines()}
                 log("%s: %d penalty/drop lines in its log" % (server13.version, len(server13.penalty_lines())))
