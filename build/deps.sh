@@ -4,9 +4,9 @@
 # Other engineers: add what your tests need to PACKAGES (one per line, sorted).
 # Who needs what: dropbear-bin (dbclient, dropbear, dropbearkey/convert), openssh-* (ssh, sshd,
 # ssh-keygen), iproute2 (ip, ss), passwd (useradd), util-linux (unshare, setpriv, nsenter),
-# qemu-user-static + busybox-static (tests/cross), mmdebstrap (tests/hubroot.py: the Debian 13 hub),
-# autossh + time (bench, build/measure.py),
-# python3-venv + ca-certificates (build/venv.sh: pip over https).
+# qemu-user-static + busybox-static (tests/cross), autossh + time (bench, build/measure.py),
+# python3-venv + ca-certificates (build/venv.sh: pip over https), mmdebstrap + systemd (tests/test_packages.py:
+# a Debian root for `dpkg -i`, systemd-analyze verify; tests/hubroot.py: the Debian 13 hub).
 set -eu
 
 PACKAGES="
@@ -24,6 +24,7 @@ procps
 python3
 python3-venv
 qemu-user-static
+systemd
 time
 util-linux
 "

@@ -1,7 +1,7 @@
 """`make bench`: heal time per fault, footprint and a fleet storm, sshkeep against autossh.
 
 usage: python tests/bench/run.py [--reps N] [--quick] [--cap S] [--faults 1,2,..] [--no-fleet]
-                                 [--no-footprint] [--no-readme] [--out DIR] PYZ
+                                 [--no-footprint] [--no-doc] [--out DIR] PYZ
 
 One network-namespace lab (tests/lab.py): a box and a server, a real OpenSSH sshd, a banner service
 on the box behind each contender's reverse forward. The contenders run side by side, each with its
@@ -15,8 +15,8 @@ end to end *from the server side* with the box service's banner; a prober inside
 starts a probe on every forward every 0.2 s (each waits at most 1 s for the banner).
 
 Outputs: tests/bench/results/<UTC date>.json (raw), tests/bench/results/fault<N>.svg (timelines),
-and, unless --no-readme/--quick, the README.md section between `<!-- bench:start -->` and
-`<!-- bench:end -->` (render_section / rewrite_readme). Agent and autossh logs are copied to
+and, unless --no-doc/--quick, the docs/benchmarks.md section between `<!-- bench:start -->` and
+`<!-- bench:end -->` (render_section / rewrite_marked). Agent and autossh logs are copied to
 /tmp/sshkeep-bench-<stamp>/ for reading why something healed slowly.
 """
 
@@ -849,7 +849,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("pyz")
     ap.add_argument("--reps", type=int, default=3)
-    ap.add_argument("--quick", action="store_true", help="1 rep, short waits, 5-agent fleet, no README")
+    ap.add_argument("--quick", action="store_true", help="1 rep, short waits, 5-agent fleet, no doc rewrite")
     ap.add_argument("--cap", type=float, default=60.0, help="seconds to wait for a heal (default 60)")
     ap.add_argument("--faults", default="1,2,3,4,5,6,7")
     ap.add_argument("--hub-faults", default="1,4,5",
@@ -866,12 +866,13 @@ def main(argv=None):
                     help="keep the contenders running from fault to fault (autossh's backoff then grows)")
     ap.add_argument("--no-fleet", action="store_true")
     ap.add_argument("--no-footprint", action="store_true")
-    ap.add_argument("--no-readme", action="store_true")
+    ap.add_argument("--no-doc", action="store_true", help="leave docs/benchmarks.md alone")
     ap.add_argument("--out", default=os.path.join(HERE, "results"))
-    ap.add_argument("--readme", default=os.path.join(ROOT, "README.md"))
+    ap.add_argument("--doc", default=os.path.join(ROOT, "docs", "benchmarks.md"),
+                    help="the document whose bench:start/bench:end section is rewritten")
     args = ap.parse_args(argv)
     if args.quick:
-        args.reps, args.no_readme = 1, True
+        args.reps, args.no_doc = 1, True
         args.fleet = min(args.fleet, 5)
         args.cpu_min = min(args.cpu_min, 20.0)
     problems = labmod.missing_requirements()
@@ -941,7 +942,7 @@ def main(argv=None):
         if not args.no_fleet:
             doc["fleet"] = []
             # sshkeep twice: with defaults (no spread: one box heals fastest) and with the
-            # per-box spread a fleet should set (README: Fleet spreading)
+            # per-box spread a fleet should set (docs/configuration.md: Fleet spreading)
             for kind in ("sshkeep", "sshkeep-spread", "autossh"):
                 if kind == "sshkeep-spread" and not args.fleet_spread:
                     continue
@@ -960,13 +961,14 @@ def main(argv=None):
     save(path, doc)
     svgs = report.write_svgs(doc, args.out, quick=args.quick)
     log("wrote %s and %d SVG(s); logs in %s" % (path, len(svgs), args.logdir))
-    section = report.render_section(doc, os.path.relpath(args.out, ROOT))
+    section = report.render_section(doc, os.path.relpath(args.out, ROOT),
+                                    link_dir=os.path.relpath(args.out, os.path.dirname(os.path.abspath(args.doc))))
     print(section)
-    if not args.no_readme:
-        if report.rewrite_readme(args.readme, section):
-            log("README section rewritten: %s" % args.readme)
+    if not args.no_doc:
+        if report.rewrite_marked(args.doc, section):
+            log("results section rewritten: %s" % args.doc)
         else:
-            log("README has no bench markers: section not written (printed above)")
+            log("%s has no bench markers: section not written (printed above)" % args.doc)
     return 0
 
 
