@@ -51,3 +51,35 @@ def test_fleet_of_20_behind_one_address_survives_a_hub_restart_unpunished(lab, h
                 a.stop()
             except AssertionError:
                 pass
+
+
+@pytest.mark.parametrize("hub", ["deb13"])
+def test_link_watch_pokes_a_live_hub_once_at_most(lab, hub):
+    """A login that never becomes ready (a key with a forced command) keeps the agent connecting
+    while the hub is up: the stuck-connect probe fires. Without CAP_NET_RAW (bare connects) it stops
+    at its first answer: at most one `noauth` in 12 s (before: a connect every 0.25 s, 40+ noauths,
+    an active penalty); as root (half-open SYNs) none at all."""
+    path = os.path.join(lab.home, ".ssh", "authorized_keys")
+    with open(path) as fh:
+        lines = fh.read().splitlines()
+    with open(path, "w") as fh:
+        fh.write("".join('command="exec sleep 600" %s\n' % l for l in lines if l.strip()))
+    server = lab.start_sshd()
+    svc = lab.start_service(lab.box_ns, 0)
+    fwd = [("-R", "127.0.0.1:21999:127.0.0.1:%d" % svc.port)]
+    counts = {}
+    for raw in (False, True):
+        prefix = () if raw else ("setpriv", "--bounding-set=-net_raw", "--inh-caps=-net_raw", "--")
+        mark = len(server.penalty_lines())
+        a = Agent(lab, server, fwd, name="raw" if raw else "noraw", prefix=prefix,
+                  extra=("--connect-timeout", "5", "--no-checks")).start()
+        try:
+            a.wait(lambda: a.tunnel().get("state") == "connecting", 20, "connecting")
+            t0 = time.monotonic()
+            lab.wait_until(lambda: time.monotonic() - t0 >= 12, 15, what="12 s of a stuck login")
+            assert a.tunnel()["state"] == "connecting"   # still waiting for the ready line
+        finally:
+            a.stop()
+        counts[raw] = server.penalty_lines()[mark:]
+    assert len(counts[False]) <= 1 and not [l for l in counts[False] if "activating" in l], counts
+    assert counts[True] == [], counts
