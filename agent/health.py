@@ -214,9 +214,13 @@ class Checks:
                 why = ("no session on the hub is registered for port %d: the old session is going away, or "
                        "the listener is another user's or a tunnel run with -N (not ended)" % failed)
             else:
-                why = "could not reclaim port %d on the server (%s: %s)" % (
-                    failed, verdict, "timed out" if job.timed_out else
-                    (job.err[-1] if job.err else "") or "exit %s" % job.returncode)
+                detail = "timed out" if job.timed_out else \
+                    (job.err[-1] if job.err else "") or "exit %s" % job.returncode
+                if any(" other-uid " in line for line in job.out):
+                    # measured: dropbear 2022.83 keeps the session process root's (2025.89 does not)
+                    detail = ("its session process runs as another user: on a dropbear server that keeps "
+                              "sessions root's, only a root tunnel user can end it")
+                why = "could not reclaim port %d on the server (%s: %s)" % (failed, verdict, detail)
             self.log.warning(r.name, why + "; waiting for the server to drop the old session (set "
                                            "ClientAliveInterval there)")
             sup.report_reclaimed(r, False, verdict == remote.NOTHING)

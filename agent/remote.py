@@ -50,7 +50,8 @@ Assumptions about the server, numbered (each one-liner names the ones it needs):
     the user, true for non-dumpable sshd session processes), `rm`, `mkdir`,
     and a writable state directory ($HOME/.sshkeep by default).
  7. OpenSSH: the remote command's parent ($PPID) is the `sshd: USER@notty`
-    process that owns the session's listeners, running as the user.
+    process that owns the session's listeners, running as the user; from 9.8
+    on (sshd split into sshd-session) it is titled `sshd-session: USER@notty`.
     dropbear (2022.83): it is the per-connection `dropbear` process, a child
     of the listener whose cmdline is the listener's plus its re-exec `-2 N`
     (e.g. "/usr/sbin/dropbear -F -p 2222 -2 8"); it keeps running as root:
@@ -284,7 +285,7 @@ c=
 read -r c </proc/$q/cmdline 2>/dev/null
 u=
 while read -r kk v; do [ "$kk" = Uid: ] && u=$v; done </proc/$q/status
-case $c in "sshd: "*|*dropbear*) ;; *) echo "sshkeep-reclaim not-a-session $q"; nn=$((nn+1)); continue;; esac
+case $c in "sshd: "*|"sshd-session: "*|*dropbear*) ;; *) echo "sshkeep-reclaim not-a-session $q"; nn=$((nn+1)); continue;; esac
 [ "$u" = "$me" ] || { echo "sshkeep-reclaim other-uid $q"; nn=$((nn+1)); continue; }
 kill -TERM $q 2>/dev/null || { echo "sshkeep-reclaim kill-refused $q"; nn=$((nn+1)); continue; }
 gone $q $zn || { kill -KILL $q 2>/dev/null; gone $q $((zn/2)); } || { echo "sshkeep-reclaim still-alive $q"; nn=$((nn+1)); continue; }

@@ -78,6 +78,7 @@ class Runner:
         self.greetings = {}             # -R listen port -> learned target greeting (health)
         self.next_server_probe = None
         self.server_probe_failed = False
+        self.server_probe_answered = False  # one answer ends the probing until the state changes
         self.ready_pid = None
         self.session = None             # this box's last session on the server, from its ready line:
                                         # {pid, start, server, box}; the only one a reclaim may end
@@ -159,6 +160,7 @@ class Supervisor:
         self.reload_settings = reload_settings
         self.checks = checks            # agent.health.Checks or None
         self.rng = random.Random()
+        self.half_open = probe.half_open_available()  # SYN probes: no noauth on 9.8+ hubs
         self.runners = []
         self.sel = None
         self.fd_owner = {}
@@ -180,7 +182,8 @@ class Supervisor:
                         stable_after=max(30.0, float(t.interval)),
                         fail_threshold=t.fail_threshold,
                         max_backoff=float(t.max_backoff),
-                        reclaim=t.reclaim)
+                        reclaim=t.reclaim,
+                        half_open_probe=self.half_open)
 
     def _make_runner(self, t):
         info = self.detect(t.ssh_path, t.client)
@@ -452,6 +455,7 @@ class Supervisor:
         """Side effects of entering a state (logging, check schedule)."""
         self._state_dirty = True
         r.server_probe_failed = False   # a probe failure counts within one state only
+        r.server_probe_answered = False
         now = self.clock()
         if r.m.state == M.UP:
             self._save_pin(r)
@@ -590,7 +594,7 @@ class Supervisor:
             return
         r.next_failback = now + r.t.interval
         host, port = r.addresses[0]
-        if probe.probe_tcp(host, port, timeout=1.0):
+        if self._server_answers(host, port, 1.0):
             self.log.info(r.name, "primary %s answers again: moving back from %s" % (
                 hostport(host, port), r.server_label()))
             r.addr_index = 0
@@ -632,13 +636,29 @@ class Supervisor:
         r.held = held
         self._event(r, r.m.on_reclaimed, self.clock(), freed, nothing, held)
 
+    def _server_answers(self, host, port, timeout):
+        """Does the server listen? A half-open SYN probe when we may (root), else a bare connect."""
+        if self.half_open:
+            answer = probe.probe_syn(host, port, timeout)
+            if answer is not None:
+                return answer
+        return probe.probe_tcp(host, port, timeout=timeout)
+
     def _maybe_probe_server(self, r, now):
-        """Cheap TCP probes of the server: during a network backoff, and during a connect
-        that hangs (a SYN sent into an outage waits out the kernel's retransmits, seconds
-        after the link is back: dbclient has no connect timeout at all)."""
+        """Cheap TCP probes of the server: during a backoff after the server's host did not answer
+        at all (timeouts, unreachable: machine.wants_server_probe), and during a connect that
+        hangs (a SYN sent into an outage waits out the kernel's retransmits, seconds after the
+        link is back: dbclient has no connect timeout at all).
+
+        As root the probe is a half-open SYN (probe.probe_syn): the server never sees a
+        connection. Otherwise a bare connect, which on OpenSSH 9.8+ costs our source address a
+        `noauth` PerSourcePenalties second each time it gets through (measured on 10.0p2: also
+        when we read its banner and send a version line first, and mostly even with an RST).
+        Either way the first probe that is answered is the last one in this state: a live
+        server is never poked twice; ssh itself connects next."""
         backoff = r.m.wants_server_probe()
         stuck = r.m.wants_connect_probe(now, STUCK_CONNECT)
-        if not (backoff or stuck):
+        if not (backoff or stuck) or r.server_probe_answered:
             r.next_server_probe = None
             r.server_probe_failed = False
             return
@@ -650,13 +670,16 @@ class Supervisor:
         r.next_server_probe = now + period * self.rng.uniform(0.8, 1.2)
         host, port = r.address
         began = self.clock()
-        answered = probe.probe_tcp(host, port, timeout=0.5)
+        answered = self._server_answers(host, port, 0.5)
         if self.clock() - began > 2.0:
             # the name lookup stalled (resolver out of reach): keep the loop free for a while
             r.next_server_probe = self.clock() + 30.0
         if not answered:
             r.server_probe_failed = True
-        elif r.server_probe_failed and backoff:
+            return
+        r.server_probe_answered = True
+        r.next_server_probe = None
+        if r.server_probe_failed and backoff:
             # Down, now up again: do not wait out the backoff.
             delay = self._offset(r.t)
             self.log.info(r.name, "server %s answers again; reconnecting %s" % (
