@@ -58,7 +58,7 @@ def public(doc: dict) -> dict:
                                               "server", "health", "checks", "consecutive_failures",
                                               "last_check", "last_heal", "forwards", "next_attempt_in", "client")})
     return {"pid": doc.get("pid"), "version": doc.get("version"), "running": pid_alive(doc.get("pid")),
-            "updated": doc.get("updated"), "tunnels": tunnels}
+            "updated": doc.get("updated"), "tunnels": tunnels, "warnings": list(doc.get("warnings") or [])}
 
 
 def render(doc: dict, now=None) -> str:
@@ -73,6 +73,7 @@ def render(doc: dict, now=None) -> str:
                      (t["last_error"] or "-")[:70]))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = [head] + ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+    lines += ["warning: %s" % w for w in d["warnings"]]  # the config's, e.g. a skipped tunnelW
     return "\n".join(lines) + "\n"
 
 

@@ -145,6 +145,10 @@ class Supervisor:
         backoff = M.Backoff(cap=t.max_backoff, offset=self._offset(t))
         r = Runner(t, info, policy, backoff, self.runtime_dir, self.log, self.clock)
         self.log.info(t.name, "using %s %s (%s) for %s" % (info.kind, info.version, info.path, r.server_label()))
+        if info.kind == clients.DROPBEAR and t.extra_options:
+            # dbclient's -o knows almost nothing: say which settings it runs without.
+            self.log.warning(t.name, "dbclient runs without the OpenSSH options %s (use client 'openssh' for "
+                             "them)" % ", ".join(sorted({k for k, _ in t.extra_options})))
         return r
 
     def _offset(self, t):
@@ -574,6 +578,8 @@ class Supervisor:
             self._stop_now(r)
         self.runners = keep
         self.settings = new
+        for w in new.warnings:
+            self.log.warning("", "config: " + w)
         self.log.info("", "reloaded: %d tunnel(s)" % len(keep))
         self._state_dirty = True
 
@@ -623,7 +629,7 @@ class Supervisor:
                 # `check` judges freshness on the monotonic clock: the wall clock of a box
                 # without an RTC jumps at boot when NTP sets it.
                 "updated": wall_now, "monotonic": mono_now, "pidfile": self.settings.pidfile, "tunnels": tunnels,
-                "children": children}
+                "children": children, "warnings": list(self.settings.warnings)}
 
     def _write_state(self, force=False):
         now = self.clock()
