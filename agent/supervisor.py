@@ -21,6 +21,7 @@ from agent.errors import EX_NOINPUT, SshkeepError
 
 TERM_TIMEOUT = 2.0          # TERM -> KILL for ssh children (procd gives us 5 s in all)
 STUCK_CONNECT = 2.0         # a connect not ready after this long may be stuck in an outage
+FIRST_CHECK_AFTER = 1.0     # s after up: the first health check
 SERVER_PROBE_FAST = 0.25    # during a network backoff: cheap TCP connect to the server,
 SERVER_PROBE_SLOW = 1.5     # every 0.25 s for the first SERVER_PROBE_FAST_FOR s, then every 1.5 s
 SERVER_PROBE_FAST_FOR = 10.0
@@ -130,7 +131,9 @@ class Supervisor:
                         stable_after=max(30.0, float(t.interval)),
                         fail_threshold=t.fail_threshold,
                         max_backoff=float(t.max_backoff),
-                        reclaim=t.reclaim)
+                        reclaim=t.reclaim,
+                        proof_by_check=self.checks is not None and bool(
+                            t.loop_port or any(f.check != "none" for f in t.forwards)))
 
     def _make_runner(self, t):
         info = self.detect(t.ssh_path, t.client)
@@ -333,7 +336,9 @@ class Supervisor:
         now = self.clock()
         if r.m.state == M.UP:
             r.connect_failures = 0
-            r.next_check = now + min(r.t.interval, 5.0) if self.checks else None
+            # Soon after up: a passing check proves the session (machine.py), so that losing
+            # it even a few seconds later retries at once instead of escalating.
+            r.next_check = now + min(r.t.interval, FIRST_CHECK_AFTER) if self.checks else None
             r.check_round = 0
             r.greetings.clear()         # learned again once per session (the target may have changed)
             self.log.info(r.name, "up via %s (%d forward%s)%s" % (
