@@ -15,7 +15,7 @@ loop (dies before ready, or fails its checks) still backs off.
 
 from __future__ import annotations
 
-import random
+import os
 
 from agent import classify as C
 from agent.record import record
@@ -51,6 +51,17 @@ class Fatal:
     message: str
 
 
+class Jitter:
+    """random() and uniform() from os.urandom: the `random` module would cost the resident
+    agent ~0.1 MB (random, math, bisect, _sha512) for a few jittered delays."""
+
+    def random(self) -> float:
+        return int.from_bytes(os.urandom(7), "big") / 72057594037927936.0  # [0, 1), 56 bits
+
+    def uniform(self, a: float, b: float) -> float:
+        return a + (b - a) * self.random()
+
+
 class Backoff:
     """Exponential backoff with jitter; attempt 0 is immediate.
 
@@ -64,7 +75,7 @@ class Backoff:
         self.factor = float(factor)
         self.jitter = float(jitter)
         self.offset = float(offset)
-        self.rng = rng or random.Random()
+        self.rng = rng or Jitter()
         self.attempt = 0
 
     def next(self) -> float:

@@ -63,7 +63,6 @@ import errno
 import os
 import re
 import selectors
-import shlex
 import socket
 import time
 
@@ -74,6 +73,18 @@ from agent.probe import (
 
 if False:  # annotations only: importing typing would cost the agent 0.5 MB of memory
     from typing import List, Optional, Sequence, Tuple
+
+_UNSAFE = re.compile(r"[^\w@%+=:,./-]", re.ASCII).search
+
+
+def quote(s):
+    """shlex.quote, the same rule: the shlex module would cost the resident agent ~30 KB."""
+    if not s:
+        return "''"
+    if _UNSAFE(s) is None:
+        return s
+    return "'" + s.replace("'", "'\"'\"'") + "'"
+
 
 # --- the exit-code table -----------------------------------------------------
 CHECK_OK = 80
@@ -316,10 +327,10 @@ def _dir_word(state_dir: str) -> str:
             rest = state_dir[len(prefix):]
             if not _PATH_OK.match(rest) or ".." in rest.split("/"):
                 raise ValueError("bad state directory: %r" % state_dir)
-            return '"$HOME"/' + shlex.quote(rest)
+            return '"$HOME"/' + quote(rest)
     if not state_dir.startswith("/") or not _PATH_OK.match(state_dir) or ".." in state_dir.split("/"):
         raise ValueError("state directory must be absolute or start with $HOME/: %r" % state_dir)
-    return shlex.quote(state_dir)
+    return quote(state_dir)
 
 
 def _owner(owner: str) -> str:
@@ -337,7 +348,7 @@ def _seconds(value, what) -> str:
 
 
 def _sh(script: str, name: str, args: Sequence[str]) -> str:
-    return " ".join(["exec sh -c", shlex.quote(script), name] + [shlex.quote(a) for a in args])
+    return " ".join(["exec sh -c", quote(script), name] + [quote(a) for a in args])
 
 
 # --- builders -----------------------------------------------------------------
@@ -391,8 +402,8 @@ def session_command(ports: Sequence[int], state_dir: str = DEFAULT_STATE_DIR, ow
     ports = [str(_port(p)) for p in ports]
     if not ports:
         raise ValueError("no ports")
-    return " ".join(["exec sh -c", shlex.quote(_SESSION_SH), "sshkeep-session",
-                     _dir_word(state_dir), shlex.quote(_owner(owner))] + ports)
+    return " ".join(["exec sh -c", quote(_SESSION_SH), "sshkeep-session",
+                     _dir_word(state_dir), quote(_owner(owner))] + ports)
 
 
 def reclaim_command(port: int, state_dir: str = DEFAULT_STATE_DIR, owner: str = "") -> str:
@@ -402,8 +413,8 @@ def reclaim_command(port: int, state_dir: str = DEFAULT_STATE_DIR, owner: str = 
     `sshkeep-reclaim CODE`; exits RECLAIM_DONE / RECLAIM_NOTHING /
     RECLAIM_NOT_OURS. Takes at most about 3 s on the server.
     """
-    return " ".join(["exec sh -c", shlex.quote(_RECLAIM_SH), "sshkeep-reclaim",
-                     _dir_word(state_dir), shlex.quote(_owner(owner)), str(_port(port))])
+    return " ".join(["exec sh -c", quote(_RECLAIM_SH), "sshkeep-reclaim",
+                     _dir_word(state_dir), quote(_owner(owner)), str(_port(port))])
 
 
 # --- interpreters -------------------------------------------------------------

@@ -6,10 +6,10 @@ that agent.machine or agent.classify could make.
 """
 
 import os
-import random
 import selectors
 import signal
 import socket
+import sys
 import time
 
 from agent import __version__
@@ -112,7 +112,7 @@ class Supervisor:
         self.detect = detect
         self.reload_settings = reload_settings
         self.checks = checks            # agent.health.Checks or None
-        self.rng = random.Random()
+        self.rng = M.Jitter()
         self.runners = []
         self.sel = None
         self.fd_owner = {}
@@ -634,7 +634,9 @@ class Supervisor:
                 # `check` judges freshness on the monotonic clock: the wall clock of a box
                 # without an RTC jumps at boot when NTP sets it.
                 "updated": wall_now, "monotonic": mono_now, "pidfile": self.settings.pidfile, "tunnels": tunnels,
-                "children": children, "warnings": list(self.settings.warnings)}
+                "children": children, "warnings": list(self.settings.warnings),
+                # --debug: what the long-running process holds (a test pins it: tests/test_memory.py)
+                **({"modules": sorted(sys.modules)} if self.log.debug_on else {})}
 
     def _write_state(self, force=False):
         now = self.clock()
