@@ -2,7 +2,7 @@
 real sshd in the lab, checks on, once its first checks have run (issue 18: goal <= 12 MB on x86-64).
 
 usage: python tests/bench/memory.py [--forwards N] [--python PY] [--prefix 'LOADER --library-path DIR']
-                                    [--modules] PYZ
+                                    [--modules] [--runs N] [--settle S] PYZ
 
 --prefix runs the python through a loader (a 32-bit Debian python unpacked into a private root:
 `--prefix 'ROOT/usr/lib/i386-linux-gnu/ld-linux.so.2 --library-path ROOT/usr/lib/i386-linux-gnu'
@@ -68,9 +68,10 @@ def main(argv=None):
     ap.add_argument("--prefix", default="")
     ap.add_argument("--modules", action="store_true")
     ap.add_argument("--runs", type=int, default=1)
+    ap.add_argument("--settle", type=float, default=8.0, help="seconds after the first checks (default 8)")
     a = ap.parse_args(argv)
     for _ in range(a.runs):
-        r = measure(os.path.abspath(a.pyz), a.forwards, a.python, shlex.split(a.prefix), a.modules)
+        r = measure(os.path.abspath(a.pyz), a.forwards, a.python, shlex.split(a.prefix), a.modules, a.settle)
         mods = r.pop("modules", None)
         print(r)
         if mods is not None:
