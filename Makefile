@@ -6,7 +6,7 @@ VENV      := build/venv
 VPY       := $(VENV)/bin/python
 PYZ       := build/sshkeep.pyz
 
-.PHONY: all deps venv build test unit cross demo bench clean
+.PHONY: all deps venv build packages test unit cross demo bench clean
 
 all: build
 
@@ -22,6 +22,9 @@ venv: deps $(VENV)/.stamp
 build: venv      ## build/sshkeep.pyz with the pinned shiv
 	sh build/build.sh $(VPY) $(PYZ)
 
+packages: build   ## build/out/sshkeep_VERSION_all.ipk (OpenWrt opkg) and .deb, reproducible
+	$(PYTHON) build/packages.py $(PYZ) build/out
+
 unit: build      ## everything but the QEMU runs
 	$(VPY) -m pytest -q -p no:cacheprovider tests --ignore=tests/cross --ignore=tests/bench
 
@@ -34,7 +37,7 @@ test: build      ## every test: unit, integration (netns), build, cross
 demo: build      ## throwaway sshd, the agent keeping a reverse tunnel, status
 	$(VPY) tests/demo.py $(PYZ)
 
-bench: build     ## heal times and footprint against autossh; rewrites README's results
+bench: build     ## heal times and footprint against autossh; rewrites docs/benchmarks.md's results
 	$(VPY) tests/bench/run.py $(PYZ)
 
 clean:

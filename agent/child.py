@@ -18,6 +18,13 @@ if False:  # annotations only: importing typing would cost the agent 0.5 MB of m
 
 MAX_LINE = 4096
 KEEP_LINES = 30
+# A job's output is capped (a hostile hub or a chatty login shell printed 15 MB: 368 MB RSS):
+# past either limit the job is ended; what stays is its marker lines and a short tail.
+JOB_MAX_BYTES = 256 * 1024
+JOB_MAX_LINES = 2000
+JOB_KEEP_MARKERS = 100
+JOB_TAIL = 20
+MARKER_PREFIX = "sshkeep-"
 
 
 class Child:
@@ -167,6 +174,14 @@ class Child:
             except OSError:
                 pass
 
+    def send(self, data: bytes) -> None:
+        """A few bytes to the child's stdin (fits the empty pipe: never blocks)."""
+        try:
+            self.proc.stdin.write(data)
+            self.proc.stdin.flush()
+        except (OSError, ValueError, AttributeError):
+            pass
+
     def close_stdin(self):
         try:
             if self.proc and self.proc.stdin:
@@ -202,6 +217,8 @@ class Job:
         self.out = []
         self.err = []
         self.stdin_data = stdin_data
+        self.bytes = 0
+        self.overflow = False        # True once the output passed the cap (the job is ended)
 
     def start(self) -> bool:
         ok = self.child.start()
@@ -219,6 +236,14 @@ class Job:
     def pump(self, fd):
         lines, eof = self.child.read(fd)
         (self.err if self.child.is_stderr(fd) else self.out).extend(lines)
+        self.bytes += sum(len(l) + 1 for l in lines)
+        if self.bytes > JOB_MAX_BYTES or len(self.out) + len(self.err) > JOB_MAX_LINES:
+            for kept in (self.out, self.err):
+                markers = [l for l in kept[:-JOB_TAIL] if l.startswith(MARKER_PREFIX)]
+                kept[:] = markers[-JOB_KEEP_MARKERS:] + kept[-JOB_TAIL:]
+            if not self.overflow:
+                self.overflow = True
+                self.child.terminate()
         if eof:
             self.child.close_fd(fd)
 
@@ -234,8 +259,8 @@ class Job:
                 self.pump(fd)
                 self.child.close_fd(fd)
             self.done = True
-        elif self.clock() >= self.deadline:
-            self.timed_out = True
+        elif self.overflow or self.clock() >= self.deadline:
+            self.timed_out = not self.overflow
             self.child.stop(term_timeout=0.5, kill_timeout=1.0)
             self.done = True
         if self.done:

@@ -26,6 +26,7 @@ HOSTKEY_UNKNOWN = "host-key-unknown"
 HOSTKEY_MISMATCH = "host-key-mismatch"
 KEY_FORMAT = "key-unusable"
 PORT_IN_USE = "remote-port-in-use"
+PORT_HELD = "remote-port-held"  # ...by another live session (another box's): found by the reclaim
 LOCAL_PORT_IN_USE = "local-port-in-use"
 KEEPALIVE = "keepalive-timeout"
 CLOSED = "closed-by-server"
@@ -75,7 +76,9 @@ _PATTERNS = (
 )
 
 _ACTIONS = {
-    CLIENT_MISSING: FATAL,
+    # A client binary that vanished (a package upgrade, a lost overlay mount) fails that
+    # tunnel only: retried with backoff while the agent's other tunnels keep running.
+    CLIENT_MISSING: RETRY,
     AUTH: RETRY_SLOW,
     HOSTKEY_UNKNOWN: RETRY_SLOW,
     HOSTKEY_MISMATCH: RETRY_SLOW,
@@ -93,8 +96,8 @@ HINTS = {
     KEY_FORMAT: "the client cannot use the key file: check its format (dropbearconvert) and mode (chmod 600)",
     SERVER_BUSY: "the server dropped the connection before the key exchange (MaxStartups?): retrying "
                  "after a random delay; fleets should set --spread",
-    PORT_IN_USE: "the server still holds the listen port (stale session?): reclaiming it, or set "
-                 "ClientAliveInterval on the server",
+    PORT_IN_USE: "the listen port is taken on the server; unless reclaim is off, the hub is asked who holds "
+                 "it and only this box's own stale session is ended (set ClientAliveInterval on the server)",
     LOCAL_PORT_IN_USE: "a local listen port is taken by another process on this box",
     CLIENT_MISSING: "install openssh-client or dropbear, or give --ssh PATH",
 }
@@ -134,11 +137,13 @@ def classify(returncode: Optional[int], stderr_lines: Sequence[str], ours: Optio
     ours: the reason we had for stopping it (STOPPED, HEALTH, WATCHDOG, RECONNECT), if we did.
     """
     if returncode is None:
-        return Outcome(CLIENT_MISSING, FATAL, "the client could not be started")
+        lines = [l for l in stderr_lines if l]
+        return Outcome(CLIENT_MISSING, RETRY, lines[-1] if lines else "the client could not be started")
     found = reason_from_stderr(stderr_lines)
     if ours in (STOPPED, HEALTH, RECONNECT):
-        # OpenSSH's exit 0 on our TERM, dbclient's death by it: both expected.
-        return Outcome(ours, _ACTIONS.get(ours, RETRY), "stopped by sshkeep (%s)" % _status(returncode))
+        # OpenSSH's exit 0 on our TERM, dbclient's death by it: both expected. The reason
+        # already says we stopped it: the detail is only the status.
+        return Outcome(ours, _ACTIONS.get(ours, RETRY), _status(returncode))
     if ours == WATCHDOG:
         # Killed while still connecting: stderr may say why (e.g. dbclient's host key prompt).
         if found:
@@ -153,6 +158,20 @@ def classify(returncode: Optional[int], stderr_lines: Sequence[str], ours: Optio
         # or the remote side ended the session command.
         return Outcome(CLOSED, RETRY, "ssh exited 0 (session ended)")
     return Outcome(EXITED, RETRY, _status(returncode))
+
+
+def session_ran(kind: str, returncode: Optional[int], stdout_lines: Sequence[str]) -> bool:
+    """Did the server run a session command of its own and end it (before our ready line)?
+
+    A key with a forced command (`command="echo tunnels only"`) logs in, prints, exits:
+    OpenSSH then exits with the remote status (its own failures are all 255); dbclient
+    exits 1 for everything, so only its exit 0 or output on stdout say the command ran.
+    """
+    if returncode is None or returncode < 0:
+        return False
+    if stdout_lines:
+        return True
+    return returncode == 0 or (kind == "openssh" and returncode != 255)
 
 
 def _status(returncode):

@@ -6,6 +6,7 @@ import sys
 
 from agent import __version__
 from agent import errors as E
+from agent import values
 
 USAGE_EXAMPLE = "sshkeep run -R 127.0.0.1:20022:127.0.0.1:22 -i /etc/sshkeep/id -p 2222 tunnel@hub.example.com"
 
@@ -17,7 +18,18 @@ def _formatter(prog):
         width = int(os.environ.get("COLUMNS", "")) or os.get_terminal_size(2).columns
     except (ValueError, OSError):
         width = 80
-    return argparse.HelpFormatter(prog, width=max(40, width - 2))
+    return _DefaultsFormatter(prog, width=max(40, width - 2))
+
+
+class _DefaultsFormatter(argparse.HelpFormatter):
+    """Help with each real default, as `(default: N)`; not argparse's `(default: None)` noise."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        d = action.default
+        if "default" not in text and d is not None and d is not False and d not in ("", [], argparse.SUPPRESS):
+            text += " (default: %(default)s)"
+        return text
 
 
 class _Parser(argparse.ArgumentParser):
@@ -30,6 +42,17 @@ class _Parser(argparse.ArgumentParser):
         raise E.UsageError("%s (try: %s --help)" % (message, self.prog))
 
 
+def _checked(conv, flag, code=E.EX_USAGE):
+    """An argparse type: the shared validator (agent.values), its message and exit code kept
+    (argparse would say only "invalid value" and exit 2)."""
+    def parse(text):
+        try:
+            return conv(text)
+        except values.Bad as exc:
+            raise E.SshkeepError("%s: %s — %s" % (flag, exc.what, exc.fix), code)
+    return parse
+
+
 def _add_tunnel_options(p):
     p.add_argument("destination", nargs="?", help="[user@]host of the server")
     p.add_argument("-c", "--config", metavar="FILE", help="configuration file (UCI syntax)")
@@ -39,37 +62,52 @@ def _add_tunnel_options(p):
                    help="local forward (repeatable)")
     p.add_argument("-D", dest="dynamic", action="append", default=[], metavar="[bind:]port",
                    help="dynamic (SOCKS) forward (repeatable)")
-    p.add_argument("-p", "--port", type=int, default=None, help="server port (default 22)")
+    p.add_argument("-p", "--port", type=_checked(values.port, "-p", E.EX_DATAERR), default=None,
+                   help="server port (default 22)")
     p.add_argument("-l", "--user", default=None, help="user on the server")
     p.add_argument("-i", "--identity", default=None, metavar="KEYFILE", help="private key")
-    p.add_argument("--client", choices=("auto", "openssh", "dropbear"), default="auto")
-    p.add_argument("--ssh", default="", metavar="PATH", help="the client binary (default: ssh, then dbclient)")
+    p.add_argument("--client", choices=("auto", "openssh", "dropbear"), default="auto", help="which client")
+    p.add_argument("--ssh", default="", metavar="PATH",
+                   help="the client binary (default: ssh, then dbclient on PATH; --client dropbear: dbclient first)")
     p.add_argument("--ssh-config", metavar="FILE", help="take host, user, port, key, forwards from this ssh_config")
-    p.add_argument("--known-hosts", default="", metavar="FILE")
+    p.add_argument("--known-hosts", default="", metavar="FILE", help="the server's host key (OpenSSH format)")
     p.add_argument("--accept-new", action="store_true", help="trust an unknown host key on first use")
-    p.add_argument("--keepalive", type=int, default=15, metavar="SECONDS")
-    p.add_argument("--connect-timeout", type=int, default=15, metavar="SECONDS")
-    p.add_argument("--interval", type=float, default=30, metavar="SECONDS", help="health-check period")
-    p.add_argument("--remote-check-every", type=int, default=4, metavar="N",
+    p.add_argument("-o", dest="ssh_options", action="append", default=[], metavar="Option=value",
+                   help="an ssh option, as ssh -o takes it (repeatable; see docs/cli.md for the ones allowed)")
+    p.add_argument("--keepalive", type=_checked(values.whole(0), "--keepalive"), default=None,
+                   metavar="SECONDS", help="server-alive interval; 0 = off (default: 15)")
+    p.add_argument("--connect-timeout", type=_checked(values.whole(1), "--connect-timeout"), default=None,
+                   metavar="SECONDS", help="per connect (default: 15)")
+    p.add_argument("--interval", type=_checked(values.seconds(1), "--interval"), default=30,
+                   metavar="SECONDS", help="health-check period")
+    p.add_argument("--remote-check-every", type=_checked(values.whole(0), "--remote-check-every"), default=4,
+                   metavar="N",
                    help="run the ssh-exec check of -R forwards every Nth interval (and after any failure)")
-    p.add_argument("--loop-port", type=int, default=0, metavar="PORT",
+    p.add_argument("--loop-port", type=_checked(values.port_or_off, "--loop-port", E.EX_DATAERR), default=0,
+                   metavar="PORT",
                    help="in-band loop check through this server-side port (a -R/-L pair on the same "
                         "connection, checked every interval; the ssh-exec check then runs every Nth)")
-    p.add_argument("--fail-threshold", type=int, default=2, metavar="N",
+    p.add_argument("--fail-threshold", type=_checked(values.whole(1), "--fail-threshold"), default=2,
+                   metavar="N",
                    help="consecutive failed checks before ssh is restarted")
-    p.add_argument("--max-backoff", type=float, default=60, metavar="SECONDS")
-    p.add_argument("--spread", type=float, default=0, metavar="SECONDS",
+    p.add_argument("--max-backoff", type=_checked(values.seconds(1), "--max-backoff"), default=60,
+                   metavar="SECONDS", help="longest wait between reconnects")
+    p.add_argument("--spread", type=_checked(values.seconds(0), "--spread"), default=0, metavar="SECONDS",
                    help="fleet spreading: a per-box offset in [0, SECONDS) added to the first connect, "
                         "to backoff and to the reconnect after the server comes back (0 = off)")
     p.add_argument("--no-reclaim", action="store_true",
                    help="run ssh with -N; never reclaim a stale listener on the server")
     p.add_argument("--no-checks", action="store_true", help="no health checks (keepalive only)")
-    p.add_argument("--name", default=None)
+    p.add_argument("--name", default=None, help="the tunnel's name in logs and status (default: the host)")
     p.add_argument("--state", default=None, metavar="FILE", help="run-state JSON (default /var/run/sshkeep.json)")
     p.add_argument("--pidfile", default=None, metavar="FILE", help="default /var/run/sshkeep.pid")
-    p.add_argument("--syslog", action="store_true", help="log to syslog instead of stderr")
+    p.add_argument("--box-id-file", default=None, metavar="FILE",
+                   help="this box's identity on the hub, made once (default /etc/sshkeep/box-id as root, "
+                        "else ~/.config/sshkeep/box-id)")
+    p.add_argument("--syslog", action="store_true", help="log to syslog instead of stderr (stderr, or a file "
+                                                          "beside --state, when no syslog daemon listens)")
     p.add_argument("--daemon", action="store_true", help="detach (double fork) after start; for plain init scripts")
-    p.add_argument("--debug", action="store_true")
+    p.add_argument("--debug", action="store_true", help="also log debug lines (each ssh argv, repeated ssh lines)")
 
 
 def build_parser():
@@ -107,9 +145,8 @@ def _default_state():
 
 
 def _default_pidfile():
-    if os.geteuid() == 0 or os.access("/var/run", os.W_OK):
-        return "/var/run/sshkeep.pid"
-    return "/tmp/sshkeep-%d.pid" % os.getuid()
+    from agent.state import default_dir
+    return os.path.join(default_dir(), "sshkeep.pid")
 
 
 def settings_from_args(args):
@@ -126,7 +163,7 @@ def settings_from_args(args):
         odd = ["--" + {"ssh_path": "ssh", "reclaim": "no-reclaim"}.get(k, k).replace("_", "-")
                for k, v in sorted(_tunnel_kwargs(args).items()) if v != getattr(base, k)]
         odd += [o for o, v in (("-p", args.port), ("-l", args.user), ("--name", args.name),
-                               ("--ssh-config", args.ssh_config)) if v]
+                               ("--ssh-config", args.ssh_config), ("-o", args.ssh_options)) if v]
         if odd or _forwards(args) or args.destination:
             raise E.UsageError("with -c the tunnels and their settings come from the file; set %s there "
                                "instead of on the command line" % (", ".join(odd) or "the forwards and host"))
@@ -137,14 +174,22 @@ def settings_from_args(args):
         if not args.destination:
             raise E.UsageError("--ssh-config needs a Host alias as destination")
         warned = []
+        kw, given = _tunnel_kwargs(args), _given(args)
+        if args.port:
+            given["port"] = args.port
+        if args.user is not None:
+            given["user"] = _check_user(args.user, "-l")
+        for k in given:
+            kw.pop(k, None)
+        # Values given on the command line win over the Host block, as with `ssh -p 2222 ALIAS`.
         t = sshconfig.tunnel_from_host(args.ssh_config, args.destination, name=args.name, warnings=warned,
-                                       **_tunnel_kwargs(args))
+                                       overrides=given, **kw)
         extra = _forwards(args)
         if extra:
             t = _replace(t, forwards=tuple(t.forwards) + tuple(extra))
         if not t.forwards:
             raise E.UsageError("Host %s in %s has no forwards; add -R/-L/-D" % (args.destination, args.ssh_config))
-        return _replace(_settings((t,), args), warnings=tuple(warned))
+        return _settings((t,), args, warned)
     if not args.destination:
         raise E.UsageError("a destination [user@]host is required (e.g. %s), or -c FILE "
                            "(/etc/config/sshkeep is read when it exists)" % USAGE_EXAMPLE)
@@ -154,10 +199,26 @@ def settings_from_args(args):
     user, host = parse_destination(args.destination)
     if not host:
         raise E.UsageError("destination %r has no host" % args.destination)
+    try:
+        host = values.host(host)
+    except values.Bad as exc:
+        raise E.SshkeepError("destination: %s — %s" % (exc.what, exc.fix), E.EX_DATAERR)
     kw = _tunnel_kwargs(args)
-    kw["user"] = args.user if args.user is not None else user
-    t = Tunnel(name=args.name or host, host=host, port=args.port or 22, forwards=tuple(forwards), **kw)
+    kw.update(_given(args))
+    if args.user is not None:
+        kw["user"] = _check_user(args.user, "-l")
+    elif user or "user" not in kw:
+        kw["user"] = _check_user(user, "destination %s" % args.destination) if user else ""
+    kw["port"] = args.port or kw.get("port", 22)
+    t = Tunnel(name=args.name or host, host=host, forwards=tuple(forwards), **kw)
     return _settings((t,), args)
+
+
+def _check_user(user, where):
+    try:
+        return values.user(user)
+    except values.Bad as exc:
+        raise E.SshkeepError("%s: %s — %s" % (where, exc.what, exc.fix), E.EX_DATAERR)
 
 
 def _forwards(args):
@@ -176,16 +237,79 @@ def _forwards(args):
 
 
 def _tunnel_kwargs(args):
-    for name in ("keepalive", "connect_timeout", "interval", "max_backoff"):
-        if getattr(args, name) < 0:
-            raise E.UsageError("--%s must not be negative" % name.replace("_", "-"))
-    if args.interval < 1:
-        raise E.UsageError("--interval must be at least 1 second")
+    """Tunnel fields from the flags, defaults filled in (the numbers are checked by argparse:
+    agent.values through _checked)."""
     return dict(identity=_abs(args.identity), client=args.client, ssh_path=_abs(args.ssh),
-                known_hosts=_abs(args.known_hosts), accept_new=args.accept_new, keepalive=args.keepalive,
-                connect_timeout=args.connect_timeout, interval=args.interval, max_backoff=args.max_backoff,
-                remote_check_every=max(1, args.remote_check_every), fail_threshold=max(1, args.fail_threshold),
-                reclaim=not args.no_reclaim, loop_port=args.loop_port, spread=max(0.0, args.spread))
+                known_hosts=_abs(args.known_hosts), accept_new=args.accept_new,
+                keepalive=15 if args.keepalive is None else args.keepalive,
+                connect_timeout=15 if args.connect_timeout is None else args.connect_timeout,
+                interval=args.interval, max_backoff=args.max_backoff,
+                remote_check_every=max(1, args.remote_check_every), fail_threshold=args.fail_threshold,
+                reclaim=not args.no_reclaim, loop_port=args.loop_port, spread=args.spread)
+
+
+def _given(args):
+    """Tunnel fields the user set on this command line (-i, --keepalive, -o ...), to win over an
+    ssh_config Host block. `-o` options that sshkeep has a setting for become that setting
+    (so they work with dbclient too); a flag beats the same setting given with -o, like ssh's
+    first-value-wins would if the flag came first."""
+    out = _ssh_options(args.ssh_options)
+    flags = (("identity", _abs(args.identity or "")), ("known_hosts", _abs(args.known_hosts)),
+             ("keepalive", args.keepalive), ("connect_timeout", args.connect_timeout))
+    out.update((k, v) for k, v in flags if v not in (None, ""))
+    if args.accept_new:
+        out["accept_new"] = True
+    return out
+
+
+# -o Option=value for which sshkeep has a setting of its own: field, converter of the value.
+_MAPPED = {"Port": ("port", values.port), "User": ("user", values.user),
+           "IdentityFile": ("identity", None), "UserKnownHostsFile": ("known_hosts", None),
+           "ServerAliveInterval": ("keepalive", values.whole(0)),
+           "ConnectTimeout": ("connect_timeout", values.whole(1)),
+           "StrictHostKeyChecking": ("accept_new", None)}
+
+
+def _ssh_options(items):
+    """-o Option=value (repeatable) -> Tunnel fields, with every other allowed option in
+    extra_options. The first value of an option wins, as in ssh."""
+    out, extra = {}, []
+    for text in items:
+        try:
+            key, value = values.split_ssh_option(text)
+        except values.Bad as exc:
+            raise E.UsageError("-o %s: %s — %s" % (text, exc.what, exc.fix))
+        problem = values.check_ssh_option(key, value)
+        if problem:
+            raise E.UsageError("-o %s: %s" % (text, problem))
+        key = values.canonical_ssh_option(key)
+        if key in values.REQUIRED_VALUES or key in [k for k, _ in extra]:
+            continue  # already set that way by sshkeep / a later repeat: ssh keeps the first
+        if key not in _MAPPED:
+            extra.append((key, value))
+            continue
+        field, conv = _MAPPED[key]
+        if field in out:
+            continue
+        if key == "StrictHostKeyChecking":
+            low = value.lower()
+            if low not in ("yes", "accept-new", "no", "off", "ask"):
+                raise E.UsageError("-o %s: StrictHostKeyChecking is yes, accept-new or no" % text)
+            value = low in ("accept-new", "no", "off")  # no: accept-new (sshkeep never takes a changed key)
+        elif conv is not None:
+            try:
+                value = conv(value)
+            except values.Bad as exc:
+                raise E.SshkeepError("-o %s: %s — %s" % (text, exc.what, exc.fix), E.EX_DATAERR)
+        else:
+            if key == "UserKnownHostsFile" and len(value.split()) > 1:
+                raise E.UsageError("-o %s: give one known_hosts file (sshkeep passes one to either client)" % text)
+            from agent.model import expand_tilde
+            value = _abs(expand_tilde(value))
+        out[field] = value
+    if extra:
+        out["extra_options"] = tuple(extra)
+    return out
 
 
 def _abs(path):
@@ -203,11 +327,23 @@ def _replace(obj, **kw):
     return replace(obj, **kw)
 
 
-def _settings(tunnels, args):
+def _settings(tunnels, args, warnings=()):
     from agent.model import Settings
     return Settings(tunnels=tuple(tunnels), state=os.path.abspath(args.state or _default_state()),
                     pidfile=os.path.abspath(args.pidfile or _default_pidfile()), syslog=args.syslog,
-                    config_path=args.config and os.path.abspath(args.config))
+                    config_path=args.config and os.path.abspath(args.config),
+                    box_id_file=_abs(args.box_id_file or ""), warnings=tuple(warnings) + _option_warnings(args))
+
+
+def _option_warnings(args):
+    """`-o StrictHostKeyChecking=no` runs as trust on first use: say so at every start and in status."""
+    for text in getattr(args, "ssh_options", None) or ():
+        key, value = values.split_ssh_option(text)  # checked already by _ssh_options
+        if key.lower() == "stricthostkeychecking":
+            if value.lower() in ("no", "off"):
+                return ("-o %s is treated as accept-new (a changed host key is still refused)" % text,)
+            break  # the first value wins
+    return ()
 
 
 def _override_globals(s, args):
@@ -218,6 +354,8 @@ def _override_globals(s, args):
         kw["pidfile"] = os.path.abspath(args.pidfile)
     if args.syslog:
         kw["syslog"] = True
+    if args.box_id_file:
+        kw["box_id_file"] = _abs(args.box_id_file)
     return _replace(s, **kw) if kw else s
 
 
@@ -247,7 +385,9 @@ def cmd_status(args):
         sys.stdout.write(json.dumps(state.public(doc), indent=1, sort_keys=True) + "\n")
     else:
         sys.stdout.write(state.render(doc))
-    return E.EX_OK if running else 3
+    if not running:
+        return E.EX_STATUS_NOT_RUNNING
+    return E.EX_OK if state.updating(doc) else E.EX_STATUS_HUNG
 
 
 def _pidfile_of(args):
@@ -308,8 +448,9 @@ def main(argv=None):
                 run_argv += ["--pidfile", s.pidfile]
             if not args.state:
                 run_argv += ["--state", s.state]
+            from agent.state import digest
             return lifecycle.cmd_check(s.pidfile, s.state, run_argv, stale_after=max(120.0, 4 * min(
-                t.interval for t in s.tunnels)))
+                t.interval for t in s.tunnels)), digest=digest(s), config=s.config_path)
         raise E.UsageError("unknown command %s" % args.command)
     except E.SshkeepError as exc:
         return _report(exc)

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 import subprocess
 
-from agent.errors import ClientError, SshkeepError, EX_NOINPUT, EX_NOPERM, EX_UNAVAILABLE
+from agent import values
+from agent.errors import ClientError, SshkeepError, EX_CANTCREAT, EX_NOINPUT, EX_NOPERM, EX_UNAVAILABLE
 from agent.record import record
 
 if False:  # annotations only: importing typing would cost the agent 0.5 MB of memory
@@ -59,8 +61,14 @@ def parse_dropbear_options(text: str) -> FrozenSet[str]:
     return frozenset(names)
 
 
-def find_client(path: str = "", env_path: Optional[str] = None) -> str:
-    """An explicit --ssh PATH, else the first of ssh, dbclient on PATH."""
+# The names to look for on PATH, per --client. OpenWrt's `ssh` is often dbclient itself, so
+# dropbear falls back to `ssh` (detect() then tells by behaviour); openssh never takes dbclient.
+_NAMES = {"auto": ("ssh", "dbclient"), OPENSSH: ("ssh",), DROPBEAR: ("dbclient", "ssh")}
+
+
+def find_client(path: str = "", env_path: Optional[str] = None, forced: str = "auto") -> str:
+    """An explicit --ssh PATH, else the first client on PATH for `forced` (--client): auto
+    takes ssh, then dbclient; dropbear takes dbclient, then ssh; openssh takes ssh."""
     if path:
         if os.sep not in path:
             found = _which(path, env_path)
@@ -72,10 +80,14 @@ def find_client(path: str = "", env_path: Optional[str] = None) -> str:
         if not os.access(path, os.X_OK):
             raise ClientError("ssh client %s is not executable (chmod +x, or fix --ssh)" % path)
         return path
-    for name in ("ssh", "dbclient"):
+    for name in _NAMES.get(forced, _NAMES["auto"]):
         found = _which(name, env_path)
         if found:
             return found
+    if forced == DROPBEAR:
+        raise ClientError("--client dropbear: no dbclient on PATH; install dropbear, or give --ssh PATH")
+    if forced == OPENSSH:
+        raise ClientError("--client openssh: no ssh on PATH; install openssh-client, or give --ssh PATH")
     raise ClientError("no ssh client found: install openssh-client (or dropbear's dbclient), or give --ssh PATH")
 
 
@@ -101,7 +113,8 @@ def _run(argv: Sequence[str], timeout: float = 5.0) -> str:
 
 def detect(path: str = "", forced: str = "auto", runner=_run) -> ClientInfo:
     """Identify the client at `path` (or on PATH) by what it prints."""
-    path = find_client(path)
+    given = path
+    path = find_client(path, forced=forced)
     out = runner([path, "-V"])
     found = parse_version(out)
     if found is None:
@@ -112,7 +125,9 @@ def detect(path: str = "", forced: str = "auto", runner=_run) -> ClientInfo:
             raise ClientError("%s is neither OpenSSH nor dropbear (`-V` printed: %s); use --client" % (path, first[:120]))
     kind, version = found
     if forced in (OPENSSH, DROPBEAR) and forced != kind:
-        raise ClientError("--client %s given, but %s is %s %s" % (forced, path, kind, version))
+        hint = "" if given else "; install %s or give --ssh PATH" % (
+            "dropbear (no dbclient on PATH)" if forced == DROPBEAR else "openssh-client")
+        raise ClientError("--client %s given, but %s is %s %s%s" % (forced, path, kind, version, hint))
     options = frozenset()
     if kind == DROPBEAR:
         options = parse_dropbear_options(runner([path, "-o", "help"]))
@@ -139,15 +154,17 @@ def check_forwards(info: ClientInfo, tunnel) -> None:
 
 
 def build_argv(info: ClientInfo, tunnel, command: Optional[str] = None, with_forwards: bool = True,
-               host: Optional[str] = None, port: Optional[int] = None) -> List[str]:
-    """The tunnel's ssh command line. `command` None means `-N` (no remote command)."""
+               host: Optional[str] = None, port: Optional[int] = None, learn: bool = False) -> List[str]:
+    """The tunnel's ssh command line. `command` None means `-N` (no remote command).
+
+    learn: dbclient's first contact with an accept-new server (see _dropbear)."""
     _destination_checks(tunnel)
     host = host or tunnel.host
     port = port or tunnel.port
     if info.kind == OPENSSH:
         argv = _openssh(info, tunnel, command is None, port)
     else:
-        argv = _dropbear(info, tunnel, command is None, port)
+        argv = _dropbear(info, tunnel, command is None, port, learn)
     if with_forwards:
         for fwd in tunnel.forwards:
             argv += ["-" + fwd.kind, fwd.spec()]
@@ -175,6 +192,9 @@ def _openssh(info, t, no_command, port):
         argv += ["-o", "ServerAliveInterval=%d" % t.keepalive, "-o", "ServerAliveCountMax=3"]
     if t.known_hosts:
         argv += ["-o", "UserKnownHostsFile=%s" % t.known_hosts]
+    if t.accept_new:
+        # A pin dbclient can read too (and a person can find): host names in clear.
+        argv += ["-o", "HashKnownHosts=no"]
     if t.identity:
         argv += ["-o", "IdentitiesOnly=yes", "-i", t.identity]
     for key, value in t.extra_options:
@@ -183,25 +203,51 @@ def _openssh(info, t, no_command, port):
     return argv
 
 
-def _dropbear(info, t, no_command, port):
+def _dropbear(info, t, no_command, port, learn=False):
+    # Never -y: dbclient 2022.83 accepts a key under -y without recording it (every later
+    # connect would accept any key); two -y skip the check entirely. A first contact
+    # (`learn`) instead runs without BatchMode and the agent answers the y/n prompt on
+    # stdin once: dbclient then records the key in its private HOME (both 2022.83 and
+    # 2025.89, measured) and the agent copies it to the pin file (save_learned).
     argv = [info.path, "-T"]
     if no_command:
         argv.append("-N")
     if t.keepalive:
         argv += ["-K", str(t.keepalive)]
-    if t.accept_new:
-        argv.append("-y")  # one -y only: two would disable host key checks entirely
     # 2022.83 knows only ExitOnForwardFailure here; 2024.84+ adds BatchMode etc.
     if info.has_option("ExitOnForwardFailure"):
         argv += ["-o", "ExitOnForwardFailure=yes"]
-    if info.has_option("BatchMode"):
+    if info.has_option("BatchMode") and not learn:
         argv += ["-o", "BatchMode=yes"]
-    if info.has_option("StrictHostKeyChecking") and not t.accept_new:
+    if info.has_option("StrictHostKeyChecking") and not learn:
         argv += ["-o", "StrictHostKeyChecking=yes"]
     if t.identity:
         argv += ["-i", t.identity]
+    argv += dropbear_options(info, t.extra_options)[0]
     argv += ["-p", str(port)]
     return argv
+
+
+# OpenSSH options that dbclient takes as flags of its own (`dbclient -h` of 2022.83 and 2025.89).
+_DROPBEAR_FLAGS = {"ciphers": "-c", "macs": "-m", "bindaddress": "-b"}
+
+
+def dropbear_options(info: ClientInfo, options) -> tuple:
+    """(dbclient argv, names it has no way to take) for (Key, value) ssh options: `-o Key=value`
+    where its `-o help` lists the key (2022.83: ExitOnForwardFailure, DisableTrivialAuth, UseSyslog,
+    Port; 2024.84+ more), else its own flag (-c, -m, -b, -g) where it has one."""
+    argv, missing = [], []
+    for key, value in options:
+        low = key.lower()
+        if info.has_option(key):
+            argv += ["-o", "%s=%s" % (key, value)]
+        elif low in _DROPBEAR_FLAGS:
+            argv += [_DROPBEAR_FLAGS[low], value]
+        elif low == "gatewayports" and value.lower() in ("yes", "no"):
+            argv += ["-g"] if value.lower() == "yes" else []
+        else:
+            missing.append(key)
+    return argv, missing
 
 
 def build_exec_argv(info: ClientInfo, tunnel, command: str, host=None, port=None) -> List[str]:
@@ -221,15 +267,26 @@ def check_identity(info: ClientInfo, path: str) -> None:
         return
     try:
         st = os.stat(path)
+        if stat.S_ISDIR(st.st_mode):
+            raise SshkeepError("identity file %s is a directory; give the private key file in it (-i %s/id_ed25519 "
+                               "or the like)" % (path, path.rstrip("/")), EX_NOINPUT)
         with open(path, "rb") as fh:
             head = fh.read(64)
     except FileNotFoundError:
         raise SshkeepError("identity file %s does not exist (-i)" % path, EX_NOINPUT)
     except PermissionError:
         raise SshkeepError("identity file %s is not readable by uid %d" % (path, os.getuid()), EX_NOPERM)
-    if st.st_mode & 0o077 and info.kind == OPENSSH:
-        raise SshkeepError("identity file %s is readable by group/others (mode %o): OpenSSH refuses it; "
-                           "run chmod 600 %s" % (path, st.st_mode & 0o777, path), EX_NOPERM)
+    except OSError as exc:
+        raise SshkeepError("identity file %s cannot be read (%s)" % (path, exc.strerror or exc), EX_NOINPUT)
+    if values.is_public_key(head):
+        private = " (%s)" % path[:-4] if path.endswith(".pub") else ""
+        raise SshkeepError("identity file %s is a public key; give the private key%s" % (path, private),
+                           EX_NOINPUT)
+    if st.st_mode & 0o077:
+        # OpenSSH refuses such a key; dbclient uses it, but a key others can read is no secret.
+        raise SshkeepError("identity file %s is readable by group/others (mode %o)%s; run chmod 600 %s"
+                           % (path, st.st_mode & 0o777, ": OpenSSH refuses it" if info.kind == OPENSSH else "",
+                              path), EX_NOPERM)
     is_pem = head.startswith(b"-----BEGIN")
     if info.kind == DROPBEAR and is_pem:
         # dbclient's own message for this is "Exited: String too long".
@@ -254,18 +311,105 @@ def dropbear_known_hosts(text: str, host: str, port: int) -> str:
         wanted.add("[%s]:22" % host)
     for line in text.splitlines():
         parts = line.split()
-        if len(parts) < 3 or line.startswith("#") or parts[0].startswith("@") or parts[0].startswith("|"):
+        if len(parts) < 3 or line.startswith("#") or parts[0].startswith("@"):
             continue
-        names = parts[0].split(",")
-        if any(n in wanted for n in names):
+        if _names_match(parts[0], wanted):
             out.append("%s %s %s" % (host, parts[1], parts[2]))
     return "".join(l + "\n" for l in out)
 
 
-def prepare_home(info: ClientInfo, tunnel, home: str, host=None, port=None) -> Optional[str]:
-    """For dbclient with --known-hosts: a private HOME whose .ssh/known_hosts it will read.
+def _names_match(field: str, wanted) -> bool:
+    """A known_hosts name field: plain names, or one hashed name `|1|salt|hmac-sha1` (ssh-keyscan -H,
+    HashKnownHosts yes). dbclient cannot read hashed lines: skipping them would make a pinned
+    host look new to it, and accept-new would then take any key."""
+    if not field.startswith("|1|"):
+        return any(n in wanted for n in field.split(","))
+    import binascii
+    import hashlib
+    import hmac
+    try:
+        salt, digest = (binascii.a2b_base64(x) for x in field[3:].split("|", 1))
+    except (ValueError, binascii.Error):
+        return False
+    return any(hmac.compare_digest(hmac.new(salt, n.encode(), hashlib.sha1).digest(), digest) for n in wanted)
 
-    Returns the HOME to give the child, or None to leave HOME alone.
+
+def pin_name(host: str, port: int) -> str:
+    """The known_hosts name OpenSSH writes for host:port (so one file serves both clients)."""
+    return host if port == 22 else "[%s]:%d" % (host, port)
+
+
+def default_known_hosts(env=None) -> str:
+    """Where first-contact host keys are pinned: persistent (flash), never the tmpfs state.
+
+    root: /etc/sshkeep/known_hosts (beside the config); others: ~/.config/sshkeep/known_hosts.
+    """
+    if os.geteuid() == 0:
+        return "/etc/sshkeep/known_hosts"
+    env = os.environ if env is None else env
+    base = env.get("XDG_CONFIG_HOME") or os.path.join(env.get("HOME") or os.path.expanduser("~"), ".config")
+    return os.path.join(base, "sshkeep", "known_hosts")
+
+
+def ensure_pin_file(path: str) -> None:
+    """Create the pin file (and its directory) if missing: written once, on flash.
+
+    OpenSSH appends to an existing UserKnownHostsFile but cannot create its directory.
+    """
+    if os.path.exists(path):
+        return
+    try:
+        os.makedirs(os.path.dirname(path) or ".", mode=0o700, exist_ok=True)
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644))
+    except FileExistsError:
+        pass
+    except OSError as exc:
+        raise SshkeepError("cannot create known_hosts file %s: %s (give --known-hosts FILE on a writable, "
+                           "persistent file system)" % (path, exc.strerror or exc), EX_CANTCREAT)
+
+
+def find_pin(path: str, host: str, port: int):
+    """(line number, line) of the first entry for host:port in an OpenSSH known_hosts, or None."""
+    wanted = {pin_name(host, port)} | ({"[%s]:22" % host} if port == 22 else set())
+    try:
+        with open(path, "r", encoding="utf-8", errors="replace") as fh:
+            for n, line in enumerate(fh, 1):
+                parts = line.split()
+                if len(parts) >= 3 and not line.startswith("#") and _names_match(parts[0], wanted):
+                    return n, line.rstrip("\n")
+    except OSError:
+        pass
+    return None
+
+
+def mismatch_hint(path: str, host: str, port: int) -> str:
+    """What to remove when the server's key no longer matches its pin (dbclient only names
+    its private ~/.ssh/known_hosts, which we rewrite from `path` before every connect)."""
+    pin = find_pin(path, host, port) if path else None
+    if pin is None:
+        return "the host key of %s:%d changed; check known_hosts" % (host, port)
+    return ("the host key of %s:%d does not match the one pinned at %s line %d: if the server's key was "
+            "changed on purpose, remove that line (sed -i %dd %s)" % (host, port, path, pin[0], pin[0], path))
+
+
+def _safe_write(path: str, text: str) -> None:
+    """Replace `path` through a fresh temp file: never follows a planted symlink."""
+    tmp = "%s.%d.tmp" % (path, os.getpid())
+    try:
+        os.unlink(tmp)
+    except FileNotFoundError:
+        pass
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
+    os.replace(tmp, path)
+
+
+def prepare_home(info: ClientInfo, tunnel, home: str, host=None, port=None) -> Optional[str]:
+    """For dbclient with a known_hosts file: a private HOME whose .ssh/known_hosts it will read.
+
+    Rewritten from the pin file before every connect (the pins live there, not in this
+    tmpfs copy). Returns the HOME to give the child, or None to leave HOME alone.
     """
     if info.kind != DROPBEAR or not tunnel.known_hosts:
         return None
@@ -281,32 +425,44 @@ def prepare_home(info: ClientInfo, tunnel, home: str, host=None, port=None) -> O
         text = ""
     sshdir = os.path.join(home, ".ssh")
     os.makedirs(sshdir, mode=0o700, exist_ok=True)
-    dest = os.path.join(sshdir, "known_hosts")
-    lines = dropbear_known_hosts(text, host, port).splitlines()
-    if tunnel.accept_new:
-        # dbclient -y appended the key it accepted on an earlier connect: keep it, or the next
-        # connect would trust whatever key it meets (trust on *first* use, not on every use).
-        try:
-            with open(dest, "r", encoding="utf-8", errors="replace") as fh:
-                names = {tunnel.host, host} | {h for h, _ in tunnel.alternates}  # failover keeps each
-                lines += [l for l in fh.read().splitlines() if (l.split() or [""])[0] in names
-                          and l not in lines]
-        except OSError:
-            pass
-    tmp = dest + ".tmp"
-    with open(tmp, "w") as fh:
-        fh.write("".join(l + "\n" for l in lines))
-    os.replace(tmp, dest)
+    _safe_write(os.path.join(sshdir, "known_hosts"), dropbear_known_hosts(text, host, port))
     return home
 
 
-def host_key_known(info: ClientInfo, tunnel, home: Optional[str], host=None, port=None) -> Optional[bool]:
-    """For dbclient without BatchMode: is the host in the known_hosts it will read?
+def save_learned(info: ClientInfo, tunnel, home: Optional[str], host=None, port=None) -> Optional[str]:
+    """After a first contact: copy the key dbclient recorded in the private HOME to the pin file.
 
-    An unknown key makes dbclient 2022.83 prompt y/n forever (and spin at 100%
-    CPU on EOF), so we refuse to start it instead. None = cannot tell.
+    Appends one line, once (nothing if the pin file already has host:port). Returns that line.
     """
-    if info.kind != DROPBEAR or tunnel.accept_new or info.has_option("BatchMode"):
+    if info.kind != DROPBEAR or not home or not tunnel.accept_new or not tunnel.known_hosts:
+        return None
+    host = host or tunnel.host
+    port = port or tunnel.port
+    if find_pin(tunnel.known_hosts, host, port) is not None:
+        return None
+    try:
+        with open(os.path.join(home, ".ssh", "known_hosts"), "r", encoding="utf-8", errors="replace") as fh:
+            learned = [l.split() for l in fh if (l.split() or [""])[0] == host and len(l.split()) >= 3]
+    except OSError:
+        return None
+    if not learned:
+        return None
+    line = "%s %s %s\n" % (pin_name(host, port), learned[0][1], learned[0][2])
+    ensure_pin_file(tunnel.known_hosts)
+    fd = os.open(tunnel.known_hosts, os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW)
+    with os.fdopen(fd, "a") as fh:
+        fh.write(line)
+    return line.strip()
+
+
+def host_key_known(info: ClientInfo, tunnel, home: Optional[str], host=None, port=None) -> Optional[bool]:
+    """For dbclient: is the host in the known_hosts it will read? None = not dbclient.
+
+    False with accept_new is a first contact (the agent answers dbclient's prompt once);
+    False without it: dbclient 2022.83 would prompt y/n forever (and spin at 100% CPU on
+    EOF), so the caller refuses to start it.
+    """
+    if info.kind != DROPBEAR:
         return None
     host = host or tunnel.host
     base = home or os.environ.get("HOME") or "/"

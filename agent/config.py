@@ -11,8 +11,9 @@ whose `errors` list holds each as `FILE:LINE: what is wrong — how to fix it`.
 
 Lexing follows libuci's file parser (uci/file.c): commands `config`/`option`/`list`/`package`
 (also abbreviated `c`/`o`/`l`/`p`), `;` separates commands, `#` starts a comment outside quotes,
-'single quotes' take everything literally (even newlines), "double quotes" and bare words take
-`\\x` as x, a backslash at the end of a line continues it, an empty value unsets an option, a
+'single quotes' take everything literally, "double quotes" and bare words take `\\x` as x, a
+quote must close on its line (libuci would read on: we report it and go on with the next line),
+a backslash at the end of a line continues it, an empty value unsets an option, a
 second `option` replaces the first, a `list` appends, and a section named twice is one section.
 """
 
@@ -21,7 +22,7 @@ import os
 import re
 import stat
 
-from agent import record
+from agent import record, values
 from agent.errors import ConfigError, EX_NOINPUT, EX_NOPERM
 from agent.model import DEFAULT_PIDFILE, DEFAULT_STATE, Forward, Settings, Tunnel, expand_tilde
 
@@ -32,21 +33,13 @@ _TUNNEL_DEFAULTS = record.defaults(Tunnel)
 _NAME = re.compile(r"[A-Za-z0-9_]+\Z")          # uci section and option names
 _TYPE = re.compile(r"[A-Za-z0-9_-]+\Z")         # uci section types
 _INT = re.compile(r"[0-9]+\Z")                  # ASCII only: int() also takes '٣' and '1_0'
-_FLOAT = re.compile(r"[0-9]+(\.[0-9]+)?\Z")
-_HOSTCHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-_:%")
 _WILDCARDS = ("", "*", "0.0.0.0", "::", "localhost")
 _TRUE = ("1", "yes", "on", "true", "enabled")
 _FALSE = ("0", "no", "off", "false", "disabled")
 SSHTUNNEL_TYPES = ("tunnelR", "tunnelL", "tunnelD", "tunnelW")
 
 
-class _Bad(Exception):
-    """A value did not convert: carries `what is wrong` and `how to fix it`."""
-
-    def __init__(self, what, fix):
-        super().__init__(what)
-        self.what = what
-        self.fix = fix
+_Bad = values.Bad  # a value did not convert: `what is wrong` and `how to fix it`
 
 
 # --------------------------------------------------------------------------- lexer
@@ -75,7 +68,11 @@ class _Section:
 
 
 def _words(text, report):
-    """Split into commands: a list of (line, [(word, line), ...]). Quotes as libuci has them."""
+    """Split into commands: a list of (line, [(word, line), ...]). Quotes as libuci has them,
+    except that a quote must close on its own line: libuci lets a value span lines, but no
+    value of ours may hold a line break, and reading on would pair every later quote wrongly
+    and hide every error after it. So an open quote is reported at its line, that command is
+    dropped, and lexing goes on with the next line."""
     cmds, words = [], []
     i, n, line = 0, len(text), 1
 
@@ -99,39 +96,33 @@ def _words(text, report):
             flush()
             i += 1
         else:
-            start, buf = line, []
+            start, buf, broken = line, [], None
             while i < n:
                 c = text[i]
                 if c == "'":
                     j = text.find("'", i + 1)
-                    if j < 0:
-                        report.error(start, "unterminated ' quote", "close the quote on this value")
-                        return cmds
+                    eol = text.find("\n", i + 1)
+                    if j < 0 or 0 <= eol < j:
+                        broken = "'"
+                        break
                     buf.append(text[i + 1:j])
-                    line += text.count("\n", i, j)
                     i = j + 1
                 elif c == '"':
                     i += 1
-                    while True:
-                        if i >= n:
-                            report.error(start, 'unterminated " quote', "close the quote on this value")
-                            return cmds
-                        c = text[i]
-                        if c == '"':
-                            i += 1
-                            break
-                        if c == "\\" and i + 1 < n:
+                    while i < n and text[i] not in '"\n':
+                        if text[i] == "\\" and i + 1 < n:
                             if text[i + 1] == "\n":
                                 line += 1
                             else:
                                 buf.append(text[i + 1])
                             i += 2
                             continue
-                        if c == "\n":
-                            line += 1
-                        if c != "\\":
-                            buf.append(c)
+                        buf.append(text[i])
                         i += 1
+                    if i >= n or text[i] == "\n":
+                        broken = '"'
+                        break
+                    i += 1
                 elif c == "\\":
                     if i + 1 < n and text[i + 1] == "\n":
                         line += 1
@@ -143,6 +134,12 @@ def _words(text, report):
                 else:
                     buf.append(c)
                     i += 1
+            if broken:
+                report.error(line, "unterminated %s quote" % broken, "close the quote on this value")
+                del words[:]
+                j = text.find("\n", i)
+                i = n if j < 0 else j
+                continue
             words.append(("".join(buf), start))
     flush()
     return cmds
@@ -291,9 +288,7 @@ def _conv_path(value):
 
 def _conv_user(value):
     _printable(value)
-    if value.startswith("-") or "@" in value or any(c.isspace() for c in value):
-        raise _Bad("%r is not a user name" % value, "give the login name alone, without @ or spaces")
-    return value
+    return values.user(value)
 
 
 def _conv_bool(value):
@@ -305,29 +300,10 @@ def _conv_bool(value):
     raise _Bad("%r is not a boolean" % value, "write '1' or '0' (also yes/no, on/off, true/false)")
 
 
-def _conv_port(value):
-    if not _INT.match(value) or len(value) > 5 or not 0 < int(value) < 65536:
-        raise _Bad("%r is not a port" % value, "give a number from 1 to 65535")
-    return int(value)
-
-
-def _int_min(low):
-    def conv(value):
-        if not _INT.match(value) or len(value) > 10 or not low <= int(value) <= 10 ** 9:
-            raise _Bad("%r is not a whole number >= %d" % (value, low), "give a number such as %d" % max(low, 1))
-        return int(value)
-    return conv
-
-
-def _float_min(low, strict):
-    def conv(value):
-        ok = _FLOAT.match(value) and len(value) < 40
-        number = float(value) if ok else -1.0
-        if not ok or number < low or (strict and number <= low) or number > 10 ** 9:
-            raise _Bad("%r is not a number of seconds %s %g" % (value, ">" if strict else ">=", low),
-                       "give e.g. '30' or '2.5'")
-        return number
-    return conv
+# The shared validators (agent.values): flags, config files and ssh_config accept the same values.
+_conv_port = values.port
+_int_min = values.whole
+_float_min = values.seconds
 
 
 def _enum(*choices):
@@ -340,15 +316,7 @@ def _enum(*choices):
     return conv
 
 
-def _conv_host(value, wildcard=False):
-    v = value
-    if v.startswith("[") and v.endswith("]"):
-        v = v[1:-1]
-    allowed = _HOSTCHARS | {"*"} if wildcard else _HOSTCHARS
-    if not v or v.startswith("-") or any(c not in allowed for c in v):
-        raise _Bad("%r is not a host name or address" % value,
-                   "give a name or IP address (ASCII letters, digits, . - _ :)")
-    return v
+_conv_host = values.host
 
 
 def _split_hostport(value):
@@ -403,7 +371,10 @@ def _conv_option(value):
     m = re.match(r"([A-Za-z][A-Za-z0-9]*)\s*(?:=|\s)\s*(\S.*)\Z", value)
     if not m:
         raise _Bad("%r is not an ssh option" % value, "write Key=Value, e.g. 'Compression=yes'")
-    return m.group(1), m.group(2)
+    problem = values.check_ssh_option(m.group(1), m.group(2), in_config=True)
+    if problem:
+        raise _Bad(problem.split(";")[0], "remove it; allowed options are listed in docs/security.md")
+    return values.canonical_ssh_option(m.group(1)), m.group(2)
 
 
 # --------------------------------------------------------------------------- sshkeep dialect
@@ -419,14 +390,14 @@ _TUNNEL_OPTS = {
     "keepalive": ("keepalive", _int_min(0)),
     "connect_timeout": ("connect_timeout", _int_min(1)),
     "interval": ("interval", _float_min(0, True)),
-    "max_backoff": ("max_backoff", _float_min(0, True)),
+    "max_backoff": ("max_backoff", _float_min(1)),
     "client": ("client", _enum("auto", "openssh", "dropbear")),
     "ssh": ("ssh_path", _conv_path),
     "remote_check_every": ("remote_check_every", _int_min(0)),
     "fail_threshold": ("fail_threshold", _int_min(1)),
     "failover_after": ("failover_after", _int_min(1)),
     "reclaim": ("reclaim", _conv_bool),
-    "loop_port": ("loop_port", _int_min(0)),
+    "loop_port": ("loop_port", values.port_or_off),
     "spread": ("spread", _float_min(0, False)),
 }
 _GLOBAL_OPTS = {"pidfile": _conv_path, "state": _conv_path, "syslog": _conv_bool}
@@ -893,6 +864,14 @@ def _executable(path):
         return False
 
 
+def _is_public(path):
+    try:
+        with open(path, "rb") as fh:
+            return values.is_public_key(fh.read(64))
+    except OSError:
+        return False  # unreadable: the client says so at start, with the uid
+
+
 def _check_files(servers, report):
     for s, host, f, fwds in servers:
         lines = f.get("__lines__", {})
@@ -913,6 +892,9 @@ def _check_files(servers, report):
             if not stat.S_ISREG(st.st_mode):
                 report.error(line, "server '%s': key file %s is not a regular file" % (s.name, key),
                              "point identity at the private key file")
+            elif _is_public(key):
+                report.error(line, "server '%s': key file %s is a public key" % (s.name, key),
+                             "give the private key" + (" (%s)" % key[:-4] if key.endswith(".pub") else ""))
             elif st.st_mode & 0o077:
                 report.error(line, "server '%s': key file %s is readable by group or others (mode %04o)"
                              % (s.name, key, stat.S_IMODE(st.st_mode)), "chmod 600 %s" % key)

@@ -1,10 +1,12 @@
 """Domain errors and the one exit-code table (sysexits style).
 
 Library code raises; only agent.cli turns an error into a message and an exit
-status. Keep README's exit-code table in sync with this file.
+status. README.md's exit-code table lists exactly these codes (tests/test_docs.py).
 """
 
 EX_OK = 0
+EX_STATUS_NOT_RUNNING = 3  # status: the state names an agent that is not running (LSB status 3)
+EX_STATUS_HUNG = 4   # status: the agent is alive but has not updated its state for ~3 intervals (LSB 4)
 EX_NOT_RUNNING = 7   # reload/reconnect: no agent holds the pidfile (LSB "not running")
 EX_USAGE = 64        # bad command line
 EX_DATAERR = 65      # bad forward spec / value given on the command line
@@ -19,6 +21,8 @@ EX_CONFIG = 78       # configuration file invalid
 
 EXIT_CODES = {
     EX_OK: "ok (also: stopped by TERM/INT)",
+    EX_STATUS_NOT_RUNNING: "status: the agent the state file names is not running",
+    EX_STATUS_HUNG: "status: the agent is alive but not updating its state",
     EX_NOT_RUNNING: "reload/reconnect: no agent holds the pidfile",
     EX_USAGE: "command line usage error",
     EX_DATAERR: "bad value on the command line (forward spec, port)",

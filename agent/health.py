@@ -14,8 +14,10 @@ Keepalives only prove the SSH connection answers; these prove the forwards do.
   connect would call it healthy until keepalive gives up.
 """
 
+import time
+
 from agent import clients, probe, remote
-from agent.supervisor import owner_tag
+from agent.model import hostport
 
 TARGET_DOWN = "target-down"
 LOCAL_TIMEOUT = 2.0
@@ -139,8 +141,8 @@ class Checks:
         learned = prefix.decode("ascii") if prefix else None
         r.greetings[f.port] = learned
         if learned:
-            self.log.info(r.name, "R:%d: target %s:%d greets with %r: the remote check expects it"
-                          % (f.port, f.host, f.hostport, learned))
+            self.log.info(r.name, "%s: target %s greets with %r: the remote check expects it"
+                          % ("R:%d" % f.port, hostport(f.host, f.hostport), learned))
         return learned
 
     def _judge(self, sup, r, f, verdict, job):
@@ -172,11 +174,13 @@ class Checks:
         """Report target-down (restarting ssh cannot help) if the direct probe found nothing."""
         if direct.verdict not in (probe.REFUSED, probe.TIMEOUT, probe.ERROR):
             return False
-        sup.report_check(r, name, TARGET_DOWN, None, "box-side target %s:%d %s" % (f.host, f.hostport, direct.verdict))
+        sup.report_check(r, name, TARGET_DOWN, None, "box-side target %s %s" % (hostport(f.host, f.hostport), direct.verdict))
         return True
 
     # -- reclaim ----------------------------------------------------------------
     def reclaim(self, sup, r):
+        """Ask the hub who holds the failed -R port; end it only if it is exactly this box's own
+        last session (pid and start time from its ready line, on the same server)."""
         ports = [f.port for f in r.t.forwards if f.kind == "R"]
         out = r.m.last_outcome
         failed = remote.failed_listen_port(out.detail if out else "") or (ports[0] if ports else None)
@@ -184,22 +188,53 @@ class Checks:
             sup.report_reclaimed(r, False)
             return
         host, port = r.address
-        command = remote.reclaim_command(failed, owner=owner_tag(r.name))
+        own = r.session if r.session and r.session["server"] == r.server_label() else None
+        command = remote.reclaim_command(failed, owner=own["box"] if own else sup.box,
+                                         pid=own and own["pid"], start=own and own["start"])
         argv = clients.build_exec_argv(r.info, r.t, command, host=host, port=port)
 
         def done(job):
+            text = "\n".join(job.out)
             verdict, pid = remote.interpret_reclaim(job.returncode if job.returncode is not None else -1,
-                                                    "\n".join(job.out), "\n".join(job.err), job.timed_out)
-            freed = verdict == remote.RECLAIMED
-            if freed:
-                self.log.warning(r.name, "reclaimed stale listener on port %d: ended server pid %s" % (failed, pid))
+                                                    text, "\n".join(job.err), job.timed_out)
+            if verdict == remote.RECLAIMED:
+                self.log.warning(r.name, "reclaimed stale listener on port %d: ended this box's own last "
+                                         "session (server pid %s)" % (failed, pid))
+                r.session = None
+                sup.report_reclaimed(r, True)
+                return
+            if verdict == remote.HELD:
+                held = held_message(failed, remote.reclaim_holders(text), sup.box)
+                if held != r.held:  # once per holder, not at every retry
+                    self.log.warning(r.name, held + "; not ending it")
+                sup.report_reclaimed(r, False, held=held)
+                return
+            if verdict == remote.NOTHING:
+                why = ("no session on the hub is registered for port %d: the old session is going away, or "
+                       "the listener is another user's or a tunnel run with -N (not ended)" % failed)
             else:
-                why = (job.err[-1] if job.err else "") or ("exit %s" % job.returncode)
-                self.log.warning(r.name, "could not reclaim port %d on the server (%s: %s); waiting for the server "
-                                         "to drop the old session (set ClientAliveInterval there)"
-                                 % (failed, verdict, "timed out" if job.timed_out else why))
-            sup.report_reclaimed(r, freed, verdict == remote.NOTHING)
+                why = "could not reclaim port %d on the server (%s: %s)" % (
+                    failed, verdict, "timed out" if job.timed_out else
+                    (job.err[-1] if job.err else "") or "exit %s" % job.returncode)
+            self.log.warning(r.name, why + "; waiting for the server to drop the old session (set "
+                                           "ClientAliveInterval there)")
+            sup.report_reclaimed(r, False, verdict == remote.NOTHING)
 
         job = sup.start_job(r, argv, max(REMOTE_TIMEOUT_MIN, r.t.connect_timeout + 5.0), done)
         if job is not None:
             job.kind = "reclaim"
+
+
+def held_message(port, holders, box):
+    """'port 20022 on the hub is held by box ID, hostname H, since T' for the log and status."""
+    if not holders:
+        return "port %d on the hub is held by another live session" % port
+    h = holders[0]
+    since = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(h["since"])) if h["since"] else "an unknown time"
+    if h["box"] == box:
+        return ("port %d on the hub is held by an earlier session of this box (server pid %d, tunnel %s, since %s) "
+                "that this agent has no record of (state lost, e.g. at a reboot): it is never ended without "
+                "proof; the hub drops it once its ClientAliveInterval notices" % (port, h["pid"], h["tunnel"], since))
+    return "port %d on the hub is held by box %s, hostname %s, tunnel %s, since %s (server pid %d)%s" % (
+        port, h["box"], h["host"], h["tunnel"], since, h["pid"],
+        "" if len(holders) == 1 else " and %d more session(s)" % (len(holders) - 1))

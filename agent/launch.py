@@ -20,7 +20,8 @@ from agent import serve
 # still works, from source (at a cost in memory: tests/test_memory.py pins the set).
 LOADER = "import marshal,sys;f=open(int(sys.argv[3]),'rb');exec(marshal.loads(f.read(int(f.read(8)))))"
 RUNTIME = ("__init__", "errors", "record", "log", "classify", "machine", "model", "procs", "child", "clients", "probe",
-           "remote", "spread", "state", "pidfile", "supervisor", "health", "serve")
+           "remote", "spread", "state", "pidfile", "identity", "values", "lifecycle", "supervisor", "health",
+           "serve")
 
 
 def interpreter():
@@ -41,6 +42,12 @@ def interpreter():
     from agent.lifecycle import self_command
     cmd = self_command()
     return cmd[:1], cmd[1:]
+
+
+def _asked(args):
+    """The ssh options given with -o on this command line (a dbclient that lacks one refuses them)."""
+    from agent import cli
+    return sorted({k for k, _ in cli._ssh_options(getattr(args, "ssh_options", None) or []).get("extra_options", ())})
 
 
 def _cwd():
@@ -80,7 +87,8 @@ def _code(daemon):
 def run(settings, args, argv):
     """`sshkeep run`: exec the runtime; returns only if it could not (then runs here)."""
     opts = {"debug": bool(args.debug), "daemon": bool(args.daemon), "no_checks": bool(args.no_checks),
-            "reload": bool(args.config), "previous": serve.previous(settings.state), "cwd": _cwd()}
+            "reload": bool(args.config), "previous": serve.previous(settings.state), "cwd": _cwd(),
+            "asked_options": _asked(args)}
     interp, script = interpreter()
     if os.environ.get("SSHKEEP_NO_EXEC") != "1":
         boot, index, block, where = _code(opts["daemon"])

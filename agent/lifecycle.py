@@ -102,14 +102,26 @@ def cmd_reconnect(pidfile: str, out=None) -> int:
 
 
 def read_state(state_path: Optional[str]) -> dict:
-    """The run state JSON as a dict, {} if missing or unreadable (never raises)."""
+    """The run state JSON as a dict, {} if missing, unreadable, a symlink or not written by
+    our own uid (its `children` are processes we would end: never take them from another user)."""
     if not state_path:
         return {}
     try:
-        with open(state_path, "rb") as f:
+        fd = os.open(state_path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+    except OSError:
+        return {}
+    try:
+        from agent.state import owned_by_us
+        if not owned_by_us(fd):
+            return {}
+        with os.fdopen(fd, "rb") as f:
+            fd = None
             data = json.loads(f.read(1 << 20).decode("utf-8"))
     except (OSError, ValueError):
         return {}
+    finally:
+        if fd is not None:
+            os.close(fd)
     return data if isinstance(data, dict) else {}
 
 
@@ -218,7 +230,8 @@ def _check_lock(pidfile, wait):
 
 def cmd_check(pidfile: str, state_path: Optional[str], run_argv: List[str], stale_after: float,
               entry_argv: Optional[List[str]] = None, start_timeout: float = START_TIMEOUT,
-              stop_timeout: float = 4.5, out=None, err=None) -> int:
+              stop_timeout: float = 4.5, out=None, err=None, digest: Optional[str] = None,
+              config: Optional[str] = None) -> int:
     """Cron mode. Quiet exit 0 if a live agent holds the pidfile and its state is fresh;
     a held pidfile whose state is older than `stale_after` s is a hung agent: stop it
     (TERM, KILL) and start a new one; no agent: start one detached and wait for it to
@@ -226,6 +239,9 @@ def cmd_check(pidfile: str, state_path: Optional[str], run_argv: List[str], stal
 
     `run_argv`: the `run` arguments (e.g. ["run", "-c", CONF, "--pidfile", P]);
     `--daemon` is appended. `entry_argv`: how to run sshkeep (default self_command()).
+    `digest`: state.digest() of the settings this check resolved. A live agent whose state
+    records another one runs with other flags or an older file: with the same config file
+    it is reloaded (SIGHUP, confirmed by its next state), otherwise restarted.
     """
     err = err if err is not None else sys.stderr
     lock = _check_lock(pidfile, CHECK_LOCK_WAIT)
@@ -233,14 +249,36 @@ def cmd_check(pidfile: str, state_path: Optional[str], run_argv: List[str], stal
         pid = agent_pid(pidfile)
         if pid is not None:
             age = state_age(pidfile, state_path)
-            if age <= stale_after:
-                return EX_OK
-            _say(err, "sshkeep: agent pid %d is hung (no state update for %.0fs > %gs): restarting"
-                 % (pid, age, stale_after))
+            if age > stale_after:
+                _say(err, "sshkeep: agent pid %d is hung (no state update for %.0fs > %gs): restarting"
+                     % (pid, age, stale_after))
+            else:
+                doc = read_state(state_path)
+                theirs = doc.get("settings") if doc.get("pid") == pid else None  # None: not written yet
+                if digest is None or theirs is None or theirs == digest:
+                    return EX_OK
+                if config and doc.get("config") == config and _reloaded(pid, state_path, digest, start_timeout):
+                    _say(out, "sshkeep: agent pid %d ran with other settings: reloaded %s (SIGHUP)" % (pid, config))
+                    return EX_OK
+                _say(out, "sshkeep: agent pid %d runs with other settings than this check's: restarting it" % pid)
             _stop_agent(pid, stop_timeout, state_path)
         return _start(pidfile, run_argv, entry_argv, start_timeout, out)
     finally:
         os.close(lock)
+
+
+def _reloaded(pid, state_path, digest, timeout):
+    """SIGHUP the agent; True once its state records `digest` (within `timeout` s)."""
+    try:
+        os.kill(pid, signal.SIGHUP)
+    except OSError:
+        return False
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if read_state(state_path).get("settings") == digest:
+            return True
+        time.sleep(0.1)
+    return False
 
 
 def _start(pidfile, run_argv, entry_argv, start_timeout, out):
@@ -258,7 +296,8 @@ def _start(pidfile, run_argv, entry_argv, start_timeout, out):
     text = (proc.stdout + proc.stderr).decode("utf-8", "replace").strip()
     if proc.returncode == EX_OK:
         pid = pidfile_mod.read_pid(pidfile)
-        _say(out, "sshkeep: started agent" + (" pid %d" % pid if pid else ""))
+        note = text.partition("; ")[2]  # e.g. "no syslog (/dev/log: ...): logging to FILE"
+        _say(out, "sshkeep: started agent" + (" pid %d" % pid if pid else "") + ("; " + note if note else ""))
         return EX_OK
     if proc.returncode == AlreadyRunning.code:
         return EX_OK  # another agent (procd, a manual start) took the pidfile meanwhile: fine

@@ -77,13 +77,21 @@ class Backoff:
         self.offset = float(offset)
         self.rng = rng or Jitter()
         self.attempt = 0
+        # The exponent stops growing once base * factor**e passes the cap: factor**(n-1) itself
+        # raises OverflowError at n = 1025 (2.0), about 16 h into an outage at a 60 s cap.
+        self._top = 0
+        try:
+            while self.factor > 1 and self.base * self.factor ** self._top < self.cap and self._top < 1000:
+                self._top += 1
+        except OverflowError:  # an infinite cap: factor**_top is then the largest finite step
+            self._top -= 1
 
     def next(self) -> float:
         n = self.attempt
         self.attempt += 1
         if n == 0:
             return 0.0
-        raw = min(self.cap, self.base * (self.factor ** (n - 1)))
+        raw = min(self.cap, self.base * (self.factor ** min(n - 1, self._top)))
         spread = raw * self.jitter * (2 * self.rng.random() - 1)
         return max(0.0, min(self.cap, raw + spread) + self.offset)
 
@@ -208,8 +216,10 @@ class Machine:
         if self.state == STOPPING or outcome.reason == C.STOPPED:
             self._go(STOPPED, now)
             return []
-        self.last_outcome = outcome
-        self.last_error = outcome.reason + (": " + outcome.detail if outcome.detail else "")
+        if outcome.reason != C.RECONNECT:
+            # A reconnect someone asked for (SIGUSR1, failback) is no error: keep the last real one.
+            self.last_outcome = outcome
+            self.last_error = outcome.reason + (": " + outcome.detail if outcome.detail else "")
         self.up_since = None
         self._wait_for_server = False
         if outcome.action == C.FATAL:
@@ -235,14 +245,20 @@ class Machine:
         self._go(BACKOFF, now, now + delay)
         return []
 
-    def on_reclaimed(self, now: float, freed: bool, soon: bool = False) -> List:
+    def on_reclaimed(self, now: float, freed: bool, soon: bool = False, held: str = "") -> List:
         """Result of a reclaim attempt: retry at once if the port was freed; in a
-        moment if `soon` (nothing to reclaim: the old session is already going away)."""
+        moment if `soon` (nothing to reclaim: the old session is already going away);
+        after the longest delay if `held` (another box's live session holds the port:
+        never fight it; `held` says who, for status)."""
         if self.state != BACKOFF:
             return []
         if freed:
             self.last_heal = "reclaimed stale listener"
             return self._spawn(now)
+        if held:
+            self.last_error = C.PORT_HELD + ": " + held
+            self._go(BACKOFF, now, now + self.backoff.longest())
+            return []
         delay = 0.4 if soon else max(self.backoff.next(), 1.0)
         self._go(BACKOFF, now, now + delay)
         return []

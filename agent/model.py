@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 
+from agent import values
 from agent.errors import ConfigError, EX_DATAERR
 from agent.record import field, record
 
@@ -80,18 +81,16 @@ class Settings:
     syslog: bool = False
     config_path: Optional[str] = None
     argv: Tuple[str, ...] = ()
+    box_id_file: str = ""           # agent.identity: "" = the default beside the host-key pins
     # Non-fatal findings of the config parser (`FILE:LINE: what — fix`); not part of equality.
     warnings: Tuple[str, ...] = field(default=(), compare=False)
 
 
 def _port(text, what, source):
     try:
-        value = int(text, 10)
-    except (TypeError, ValueError):
-        value = -1
-    if not 0 < value < 65536:
+        return values.port(text)
+    except values.Bad:
         raise ConfigError("%s: %s %r is not a port (1-65535)" % (source, what, text), EX_DATAERR)
-    return value
 
 
 def _split(text):
@@ -149,8 +148,11 @@ def parse_forward(kind: str, text: str, source: str = "command line") -> Forward
         raise ConfigError("%s: expected [bind:]port:host:hostport" % where, EX_DATAERR)
     if not host:
         raise ConfigError("%s: target host is empty" % where, EX_DATAERR)
-    for name in (bind, host):
-        if name and not all(c.isalnum() or c in ".-_:*%" for c in name):
+    for name, wildcard in ((bind, True), (host, False)):
+        try:
+            if name:
+                values.host(name, wildcard=wildcard)
+        except values.Bad:  # str.isalnum() took 'ü' here, which the idna codec then needs
             raise ConfigError("%s: %r is not a host name or address" % (where, name), EX_DATAERR)
     return Forward(kind, bind, _port(port, "listen port", where), host, _port(hostport, "target port", where))
 
@@ -159,3 +161,15 @@ def parse_destination(text: str):
     """`[user@]host` -> (user, host)."""
     user, _, host = text.rpartition("@")
     return user, host
+
+
+def hostport(host: str, port: int) -> str:
+    """`host:port`, with an IPv6 address in brackets as ssh writes it: `[::1]:2299`."""
+    return ("[%s]:%d" if ":" in host else "%s:%d") % (host, port)
+
+
+def check_key(f: Forward) -> str:
+    """The name under which agent.health reports the check of forward `f`."""
+    if f.name in ("loop-r", "loop-l"):
+        return "loop"
+    return "%s:%d" % (f.kind, f.port)

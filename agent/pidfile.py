@@ -47,6 +47,7 @@ class PidFile:
     def __init__(self, path: str):
         self.path = path
         self.fd = None  # type: Optional[int]
+        self.write_error = ""  # why the pid could not be written (the lock is held all the same)
 
     def acquire(self) -> "PidFile":
         if self.fd is not None:
@@ -82,9 +83,13 @@ class PidFile:
         data = b"%d\n" % (pid if pid is not None else os.getpid())
         try:
             os.ftruncate(self.fd, 0)
-            os.pwrite(self.fd, data, 0)
+            if os.pwrite(self.fd, data, 0) != len(data):
+                raise OSError(errno.ENOSPC, "short write")
+            self.write_error = ""
         except OSError as exc:
-            raise SshkeepError("cannot write pidfile %s: %s" % (self.path, exc.strerror), EX_CANTCREAT)
+            # A full tmpfs (ENOSPC): the lock alone is what counts (`check` and `stop` find the
+            # holder in /proc/locks). Refusing to start here made cron restart us every 2 minutes.
+            self.write_error = "cannot write pid to %s: %s" % (self.path, exc.strerror or exc)
 
     def release(self) -> None:
         """Unlink (while still locked, so nobody locks a file about to vanish) and unlock."""

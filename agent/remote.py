@@ -21,11 +21,13 @@ dbclient's 1 for everything, the shell's 2/126/127 and signal deaths 128+N):
     84 CHECK_MISMATCH      bytes came that are not the banner: the port is held by a stranger
     85 CHECK_NO_INTERPRETER none of python3, python, perl, bash, busybox nc on the server
     86 CHECK_ERROR         the check itself failed (e.g. ::1 with IPv6 disabled)
-    90 RECLAIM_DONE        a stale session of ours held the port and was ended
-    91 RECLAIM_NOTHING     no live session of ours is registered for the port
-    92 RECLAIM_NOT_OURS    a registered pid is alive but may not be ended by us
+    90 RECLAIM_DONE        this box's own last session held the port and was ended
+    91 RECLAIM_NOTHING     no live session is registered for the port
+    92 RECLAIM_NOT_OURS    our own last session is alive but cannot be ended by us
                            (other uid, e.g. a dropbear server's root-owned session; not a
                            session process; kill refused; or still alive after KILL)
+    93 RECLAIM_HELD        a live session that is not exactly our own last one is
+                           registered for the port (another box's): left alone
 
 Assumptions about the server, numbered (each one-liner names the ones it needs):
  1. `sh` on PATH is a POSIX shell (tested: dash, bash, busybox ash) and the
@@ -55,6 +57,8 @@ Assumptions about the server, numbered (each one-liner names the ones it needs):
     only a root tunnel user can end it (else RECLAIM_NOT_OURS).
  8. The process start time (field 22 of /proc/PID/stat) is recorded with the
     pid, so a recycled pid is never mistaken for the session.
+ 9. `date +%s` prints the epoch (coreutils, busybox); without it the record's
+    `since` is "-". Only people read it: nothing is decided on the hub's clock.
 """
 
 from __future__ import annotations
@@ -66,6 +70,7 @@ import selectors
 import socket
 import time
 
+from agent import identity, values
 from agent.model import Forward
 from agent.probe import (
     BANNER_MISMATCH, CLOSED, ERROR, OK_DATA, REFUSED, TIMEOUT, ProbeResult, is_ip_literal,
@@ -97,6 +102,7 @@ CHECK_ERROR = 86
 RECLAIM_DONE = 90
 RECLAIM_NOTHING = 91
 RECLAIM_NOT_OURS = 92
+RECLAIM_HELD = 93
 
 # --- verdicts ----------------------------------------------------------------
 OK = "ok"
@@ -108,12 +114,14 @@ NO_COMMAND = "no-command"     # the server ran something else (forced command, n
 RECLAIMED = "reclaimed"
 NOTHING = "nothing"
 NOT_OURS = "not-ours"
+HELD = "held"                 # another live session (another box, or one this agent cannot prove its own)
 # REFUSED, CLOSED, ERROR: the same strings as agent.probe's
 CHECK_VERDICTS = {
     CHECK_OK: OK, CHECK_REFUSED: REFUSED, CHECK_CLOSED: CLOSED, CHECK_NO_ANSWER: NO_ANSWER,
     CHECK_MISMATCH: MISMATCH, CHECK_NO_INTERPRETER: NO_INTERPRETER, CHECK_ERROR: ERROR,
 }
-RECLAIM_VERDICTS = {RECLAIM_DONE: RECLAIMED, RECLAIM_NOTHING: NOTHING, RECLAIM_NOT_OURS: NOT_OURS}
+RECLAIM_VERDICTS = {RECLAIM_DONE: RECLAIMED, RECLAIM_NOTHING: NOTHING, RECLAIM_NOT_OURS: NOT_OURS,
+                    RECLAIM_HELD: HELD}
 
 CHECK_MARKER = "sshkeep-check"
 READY_MARKER = "sshkeep-ready"
@@ -220,36 +228,43 @@ echo "sshkeep-check $f $I $fa"
 exit $f
 """)
 
-# The tunnel's session command (assumptions 1, 2, 6, 7, 8): $1 state dir,
-# $2 owner token, $3... listen ports. Writes "OWNER STARTTIME" to
-# DIR/rport-PORT-PPID for each port, says READY, waits while stdin is open,
-# removes its own files (named by its own PPID, so never another session's),
-# also on HUP/TERM/PIPE. A session whose parent is already gone ($PPID 1: the
-# client left before the shell started, e.g. a forward that failed) exits
-# at once without recording anything.
+# The tunnel's session command (assumptions 1, 2, 6, 7, 8, 9): $1 state dir,
+# $2 box id, $3 hostname, $4 tunnel name (both for people), $5... listen ports.
+# Writes one record line (docs/hub-records.md) to DIR/rport-PORT-PPID for
+# each port, says READY with its pid and start time, waits while stdin is
+# open, removes its own files (named by its own PPID, so never another
+# session's), also on HUP/TERM/PIPE. A session whose parent is already gone
+# ($PPID 1: the client left before the shell started, e.g. a forward that
+# failed) exits at once without recording anything.
 _SESSION_SH = _oneline("""
-d=$1 o=$2
-shift 2
+d=$1 o=$2 h=$3 n=$4
+shift 4
 ps=$* q=$PPID st=0 w=ok
 [ "$q" -gt 1 ] || exit 0
 cl() { for p in $ps; do rm -f "$d/rport-$p-$q"; done; }
 trap "cl; exit 0" HUP INT TERM PIPE
 umask 077
 if read -r x </proc/$q/stat; then x=${x##*") "}; set -- $x; st=${20}; fi 2>/dev/null
+t=$(date +%s 2>/dev/null) || t=-
+case $t in ""|*[!0-9]*) t=-;; esac
+pl=
+for p in $ps; do pl=${pl:+$pl,}$p; done
 mkdir -p "$d" 2>/dev/null || w=nostate
-for p in $ps; do printf "%s %s\\n" "$o" "$st" >"$d/rport-$p-$q" 2>/dev/null || w=nostate; done
-echo "sshkeep-ready $q $w"
+for p in $ps; do printf "v1 box=%s host=%s tunnel=%s start=%s since=%s ports=%s\\n" "$o" "$h" "$n" "$st" "$t" "$pl" >"$d/rport-$p-$q" 2>/dev/null || w=nostate; done
+echo "sshkeep-ready $q $w $st"
 while read -r l; do :; done
 cl
 """)
 
-# The reclaim (assumptions 1, 2, 6, 7, 8): $1 state dir, $2 owner, $3 port.
-# For each registered session of this owner and port: forget it if gone or
-# its pid was recycled (a zombie counts as gone); refuse unless it is a
-# session process of our uid;
-# TERM, wait up to 2 s, KILL, wait up to 1 s.
+# The reclaim (assumptions 1, 2, 6, 7, 8): $1 state dir, $2 box id, $3 port,
+# $4 pid and $5 start time of the one session this box may end (its own last
+# session, from that session's ready line; "-" for none). Every registered
+# session for the port: forget it if gone or its pid was recycled (a zombie
+# counts as gone); if it is not exactly ours, report who holds the port
+# (`held PID BOX SINCE HOST TUNNEL`) and leave it alone; refuse unless it is
+# a session process of our uid; TERM, wait up to 2 s, KILL, wait up to 1 s.
 _RECLAIM_SH = _oneline("""
-d=$1 o=$2 p=$3 nd=0 nn=0 z=0.1 zn=20
+d=$1 o=$2 p=$3 wp=$4 ws=$5 nd=0 nn=0 nh=0 z=0.1 zn=20
 sleep 0.1 2>/dev/null || z=1 zn=2
 me=
 while read -r kk v; do [ "$kk" = Uid: ] && me=$v; done </proc/$$/status
@@ -259,15 +274,20 @@ for f in "$d"/rport-$p-*; do
 [ -f "$f" ] || continue
 q=${f##*-}
 case $q in ""|*[!0-9]*|1) continue;; esac
-fo= fs=
-read -r fo fs <"$f"
-[ "$fo" = "$o" ] || continue
+l=
+read -r l <"$f"
+fb=- fs=- fw=- fh=- ft=-
+set -f
+set -- $l
+set +f
+case $1 in v1) for w in "$@"; do case $w in box=*) fb=${w#box=};; start=*) fs=${w#start=};; since=*) fw=${w#since=};; host=*) fh=${w#host=};; tunnel=*) ft=${w#tunnel=};; esac; done;; *) fb=${1:--} fs=${2:--};; esac
 al $q || { rm -f "$f"; continue; }
 x=
 { read -r x </proc/$q/stat; } 2>/dev/null
 x=${x##*") "}
 set -- $x
 [ "${20}" = "$fs" ] || { rm -f "$f"; continue; }
+if [ "$fb" != "$o" ] || [ "$q" != "$wp" ] || [ "$fs" != "$ws" ]; then echo "sshkeep-reclaim held $q $fb $fw $fh $ft"; nh=$((nh+1)); continue; fi
 c=
 read -r c </proc/$q/cmdline 2>/dev/null
 u=
@@ -281,6 +301,7 @@ echo "sshkeep-reclaim ended $q"
 nd=$((nd+1))
 done
 [ $nd -gt 0 ] && { echo "sshkeep-reclaim 90"; exit 90; }
+[ $nh -gt 0 ] && { echo "sshkeep-reclaim 93"; exit 93; }
 [ $nn -gt 0 ] && { echo "sshkeep-reclaim 92"; exit 92; }
 echo "sshkeep-reclaim 91"
 exit 91
@@ -293,9 +314,9 @@ _PATH_OK = re.compile(r"\A[A-Za-z0-9._/+@-]{1,200}\Z")
 
 
 def _port(port) -> int:
-    if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
+    if not isinstance(port, int):  # a number here, never text: this goes into a shell line
         raise ValueError("not a port (1-65535): %r" % (port,))
-    return port
+    return values.port(port)  # values.Bad is a ValueError
 
 
 def check_addresses(bind: str) -> List[str]:
@@ -387,34 +408,48 @@ def check_budget(bind: str, timeout: float) -> float:
     return len(check_addresses(bind)) * (float(timeout) + 1.0) + 1.0
 
 
-def session_command(ports: Sequence[int], state_dir: str = DEFAULT_STATE_DIR, owner: str = "") -> str:
+def session_command(ports: Sequence[int], state_dir: str = DEFAULT_STATE_DIR, owner: str = "",
+                    host: str = "", tunnel: str = "") -> str:
     """The remote command a tunnel runs instead of -N, so a stale listener can be reclaimed.
 
     It records its parent (the session process holding the -R listeners) in
-    STATE_DIR/rport-PORT-PID with `OWNER STARTTIME`, prints
-    `sshkeep-ready PID ok|nostate` and waits until its stdin closes. The ssh
-    client's stdin must therefore be a pipe the agent keeps open (not
-    /dev/null, not -n): when the agent closes it the session ends cleanly.
-    `owner` identifies this box and tunnel (e.g. "router1.tunnelname"): a
-    reclaim only ends sessions with the same owner, so two boxes that share a
-    port by mistake do not end each other's sessions.
+    STATE_DIR/rport-PORT-PID (one `v1 box=... ` line, docs/hub-records.md),
+    prints `sshkeep-ready PID ok|nostate STARTTIME` and waits until its stdin
+    closes. The ssh client's stdin must therefore be a pipe the agent keeps
+    open (not /dev/null, not -n): when the agent closes it the session ends
+    cleanly. `owner` is the box identity (agent.identity); `host` and
+    `tunnel` are recorded for people, folded to ASCII words (any text works).
     """
     ports = [str(_port(p)) for p in ports]
     if not ports:
         raise ValueError("no ports")
-    return " ".join(["exec sh -c", quote(_SESSION_SH), "sshkeep-session",
-                     _dir_word(state_dir), quote(_owner(owner))] + ports)
+    return " ".join(["exec sh -c", quote(_SESSION_SH), "sshkeep-session", _dir_word(state_dir)]
+                    + [quote(w) for w in (_owner(owner), identity.word(host or "-"),
+                                                 identity.word(tunnel or "-"))] + ports)
 
 
-def reclaim_command(port: int, state_dir: str = DEFAULT_STATE_DIR, owner: str = "") -> str:
-    """The ssh-exec command that ends a stale session of ours holding `port` on the server.
+def reclaim_command(port: int, state_dir: str = DEFAULT_STATE_DIR, owner: str = "",
+                    pid: Optional[int] = None, start: Optional[str] = None) -> str:
+    """The ssh-exec command that ends this box's own stale session holding `port` on the server.
 
-    Prints one `sshkeep-reclaim ended PID` per session it ended and a last line
-    `sshkeep-reclaim CODE`; exits RECLAIM_DONE / RECLAIM_NOTHING /
-    RECLAIM_NOT_OURS. Takes at most about 3 s on the server.
+    Only the session `pid` with `start` (as its ready line announced) and
+    recorded under `owner` may be ended; without them nothing is. Prints one
+    `sshkeep-reclaim ended PID` per session it ended, `sshkeep-reclaim held
+    PID BOX SINCE HOST TUNNEL` for each other live session registered for the
+    port, and a last line `sshkeep-reclaim CODE`; exits RECLAIM_DONE /
+    RECLAIM_HELD / RECLAIM_NOT_OURS / RECLAIM_NOTHING. At most about 3 s.
     """
+    want_pid = "-" if pid is None else str(_int(pid, "pid"))
+    want_start = "-" if start is None else str(_int(start, "start time"))
     return " ".join(["exec sh -c", quote(_RECLAIM_SH), "sshkeep-reclaim",
-                     _dir_word(state_dir), quote(_owner(owner)), str(_port(port))])
+                     _dir_word(state_dir), quote(_owner(owner)), str(_port(port)), want_pid, want_start])
+
+
+def _int(value, what) -> int:
+    text = str(value)
+    if not text.isdigit() or not text.isascii() or len(text) > 20:
+        raise ValueError("%s must be a non-negative integer: %r" % (what, value))
+    return int(text)
 
 
 # --- interpreters -------------------------------------------------------------
@@ -481,11 +516,25 @@ def interpret_reclaim(returncode: Optional[int], stdout: str, stderr: str, timed
     return _no_marker_verdict(returncode, stderr, timed_out, client_kind), None
 
 
-def parse_ready(line: str) -> Optional[Tuple[int, bool]]:
-    """`sshkeep-ready PID ok|nostate` -> (pid, state recorded?); None for any other line."""
+def reclaim_holders(stdout: str) -> List[dict]:
+    """The `held` lines of a reclaim: [{pid, box, since (hub epoch or None), host, tunnel}]."""
+    out = []
+    for line in stdout.splitlines():
+        parts = line.split()
+        if len(parts) == 7 and parts[0] == RECLAIM_MARKER and parts[1] == "held" and parts[2].isdigit():
+            out.append({"pid": int(parts[2]), "box": parts[3],
+                        "since": int(parts[4]) if parts[4].isdigit() else None,
+                        "host": parts[5], "tunnel": parts[6]})
+    return out
+
+
+def parse_ready(line: str) -> Optional[Tuple[int, bool, Optional[str]]]:
+    """`sshkeep-ready PID ok|nostate [STARTTIME]` -> (pid, state recorded?, start time or None);
+    None for any other line."""
     parts = line.split()
     if len(parts) >= 2 and parts[0] == READY_MARKER and parts[1].isdigit():
-        return int(parts[1]), (len(parts) < 3 or parts[2] == "ok")
+        start = parts[3] if len(parts) > 3 and parts[3].isdigit() and parts[3] != "0" else None
+        return int(parts[1]), (len(parts) < 3 or parts[2] == "ok"), start
     return None
 
 

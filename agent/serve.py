@@ -66,13 +66,15 @@ def main(payload):
 
 
 def serve(settings, opts, reload_fn):
-    from agent.log import Log
+    from agent.log import Log, log_path_for
     from agent.supervisor import Supervisor
-    log = Log(use_syslog=settings.syslog or opts["daemon"], debug=opts["debug"])
     notifier = None
     if opts["daemon"]:
         from agent import daemon
         notifier = daemon.daemonize()
+    # After the detach: a daemon's stderr is /dev/null, so without syslog the lines go to a file.
+    log = Log(use_syslog=settings.syslog or opts["daemon"], debug=opts["debug"],
+              logfile=log_path_for(settings.state))
     pid = None
     try:
         from agent.pidfile import PidFile
@@ -82,6 +84,8 @@ def serve(settings, opts, reload_fn):
         if notifier:
             notifier.fail(str(exc), exc.code)
         raise
+    if pid.write_error:
+        log.error("", pid.write_error + "; running with the lock alone (full tmpfs?)")
     for w in settings.warnings:  # e.g. a tunnelW section skipped: say so where procd logs it
         log.warning("", "config: " + w)
     try:
@@ -93,18 +97,38 @@ def serve(settings, opts, reload_fn):
         sup = Supervisor(settings, log, reload_settings=reload_fn, checks=checks)
         try:
             sup.prepare()
+            _check_dropbear_options(sup.runners, set(opts["asked_options"]), log)
         except E.SshkeepError as exc:
             if notifier:
                 notifier.fail(str(exc), exc.code)
             raise
         if notifier:
-            notifier.ok()
-        log.info("", "sshkeep %s started (pid %d), %d tunnel(s), state %s" % (
-            __version__, os.getpid(), len(settings.tunnels), settings.state))
+            notifier.ok("started (pid %d)%s" % (os.getpid(), "; " + log.note if log.note else ""))
+        names = [f.label() for t in settings.tunnels for f in t.forwards]
+        log.info("", "sshkeep %s started (pid %d), %d tunnel(s) (%s) over %d ssh connection(s), state %s" % (
+            __version__, os.getpid(), len(names), ", ".join(names), len(settings.tunnels), settings.state))
         return sup.run()
     finally:
         if pid is not None:
             pid.release()
+
+
+def _check_dropbear_options(runners, asked, log):
+    """dbclient takes few ssh options: refuse a -o it cannot take (the user asked for it on this
+    command line: `asked`), warn about one from a file (it worked with OpenSSH: do not stop the tunnel)."""
+    from agent import clients
+    for r in runners:
+        if r.info.kind != clients.DROPBEAR:
+            continue
+        missing = clients.dropbear_options(r.info, r.t.extra_options)[1]
+        refused = [k for k in missing if k in asked]
+        if refused:
+            raise E.SshkeepError("-o %s: %s (dropbear %s) has no such option; drop it, or use OpenSSH "
+                                 "(--client openssh)" % (", ".join(refused), r.info.path, r.info.version),
+                                 E.EX_UNAVAILABLE)
+        if missing:
+            log.warning(r.name, "ssh option(s) %s not passed: dbclient %s has no such option"
+                        % (", ".join(missing), r.info.version))
 
 
 def previous(state_path):

@@ -14,6 +14,7 @@ import difflib
 import os
 import re
 
+from agent import values
 from agent.errors import ConfigError, EX_NOINPUT, EX_NOPERM
 from agent.model import Tunnel, expand_tilde, parse_forward
 
@@ -197,14 +198,13 @@ def load_host(path, alias):
     return _result(path, alias, got, lines, options, warnings)
 
 
-def _int(got, lines, key, path, low, high):
+def _int(got, lines, key, path, low):
     if key not in got:
         return None
-    value = got[key][0]
-    if not re.match(r"[0-9]{1,9}\Z", value) or not low <= int(value) <= high:
-        raise _err(path, lines[key], "%s %r is not a number from %d to %d" % (key, value, low, high),
-                   "fix the value")
-    return int(value)
+    try:
+        return values.whole(low)(got[key][0])
+    except values.Bad as exc:
+        raise _err(path, lines[key], "%s: %s" % (key, exc.what), exc.fix)
 
 
 def _result(path, alias, got, lines, options, warnings):
@@ -215,15 +215,26 @@ def _result(path, alias, got, lines, options, warnings):
         out["HostName"] = _expand(got["HostName"][0], {"h": alias, "%": "%"}, path, lines["HostName"], "HostName")
     if "User" in got:
         out["User"] = got["User"][0]
-    out["Port"] = _int(got, lines, "Port", path, 1, 65535) or 22
-    out["ServerAliveInterval"] = _int(got, lines, "ServerAliveInterval", path, 0, 10 ** 6)
-    out["ConnectTimeout"] = _int(got, lines, "ConnectTimeout", path, 1, 10 ** 6)
+    for key, conv in (("HostName", values.host), ("User", values.user), ("Port", values.port)):
+        if key in got or key == "HostName":
+            try:
+                out[key] = conv(got[key][0] if key == "Port" else out[key])
+            except values.Bad as exc:
+                if key not in lines:  # no HostName: ssh connects to the alias itself
+                    msg = "%s: Host %s has no HostName, and %s — add HostName" % (path, alias, exc.what)
+                    raise ConfigError(msg, errors=[msg])
+                raise _err(path, lines[key], "%s: %s" % (key, exc.what), exc.fix)
+    out["ServerAliveInterval"] = _int(got, lines, "ServerAliveInterval", path, 0)
+    out["ConnectTimeout"] = _int(got, lines, "ConnectTimeout", path, 1)
     if "StrictHostKeyChecking" in got:
         value = got["StrictHostKeyChecking"][0].lower()
         if value not in ("yes", "no", "ask", "accept-new", "off"):
             raise _err(path, lines["StrictHostKeyChecking"], "StrictHostKeyChecking %r is not valid" % value,
                        "write yes, accept-new or no")
         out["StrictHostKeyChecking"] = value
+        if value in ("no", "off"):
+            warnings.append("%s:%d: StrictHostKeyChecking %s is treated as accept-new (a changed host key is "
+                            "still refused)" % (path, lines["StrictHostKeyChecking"], value))
     try:
         import pwd
         local_user = pwd.getpwuid(os.getuid()).pw_name
@@ -259,12 +270,14 @@ def _result(path, alias, got, lines, options, warnings):
     return out
 
 
-def tunnel_from_host(path, alias, name=None, warnings=None, **defaults):
+def tunnel_from_host(path, alias, name=None, warnings=None, overrides=None, **defaults):
     """A Tunnel for `ssh ALIAS` as configured in ssh_config FILE.
 
     `defaults` are Tunnel fields (interval, client, ssh_path, forwards, ...) used where the Host
-    block says nothing; forwards given there are added after the block's own. The result has no
-    forwards when neither gives any: the caller decides (the CLI adds -R/-L/-D or refuses).
+    block says nothing; forwards given there are added after the block's own. `overrides` are
+    Tunnel fields given on the command line (port, user, identity, ...): they win over the block,
+    as `ssh -p 2222 ALIAS` does. The result has no forwards when neither gives any: the caller
+    decides (the CLI adds -R/-L/-D or refuses).
     `warnings`, a list, gets the file's warnings (skipped Match blocks, ignored keywords).
     """
     d = load_host(path, alias)
@@ -291,6 +304,12 @@ def tunnel_from_host(path, alias, name=None, warnings=None, **defaults):
     for key, kind in (("RemoteForward", "R"), ("LocalForward", "L"), ("DynamicForward", "D")):
         fwds += [parse_forward(kind, spec, source=path) for spec in d[key]]
     fields["forwards"] = tuple(fwds) + extra_fwds  # may be empty: the caller adds -R/-L/-D or refuses
+    overrides = dict(overrides or {})
+    if "extra_options" in overrides:  # -o options first: ssh takes the first value of each
+        first = tuple(overrides.pop("extra_options"))
+        named = {k.lower() for k, _ in first}
+        fields["extra_options"] = first + tuple(o for o in fields.get("extra_options", ()) if o[0].lower() not in named)
+    fields.update(overrides)
     try:
         return Tunnel(**fields)
     except TypeError as exc:

@@ -5,21 +5,61 @@ cron mode can tell a hung agent from a live one. Never on flash by default.
 """
 
 import os
+import stat
 import time
 
 from agent.errors import StateError, SshkeepError, EX_NOINPUT
 
 
-def default_state_path() -> str:
+def default_dir() -> str:
+    """Where the default state and pidfile go: /var/run for root, else a private directory.
+
+    Not /tmp itself: another local user could plant a state file there (whose `children`
+    the agent would kill) or a symlink the agent would follow.
+    """
     if os.geteuid() == 0 or os.access("/var/run", os.W_OK):
-        return "/var/run/sshkeep.json"
-    return "/tmp/sshkeep-%d.json" % os.getuid()
+        return "/var/run"
+    base = os.environ.get("XDG_RUNTIME_DIR") or "/tmp"
+    return private_dir(os.path.join(base, "sshkeep-%d" % os.geteuid()))
+
+
+def default_state_path() -> str:
+    return os.path.join(default_dir(), "sshkeep.json")
+
+
+def private_dir(path: str) -> str:
+    """Create `path` 0700, or accept it only as a real directory of ours that nobody else can write."""
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        pass
+    except OSError as exc:
+        raise StateError("cannot create directory %s: %s" % (path, exc.strerror or exc))
+    st = os.lstat(path)
+    if not stat.S_ISDIR(st.st_mode):
+        raise StateError("%s is not a directory (a symbolic link?): refusing it; remove it, or give "
+                         "--state and --pidfile elsewhere" % path)
+    if st.st_uid != os.geteuid():
+        raise StateError("directory %s belongs to uid %d, not to us (uid %d): refusing it; remove it, or "
+                         "give --state and --pidfile elsewhere" % (path, st.st_uid, os.geteuid()))
+    if st.st_mode & 0o077:
+        os.chmod(path, 0o700)  # ours and a real directory (lstat above)
+    return path
+
+
+def owned_by_us(fd: int) -> bool:
+    """A state file is acted on (children ended) only if our own uid wrote it."""
+    return os.fstat(fd).st_uid == os.geteuid()
 
 
 def write(path: str, doc: dict) -> None:
     tmp = "%s.%d.tmp" % (path, os.getpid())
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
+        try:
+            os.unlink(tmp)  # a leftover (or planted) temp file: never write through it
+        except FileNotFoundError:
+            pass
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
         with os.fdopen(fd, "w") as fh:
             fh.write(dumps(doc) + "\n")
         os.replace(tmp, path)
@@ -99,30 +139,79 @@ def pid_alive(pid) -> bool:
     return isinstance(pid, int) and not isinstance(pid, bool) and procs.alive(pid)
 
 
-def public(doc: dict) -> dict:
+STALE_INTERVALS = 3   # no state write for this many check intervals: the agent is not updating
+
+
+def digest(settings) -> str:
+    """A short fingerprint of the resolved settings, recorded in the state: `check` compares
+    it with its own to notice an agent that runs with other flags or an older file."""
+    from agent.spread import _hash64
+    text = repr(settings.tunnels)  # not the log target: procd's agent and cron's check may differ there
+    return "%016x" % _hash64(text.encode("utf-8", "surrogatepass"))
+
+
+def age(doc: dict, now_wall=None, now_mono=None):
+    """Seconds since the agent wrote `doc`, or None if unknown. The monotonic stamp first:
+    a box without an RTC steps its wall clock when NTP sets it."""
+    now_wall = time.time() if now_wall is None else now_wall
+    now_mono = time.monotonic() if now_mono is None else now_mono
+    mono, wall = doc.get("monotonic"), doc.get("updated")
+    if isinstance(mono, (int, float)) and 0 < mono <= now_mono + 1:
+        return max(0.0, now_mono - mono)
+    if isinstance(wall, (int, float)) and wall <= now_wall + 1:
+        return max(0.0, now_wall - wall)
+    return None
+
+
+def updating(doc: dict, now_wall=None, now_mono=None) -> bool:
+    """False when the state is older than ~STALE_INTERVALS intervals (a hung or SIGSTOPped
+    agent still holds its pidfile and looks alive to kill -0). At least 10 s of slack."""
+    interval = doc.get("interval")
+    limit = max(10.0, STALE_INTERVALS * (interval if isinstance(interval, (int, float)) else 30.0))
+    seconds = age(doc, now_wall, now_mono)
+    return seconds is None or seconds <= limit
+
+
+def public(doc: dict, now_wall=None, now_mono=None) -> dict:
     """The documented `status --json` shape (plus extra per-tunnel detail)."""
     tunnels = []
     for t in doc.get("tunnels", []):
-        tunnels.append({k: t.get(k) for k in ("name", "state", "since", "restarts", "last_error", "ssh_pid",
-                                              "server", "health", "checks", "consecutive_failures",
-                                              "last_check", "last_heal", "forwards", "next_attempt_in", "client")})
-    return {"pid": doc.get("pid"), "version": doc.get("version"), "running": pid_alive(doc.get("pid")),
-            "updated": doc.get("updated"), "tunnels": tunnels, "warnings": list(doc.get("warnings") or [])}
+        pt = {k: t.get(k) for k in ("name", "state", "since", "restarts", "last_error", "ssh_pid",
+                                    "server", "health", "checks", "consecutive_failures",
+                                    "last_check", "last_heal", "next_attempt_in", "client", "host_keys",
+                                    "session", "held")}
+        # [{name, kind, spec, verdict}]; a state file of an older agent has plain labels.
+        pt["forwards"] = [f if isinstance(f, dict) else {"name": f, "kind": None, "spec": None, "verdict": None}
+                          for f in t.get("forwards") or []]
+        tunnels.append(pt)
+    running = pid_alive(doc.get("pid"))
+    return {"pid": doc.get("pid"), "version": doc.get("version"), "running": running,
+            "updated": doc.get("updated"), "interval": doc.get("interval"), "box_id": doc.get("box_id"),
+            "updating": running and updating(doc, now_wall, now_mono), "tunnels": tunnels,
+            "warnings": doc.get("warnings") or []}
 
 
-def render(doc: dict, now=None) -> str:
+def render(doc: dict, now=None, now_mono=None) -> str:
     now = time.time() if now is None else now
-    d = public(doc)
-    head = "sshkeep %s, pid %s%s, updated %s ago" % (
-        d["version"], d["pid"], "" if d["running"] else " (NOT RUNNING)", _ago(now, d["updated"]))
-    rows = [("TUNNEL", "STATE", "FOR", "RESTARTS", "SSH PID", "SERVER", "HEALTH", "LAST ERROR")]
+    d = public(doc, now, now_mono)
+    head = "sshkeep %s, pid %s%s, box %s, updated %s ago" % (
+        d["version"], d["pid"], "" if d["running"] else " (NOT RUNNING)", d["box_id"] or "-", _ago(now, d["updated"]))
+    if d["running"] and not d["updating"]:
+        head += ("\nNOT UPDATING: no state written for %s (interval %ss): the agent is hung or stopped "
+                 "(SIGSTOP?); `sshkeep check` restarts it" % (_ago(now, d["updated"]), d["interval"]))
+    rows = [("TUNNEL", "STATE", "FOR", "RESTARTS", "SSH PID", "SERVER", "FORWARDS", "HEALTH", "LAST ERROR")]
     for t in d["tunnels"]:
+        names = ", ".join(f["name"] for f in t["forwards"] if f["name"] not in ("loop-r", "loop-l")) or "-"
         rows.append((t["name"] or "-", t["state"] or "-", _ago(now, t["since"]), str(t["restarts"] or 0),
-                     str(t["ssh_pid"] or "-"), t.get("server") or "-", t.get("health") or "-",
-                     (t["last_error"] or "-")[:70]))
+                     str(t["ssh_pid"] or "-"), t.get("server") or "-", names, t.get("health") or "-",
+                     t["last_error"] or "-"))  # whole: the fix is at its end
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = [head] + ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
-    lines += ["warning: %s" % w for w in d["warnings"]]  # the config's, e.g. a skipped tunnelW
+    lines += ["%s: host keys %s" % (t["name"], t["host_keys"]) for t in d["tunnels"] if t.get("host_keys")]
+    lines += ["warning: %s" % w for w in d["warnings"]]
+    # who holds a -R port, also once LAST ERROR has moved on to the next attempt's reason
+    lines += ["%s: %s" % (t["name"], t["held"]) for t in d["tunnels"]
+              if t.get("held") and t["held"] not in (t["last_error"] or "")]
     return "\n".join(lines) + "\n"
 
 

@@ -14,10 +14,11 @@ import time
 
 from agent import __version__
 from agent import classify as C
-from agent import clients, probe, record, remote, spread, state
+from agent import clients, identity, lifecycle, probe, record, remote, spread, state
 from agent import machine as M
 from agent.child import Child, Job
 from agent.errors import EX_NOINPUT, SshkeepError
+from agent.model import check_key, hostport
 
 TERM_TIMEOUT = 2.0          # TERM -> KILL for ssh children (procd gives us 5 s in all)
 STUCK_CONNECT = 2.0         # a connect not ready after this long may be stuck in an outage
@@ -27,22 +28,28 @@ SERVER_PROBE_SLOW = 1.5     # every 0.25 s for the first SERVER_PROBE_FAST_FOR s
 SERVER_PROBE_FAST_FOR = 10.0
 
 
-def owner_tag(tunnel_name):
-    """Who owns a server-side session record: this box and tunnel (see agent.remote)."""
-    host = socket.gethostname() or "box"
-    clean = lambda text: "".join(c if c.isalnum() or c in "._-" else "_" for c in text)[:31] or "x"
-    return "%s.%s" % (clean(host), clean(tunnel_name))
-
-
-def session_command(tunnel):
+def session_command(tunnel, box):
     """Remote command run instead of -N: records the session for reclaim, prints the ready marker.
 
-    Without -R forwards there is nothing to reclaim; the command still marks readiness.
+    The record's owner is the box identity; hostname and tunnel name go beside
+    it for people (agent.identity.word folds any text). Without -R forwards there
+    is nothing to reclaim; the command still marks readiness.
     """
     ports = [f.port for f in tunnel.forwards if f.kind == "R"]
     if not ports:
         return "echo %s $PPID nostate; exec cat >/dev/null" % remote.READY_MARKER
-    return remote.session_command(ports, owner=owner_tag(tunnel.name))
+    return remote.session_command(ports, owner=box, host=socket.gethostname() or "-", tunnel=tunnel.name)
+
+
+def _session_record(value):
+    """A `session` entry of a previous run's state, checked: {pid, start, server, box} or None."""
+    if not isinstance(value, dict):
+        return None
+    pid, start, server, box = (value.get(k) for k in ("pid", "start", "server", "box"))
+    if (isinstance(pid, int) and not isinstance(pid, bool) and pid > 1 and isinstance(start, str)
+            and start.isdigit() and isinstance(server, str) and isinstance(box, str)):
+        return {"pid": pid, "start": start, "server": server, "box": box}
+    return None
 
 
 def recheck_delay(interval: float) -> float:
@@ -55,6 +62,7 @@ class Runner:
 
     def __init__(self, tunnel, info, policy, backoff, runtime_dir, log, clock):
         self.t = tunnel
+        self.given = tunnel             # as configured (self.t may add the default pin file)
         self.info = info
         self.log = log
         self.clock = clock
@@ -72,9 +80,13 @@ class Runner:
         self.next_server_probe = None
         self.server_probe_failed = False
         self.ready_pid = None
+        self.session = None             # this box's last session on the server, from its ready line:
+                                        # {pid, start, server, box}; the only one a reclaim may end
+        self.held = ""                  # who holds our -R port on the hub, when another session does
         self.seen = None
         self.no_command = False         # the server ran no command of ours: use -N
-        self.watchdogs = 0              # consecutive "no ready line in time"
+        self.watchdogs = 0              # consecutive "no ready line" (in time, or the session ended first)
+        self.ssh_said = set()           # stderr lines logged since the last change (not repeated)
         self.loop = None                # remote.LoopListener when t.loop_port
         self.loop_box_port = 0
         self.ssh_tunnel = tunnel        # what ssh is started with (tunnel + loop forwards)
@@ -98,8 +110,18 @@ class Runner:
         return self.addresses[self.addr_index]
 
     def server_label(self):
-        host, port = self.address
-        return "%s:%d" % (host, port)
+        return hostport(*self.address)
+
+    def forward_names(self):
+        """The configured names (or `-R SPEC` where none was given), for logs."""
+        return ", ".join(f.label() for f in self.t.forwards)
+
+    def check_label(self, name):
+        """A check's name (`R:8080`) with the configured name of its forward: `web (R:8080)`."""
+        for f in self.t.forwards:
+            if f.name and check_key(f) == name:
+                return "%s (%s)" % (f.name, name)
+        return name
 
 
 class Supervisor:
@@ -122,7 +144,10 @@ class Supervisor:
         self.started_wall = wall()
         self._state_dirty = True
         self._last_state_write = 0.0
+        self._state_error = ""
         self.runtime_dir = settings.state + ".d"
+        self._digest_of = (None, "")    # (settings, state.digest(settings))
+        self.box = None                 # agent.identity.box_id, read (or made) by prepare()
 
     # -- setup ------------------------------------------------------------
     def _policy(self, t):
@@ -140,6 +165,9 @@ class Supervisor:
         clients.check_forwards(info, t)
         if t.identity:
             clients.check_identity(info, t.identity)
+        if t.known_hosts and os.path.isdir(t.known_hosts):
+            raise SshkeepError("%s: known_hosts file %s is a directory; give the file in it (%s/known_hosts "
+                               "or the like)" % (t.name, t.known_hosts, t.known_hosts.rstrip("/")), EX_NOINPUT)
         if t.known_hosts and not t.accept_new and not os.path.exists(t.known_hosts):
             # Strict checking against a file that is not there can never connect: say so now.
             raise SshkeepError("%s: known_hosts file %s does not exist; create it (ssh-keyscan) or use "
@@ -147,11 +175,15 @@ class Supervisor:
         policy = self._policy(t)
         backoff = M.Backoff(cap=t.max_backoff, offset=self._offset(t))
         r = Runner(t, info, policy, backoff, self.runtime_dir, self.log, self.clock)
+        if t.accept_new:
+            # Trust on first use pins to a persistent file (tmpfs HOME would forget at boot).
+            pins = t.known_hosts or clients.default_known_hosts()
+            clients.ensure_pin_file(pins)
+            # Every ssh of this tunnel (its own, checks, reclaims) checks against the pins;
+            # `given` is what a reload compares with.
+            r.t = record.replace(t, known_hosts=pins)
+            r.ssh_tunnel = record.replace(r.ssh_tunnel, known_hosts=pins)
         self.log.info(t.name, "using %s %s (%s) for %s" % (info.kind, info.version, info.path, r.server_label()))
-        if info.kind == clients.DROPBEAR and t.extra_options:
-            # dbclient's -o knows almost nothing: say which settings it runs without.
-            self.log.warning(t.name, "dbclient runs without the OpenSSH options %s (use client 'openssh' for "
-                             "them)" % ", ".join(sorted({k for k, _ in t.extra_options})))
         return r
 
     def _offset(self, t):
@@ -178,17 +210,47 @@ class Supervisor:
     # -- main loop --------------------------------------------------------
     def prepare(self):
         """Detect clients and check keys for every tunnel: errors surface before we detach."""
+        if self.box is None:
+            self.box = self._box_id()
         if not self.runners:
             self.runners = [self._make_runner(t) for t in self.settings.tunnels]
+            self._seed_sessions(lifecycle.read_state(self.settings.state))
+        try:
+            state.private_dir(self.runtime_dir)  # dbclient's private HOMEs
+        except (OSError, SshkeepError) as exc:
+            if os.path.lexists(self.runtime_dir):
+                raise  # there but not ours, or a symlink: never write through it
+            self.log.error("", str(exc))  # cannot be made (full or read-only): those tunnels report it
+
+    def _box_id(self):
+        """The box identity; if its file cannot be read or made, a temporary one (kept in the
+        run state until reboot), loudly: the tunnels matter more than reclaim across reboots."""
+        try:
+            return identity.box_id(self.settings.box_id_file)
+        except SshkeepError as exc:
+            prev = lifecycle.read_state(self.settings.state).get("box_id")
+            box = prev if isinstance(prev, str) and identity.ID_OK.match(prev) else identity.new_id()
+            self.log.error("", "%s; using the temporary box id %s until this is fixed (forgotten at reboot)"
+                           % (exc, box))
+            return box
+
+    def _seed_sessions(self, doc):
+        """Keep the last sessions a previous run of this agent announced (state on tmpfs: lost
+        at reboot), so a restarted agent can still reclaim its own stale session. Not from a
+        live agent's state (its sessions are not stale), not under another box identity."""
+        prev = doc.get("pid")
+        if prev != os.getpid() and state.pid_alive(prev) or doc.get("box_id") != self.box:
+            return
+        by_name = {t.get("name"): t for t in doc.get("tunnels") or [] if isinstance(t, dict)}
+        for r in self.runners:
+            rec = _session_record((by_name.get(r.name) or {}).get("session"))
+            if rec and rec["box"] == self.box:
+                r.session = rec
 
     def run(self) -> int:
         self.prepare()
         self.sel = selectors.DefaultSelector()
         self._signal_setup()
-        try:
-            os.makedirs(self.runtime_dir, mode=0o700, exist_ok=True)
-        except OSError:
-            pass
         now = self.clock()
         for r in self.runners:
             self._event(r, r.m.start, now, self._offset(r.t))
@@ -277,20 +339,22 @@ class Supervisor:
     def _spawn(self, r):
         host, port = r.address
         t = r.ssh_tunnel
-        command = session_command(t) if t.reclaim and not r.no_command else None
+        command = session_command(t, self.box) if t.reclaim and not r.no_command else None
         home_dir = os.path.join(r.runtime_dir, "home-" + _safe(t.name))
         try:
             r.home = clients.prepare_home(r.info, t, home_dir, host, port)
             known = clients.host_key_known(r.info, t, r.home, host, port)
-            argv = clients.build_argv(r.info, t, command=command, host=host, port=port)
+            learn = known is False and t.accept_new
+            argv = clients.build_argv(r.info, t, command=command, host=host, port=port, learn=learn)
         except Exception as exc:  # SshkeepError mostly: configuration the operator must fix
             self.log.error(t.name, "cannot start ssh: %s" % exc)
             self._event(r, r.m.on_exit, self.clock(), C.Outcome(C.SETUP, C.RETRY_SLOW, str(exc)))
             return
-        if known is False:
+        if known is False and not learn:
             # dbclient without BatchMode would sit at a y/n prompt for ever.
-            msg = "host key of %s is not in %s/.ssh/known_hosts and --accept-new is off" % (
-                host, r.home or os.environ.get("HOME", "/"))
+            # Name the user's file, not the private copy sshkeep gives dbclient (prepare_home).
+            where = t.known_hosts or os.path.join(os.environ.get("HOME", "/"), ".ssh", "known_hosts")
+            msg = "host key of %s is not in %s and --accept-new is off" % (hostport(host, port), where)
             self.log.error(t.name, msg + "; " + C.HINTS[C.HOSTKEY_UNKNOWN])
             self._event(r, r.m.on_exit, self.clock(), C.Outcome(C.HOSTKEY_UNKNOWN, C.RETRY_SLOW, msg))
             return
@@ -299,8 +363,15 @@ class Supervisor:
             self.log.error(t.name, "cannot run %s: %s" % (argv[0], child.spawn_error))
             self._event(r, r.m.on_exit, self.clock(), C.classify(None, [child.spawn_error]))
             return
+        if learn:
+            # First contact: answer dbclient's "continue connecting? (y/n)" once, on its stdin
+            # (no tty: its own session). It records the key; _save_pin copies it to the pin file.
+            child.send(b"y\n")
+            self.log.warning(t.name, "first contact with %s: accepting its host key and pinning it in %s"
+                             % (r.server_label(), t.known_hosts))
         r.child = child
         r.ready_pid = None
+        r.ssh_said.clear()
         for fd in child.fds():
             self._watch(fd, r, child)
         self.log.info(t.name, "connecting to %s (ssh pid %d)" % (r.server_label(), child.pid))
@@ -316,15 +387,34 @@ class Supervisor:
         lines, eof = child.read(fd)
         for line in lines:
             if is_err:
-                self.log.info(r.name, "ssh: " + line)
+                self._ssh_said(r, line)
             else:
                 ready = remote.parse_ready(line)
                 if ready is not None:
                     r.ready_pid = ready[0]
+                    recorded = ready[1] and ready[2] and any(f.kind == "R" for f in r.t.forwards)
+                    r.session = {"pid": ready[0], "start": ready[2], "server": r.server_label(),
+                                 "box": self.box} if recorded else None
+                    r.held = ""
                     self._ready(r)
         if eof:
             self._unwatch(fd)
             child.close_fd(fd)
+
+    def _ssh_said(self, r, line):
+        """Log a line of ssh's stderr once per change: OpenSSH writes `connect_to ... failed`
+        for every connection to a target that is down, i.e. on every check."""
+        text = line if line.startswith(("ssh:", "dbclient:")) else "ssh: " + line
+        # `channel 7: open failed: connect failed: ...` (-L to a target that is down): one line
+        # whatever the channel number.
+        key = line.split(":", 1)[-1] if line.startswith("channel ") else line
+        if key in r.ssh_said:
+            self.log.debug(r.name, text)
+            return
+        if len(r.ssh_said) >= 64:
+            r.ssh_said.clear()
+        r.ssh_said.add(key)
+        self.log.info(r.name, text)
 
     def _ready(self, r):
         self._event(r, r.m.on_ready, self.clock())
@@ -335,14 +425,15 @@ class Supervisor:
         r.server_probe_failed = False   # a probe failure counts within one state only
         now = self.clock()
         if r.m.state == M.UP:
+            self._save_pin(r)
             r.connect_failures = 0
             # Soon after up: a passing check proves the session (machine.py), so that losing
             # it even a few seconds later retries at once instead of escalating.
             r.next_check = now + min(r.t.interval, FIRST_CHECK_AFTER) if self.checks else None
             r.check_round = 0
             r.greetings.clear()         # learned again once per session (the target may have changed)
-            self.log.info(r.name, "up via %s (%d forward%s)%s" % (
-                r.server_label(), len(r.t.forwards), "" if len(r.t.forwards) == 1 else "s",
+            self.log.info(r.name, "up via %s (%d forward%s: %s)%s" % (
+                r.server_label(), len(r.t.forwards), "" if len(r.t.forwards) == 1 else "s", r.forward_names(),
                 "" if r.ready_pid is None else ", server session pid %d" % r.ready_pid))
         elif r.m.state == M.BACKOFF and r.m.deadline is not None:
             self.log.info(r.name, "retrying in %.1fs" % (r.m.deadline - now))
@@ -355,17 +446,26 @@ class Supervisor:
             lines, _ = child.read(fd)
             if child.is_stderr(fd):
                 for line in lines:
-                    self.log.info(r.name, "ssh: " + line)
+                    self._ssh_said(r, line)
             self._unwatch(fd)
         child.close()
         r.child = None
+        self._save_pin(r)
         outcome = C.classify(child.returncode, child.stderr_tail, r.m.kill_reason, r.info.kind)
-        level = self.log.info if outcome.action == C.NONE else self.log.warning
+        if outcome.reason == C.HOSTKEY_MISMATCH:
+            self.log.error(r.name, clients.mismatch_hint(r.ssh_tunnel.known_hosts, *r.address))
+        quiet = outcome.action == C.NONE or outcome.reason == C.RECONNECT  # we asked for it
+        level = self.log.info if quiet else self.log.warning
         level(r.name, "ssh exited after %.1fs: %s%s%s" % (
             child.uptime(), outcome.reason, " (%s)" % outcome.detail if outcome.detail else "",
-            "; " + outcome.hint if outcome.hint and outcome.action != C.NONE else ""))
+            "; " + outcome.hint if outcome.hint and not quiet else ""))
         was_up = r.m.state == M.UP
-        r.watchdogs = r.watchdogs + 1 if outcome.reason == C.WATCHDOG else 0
+        # A forced command (`command="echo tunnels only"` in authorized_keys) runs instead of
+        # ours and ends the session before our ready line: as telling as a watchdog kill.
+        ended_first = (r.m.state == M.CONNECTING and r.m.kill_reason is None and not r.no_command
+                       and outcome.reason in (C.CLOSED, C.EXITED)
+                       and C.session_ran(r.info.kind, child.returncode, child.stdout_tail))
+        r.watchdogs = r.watchdogs + 1 if outcome.reason == C.WATCHDOG or ended_first else 0
         if r.watchdogs >= 2 and r.t.reclaim and not r.no_command:
             # Logged in but our session command never said ready: a forced command
             # (restricted key) or no shell. Fall back to -N; reclaim cannot work there.
@@ -378,6 +478,18 @@ class Supervisor:
             self._maybe_failover(r)
         self._event(r, r.m.on_exit, now, outcome)
         self._state_dirty = True
+
+    def _save_pin(self, r):
+        """dbclient's first contact: the key it recorded goes to the pin file, once."""
+        host, port = r.address
+        try:
+            line = clients.save_learned(r.info, r.ssh_tunnel, r.home, host, port)
+        except (OSError, SshkeepError) as exc:
+            self.log.error(r.name, "cannot pin the host key of %s: %s" % (r.server_label(), exc))
+            return
+        if line:
+            self.log.warning(r.name, "pinned host key of %s in %s: %s" % (r.server_label(),
+                                                                          r.ssh_tunnel.known_hosts, line))
 
     def _maybe_failover(self, r):
         if len(r.addresses) > 1 and r.connect_failures >= r.t.failover_after:
@@ -452,7 +564,8 @@ class Supervisor:
         r.next_failback = now + r.t.interval
         host, port = r.addresses[0]
         if probe.probe_tcp(host, port, timeout=1.0):
-            self.log.info(r.name, "primary %s:%d answers again: moving back from %s" % (host, port, r.server_label()))
+            self.log.info(r.name, "primary %s answers again: moving back from %s" % (
+                hostport(host, port), r.server_label()))
             r.addr_index = 0
             self._event(r, r.m.on_reconnect_request, now)
 
@@ -472,8 +585,10 @@ class Supervisor:
         now = self.clock()
         prev = r.m.verdicts.get(name)
         if prev != verdict:
+            if ok:
+                r.ssh_said.clear()  # healthy again: the next connect_to line is news (a new outage)
             lvl = self.log.info if ok else self.log.warning
-            lvl(r.name, "check %s: %s%s" % (name, verdict, " (%s)" % detail if detail else ""))
+            lvl(r.name, "check %s: %s%s" % (r.check_label(name), verdict, " (%s)" % detail if detail else ""))
         self._event(r, r.m.on_check, now, name, verdict, ok)
         self._state_dirty = True
         if ok is False and r.m.state == M.UP and r.next_check is not None:
@@ -483,10 +598,12 @@ class Supervisor:
             began = getattr(r, "check_began", now)
             r.next_check = min(r.next_check, max(now, began + recheck_delay(r.t.interval)))
 
-    def report_reclaimed(self, r, freed, nothing=False):
+    def report_reclaimed(self, r, freed, nothing=False, held=""):
         """Called by the reclaim with its outcome (freed: the stale listener is gone;
-        nothing: the server had no listener of ours left to end)."""
-        self._event(r, r.m.on_reclaimed, self.clock(), freed, nothing)
+        nothing: the server had no listener of ours left to end; held: who holds the
+        port instead, for the log and status: another box, so no fight, a long wait)."""
+        r.held = held
+        self._event(r, r.m.on_reclaimed, self.clock(), freed, nothing, held)
 
     def _maybe_probe_server(self, r, now):
         """Cheap TCP probes of the server: during a network backoff, and during a connect
@@ -565,7 +682,7 @@ class Supervisor:
         now = self.clock()
         for t in new.tunnels:
             r = old.pop(t.name, None)
-            if r is not None and r.t == t:
+            if r is not None and r.given == t:
                 keep.append(r)
                 continue
             if r is not None:
@@ -585,7 +702,8 @@ class Supervisor:
         self.settings = new
         for w in new.warnings:
             self.log.warning("", "config: " + w)
-        self.log.info("", "reloaded: %d tunnel(s)" % len(keep))
+        self.log.info("", "reloaded: %d tunnel(s) over %d ssh connection(s)" % (
+            sum(len(r.t.forwards) for r in keep), len(keep)))
         self._state_dirty = True
 
     def _stop_now(self, r):
@@ -626,17 +744,33 @@ class Supervisor:
                 "last_check": round(wall_now - (mono_now - m.last_check), 3) if m.last_check else None,
                 "last_heal": m.last_heal,
                 "next_attempt_in": round(m.deadline - mono_now, 1) if m.state == M.BACKOFF and m.deadline else None,
-                "forwards": [f.label() for f in r.ssh_tunnel.forwards],
+                # One shape in every mode (docs/status-and-logs.md): name is the configured
+                # name, or `-R SPEC` when none was given.
+                "forwards": [{"name": f.label(), "kind": f.kind, "spec": f.spec(),
+                              "verdict": m.verdicts.get(check_key(f))} for f in r.ssh_tunnel.forwards],
+                "host_keys": ("pinned on first use in " if r.t.accept_new else "checked against ") +
+                             (r.ssh_tunnel.known_hosts or "the client's default known_hosts"),
+                "session": r.session,
+                "held": r.held or None,
             })
             if r.child:
                 children.append(r.child.cmdline_record())
-        return {"pid": os.getpid(), "version": __version__, "started": self.started_wall,
+        return {"pid": os.getpid(), "version": __version__, "started": self.started_wall, "box_id": self.box,
                 # `check` judges freshness on the monotonic clock: the wall clock of a box
                 # without an RTC jumps at boot when NTP sets it.
                 "updated": wall_now, "monotonic": mono_now, "pidfile": self.settings.pidfile, "tunnels": tunnels,
-                "children": children, "warnings": list(self.settings.warnings),
+                # `status` calls the agent hung after STALE_INTERVALS of these without a write
+                "interval": min([r.t.interval for r in self.runners] or [30]),
+                "settings": self._digest(), "config": self.settings.config_path,
+                "children": children, "warnings": list(getattr(self.settings, "warnings", ()) or ()),
                 # --debug: what the long-running process holds (a test pins it: tests/test_memory.py)
                 **({"modules": sorted(sys.modules)} if self.log.debug_on else {})}
+
+    def _digest(self):
+        """state.digest of the running settings (hashed in pure Python: once per reload)."""
+        if self._digest_of[0] is not self.settings:
+            self._digest_of = (self.settings, state.digest(self.settings))
+        return self._digest_of[1]
 
     def _write_state(self, force=False):
         now = self.clock()
@@ -645,8 +779,18 @@ class Supervisor:
             return
         try:
             state.write(self.settings.state, self.state_doc())
+            if self._state_error:
+                self.log.info("", "state file %s written again" % self.settings.state)
+            self._state_error = ""
         except Exception as exc:
-            self.log.error("", str(exc))
+            if str(exc) != self._state_error:  # once, not every interval
+                self.log.error("", "%s; running on: `status` cannot show this agent until it can be written" % exc)
+            self._state_error = str(exc)
+            try:
+                # The heartbeat `check` reads when there is no state: the pidfile's mtime (no space needed).
+                os.utime(self.settings.pidfile, follow_symlinks=False)
+            except OSError:
+                pass
         self._last_state_write = now
         self._state_dirty = False
 

@@ -5,7 +5,8 @@
 # Who needs what: dropbear-bin (dbclient, dropbear, dropbearkey/convert), openssh-* (ssh, sshd,
 # ssh-keygen), iproute2 (ip, ss), passwd (useradd), util-linux (unshare, setpriv, nsenter),
 # qemu-user-static + busybox-static (tests/cross), autossh + time (bench, build/measure.py),
-# python3-venv + ca-certificates (build/venv.sh: pip over https).
+# python3-venv + ca-certificates (build/venv.sh: pip over https), mmdebstrap + systemd (tests/test_packages.py:
+# a Debian root for `dpkg -i`, systemd-analyze verify).
 set -eu
 
 PACKAGES="
@@ -15,6 +16,7 @@ ca-certificates
 dropbear-bin
 iproute2
 iptables
+mmdebstrap
 openssh-client
 openssh-server
 passwd
@@ -22,6 +24,7 @@ procps
 python3
 python3-venv
 qemu-user-static
+systemd
 time
 util-linux
 "

@@ -43,6 +43,9 @@ class Agent:
             self.argv += list(f)
         self.argv += ["-i", key, "-p", str(server.port), "--client", client, "--known-hosts", known,
                       "--state", self.state, "--pidfile", self.pidfile, "--name", name,
+                      # one box per lab (its box namespace), never the test machine's /etc/sshkeep;
+                      # a later --box-id-file in `extra` makes this agent another box
+                      "--box-id-file", os.path.join(lab.dir, "box-id"),
                       "--ssh", ssh or ("/usr/bin/dbclient" if client == "dropbear" else "/usr/bin/ssh")]
         self.argv += list(extra)
         self.argv.append("%s@%s" % (lab.user, lab.srv_ip))

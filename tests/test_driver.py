@@ -6,6 +6,7 @@ cleaned up, by pid. Every wait is a poll with a deadline.
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -210,7 +211,9 @@ def test_run_logs_the_config_files_warnings(tmp_path):
     # An sshtunnel file with a tunnel naming no server (sshtunnel ignores it too): `config`
     # lists the warning, and so must `run`, whose stderr is what procd keeps.
     conf = tmp_path / "sshtunnel"
-    conf.write_text("config server 'vps'\n\toption user 'tunnel'\n\toption hostname '127.0.0.1'\n"
+    # (a known_hosts of its own: accept-new, sshtunnel's default, would pin in /etc/sshkeep)
+    conf.write_text("config sshkeep\n\toption known_hosts '%s'\n\n" % (tmp_path / "known_hosts") +
+                    "config server 'vps'\n\toption user 'tunnel'\n\toption hostname '127.0.0.1'\n"
                     "\toption port '9'\n\nconfig tunnelR 'a'\n\toption server 'vps'\n\toption remoteport '10022'\n"
                     "\toption localaddress '127.0.0.1'\n\toption localport '22'\n\n"
                     "config tunnelR 'orphan'\n\toption remoteport '10023'\n\n"
@@ -226,9 +229,9 @@ def test_run_logs_the_config_files_warnings(tmp_path):
     try:
         wait_until(lambda: "orphan" in (tmp_path / "err").read_text(), 10, 0.05, what="warning logged")
         line = [l for l in (tmp_path / "err").read_text().splitlines() if "orphan" in l][0]
-        assert "config: %s:12:" % conf in line and "no server option" in line
+        assert "config: %s:15:" % conf in line and "no server option" in line
         vpn = [l for l in (tmp_path / "err").read_text().splitlines() if "tunnelW 'vpn'" in l]
-        assert len(vpn) == 1 and "config: %s:15:" % conf in vpn[0] and "is skipped" in vpn[0]
+        assert len(vpn) == 1 and "config: %s:18:" % conf in vpn[0] and "is skipped" in vpn[0]
         state = tmp_path / "s.json"
         wait_until(lambda: state.exists() and '"up"' in state.read_text(), 10, 0.05, what="tunnel up")
         # `status` shows the skipped section too, beside the running tunnel
@@ -249,7 +252,7 @@ def test_run_logs_the_config_files_warnings(tmp_path):
                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=20)
     assert c.returncode == 0, c.stderr
     assert b"10022" in c.stdout and b"vpn" not in c.stdout
-    assert b"warning: %s:15: tunnelW 'vpn' (ssh -w tun/tap VPN) is skipped" % str(conf).encode() in c.stderr
+    assert b"warning: %s:18: tunnelW 'vpn' (ssh -w tun/tap VPN) is skipped" % str(conf).encode() in c.stderr
 
 
 def test_dbclient_says_which_ssh_options_it_runs_without(tmp_path):
@@ -265,15 +268,15 @@ def test_dbclient_says_which_ssh_options_it_runs_without(tmp_path):
                           "--state", str(tmp_path / "s.json"), "--pidfile", str(tmp_path / "pid")],
                          env=env, stdout=subprocess.DEVNULL, stderr=open(str(err), "w"))
     try:
-        wait_until(lambda: "runs without" in err.read_text(), 10, 0.05, what="warning logged")
-        assert "dbclient runs without the OpenSSH options Compression, TCPKeepAlive" in err.read_text()
+        wait_until(lambda: "not passed" in err.read_text(), 10, 0.05, what="warning logged")
+        assert "ssh option(s) Compression, TCPKeepAlive not passed: dbclient" in err.read_text()
     finally:
         p.terminate()
         p.wait(10)
 
 
 def test_status_json_has_the_documented_shape(agent, tmp_path):
-    # Fleet monitoring parses this: the keys are a contract (README: Command line).
+    # Fleet monitoring parses this: the keys are a contract (README: Status and logs).
     a = agent("ready")
     wait_until(lambda: a.tunnel().get("state") == "up", 10, 0.05, what="state up")
     r = subprocess.run([sys.executable, "-m", "agent", "status", "--json", "--state", a.state],
@@ -294,7 +297,8 @@ def test_status_json_has_the_documented_shape(agent, tmp_path):
 
 @pytest.mark.parametrize("flags,named", [(["--interval", "5"], "--interval"), (["--ssh", FAKE], "--ssh"),
                                          (["-R", "1:h:2"], "forwards"), (["--no-reclaim"], "--no-reclaim"),
-                                         (["-p", "2222"], "-p"), (["--name", "x"], "--name")])
+                                         (["-p", "2222"], "-p"), (["--name", "x"], "--name"),
+                                         (["-o", "Compression=yes"], "-o")])
 def test_tunnel_flags_beside_c_are_refused_not_ignored(tmp_path, flags, named):
     conf = tmp_path / "c.conf"
     conf.write_text("config server 'hub'\n\toption host '127.0.0.1'\nconfig tunnel 't'\n\toption server 'hub'\n"
@@ -304,3 +308,135 @@ def test_tunnel_flags_beside_c_are_refused_not_ignored(tmp_path, flags, named):
                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=20)
     assert r.returncode == 64 and named.encode() in r.stderr, r.stderr
     assert not (tmp_path / "p").exists()
+
+
+# -- issue 10: names everywhere (14), cosmetics (18) -----------------------------------------------
+
+def _run(argv, **kw):
+    return subprocess.run([sys.executable, "-m", "agent"] + argv, env=dict(os.environ, PYTHONPATH=ROOT),
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=30, **kw)
+
+
+def test_config_tunnel_names_in_logs_status_and_json(tmp_path):
+    conf = tmp_path / "c.conf"
+    text = "config server 'hub'\n\toption host '127.0.0.1'\n\toption ssh '%s'\n\toption client 'openssh'\n" % FAKE
+    for i, name in enumerate(("web", "cam", "nas")):
+        text += ("config tunnel '%s'\n\toption server 'hub'\n\toption listen '127.0.0.1:%d'\n"
+                 "\toption target '127.0.0.1:80'\n\toption check 'none'\n" % (name, 20700 + i))
+    conf.write_text(text)
+    state, err = tmp_path / "s.json", tmp_path / "err"
+    with open(str(err), "w") as fh:
+        p = subprocess.Popen([sys.executable, "-m", "agent", "run", "-c", str(conf), "--state", str(state),
+                              "--pidfile", str(tmp_path / "p")], stdout=subprocess.DEVNULL, stderr=fh,
+                             env=dict(os.environ, PYTHONPATH=ROOT, FAKESSH_MODE="ready",
+                                      FAKESSH_LOG=str(tmp_path / "fake.log")))
+    try:
+        wait_until(lambda: state.exists() and '"up"' in state.read_text(), 10, 0.05, what="tunnel up")
+        log = err.read_text()
+        assert "3 tunnel(s) (web, cam, nas) over 1 ssh connection(s)" in log, log
+        assert "up via 127.0.0.1:22 (3 forwards: web, cam, nas)" in log, log
+        table = _run(["status", "--state", str(state)])
+        assert table.returncode == 0 and b"web, cam, nas" in table.stdout, table.stdout
+        fwd = json.loads(_run(["status", "--json", "--state", str(state)]).stdout)["tunnels"][0]["forwards"]
+        assert fwd[0] == {"name": "web", "kind": "R", "spec": "127.0.0.1:20700:127.0.0.1:80", "verdict": None}
+        assert [f["name"] for f in fwd] == ["web", "cam", "nas"]
+    finally:
+        p.terminate()
+        assert p.wait(10) == 0
+
+
+def test_flag_mode_forwards_have_the_same_json_shape(agent):
+    a = agent("ready")
+    wait_until(lambda: a.tunnel().get("state") == "up", 10, 0.05, what="state up")
+    f = a.tunnel()["forwards"][0]
+    assert f == {"name": "-R 127.0.0.1:20022:127.0.0.1:22", "kind": "R", "spec": "127.0.0.1:20022:127.0.0.1:22",
+                 "verdict": None}
+
+
+def test_no_doubled_prefixes(agent):
+    a = agent("refused")
+    wait_until(lambda: "Connection refused" in a.stderr(), 10, 0.05, what="refused logged")
+    assert "ssh: connect to host 10.0.0.2" in a.stderr() and "ssh: ssh:" not in a.stderr()
+
+
+def test_stop_and_requested_reconnect_are_info_not_errors(agent):
+    a = agent("ready")
+    wait_until(lambda: a.tunnel().get("state") == "up", 10, 0.05, what="state up")
+    os.kill(a.proc.pid, signal.SIGUSR1)
+    wait_until(lambda: a.tunnel().get("restarts") == 1 and a.tunnel().get("state") == "up", 10, 0.05,
+               what="reconnected")
+    assert a.tunnel()["last_error"] == ""
+    line = [l for l in a.stderr().splitlines() if "ssh exited" in l][0]
+    assert " info: " in line and re.search(r": reconnect-requested \((exit|signal) \d+\)$", line), line
+    a.stop()
+    with open(a.err.name) as fh:
+        line = [l for l in fh.read().splitlines() if "ssh exited" in l][-1]
+    assert re.search(r": stopped \((exit|signal) \d+\)$", line), line   # not "stopped (stopped by sshkeep (..))"
+
+
+def test_a_repeated_ssh_line_is_logged_once(agent):
+    a = agent("spam")   # 20000 x "connect_to 127.0.0.1 port 9: failed." (a target down, every check)
+    wait_until(lambda: a.tunnel().get("state") == "up", 10, 0.05, what="state up")
+    pid = a.tunnel()["ssh_pid"]
+    wait_until(lambda: open("/proc/%d/cmdline" % pid, "rb").read().startswith(b"cat"), 30, 0.05,
+               what="fake got past its stderr flood")
+    wait_until(lambda: "connect_to 127.0.0.1 port 9: failed." in a.stderr(), 10, 0.05, what="the line logged")
+    assert a.stderr().count("connect_to 127.0.0.1 port 9: failed.") == 1
+
+
+def test_channel_open_failures_are_logged_once_whatever_the_channel(agent):
+    a = agent("spamch")   # -L to a target that is down: "channel N: open failed: ..." per connection
+    wait_until(lambda: a.tunnel().get("state") == "up", 10, 0.05, what="state up")
+    pid = a.tunnel()["ssh_pid"]
+    wait_until(lambda: open("/proc/%d/cmdline" % pid, "rb").read().startswith(b"cat"), 30, 0.05,
+               what="fake wrote its 50 lines")
+    wait_until(lambda: "open failed: connect failed" in a.stderr(), 10, 0.05, what="the line logged")
+    a.stop()   # every line read and logged (or not) by now
+    with open(a.err.name) as fh:
+        assert fh.read().count("open failed: connect failed") == 1
+
+
+def test_ipv6_server_in_brackets(tmp_path):
+    state = tmp_path / "s.json"
+    p = subprocess.Popen([sys.executable, "-m", "agent", "run", "-R", "127.0.0.1:20022:127.0.0.1:22",
+                          "--ssh", FAKE, "--no-checks", "--state", str(state), "--pidfile", str(tmp_path / "p"),
+                          "-p", "2299", "tunnel@::1"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                         env=dict(os.environ, PYTHONPATH=ROOT, FAKESSH_MODE="ready"))
+    try:
+        wait_until(lambda: state.exists() and '"up"' in state.read_text(), 10, 0.05, what="tunnel up")
+        assert json.loads(state.read_text())["tunnels"][0]["server"] == "[::1]:2299"
+    finally:
+        p.terminate()
+        assert p.wait(10) == 0
+        p.stderr.close()
+
+
+def test_run_help_shows_the_defaults():
+    out = _run(["run", "--help"]).stdout.decode()
+    flat = " ".join(out.split())
+    for text in ("--keepalive SECONDS server-alive interval; 0 = off (default: 15)",
+                 "--max-backoff SECONDS longest wait between reconnects (default: 60)",
+                 "(default: 30)", "--debug"):
+        assert text in flat, text
+    assert "(default: None)" not in flat and "(default: [])" not in flat
+
+
+def test_syslog_without_a_syslog_daemon_logs_to_stderr_and_says_so(tmp_path):
+    # libc's syslog() drops every line when /dev/log is missing: the agent must notice.
+    argv = [sys.executable, "-m", "agent", "run", "-R", "127.0.0.1:20022:127.0.0.1:22", "--ssh", FAKE,
+            "--no-checks", "--syslog", "--state", str(tmp_path / "s.json"), "--pidfile", str(tmp_path / "p"),
+            "tunnel@127.0.0.1"]
+    if os.path.exists("/dev/log"):   # a private mount namespace hides this machine's syslog
+        (tmp_path / "empty").write_text("")
+        argv = ["unshare", "-m", "sh", "-c", 'mount --bind "$0" /dev/log && exec "$@"', str(tmp_path / "empty")] + argv
+    err = tmp_path / "err"
+    with open(str(err), "w") as fh:
+        p = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=fh,
+                             env=dict(os.environ, PYTHONPATH=ROOT, FAKESSH_MODE="ready"))
+    try:
+        wait_until(lambda: " up via " in err.read_text(), 10, 0.05, what="up logged on stderr")
+        first = err.read_text().splitlines()[0]
+        assert "no syslog (/dev/log: " in first and first.endswith("logging to stderr"), first
+    finally:
+        p.terminate()
+        assert p.wait(10) == 0

@@ -190,7 +190,8 @@ def test_inband_loop_check(lab, client):
     try:
         a.wait_up(30)
         a.wait(lambda: a.tunnel()["checks"].get("loop") == "ok-data", 15, "loop check ok")
-        assert "loop-r" in a.tunnel()["forwards"] and "loop-l" in a.tunnel()["forwards"]
+        names = [f["name"] for f in a.tunnel()["forwards"]]
+        assert "loop-r" in names and "loop-l" in names
         lab.kill_listener(20099)       # the loop's server side is cut while ssh lives
         a.wait(lambda: a.tunnel()["restarts"] >= 1, 20, "restart after the loop check failed")
         a.wait(lambda: a.tunnel()["checks"].get("loop") == "ok-data", 20, "loop check ok again")

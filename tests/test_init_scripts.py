@@ -50,12 +50,36 @@ def tmp():
 
 # -- procd ----------------------------------------------------------------------------
 
-def procd_calls(tmp, action):
+TUNNEL_CONF = "config server 'hub'\n\toption host '127.0.0.1'\n\nconfig tunnel 'ssh'\n\toption server 'hub'\n" \
+              "\toption listen '8022'\n\toption target '127.0.0.1:22'\n"
+
+
+def script_in(tmp, files):
+    """A copy of the procd script with /etc/config pointed into tmp (the real one is the host's),
+    holding files {name: text}. Returns (script, confdir)."""
+    confdir = os.path.join(tmp, "config")
+    os.makedirs(confdir, exist_ok=True)
+    for name, text in files.items():
+        with open(os.path.join(confdir, name), "w") as f:
+            f.write(text)
+    with open(PROCD_SCRIPT) as f:
+        text = f.read().replace("/etc/config/", confdir + "/")
+    script = os.path.join(tmp, "sshkeep")
+    with open(script, "w") as f:
+        f.write(text)
+    return script, confdir
+
+
+def procd_calls(tmp, action, files=None):
+    """The procd calls of ACTION, the script's config holding a tunnel (or FILES); paths in the
+    calls mapped back to /etc/config/ and the script's own path."""
+    script, confdir = script_in(tmp, {"sshkeep": TUNNEL_CONF} if files is None else files)
     log = os.path.join(tmp, "procd-%s.log" % action)
-    out = busybox_sh([RC_COMMON, PROCD_SCRIPT, action], env={"PROCD_LOG": log})
+    out = busybox_sh([RC_COMMON, script, action], env={"PROCD_LOG": log})
     assert out.returncode == 0, out
     with open(log) as f:
-        return [line.rstrip("\n").split("\x1f") for line in f]
+        return [[w.replace(confdir + "/", "/etc/config/").replace(script, PROCD_SCRIPT) for w in
+                 line.rstrip("\n").split("\x1f")] for line in f]
 
 
 def params(calls):
@@ -105,25 +129,34 @@ def test_procd_start_instance_params(tmp):
     assert calls[-1] == ["procd_close_service", "set"]
 
 
-@pytest.mark.parametrize("present,expect", [((), "sshkeep"), (("sshtunnel",), "sshtunnel"),
+# (neither file: no instance at all, test_procd_no_tunnel_section_no_instance)
+@pytest.mark.parametrize("present,expect", [(("sshkeep",), "sshkeep"), (("sshtunnel",), "sshtunnel"),
                                             (("sshkeep", "sshtunnel"), "sshkeep")])
 def test_procd_reads_sshtunnel_while_sshkeep_has_no_file(tmp, present, expect):
-    # A copy of the script with /etc/config pointed into tmp: the real one is the host's.
-    confdir = os.path.join(tmp, "config")
-    os.makedirs(confdir)
-    for name in present:
-        open(os.path.join(confdir, name), "w").close()
-    with open(PROCD_SCRIPT) as f:
-        text = f.read().replace("/etc/config/", confdir + "/")
-    script = os.path.join(tmp, "sshkeep")
-    with open(script, "w") as f:
-        f.write(text)
+    script, confdir = script_in(tmp, {name: TUNNEL_CONF for name in present})
     log = os.path.join(tmp, "procd.log")
     assert busybox_sh([RC_COMMON, script, "start"], env={"PROCD_LOG": log}).returncode == 0
     with open(log) as f:
         p = params([line.rstrip("\n").split("\x1f") for line in f])
     assert p["file"] == [os.path.join(confdir, expect)]
     assert p["command"][p["command"].index("-c") + 1] == os.path.join(confdir, expect)
+
+
+@pytest.mark.parametrize("files", [{}, {"sshkeep": "# config tunnel 'ssh'\nconfig server 'hub'\n"}])
+def test_procd_no_tunnel_section_no_instance(tmp, files):
+    # A fresh package install leaves only the commented example: no agent that exits 78 and
+    # is respawned every 5 s, one log line instead.
+    calls = procd_calls(tmp, "start", files)
+    names = [c[0] for c in calls]
+    assert "procd_open_instance" not in names and "procd_set_param" not in names
+    assert [c for c in calls if c[0] == "cmd:logger" and "not started" in c[-1]]
+    assert calls[-1] == ["procd_close_service", "set"]
+
+
+@pytest.mark.parametrize("first", ["config tunnel 'ssh'", "  config 'tunnelR' 'ssh'", 'config "tunnel" ssh'])
+def test_procd_any_tunnel_section_starts(tmp, first):
+    calls = procd_calls(tmp, "start", {"sshkeep": TUNNEL_CONF.replace("config tunnel 'ssh'", first)})
+    assert [c[0] for c in calls].count("procd_open_instance") == 1
 
 
 def test_procd_reload_reregisters_and_stop_kills(tmp):
@@ -281,9 +314,10 @@ def real_config(tmp, port=2222, globals_=""):
         f.write("config sshkeep\n\toption interval '5'\n" + globals_ + "\n"
                 "config server 'hub'\n\toption host '127.0.0.1'\n\toption user 'box'\n"
                 "\toption ssh '%s'\n\toption client 'openssh'\n\toption remote_check_every '0'\n"
-                "\toption reclaim '0'\n\toption accept_new '1'\n\n"
+                "\toption reclaim '0'\n\toption accept_new '1'\n\toption known_hosts '%s'\n\n"
                 "config tunnel 'ssh'\n\toption server 'hub'\n\toption listen '127.0.0.1:%d'\n"
-                "\toption target '127.0.0.1:22'\n\toption check 'none'\n" % (ssh, port))
+                "\toption target '127.0.0.1:22'\n\toption check 'none'\n"
+                % (ssh, os.path.join(tmp, "known_hosts"), port))
     return conf
 
 
@@ -298,22 +332,23 @@ def test_busybox_script_with_real_agent(tmp):
         box.cleanup()
 
 
-def crontab_line_from_readme():
-    with open(os.path.join(TOP, "README.md")) as f:
+def crontab_line_from_docs():
+    """The one crontab line docs/init.md tells users to install."""
+    with open(os.path.join(TOP, "docs", "init.md")) as f:
         lines = [l.rstrip("\n") for l in f if l.startswith("* * * * * ")]
     assert len(lines) == 1, lines
     return lines[0]
 
 
-def test_readme_crontab_line_under_real_busybox_crond(tmp):
-    """The README's crontab line, paths pointed into a temp dir, run by busybox crond with a bare
+def test_docs_crontab_line_under_real_busybox_crond(tmp):
+    """docs/init.md's crontab line, paths pointed into a temp dir, run by busybox crond with a bare
     environment: within a minute (+ slack) an agent runs, with HOME on the tmpfs dir. REAL agent.
     (Slow: waits for crond's minute boundary.)"""
     if not os.path.exists(PYZ):
         pytest.fail("build/sshkeep.pyz missing: run `make build`", pytrace=False)
     pidf, statef, home = (os.path.join(tmp, n) for n in ("cron.pid", "cron.json", "home"))
     conf = real_config(tmp, globals_="\toption pidfile '%s'\n\toption state '%s'\n" % (pidf, statef))
-    line = crontab_line_from_readme()
+    line = crontab_line_from_docs()
     for old, new in (("/usr/bin/python3", sys.executable), ("/usr/lib/sshkeep/sshkeep.pyz", PYZ),
                      ("/etc/config/sshkeep", conf), ("/var/run/sshkeep", home),
                      (">/dev/null 2>&1", ">>%s 2>&1" % os.path.join(tmp, "cron.out"))):

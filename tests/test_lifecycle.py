@@ -6,6 +6,7 @@ once for the backoff state) unless the test takes the `lab` fixture (real sshd i
 """
 
 import json
+import re
 import os
 import signal
 import subprocess
@@ -71,10 +72,11 @@ class Agent:
             port = (ports or {}).get(name, 22)
             text += ("config server '%s'\n\toption host '127.0.0.1'\n\toption port '%d'\n\toption user 'box'\n"
                      "\toption ssh '%s'\n\toption client 'openssh'\n\toption remote_check_every '%d'\n"
-                     "\toption reclaim '0'\n\toption accept_new '1'\n\n"
+                     "\toption reclaim '0'\n\toption accept_new '1'\n\toption known_hosts '%s'\n\n"
                      "config tunnel 't_%s'\n\toption server '%s'\n\toption listen '127.0.0.1:%d'\n"
                      "\toption target '127.0.0.1:22'\n\toption check '%s'\n\n"
-                     % (name, port, self.fake_ssh(mode), remote_checks, name, name,
+                     % (name, port, self.fake_ssh(mode), remote_checks, os.path.join(self.tmp, "known_hosts"),
+                        name, name,
                         20000 + os.getpid() % 20000 + i, check))
         with open(self.conf, "w") as f:
             f.write(text)
@@ -471,3 +473,80 @@ def test_stop_of_a_frozen_agent_kills_it_and_ends_its_ssh(agent):
     finally:
         if procs.alive(pid):
             os.kill(pid, signal.SIGKILL)
+
+
+# -- issue 10: logs never vanish (8), check notices changed settings (9), a hung agent's status (15)
+
+def _without_syslog(argv):
+    """argv run where no syslog daemon listens: this machine may have none; where /dev/log exists,
+    a private mount namespace covers it with an empty file (connect: refused)."""
+    if not os.path.exists("/dev/log"):
+        return argv
+    empty = tempfile.NamedTemporaryFile(prefix="nolog-", delete=False)
+    empty.close()
+    return ["unshare", "-m", "sh", "-c", 'mount --bind "$0" /dev/log && exec "$@"', empty.name] + argv
+
+
+def test_check_started_agent_without_syslog_logs_to_a_file_and_says_so(agent):
+    out = subprocess.run(_without_syslog(agent.argv("check")), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, timeout=60, cwd=agent.tmp, env=lightguard.guard_env())
+    text = (out.stdout + out.stderr).decode()
+    logfile = os.path.join(agent.tmp, "sshkeep.log")   # beside the state file (tmpfs)
+    assert out.returncode == 0 and "started agent" in text and "logging to %s" % logfile in text, text
+    assert wait_for(lambda: os.path.exists(logfile) and "started (pid" in open(logfile).read(), 10), text
+    lines = open(logfile).read().splitlines()
+    assert "no syslog" in lines[0] and lines[0].endswith("logging to %s" % logfile)
+    assert all(re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d (info|warning|error): ", l) for l in lines), lines
+
+
+def test_check_with_a_changed_config_reloads_the_agent(agent):
+    rc, out, err = agent.cli("check")
+    assert rc == 0 and "started" in out, out + err
+    pid = agent.pid()
+    assert wait_for(lambda: agent.state().get("settings"), 10)
+    agent.write_config(servers=("hub", "edge"))
+    rc, out, err = agent.cli("check")
+    assert rc == 0 and "other settings" in out and "reloaded" in out, out + err
+    assert agent.pid() == pid and agent.tunnel("edge").get("name") == "edge"
+    rc, out, err = agent.cli("check")
+    assert (rc, out, err) == (0, "", "")   # now it matches: quiet
+
+
+def test_check_with_a_new_forward_flag_restarts_the_agent(agent):
+    def check(*forwards):
+        argv = [sys.executable, PYZ, "check"] + list(forwards) + [
+            "--ssh", agent.fake_ssh("up"), "--client", "openssh", "--no-reclaim", "--accept-new",
+            "--pidfile", agent.pidfile, "--state", agent.state_path, "box@127.0.0.1"]
+        r = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                           timeout=60, cwd=agent.tmp, env=lightguard.guard_env())
+        return r.returncode, (r.stdout + r.stderr).decode()
+
+    rc, text = check("-R", "127.0.0.1:20501:127.0.0.1:22")
+    assert rc == 0 and "started" in text, text
+    old = agent.pid()
+    assert wait_for(lambda: agent.state().get("pid") == old and agent.state().get("settings"), 10)
+    assert check("-R", "127.0.0.1:20501:127.0.0.1:22") == (0, "")
+    rc, text = check("-R", "127.0.0.1:20501:127.0.0.1:22", "-R", "127.0.0.1:20502:127.0.0.1:22")
+    assert rc == 0 and "other settings" in text and "restarting" in text and "started" in text, text
+    new = agent.pid()
+    assert new and new != old and not procs.alive(old)
+    assert wait_for(lambda: agent.state().get("pid") == new, 10)
+    specs = [f["spec"] for t in agent.state()["tunnels"] for f in t["forwards"]]
+    assert "127.0.0.1:20502:127.0.0.1:22" in specs, specs
+
+
+def test_status_of_a_frozen_agent_says_not_updating(agent):
+    agent.write_config(interval=1)
+    rc, out, err = agent.cli("check")
+    assert rc == 0, out + err
+    pid = agent.pid()
+    argv = [sys.executable, PYZ, "status", "--state", agent.state_path]
+    status = lambda: subprocess.run(argv, stdout=subprocess.PIPE, timeout=30, env=lightguard.guard_env())
+    assert wait_for(lambda: status().returncode == 0, 10)
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        r = wait_for(lambda: (lambda r: r if r.returncode == 4 else None)(status()), 30, 0.5)
+        assert r and b"NOT UPDATING" in r.stdout, r and r.stdout
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    assert wait_for(lambda: status().returncode == 0, 10)   # it writes again: fine again

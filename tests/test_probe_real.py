@@ -23,7 +23,7 @@ from lab import wait_until
 from agent import remote
 from agent.probe import OK_BANNER, OK_DATA, REFUSED as P_REFUSED, TIMEOUT as P_TIMEOUT, probe_local, probe_tcp
 from agent.remote import (
-    CLOSED, MISMATCH, NO_ANSWER, NO_COMMAND, NOT_OURS, NOTHING, OK, RECLAIMED, REFUSED, UNREACHABLE,
+    CLOSED, HELD, MISMATCH, NO_ANSWER, NO_COMMAND, NOT_OURS, NOTHING, OK, RECLAIMED, REFUSED, UNREACHABLE,
     LoopListener, check_command, interpret_check, interpret_reclaim, loop_forward_pair, parse_ready,
     reclaim_command, session_command,
 )
@@ -32,7 +32,7 @@ pytestmark = pytest.mark.integration
 
 FWD = 20022
 BANNER = b"SVC-READY\r\n"
-OWNER = "box-%d.t1" % os.getpid()
+OWNER = "box-%d" % os.getpid()
 
 
 def start_server(lab, kind):
@@ -204,7 +204,7 @@ def test_reclaim_stale_listener_openssh_server(lab, client):
     server = lab.start_sshd()
     svc = lab.start_service(lab.box_ns, 0)
     tunnel = start_tunnel(lab, server, client, [("R", rspec(svc.port))], session=True)
-    pid, recorded = read_ready(tunnel)
+    pid, recorded, start = read_ready(tunnel)
     assert recorded and labmod.cmdline(pid) == "sshd: %s@notty" % lab.user
     wait_until(lambda: forward_answers(lab), 10, 0.1, "forward up")
     assert remote_check(lab, server, client)[0] == OK
@@ -222,22 +222,28 @@ def test_reclaim_stale_listener_openssh_server(lab, client):
         assert rc == 1 and "Remote TCP forward request failed" in err, err
     assert remote.failed_listen_port(err) == FWD
 
+    # not given the session's exact pid and start time, a reclaim ends nothing, even for its owner
     rc, out, err, timed_out, _ = run_exec(lab, server, client, reclaim_command(FWD, owner=OWNER))
+    assert interpret_reclaim(rc, out, err, timed_out)[0] == HELD and labmod.alive(pid), (rc, out, err)
+    rc, out, err, timed_out, _ = run_exec(lab, server, client, reclaim_command(FWD, owner=OWNER, pid=pid,
+                                                                                start=start))
     assert interpret_reclaim(rc, out, err, timed_out, "openssh" if client == "ssh" else "dropbear") == \
         (RECLAIMED, pid), (rc, out, err)
     assert not labmod.alive(pid)
     t0 = time.monotonic()
     fresh = start_tunnel(lab, server, client, [("R", rspec(svc.port))], session=True)
-    new_pid, _ = read_ready(fresh)
+    new_pid, _, new_start = read_ready(fresh)
     wait_until(lambda: forward_answers(lab), 5, 0.05, "the forward after the reclaim")
     took = time.monotonic() - t0
     print("reclaim -> forward answering again: %.2fs (%s)" % (took, client))
     assert took < 3.0 and new_pid != pid
     assert remote_check(lab, server, client)[0] == OK
-    # the agent reclaims only while its own tunnel is down; a second reclaim with no stale session
-    # registered under another owner finds nothing
-    rc, out, err, timed_out, _ = run_exec(lab, server, client, reclaim_command(FWD, owner="someone-else"))
-    assert interpret_reclaim(rc, out, err, timed_out)[0] == NOTHING
+    # another box (another owner) is told who holds the port, even given the exact session
+    rc, out, err, timed_out, _ = run_exec(lab, server, client, reclaim_command(
+        FWD, owner="someone-else", pid=new_pid, start=new_start))
+    assert interpret_reclaim(rc, out, err, timed_out)[0] == HELD
+    assert [(h["pid"], h["box"]) for h in remote.reclaim_holders(out)] == [(new_pid, OWNER)]
+    assert fresh.poll() is None and forward_answers(lab)
     fresh.stdin.close()  # the agent's way to end a session: stdin EOF, files removed
     assert fresh.wait(5) in (0, 255, 1)
     r = lab.user_run(["sh", "-c", "ls -A ~/.sshkeep"])
@@ -251,7 +257,7 @@ def test_reclaim_on_dropbear_server_is_not_ours(lab):
     server = lab.start_dropbear()
     svc = lab.start_service(lab.box_ns, 0)
     tunnel = start_tunnel(lab, server, "ssh", [("R", rspec(svc.port))], session=True)
-    pid, recorded = read_ready(tunnel)
+    pid, recorded, start = read_ready(tunnel)
     assert recorded and labmod.cmdline(pid).startswith(" ".join(server.argv)) and labmod._uid(pid) == 0
     wait_until(lambda: forward_answers(lab), 10, 0.1, "forward up")
     assert sorted(lab.listening(lab.srv_ns, FWD)) == ["127.0.0.1", "::1"]
@@ -262,7 +268,7 @@ def test_reclaim_on_dropbear_server_is_not_ours(lab):
     assert again.wait(10) == 255
     assert "remote port forwarding failed for listen port %d" % FWD in again.stderr.read().decode()
 
-    rc, out, err, timed_out, _ = run_exec(lab, server, "ssh", reclaim_command(FWD, owner=OWNER))
+    rc, out, err, timed_out, _ = run_exec(lab, server, "ssh", reclaim_command(FWD, owner=OWNER, pid=pid, start=start))
     assert interpret_reclaim(rc, out, err, timed_out) == (NOT_OURS, None), (rc, out, err)
     assert "other-uid %d" % pid in out and labmod.alive(pid)
 

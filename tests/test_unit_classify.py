@@ -86,8 +86,31 @@ def test_unknown_exit():
     assert C.classify(3, ["something odd"]) == C.Outcome(C.EXITED, C.RETRY, "exit 3")
 
 
-def test_never_started_is_fatal():
-    assert C.classify(None, ["/nope: No such file or directory"]).action == C.FATAL
+def test_never_started_fails_that_tunnel_only():
+    # A vanished client binary is retried with backoff (issue 10 item 12), not fatal to the agent.
+    out = C.classify(None, ["/nope: No such file or directory"])
+    assert out.reason == C.CLIENT_MISSING and out.action == C.RETRY and "/nope" in out.detail
+
+
+@pytest.mark.parametrize("ours", [C.STOPPED, C.HEALTH, C.RECONNECT])
+def test_our_stop_is_not_said_twice(ours):
+    out = C.classify(255, [], ours=ours)
+    assert out.reason == ours and out.detail == "exit 255"   # not "stopped (stopped by sshkeep (exit 255))"
+
+
+@pytest.mark.parametrize("kind,rc,stdout,ran", [
+    ("openssh", 0, [], True),                    # command="echo tunnels only": remote status 0
+    ("openssh", 1, [], True),                    # command="/bin/false": OpenSSH passes the status on
+    ("openssh", 255, [], False),                 # OpenSSH's own failure
+    ("openssh", 255, ["tunnels only"], True),    # output of a command that is not ours
+    ("dropbear", 0, [], True),
+    ("dropbear", 1, [], False),                  # dbclient: 1 is every failure
+    ("dropbear", 1, ["tunnels only"], True),
+    ("openssh", -15, [], False),
+    ("openssh", None, [], False),
+])
+def test_session_ran(kind, rc, stdout, ran):
+    assert C.session_ran(kind, rc, stdout) is ran
 
 
 def test_newest_line_wins_within_a_reason():

@@ -116,13 +116,21 @@ def test_dropbear_2025_golden():
         "-l", "tunnel", "hub.example.com"]
 
 
-def test_dropbear_y_only_with_accept_new():
+def test_dropbear_never_gets_y_and_learns_without_batchmode():
+    # -y is no pin: 2022.83 accepts under -y without recording the key (measured). A first
+    # contact runs without BatchMode instead (the agent answers the prompt), later ones strictly.
     from agent import record
-    assert "-y" not in clients.build_argv(DB22, T)
-    argv = clients.build_argv(DB22, record.replace(T, accept_new=True))
-    assert argv.count("-y") == 1  # two -y would disable host key checking
-    # and OpenSSH never gets -y (it means "log to syslog" there)
-    assert "-y" not in clients.build_argv(OSSH, record.replace(T, accept_new=True))
+    tofu = record.replace(T, accept_new=True)
+    for info in (DB22, DB25):
+        for learn in (False, True):
+            assert "-y" not in clients.build_argv(info, tofu, learn=learn)
+    assert "BatchMode=yes" in clients.build_argv(DB25, tofu)
+    assert "StrictHostKeyChecking=yes" in clients.build_argv(DB25, tofu)
+    learn = clients.build_argv(DB25, tofu, learn=True)
+    assert "BatchMode=yes" not in learn and "StrictHostKeyChecking=yes" not in learn
+    # OpenSSH never gets -y (it means "log to syslog" there); its pins are readable by dbclient
+    argv = clients.build_argv(OSSH, tofu)
+    assert "-y" not in argv and "StrictHostKeyChecking=accept-new" in argv and "HashKnownHosts=no" in argv
 
 
 def test_exec_argv_has_no_forwards():
@@ -161,31 +169,47 @@ def test_prepare_home_for_dropbear(tmp_path):
     assert clients.prepare_home(OSSH, t, str(tmp_path / "h2")) is None
 
 
-def test_accept_new_with_dropbear_keeps_the_key_it_accepted(tmp_path):
-    # Trust on first use: the key dbclient -y appended must survive the next spawn's rewrite,
-    # or every reconnect would accept whatever key it meets.
+def test_first_contact_key_is_copied_to_the_pin_file_once(tmp_path):
+    # The private HOME (tmpfs) is rewritten from the pin file before every connect: the key
+    # dbclient recorded there on first contact must reach the pin file, exactly once.
     from agent import record
-    t = record.replace(T, host="10.0.0.2", known_hosts=str(tmp_path / "absent"), accept_new=True)
+    pins = tmp_path / "etc" / "known_hosts"
+    t = record.replace(T, host="10.0.0.2", known_hosts=str(pins), accept_new=True)
+    clients.ensure_pin_file(str(pins))
+    assert pins.read_text() == ""
     home = clients.prepare_home(DB22, t, str(tmp_path / "home"))
     kh = os.path.join(home, ".ssh", "known_hosts")
-    assert open(kh).read() == ""
-    with open(kh, "a") as fh:    # what dbclient -y writes on the first connect
-        fh.write("10.0.0.2 ssh-ed25519 AAAAaccepted\nother ssh-ed25519 AAAAx\n")
-    clients.prepare_home(DB22, t, home)
+    assert open(kh).read() == "" and clients.host_key_known(DB22, t, home) is False
+    with open(kh, "a") as fh:    # what dbclient writes after the agent's "y"
+        fh.write("10.0.0.2 ssh-ed25519 AAAAaccepted\n")
+    assert clients.save_learned(DB22, t, home) == "[10.0.0.2]:2222 ssh-ed25519 AAAAaccepted"
+    assert clients.save_learned(DB22, t, home) is None
+    assert pins.read_text() == "[10.0.0.2]:2222 ssh-ed25519 AAAAaccepted\n"
+    # a later connect: the pin is all dbclient sees; a key it met meanwhile is not kept
+    with open(kh, "a") as fh:
+        fh.write("10.0.0.2 ssh-ed25519 AAAAother\n")
     clients.prepare_home(DB22, t, home)
     assert open(kh).read() == "10.0.0.2 ssh-ed25519 AAAAaccepted\n"
-    # failover: a spawn for the alternate keeps the primary's accepted key, and back
-    t = record.replace(t, alternates=(("10.0.0.3", 22),))
-    with open(kh, "a") as fh:
-        fh.write("10.0.0.3 ssh-ed25519 AAAAalt\n")
-    clients.prepare_home(DB22, t, home, host="10.0.0.3", port=22)
-    clients.prepare_home(DB22, t, home)
-    assert open(kh).read() == "10.0.0.2 ssh-ed25519 AAAAaccepted\n10.0.0.3 ssh-ed25519 AAAAalt\n"
-    # without --accept-new the file given is the whole truth
-    t2 = record.replace(t, accept_new=False, known_hosts=str(tmp_path / "kh"))
-    (tmp_path / "kh").write_text("10.0.0.2 ssh-ed25519 AAAAgiven\n")
-    clients.prepare_home(DB22, t2, home)
-    assert open(kh).read() == "10.0.0.2 ssh-ed25519 AAAAgiven\n"
+    assert clients.host_key_known(DB22, t, home) is True
+    assert clients.find_pin(str(pins), "10.0.0.2", 2222)[0] == 1
+    hint = clients.mismatch_hint(str(pins), "10.0.0.2", 2222)
+    assert "%s line 1" % pins in hint and "sed -i 1d" in hint
+
+
+def test_prepare_home_does_not_follow_a_planted_symlink(tmp_path):
+    from agent import record
+    victim = tmp_path / "victim"
+    victim.write_text("precious\n")
+    home = tmp_path / "home"
+    (home / ".ssh").mkdir(parents=True)
+    pins = tmp_path / "kh"
+    pins.write_text("10.0.0.2 ssh-ed25519 AAAAkey\n")
+    os.symlink(str(victim), str(home / ".ssh" / "known_hosts"))
+    os.symlink(str(victim), str(home / ".ssh" / ("known_hosts.%d.tmp" % os.getpid())))
+    t = record.replace(T, host="10.0.0.2", port=22, known_hosts=str(pins))
+    clients.prepare_home(DB22, t, str(home))
+    assert victim.read_text() == "precious\n"
+    assert not os.path.islink(str(home / ".ssh" / "known_hosts"))
 
 
 def test_dynamic_forward_refused_for_dropbear():
@@ -217,3 +241,50 @@ def test_key_format_messages(tmp_path):
         clients.check_identity(OSSH, str(pem))
     with pytest.raises(SshkeepError, match="does not exist"):
         clients.check_identity(OSSH, str(tmp_path / "nope"))
+
+
+def test_hashed_known_hosts_lines_are_read_for_dbclient(tmp_path):
+    # `ssh-keyscan -H` / HashKnownHosts yes write |1|salt|hmac names. Skipped, a pinned hub would
+    # look new to dbclient, and accept-new would then take any key.
+    import subprocess
+    import sys
+    kh = tmp_path / "kh"
+    kh.write_text("[10.0.0.2]:2222 ssh-ed25519 AAAAkey\n10.0.0.3 ssh-ed25519 AAAAother\n")
+    subprocess.run(["ssh-keygen", "-H", "-f", str(kh)], check=True, stdout=subprocess.DEVNULL,
+                   stderr=subprocess.DEVNULL, timeout=20)
+    text = kh.read_text()
+    assert "10.0.0.2" not in text and text.count("|1|") == 2
+    assert clients.dropbear_known_hosts(text, "10.0.0.2", 2222) == "10.0.0.2 ssh-ed25519 AAAAkey\n"
+    assert clients.dropbear_known_hosts(text, "10.0.0.3", 22) == "10.0.0.3 ssh-ed25519 AAAAother\n"
+    assert clients.dropbear_known_hosts(text, "10.0.0.2", 22) == ""
+    assert clients.find_pin(str(kh), "10.0.0.3", 22)[0] == 2
+    # and on python3-light (no _hashlib): the guard lets the builtin sha1 through
+    import lightguard
+    root = os.path.dirname(os.path.dirname(os.path.abspath(clients.__file__)))
+    code = ("import sys; from agent import clients; "
+            "sys.stdout.write(clients.dropbear_known_hosts(open(sys.argv[1]).read(), '10.0.0.2', 2222))")
+    out = subprocess.run([sys.executable, "-c", code, str(kh)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         env=dict(lightguard.guard_env(), PYTHONPATH=root + os.pathsep +
+                                  lightguard.guard_env().get("PYTHONPATH", "")), timeout=30)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == b"10.0.0.2 ssh-ed25519 AAAAkey\n"
+
+
+def test_checks_and_reclaims_use_the_pin_file_too_and_reload_keeps_the_runner(tmp_path, monkeypatch):
+    # The default pin file is added to the runner's tunnel, so the ssh execs of checks and
+    # reclaims (built from r.t) are checked against it as well; a reload of the same config
+    # (known_hosts "" there) must not see a change.
+    from agent import record, supervisor
+    from agent.log import Log
+    from agent.model import Settings
+    pins = str(tmp_path / "flash" / "known_hosts")
+    monkeypatch.setattr(clients, "default_known_hosts", lambda env=None: pins)
+    t = record.replace(T, known_hosts="", accept_new=True, identity="")
+    s = Settings(tunnels=(t,), state=str(tmp_path / "s.json"), pidfile=str(tmp_path / "pid"))
+    sup = supervisor.Supervisor(s, Log(), detect=lambda path, client: OSSH, reload_settings=lambda: s)
+    sup.prepare()
+    r = sup.runners[0]
+    assert os.path.exists(pins) and r.t.known_hosts == pins and r.ssh_tunnel.known_hosts == pins
+    assert "UserKnownHostsFile=%s" % pins in clients.build_exec_argv(OSSH, r.t, "true")
+    sup._reload()
+    assert sup.runners[0] is r

@@ -379,7 +379,7 @@ ERRORS = [
     ("config sshkeep\n\toption interval 0\n\toption max_backoff -1\n\toption keepalive x\n"
      "\toption client putty\n\toption spread 1e3\n" + MINI,
      ["t.conf:2: config sshkeep option interval: '0' is not a number of seconds > 0 — give e.g. '30' or '2.5'",
-      "t.conf:3: config sshkeep option max_backoff: '-1' is not a number of seconds > 0 — give e.g. '30' "
+      "t.conf:3: config sshkeep option max_backoff: '-1' is not a number of seconds >= 1 — give e.g. '30' "
       "or '2.5'",
       "t.conf:4: config sshkeep option keepalive: 'x' is not a whole number >= 0 — give a number such as 1",
       "t.conf:5: config sshkeep option client: 'putty' is not one of auto, openssh, dropbear — write one of them",
@@ -407,8 +407,10 @@ ERRORS = [
      ["t.conf:4: server 'hub' ssh_option: 'Compression' is not an ssh option — write Key=Value, e.g. "
       "'Compression=yes'"]),
     (MINI.replace("option host 'hub.example.net'", "option host 'a\nb'"),
-     ["t.conf:3: server 'hub' option host: 'a\\nb' is not a host name or address — give a name or IP "
-      "address (ASCII letters, digits, . - _ :)"]),
+     # a quote must close on its line: the rest is read as new lines (issue 10, item 20)
+     ["t.conf:2: server 'hub' has no host — add option host 'hub.example.net'",
+      "t.conf:3: unterminated ' quote — close the quote on this value",
+      "t.conf:4: unterminated ' quote — close the quote on this value"]),
     (MINI.replace("'8080'", "'8080' '9090'"),
      ["t.conf:7: extra text '9090' after the value — quote values that contain spaces: option name 'a b'"]),
     ("config server\n\toption host h\n" + MINI,
@@ -544,3 +546,27 @@ def test_render_sanitizes_names_from_the_command_line():
     text = config.render(s)
     assert "config server 'box_hub_example_net'" in text
     assert config.parse_text(text).tunnels[0].forwards == s.tunnels[0].forwards
+
+
+_REFUSED = ("ssh option %s is not allowed in sshkeep (it could run commands, move the session or hide what "
+            "sshkeep watches) — remove it; allowed options are listed in docs/security.md")
+
+
+@pytest.mark.parametrize("option", ["LocalCommand=touch /tmp/pwned", "PermitLocalCommand=yes",
+                                    "ClearAllForwardings=yes", "KnownHostsCommand=/bin/x", "BatchMode=no",
+                                    "StrictHostKeyChecking=no", "RemoteForward=1:a:2", "LogLevel=QUIET"])
+def test_ssh_option_outside_the_allow_list_is_refused_with_its_line(option):
+    # LocalCommand + PermitLocalCommand ran a local command as root; ClearAllForwardings removed
+    # the forwards: only transport tuning gets through (agent/values.py).
+    text = MINI.replace("option host 'hub.example.net'", "option host h\n\tlist ssh_option '%s'" % option)
+    assert errors_of(text) == ["t.conf:4: server 'hub' ssh_option: " + _REFUSED % option.split("=")[0]]
+
+
+def test_allowed_ssh_option_passes_with_its_canonical_name():
+    from agent import config
+    from agent.values import ALLOWED_SSH_OPTIONS
+    assert "LocalCommand" not in ALLOWED_SSH_OPTIONS and "ClearAllForwardings" not in ALLOWED_SSH_OPTIONS
+    text = MINI.replace("option host 'hub.example.net'", "option host h\n\tlist ssh_option 'compression=yes'")
+    assert config._conv_option("compression=yes") == ("Compression", "yes")
+    t = config.parse_text(text, "t.conf").tunnels[0]
+    assert t.extra_options == (("Compression", "yes"),)

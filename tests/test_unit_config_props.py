@@ -137,19 +137,23 @@ def test_mutated_examples_parse_and_round_trip_or_raise_config_error(text):
 
 # --------------------------------------------------------------------------- generated valid settings
 
+from agent.values import ALLOWED_SSH_OPTIONS, CONFIG_REFUSED  # noqa: E402
+
 PRINTABLE = st.characters(blacklist_categories=("Cc", "Cs"))
 HOSTCHARS = string.ascii_letters + string.digits + ".-_:%"
 hosts = st.text(HOSTCHARS, min_size=1, max_size=20).filter(lambda h: not h.startswith("-"))
 binds = st.one_of(st.just(""), st.just("*"), hosts)
 ports = st.integers(1, 65535)
 paths = st.text(PRINTABLE, min_size=1, max_size=30).filter(lambda p: p[0] not in "-~")
-users = st.text(PRINTABLE, max_size=12).filter(lambda u: not u.startswith("-") and "@" not in u
-                                               and not any(c.isspace() for c in u))
+users = st.text(PRINTABLE, max_size=12).filter(lambda u: not u.startswith("-")  # agent.values.user
+                                               and not any(c.isspace() or c in "@,/'\"`$;&|<>\\" for c in u))
 seconds = st.floats(min_value=0.001, max_value=1e6, allow_nan=False, allow_infinity=False)
+backoffs = st.floats(min_value=1, max_value=1e6, allow_nan=False, allow_infinity=False)  # >= 1 s (issue 10)
 checks = st.one_of(st.sampled_from(["connect", "none"]), st.text(PRINTABLE, min_size=1).map(lambda t: "banner:" + t))
 names = st.text(string.ascii_letters + string.digits + "_", min_size=1, max_size=12)
 option_values = st.text(PRINTABLE, min_size=1, max_size=20).filter(lambda v: not v[0].isspace())
-extra = st.tuples(st.from_regex(r"[A-Za-z][A-Za-z0-9]{0,15}", fullmatch=True), option_values)
+extra = st.tuples(st.sampled_from([o for o in ALLOWED_SSH_OPTIONS if o not in CONFIG_REFUSED]),
+                  option_values)  # the rest is refused
 
 
 @st.composite
@@ -181,7 +185,7 @@ def all_settings(draw):
             client=draw(st.sampled_from(["auto", "openssh", "dropbear"])),
             ssh_path=draw(st.one_of(st.just(""), paths)), known_hosts=draw(st.one_of(st.just(""), paths)),
             accept_new=draw(st.booleans()), keepalive=draw(st.integers(0, 10 ** 6)),
-            connect_timeout=draw(st.integers(1, 10 ** 6)), interval=draw(seconds), max_backoff=draw(seconds),
+            connect_timeout=draw(st.integers(1, 10 ** 6)), interval=draw(seconds), max_backoff=draw(backoffs),
             alternates=tuple(draw(st.lists(st.tuples(hosts, ports), max_size=3))),
             remote_check_every=draw(st.integers(0, 100)), fail_threshold=draw(st.integers(1, 100)),
             reclaim=draw(st.booleans()), extra_options=tuple(draw(st.lists(extra, max_size=3))),

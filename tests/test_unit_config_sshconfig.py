@@ -71,10 +71,11 @@ def test_host_patterns(patterns, alias, hit):
 
 
 def test_syntax_variants(tmp_path):
-    p = write(tmp_path, 'host=x\n  hostname = "a b.example"\n\tUSER\tme # comment\nport "2200"\n'
+    # (a host name cannot hold a space: quotes joined inside one word instead)
+    p = write(tmp_path, 'host=x\n  hostname = "a"\'.b\'.example\n\tUSER\tme # comment\nport "2200"\n'
                         "remoteforward 1 h:2\n")
     d = sshconfig.load_host(p, "x")
-    assert (d["HostName"], d["User"], d["Port"], d["RemoteForward"]) == ("a b.example", "me", 2200, ["1:h:2"])
+    assert (d["HostName"], d["User"], d["Port"], d["RemoteForward"]) == ("a.b.example", "me", 2200, ["1:h:2"])
 
 
 def test_global_options_before_first_host_apply(tmp_path):
@@ -97,7 +98,7 @@ def test_v6_slash_syntax(tmp_path):
 ERRORS = [
     ("Include other\nHost x\n", "x", "%s:1: Include is not supported — copy the included Host block into %s, "
                                      "or point --ssh-config at the included file"),
-    ("Host x\n Port 0\n", "x", "%s:2: Port '0' is not a number from 1 to 65535 — fix the value"),
+    ("Host x\n Port 0\n", "x", "%s:2: Port: '0' is not a port — give a number from 1 to 65535"),
     ("Host x\n Port\n", "x", "%s:2: Port without a value — give a value or remove the line"),
     ("Host\n", "x", "%s:1: Host without a pattern — write Host ALIAS"),
     ("Host x\n RemoteForward 8080\n", "x",
@@ -140,3 +141,12 @@ def test_missing_file_and_bad_alias(tmp_path):
     assert info.value.code == EX_NOINPUT
     with pytest.raises(ConfigError):
         sshconfig.load_host(str(tmp_path / "none"), "-oProxyCommand=x")
+
+
+def test_strict_host_key_checking_no_is_tofu_with_a_warning(tmp_path):
+    path = write(tmp_path, "Host hub\n HostName 10.0.0.2\n StrictHostKeyChecking no\n")
+    warned = []
+    t = sshconfig.tunnel_from_host(path, "hub", warnings=warned)
+    assert t.accept_new is True
+    assert warned == ["%s:3: StrictHostKeyChecking no is treated as accept-new (a changed host key is "
+                      "still refused)" % path]

@@ -351,3 +351,28 @@ def test_reconnect_request_stays_immediate_for_a_proven_session():
 def test_quick_retry_keeps_the_fleet_offset():
     b = M.Backoff(offset=2.0, rng=random.Random(5))
     assert 2.0 <= b.quick() <= 2.25 and b.attempt == 1
+
+
+def test_port_held_by_another_box_waits_longest_and_says_who():
+    m = make(max_backoff=60.0)
+    m.start(0)
+    out = C.Outcome(C.PORT_IN_USE, C.RECLAIM, "remote port forwarding failed for listen port 20022")
+    assert m.on_exit(0.3, out) == [M.Reclaim()]
+    held = "port 20022 on the hub is held by box 0123abcd, hostname OpenWrt, tunnel t, since x"
+    assert m.on_reclaimed(0.8, False, False, held) == []
+    assert m.state == M.BACKOFF and m.deadline >= 0.8 + 60.0
+    assert m.last_error == "remote-port-held: " + held
+    assert m.on_timer(30.0) == []             # no retry, no reclaim before the long wait is over
+    assert m.on_timer(m.deadline) == [M.Spawn()]
+
+
+def test_requested_reconnect_is_not_an_error():
+    # SIGUSR1 / failback: status must keep showing the last real error, not "reconnect-requested".
+    m = make()
+    m.start(0)
+    m.on_exit(0.1, REFUSED)
+    m.on_timer(m.deadline)
+    m.on_ready(2)
+    assert m.on_reconnect_request(3) == [M.Kill(C.RECONNECT)]
+    assert m.on_exit(3.1, C.classify(0, [], ours=C.RECONNECT)) == [M.Spawn()]
+    assert m.last_error == "connection-refused: refused"

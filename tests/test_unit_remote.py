@@ -16,7 +16,7 @@ from polling import wait_until
 
 from agent import remote
 from agent.remote import (
-    CLOSED, ERROR, MISMATCH, NO_ANSWER, NO_COMMAND, NO_INTERPRETER, NOT_OURS, NOTHING, OK,
+    CLOSED, ERROR, HELD, MISMATCH, NO_ANSWER, NO_COMMAND, NO_INTERPRETER, NOT_OURS, NOTHING, OK,
     RECLAIMED, REFUSED, UNREACHABLE, LoopListener, check_command, interpret_check,
     interpret_reclaim, loop_forward_pair, parse_ready, reclaim_command, send_nonce, session_command,
 )
@@ -216,10 +216,31 @@ def test_config_values_are_separate_quoted_words():
     assert "touch" not in cmd and "\n" not in cmd
     words = shlex.split(session_command([2222, 8022], "$HOME/.sshkeep", "router1.t1"))
     assert words[:5] == ["exec", "sh", "-c", remote._SESSION_SH, "sshkeep-session"]
-    assert words[5:] == ["$HOME/.sshkeep", "router1.t1", "2222", "8022"]  # $HOME left for the server
+    assert words[5:] == ["$HOME/.sshkeep", "router1.t1", "-", "-", "2222", "8022"]  # $HOME left for the server
     assert '"$HOME"/' in session_command([1], "$HOME/.sshkeep")
+    words = shlex.split(session_command([2222], "/s", "0123abcd", host="r1;$(id)", tunnel="t`id` x"))
+    assert words[5:] == ["/s", "0123abcd", "r1___id_", "t_id__x", "2222"]  # for people: folded, never code
     words = shlex.split(reclaim_command(2222, "/var/run/sk", "router1.t1"))
-    assert words[3] == remote._RECLAIM_SH and words[4:] == ["sshkeep-reclaim", "/var/run/sk", "router1.t1", "2222"]
+    assert words[3] == remote._RECLAIM_SH
+    assert words[4:] == ["sshkeep-reclaim", "/var/run/sk", "router1.t1", "2222", "-", "-"]
+    words = shlex.split(reclaim_command(2222, "/var/run/sk", "abcd1234", pid=4242, start="987654"))
+    assert words[7:] == ["2222", "4242", "987654"]
+
+
+@pytest.mark.parametrize("pid, start", [("1;id", "5"), (-1, "5"), (5, "$(id)"), (5, "1 2"), (5, "١٢")])
+def test_bad_reclaim_session_rejected(pid, start):
+    with pytest.raises(ValueError):
+        reclaim_command(2222, owner="abcd1234", pid=pid, start=start)
+
+
+@pytest.mark.parametrize("name", ["tünnel", "Straße", "☃", "", "a b\nc", "x" * 200])
+def test_any_tunnel_or_host_name_works(name):
+    """Names are recorded for people only: any text folds to one ASCII word (was: ValueError, exit 70)."""
+    words = shlex.split(session_command([2222], "/s", "abcd1234", host=name, tunnel=name))
+    assert len(words) == 10
+    for w in words[7:9]:
+        assert w.isascii() and 1 <= len(w) <= 64 and " " not in w
+    assert shlex.split(session_command([1], "/s", "abcd1234", tunnel="tünnel"))[8] == "tunnel"
 
 
 def test_hostile_banner_runs_as_data_only(tmp_path, peers):
@@ -280,12 +301,19 @@ def test_interpret_reclaim_table():
     assert interpret_reclaim(90, "sshkeep-reclaim ended 4242\nsshkeep-reclaim 90\n", "", False) == (RECLAIMED, 4242)
     assert interpret_reclaim(91, "sshkeep-reclaim 91\n", "", False) == (NOTHING, None)
     assert interpret_reclaim(92, "sshkeep-reclaim other-uid 7\nsshkeep-reclaim 92\n", "", False) == (NOT_OURS, None)
+    held = "sshkeep-reclaim held 77 0123abcd 1764650000 OpenWrt t1\nsshkeep-reclaim 93\n"
+    assert interpret_reclaim(93, held, "", False) == (HELD, None)
+    assert remote.reclaim_holders(held) == [{"pid": 77, "box": "0123abcd", "since": 1764650000, "host": "OpenWrt",
+                                             "tunnel": "t1"}]
+    assert remote.reclaim_holders("sshkeep-reclaim held 77 x - h t\n")[0]["since"] is None
     assert interpret_reclaim(255, "", "Connection timed out", False) == (UNREACHABLE, None)
     assert interpret_reclaim(None, "", "", True) == (UNREACHABLE, None)
     assert interpret_reclaim(1, "", "dbclient: Exited", False, "dropbear") == (UNREACHABLE, None)
     assert interpret_reclaim(0, "hello from a forced command\n", "", False) == (NO_COMMAND, None)
-    assert parse_ready("sshkeep-ready 1234 ok") == (1234, True)
-    assert parse_ready("sshkeep-ready 1234 nostate") == (1234, False)
+    assert parse_ready("sshkeep-ready 1234 ok") == (1234, True, None)
+    assert parse_ready("sshkeep-ready 1234 nostate") == (1234, False, None)
+    assert parse_ready("sshkeep-ready 1234 ok 5678") == (1234, True, "5678")
+    assert parse_ready("sshkeep-ready 1234 ok 0") == (1234, True, None)
     assert parse_ready("Welcome to the server") is None
 
 
@@ -352,14 +380,22 @@ def starttime(pid):
 
 def test_session_registers_and_reclaim_ends_it(tmp_path, sessions):
     state = str(tmp_path / "state")
-    s = sessions(session_command([2222, 8022], state, "box1.t1"))
-    assert s.ready == (s.pid, True)
+    before = int(time.time())
+    s = sessions(session_command([2222, 8022], state, "0123abcd", host="OpenWrt", tunnel="tünnel"))
+    assert s.ready == (s.pid, True, starttime(s.pid))
     for port in (2222, 8022):
         with open(os.path.join(state, "rport-%d-%d" % (port, s.pid))) as f:
-            assert f.read() == "box1.t1 %s\n" % starttime(s.pid)
+            words = f.read().split(" ")
+        since = int(words[5][len("since="):])
+        assert words[:5] + words[6:] == ["v1", "box=0123abcd", "host=OpenWrt", "tunnel=tunnel",
+                                         "start=%s" % starttime(s.pid), "ports=2222,8022\n"]
+        assert before <= since <= time.time() + 1
     assert oct(os.stat(state).st_mode & 0o777) == "0o700"
     bindir = make_bin(str(tmp_path / "bin"), "dash", [])
-    r = run_remote(reclaim_command(8022, state, "box1.t1"), bindir)
+    r = run_remote(reclaim_command(8022, state, "0123abcd"), bindir)   # no session named: nothing ended
+    assert interpret_reclaim(r.returncode, r.out, r.err, False) == (HELD, None), (r.out, r.err)
+    assert s.proc.poll() is None
+    r = run_remote(reclaim_command(8022, state, "0123abcd", pid=s.pid, start=s.ready[2]), bindir)
     assert interpret_reclaim(r.returncode, r.out, r.err, False) == (RECLAIMED, s.pid), (r.out, r.err)
     assert s.proc.wait(3) == -15  # TERM, as sshd gets it
     assert not os.path.exists(os.path.join(state, "rport-8022-%d" % s.pid))
@@ -381,24 +417,46 @@ def test_dropbear_like_session_process_is_recognised(tmp_path, sessions):
     state = str(tmp_path / "state")
     s = sessions(session_command([2222], state, "o"), argv0="/usr/sbin/dropbear -F -E -s -p 2222")
     bindir = make_bin(str(tmp_path / "bin"), "dash", [])
-    r = run_remote(reclaim_command(2222, state, "o"), bindir)
+    r = run_remote(reclaim_command(2222, state, "o", pid=s.pid, start=s.ready[2]), bindir)
     assert interpret_reclaim(r.returncode, r.out, r.err, False) == (RECLAIMED, s.pid)
 
 
 def test_reclaim_leaves_other_owners_alone(tmp_path, sessions):
+    """Same hostname, same tunnel name, same port, another box: never ended, even given its exact
+    pid and start time; the reclaim says who holds the port instead."""
     state = str(tmp_path / "state")
-    s = sessions(session_command([2222], state, "box2.t1"))
+    s = sessions(session_command([2222], state, "box2", host="OpenWrt", tunnel="t1"))
     bindir = make_bin(str(tmp_path / "bin"), "dash", [])
-    r = run_remote(reclaim_command(2222, state, "box1.t1"), bindir)
-    assert interpret_reclaim(r.returncode, r.out, r.err, False) == (NOTHING, None)
-    assert s.proc.poll() is None
+    r = run_remote(reclaim_command(2222, state, "box1", pid=s.pid, start=s.ready[2]), bindir)
+    assert interpret_reclaim(r.returncode, r.out, r.err, False) == (HELD, None)
+    (h,) = remote.reclaim_holders(r.out)
+    assert (h["pid"], h["box"], h["host"], h["tunnel"]) == (s.pid, "box2", "OpenWrt", "t1") and h["since"]
+    r = run_remote(reclaim_command(2222, state, "box2", pid=s.pid, start=str(int(s.ready[2]) + 1)), bindir)
+    assert interpret_reclaim(r.returncode, r.out, r.err, False) == (HELD, None)  # not the announced session
+    r = run_remote(reclaim_command(2222, state, "box2", pid=s.pid + 100000, start=s.ready[2]), bindir)
+    assert interpret_reclaim(r.returncode, r.out, r.err, False) == (HELD, None)
+    assert s.proc.poll() is None and os.listdir(state) == ["rport-2222-%d" % s.pid]
+
+
+def test_planted_record_is_data_only(tmp_path, sessions):
+    """A record with shell text in it (another tool, a hostile user of the account) runs nothing."""
+    state = tmp_path / "state"
+    state.mkdir()
+    s = sessions(LOOKALIKE, argv0="sshd: tester@notty")
+    (state / ("rport-2222-%d" % s.pid)).write_text(
+        "v1 box=$(touch%s/pwned) host=* tunnel=`id` start=%s since=; ports=2222\n" % (tmp_path, starttime(s.pid)))
+    bindir = make_bin(str(tmp_path / "bin"), "dash", [])
+    r = run_remote(reclaim_command(2222, str(state), "o", pid=s.pid, start=starttime(s.pid)), bindir)
+    assert interpret_reclaim(r.returncode, r.out, r.err, False) == (HELD, None), (r.out, r.err)
+    assert "sshkeep-reclaim held %d $(touch%s/pwned) ; * `id`" % (s.pid, tmp_path) in r.out
+    assert not (tmp_path / "pwned").exists() and s.proc.poll() is None
 
 
 def test_reclaim_refuses_a_process_that_is_not_a_session(tmp_path, sessions):
     state = str(tmp_path / "state")
     s = sessions(session_command([2222], state, "o"), argv0="some-daemon --foo")
     bindir = make_bin(str(tmp_path / "bin"), "dash", [])
-    r = run_remote(reclaim_command(2222, state, "o"), bindir)
+    r = run_remote(reclaim_command(2222, state, "o", pid=s.pid, start=s.ready[2]), bindir)
     assert interpret_reclaim(r.returncode, r.out, r.err, False) == (NOT_OURS, None)
     assert "not-a-session %d" % s.pid in r.out
     assert s.proc.poll() is None
@@ -441,7 +499,7 @@ def _reclaim_other_uid(tmp_path, sessions):
     os.chmod(str(f), 0o644)
     bindir = make_bin(str(tmp_path / "bin"), "dash", [])
     os.chmod(bindir, 0o755)
-    r = run_remote(reclaim_command(2222, str(state), "o"), bindir, user=65534)
+    r = run_remote(reclaim_command(2222, str(state), "o", pid=s.pid, start=starttime(s.pid)), bindir, user=65534)
     assert interpret_reclaim(r.returncode, r.out, r.err, False) == (NOT_OURS, None), (r.out, r.err)
     assert "other-uid %d" % s.pid in r.out
     assert s.proc.poll() is None
@@ -455,7 +513,7 @@ def test_reclaim_with_no_state_dir(tmp_path):
 
 def test_session_without_writable_state_still_runs(tmp_path, sessions):
     s = sessions(session_command([2222], "/proc/sshkeep-cannot", "o"))
-    assert s.ready == (s.pid, False)
+    assert s.ready[:2] == (s.pid, False)
 
 
 # ----------------------------------------------------------------------------- loop check, box side only

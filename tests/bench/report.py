@@ -1,11 +1,12 @@
-"""Turn a bench results document (tests/bench/results/*.json) into SVG timelines and the README section.
+"""Turn a bench results document (tests/bench/results/*.json) into SVG timelines and the results section
+of docs/benchmarks.md.
 
-render_section(doc, results_dir) -> markdown (without the markers)
-rewrite_readme(path, section) -> True if README.md had both markers and was rewritten
+render_section(doc, results_dir, link_dir) -> markdown (without the markers)
+rewrite_marked(path, section) -> True if the file had both markers and was rewritten
 write_svgs(doc, out_dir, quick=False) -> [paths]
 
 Also a CLI, to re-render from a saved JSON without re-running: python tests/bench/report.py RESULTS.json
-[--svg DIR] [--readme README.md]
+[--svg DIR] [--doc docs/benchmarks.md]
 """
 
 import json
@@ -78,9 +79,11 @@ def median_heal(runs):
     return statistics.median(vals) if vals else None
 
 
-# ----------------------------------------------------------------------------- README section
+# ----------------------------------------------------------------------------- results section
 
-def render_section(doc, results_dir="tests/bench/results"):
+def render_section(doc, results_dir="tests/bench/results", link_dir=None):
+    """results_dir names the raw JSON (from the repository's top); link_dir is the same directory as the
+    SVG links must spell it, relative to the document they go into (default: results_dir)."""
     m = doc.get("machine", {})
     s = doc.get("settings", {})
     pf = per_fault(doc)
@@ -113,7 +116,7 @@ def render_section(doc, results_dir="tests/bench/results"):
                 row.append(c)
             lines.append("| " + " | ".join(row) + " |")
         lines.append("")
-        svgs = ["[%d](%s/fault%d.svg)" % (n, results_dir, n) for n in sorted(pf)]
+        svgs = ["[%d](%s/fault%d.svg)" % (n, link_dir or results_dir, n) for n in sorted(pf)]
         lines.append("Timelines (forward up/down per contender and run): fault " + ", ".join(svgs) + ".")
         lines.append("")
     lines += _footprint(doc)
@@ -263,8 +266,8 @@ def _mark(ok):
     return "✅" if ok else "❌"
 
 
-def rewrite_readme(path, section):
-    """Replace what lies between the marker lines of README.md with section. False (and no write) when
+def rewrite_marked(path, section):
+    """Replace what lies between the marker lines of path (docs/benchmarks.md) with section. False (and no write) when
     the file or either marker is missing."""
     try:
         with open(path, encoding="utf-8") as f:
@@ -373,17 +376,20 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description="re-render the bench report from a results JSON")
     ap.add_argument("results")
     ap.add_argument("--svg", default=None, help="write the SVGs into this directory")
-    ap.add_argument("--readme", default=None, help="rewrite the marked section of this README")
+    ap.add_argument("--doc", default=None, help="rewrite the marked section of this file (docs/benchmarks.md)")
     ap.add_argument("--results-dir", default="tests/bench/results")
     a = ap.parse_args(argv)
     with open(a.results) as f:
         doc = json.load(f)
     if a.svg:
         write_svgs(doc, a.svg)
-    section = render_section(doc, a.results_dir)
-    if a.readme:
-        if not rewrite_readme(a.readme, section):
-            sys.stderr.write("no markers in %s\n" % a.readme)
+    link_dir = None
+    if a.doc:
+        link_dir = os.path.relpath(os.path.abspath(a.results_dir), os.path.dirname(os.path.abspath(a.doc)))
+    section = render_section(doc, a.results_dir, link_dir=link_dir)
+    if a.doc:
+        if not rewrite_marked(a.doc, section):
+            sys.stderr.write("no markers in %s\n" % a.doc)
             return 1
     print(section)
     return 0

@@ -1,7 +1,7 @@
 """`make bench`: heal time per fault, footprint and a fleet storm, sshkeep against autossh.
 
 usage: python tests/bench/run.py [--reps N] [--quick] [--cap S] [--faults 1,2,..] [--no-fleet]
-                                 [--no-footprint] [--no-readme] [--out DIR] [--only cuts] [--no-cuts]
+                                 [--no-footprint] [--no-doc] [--out DIR] [--only cuts] [--no-cuts]
                                  [--cuts-for S] [--cut-every S] PYZ
 
 Session cuts (issue 18): after the faults, the hub cuts every connection --cut-every s after accepting
@@ -19,8 +19,8 @@ end to end *from the server side* with the box service's banner; a prober inside
 starts a probe on every forward every 0.2 s (each waits at most 1 s for the banner).
 
 Outputs: tests/bench/results/<UTC date>.json (raw), tests/bench/results/fault<N>.svg (timelines),
-and, unless --no-readme/--quick, the README.md section between `<!-- bench:start -->` and
-`<!-- bench:end -->` (render_section / rewrite_readme). Agent and autossh logs are copied to
+and, unless --no-doc/--quick, the docs/benchmarks.md section between `<!-- bench:start -->` and
+`<!-- bench:end -->` (render_section / rewrite_marked). Agent and autossh logs are copied to
 /tmp/sshkeep-bench-<stamp>/ for reading why something healed slowly.
 """
 
@@ -907,7 +907,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("pyz")
     ap.add_argument("--reps", type=int, default=3)
-    ap.add_argument("--quick", action="store_true", help="1 rep, short waits, 5-agent fleet, no README")
+    ap.add_argument("--quick", action="store_true", help="1 rep, short waits, 5-agent fleet, no doc rewrite")
     ap.add_argument("--cap", type=float, default=60.0, help="seconds to wait for a heal (default 60)")
     ap.add_argument("--faults", default="1,2,3,4,5,6,7")
     ap.add_argument("--blackhole", type=float, default=30.0)
@@ -922,20 +922,21 @@ def main(argv=None):
                     help="keep the contenders running from fault to fault (autossh's backoff then grows)")
     ap.add_argument("--no-fleet", action="store_true")
     ap.add_argument("--no-footprint", action="store_true")
-    ap.add_argument("--no-readme", action="store_true")
+    ap.add_argument("--no-doc", action="store_true", help="leave docs/benchmarks.md alone")
     ap.add_argument("--out", default=os.path.join(HERE, "results"))
-    ap.add_argument("--readme", default=os.path.join(ROOT, "README.md"))
+    ap.add_argument("--doc", default=os.path.join(ROOT, "docs", "benchmarks.md"),
+                    help="the document whose bench:start/bench:end section is rewritten")
     ap.add_argument("--only", choices=("cuts",), help="cuts: only the session-cut scenario (no faults, fleet, "
-                                                      "footprint or README)")
+                                                      "footprint or doc)")
     ap.add_argument("--no-cuts", action="store_true", help="skip the session-cut scenario")
     ap.add_argument("--cuts-for", type=float, default=300.0, help="length of the session-cut scenario (s)")
     ap.add_argument("--cut-every", type=float, default=5.0, help="the hub cuts a connection this long after "
                                                                 "accepting it (s)")
     args = ap.parse_args(argv)
     if args.only == "cuts":
-        args.faults, args.no_fleet, args.no_footprint, args.no_readme = "", True, True, True
+        args.faults, args.no_fleet, args.no_footprint, args.no_doc = "", True, True, True
     if args.quick:
-        args.reps, args.no_readme = 1, True
+        args.reps, args.no_doc = 1, True
         args.fleet = min(args.fleet, 5)
         args.cpu_min = min(args.cpu_min, 20.0)
     problems = labmod.missing_requirements()
@@ -1017,7 +1018,7 @@ def main(argv=None):
         if not args.no_fleet:
             doc["fleet"] = []
             # sshkeep twice: with defaults (no spread: one box heals fastest) and with the
-            # per-box spread a fleet should set (README: Fleet spreading)
+            # per-box spread a fleet should set (docs/configuration.md: Fleet spreading)
             for kind in ("sshkeep", "sshkeep-spread", "autossh"):
                 if kind == "sshkeep-spread" and not args.fleet_spread:
                     continue
@@ -1040,13 +1041,14 @@ def main(argv=None):
         return 0
     svgs = report.write_svgs(doc, args.out, quick=args.quick)
     log("wrote %s and %d SVG(s); logs in %s" % (path, len(svgs), args.logdir))
-    section = report.render_section(doc, os.path.relpath(args.out, ROOT))
+    section = report.render_section(doc, os.path.relpath(args.out, ROOT),
+                                    link_dir=os.path.relpath(args.out, os.path.dirname(os.path.abspath(args.doc))))
     print(section)
-    if not args.no_readme:
-        if report.rewrite_readme(args.readme, section):
-            log("README section rewritten: %s" % args.readme)
+    if not args.no_doc:
+        if report.rewrite_marked(args.doc, section):
+            log("results section rewritten: %s" % args.doc)
         else:
-            log("README has no bench markers: section not written (printed above)")
+            log("%s has no bench markers: section not written (printed above)" % args.doc)
     return 0
 
 

@@ -1,4 +1,4 @@
-"""The bench's pure parts: README section rewriting, heal-time arithmetic, rendering (no lab needed).
+"""The bench's pure parts: rewriting the results section of docs/benchmarks.md, heal-time arithmetic, rendering (no lab needed).
 
 Run: build/venv/bin/python -m pytest -q tests/bench/test_report.py (make test ignores tests/bench).
 """
@@ -12,26 +12,26 @@ import report  # noqa: E402
 
 
 def write(tmp_path, text):
-    p = tmp_path / "README.md"
+    p = tmp_path / "benchmarks.md"
     p.write_text(text, encoding="utf-8")
     return str(p)
 
 
 def test_rewrite_replaces_only_between_markers(tmp_path):
     p = write(tmp_path, "# x\nintro\n<!-- bench:start -->\nold\nlines\n<!-- bench:end -->\ntail\n")
-    assert report.rewrite_readme(p, "new table\n")
+    assert report.rewrite_marked(p, "new table\n")
     assert open(p, encoding="utf-8").read() == \
         "# x\nintro\n<!-- bench:start -->\nnew table\n<!-- bench:end -->\ntail\n"
-    assert report.rewrite_readme(p, "new table")  # idempotent, newline added
+    assert report.rewrite_marked(p, "new table")  # idempotent, newline added
     assert open(p, encoding="utf-8").read().count("new table") == 1
 
 
 def test_rewrite_without_markers_changes_nothing(tmp_path):
     for text in ("# x\nno markers\n", "<!-- bench:end -->\n<!-- bench:start -->\n", "<!-- bench:start -->\n"):
         p = write(tmp_path, text)
-        assert not report.rewrite_readme(p, "new\n")
+        assert not report.rewrite_marked(p, "new\n")
         assert open(p, encoding="utf-8").read() == text
-    assert not report.rewrite_readme(str(tmp_path / "missing.md"), "new\n")
+    assert not report.rewrite_marked(str(tmp_path / "missing.md"), "new\n")
 
 
 def run(fault, rep, heals, starts=None, cap=60.0):
@@ -67,3 +67,14 @@ def test_heal_time_and_downtime():
     assert bench.heal_time(rs, 11.0, 11.0) is None
     assert abs(bench.downtime(rs, 0.0, 11.0) - (10.2 - 0.21)) < 1e-9
     assert bench.transitions(rs, 0.0) == [[0.01, 1], [0.21, 0], [10.2, 1]]
+
+
+def test_svg_links_follow_the_document_raw_path_stays():
+    """The section lives in docs/benchmarks.md: its timeline links must climb out of docs/, while the raw
+    results path it names stays as seen from the repository's top."""
+    doc = {"date": "2026-11-25 09:00 UTC", "machine": {}, "settings": {"reps": 1},
+           "contenders": ["sshkeep + OpenSSH"], "runs": [run(1, 1, {"sshkeep + OpenSSH": 0.3})]}
+    text = report.render_section(doc, "tests/bench/results", link_dir="../tests/bench/results")
+    assert "[1](../tests/bench/results/fault1.svg)" in text
+    assert "Raw results: `tests/bench/results/2026-11-25.json`" in text
+    assert "[1](tests/bench/results/fault1.svg)" in report.render_section(doc, "tests/bench/results")

@@ -1,0 +1,116 @@
+"""This box's identity: a random ID made once per install, the owner of its sessions on a hub.
+
+Hostnames collide (every stock OpenWrt box is "OpenWrt"), and so do tunnel names
+and anything cut or folded from them; 64 random bits do not. The ID lives beside
+the host-key pins (default_dir(): flash on OpenWrt), written once at the first
+start and only read after that. Hostname and tunnel name go to the hub beside it,
+folded to ASCII by `word`, for people only.
+"""
+
+import os
+import re
+
+from agent.errors import EX_CANTCREAT, EX_DATAERR, SshkeepError
+
+FILE_NAME = "box-id"
+ID_OK = re.compile(r"\A[A-Za-z0-9_-]{4,64}\Z")   # made: 16 hex digits; an admin may write their own
+
+# Latin letters to ASCII (no unicodedata on python3-light): enough for names people type.
+_FROM = "ÀÁÂÃÄÅàáâãäåÇçÐðÈÉÊËèéêëÌÍÎÏìíîïÑñÒÓÔÕÖØòóôõöøÙÚÛÜùúûüÝýÿŠšŽžŁłŚśŹźŻżĆćŃńĘęĄąČčŘřĚěŮů"
+_TO = "AAAAAAaaaaaaCcDdEEEEeeeeIIIIiiiiNnOOOOOOooooooUUUUuuuuYyySsZzLlSsZzZzCcNnEeAaCcRrEeUu"
+_FOLD = dict(zip(_FROM, _TO))
+_FOLD.update({"ß": "ss", "Æ": "AE", "æ": "ae", "Œ": "OE", "œ": "oe", "Þ": "Th", "þ": "th"})
+
+
+def default_dir() -> str:
+    """Where pins and the ID live: /etc/sshkeep as root, else $XDG_CONFIG_HOME/sshkeep
+    (~/.config/sshkeep). Persistent on purpose: /tmp and /var/run are tmpfs on OpenWrt."""
+    if os.geteuid() == 0:
+        return "/etc/sshkeep"
+    base = os.environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
+    return os.path.join(base, "sshkeep")
+
+
+def default_path() -> str:
+    return os.path.join(default_dir(), FILE_NAME)
+
+
+def word(text: str, limit: int = 64) -> str:
+    """Any text as one ASCII word for the hub's records ([A-Za-z0-9._-], at most `limit`).
+
+    Letters with accents lose them (tünnel -> tunnel), anything else becomes '_'.
+    Never an identity: two names may fold to the same word."""
+    out = []
+    for c in text:
+        c = _FOLD.get(c, c)
+        out.append(c if c.isascii() and (c.isalnum() or c in "._-") else "_")
+    return "".join(out)[:limit] or "-"
+
+
+def new_id() -> str:
+    return os.urandom(8).hex()
+
+
+def box_id(path: str = "") -> str:
+    """The ID kept in `path` (default_path()); made and written once if the file is missing.
+
+    Two agents starting at once agree: the new ID goes to a temp file that is
+    hard-linked into place, so only one of them wins and both read the winner.
+    """
+    path = path or default_path()
+    try:
+        return _read(path)
+    except FileNotFoundError:
+        pass
+    d = os.path.dirname(path) or "."
+    tmp = "%s.%d.tmp" % (path, os.getpid())
+    try:
+        os.makedirs(d, mode=0o700, exist_ok=True)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+        try:
+            os.write(fd, (new_id() + "\n").encode())
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            pass  # another agent made it first: use theirs
+        _sync_dir(d)
+        return _read(path)
+    except OSError as exc:
+        raise SshkeepError("cannot create the box identity %s: %s (it must be on persistent storage and "
+                           "writable once; give --box-id-file FILE)" % (path, exc.strerror or exc), EX_CANTCREAT)
+    finally:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+
+
+def _read(path: str) -> str:
+    try:
+        with open(path, "rb") as fh:
+            text = fh.read(256).decode("ascii", "replace").strip()
+    except FileNotFoundError:
+        raise
+    except OSError as exc:
+        raise SshkeepError("cannot read the box identity %s: %s (give --box-id-file FILE)"
+                           % (path, exc.strerror or exc), EX_CANTCREAT)
+    if not ID_OK.match(text):
+        raise SshkeepError("%s:1: not a box identity (4-64 of A-Z a-z 0-9 _ -): remove the file and a new one "
+                           "is made (the hub then sees a new box), or write the old ID back" % path, EX_DATAERR)
+    return text
+
+
+def _sync_dir(d: str) -> None:
+    try:
+        fd = os.open(d, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
