@@ -95,6 +95,7 @@ def serve(settings, opts, reload_fn):
             from agent.health import Checks
             checks = Checks(log)
         sup = Supervisor(settings, log, reload_settings=reload_fn, checks=checks)
+        sup.previous_state = opts["previous"]
         try:
             sup.prepare()
             _check_dropbear_options(sup.runners, set(opts["asked_options"]), log)
@@ -132,14 +133,10 @@ def _check_dropbear_options(runners, asked, log):
 
 
 def previous(state_path):
-    """What the state file says of the agent before us: {"pid", "children"} ({} if nothing).
-    Read by the start-up process (json is not in the runtime) and passed on."""
-    from agent import state
-    try:
-        doc = state.read(state_path)
-    except E.SshkeepError:
-        return {}
-    return {"pid": doc.get("pid"), "children": doc.get("children")} if isinstance(doc, dict) else {}
+    """The state file as the agent before us left it ({} if none): read by the start-up process
+    (json is not in the runtime) and passed on, for the orphan reaping and the supervisor."""
+    from agent import lifecycle
+    return lifecycle.read_state(state_path)
 
 
 def _reap_previous(doc, log):

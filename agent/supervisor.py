@@ -14,7 +14,7 @@ import time
 
 from agent import __version__
 from agent import classify as C
-from agent import clients, identity, lifecycle, probe, record, remote, spread, state
+from agent import clients, identity, probe, record, remote, spread, state
 from agent import machine as M
 from agent.child import Child, Job
 from agent.errors import EX_NOINPUT, SshkeepError
@@ -134,6 +134,7 @@ class Supervisor:
         self.detect = detect
         self.reload_settings = reload_settings
         self.checks = checks            # agent.health.Checks or None
+        self.previous_state = None      # dict: the state file at start, if the caller read it
         self.rng = M.Jitter()
         self.runners = []
         self.sel = None
@@ -214,7 +215,7 @@ class Supervisor:
             self.box = self._box_id()
         if not self.runners:
             self.runners = [self._make_runner(t) for t in self.settings.tunnels]
-            self._seed_sessions(lifecycle.read_state(self.settings.state))
+            self._seed_sessions(self._previous_state())
         try:
             state.private_dir(self.runtime_dir)  # dbclient's private HOMEs
         except (OSError, SshkeepError) as exc:
@@ -222,13 +223,21 @@ class Supervisor:
                 raise  # there but not ours, or a symlink: never write through it
             self.log.error("", str(exc))  # cannot be made (full or read-only): those tunnels report it
 
+    def _previous_state(self):
+        """The state file as this agent found it: read by the start-up process and passed on
+        (serve.py), so the running agent needs neither lifecycle nor json; else read here."""
+        if self.previous_state is not None:
+            return self.previous_state
+        from agent import lifecycle
+        return lifecycle.read_state(self.settings.state)
+
     def _box_id(self):
         """The box identity; if its file cannot be read or made, a temporary one (kept in the
         run state until reboot), loudly: the tunnels matter more than reclaim across reboots."""
         try:
             return identity.box_id(self.settings.box_id_file)
         except SshkeepError as exc:
-            prev = lifecycle.read_state(self.settings.state).get("box_id")
+            prev = self._previous_state().get("box_id")
             box = prev if isinstance(prev, str) and identity.ID_OK.match(prev) else identity.new_id()
             self.log.error("", "%s; using the temporary box id %s until this is fixed (forgotten at reboot)"
                            % (exc, box))
