@@ -22,7 +22,7 @@ import sys
 import time
 
 from agent import errors as E
-from agent import hub
+from agent import hub, state
 from agent.record import replace
 
 if False:  # annotations only
@@ -194,20 +194,9 @@ def reap(state_dir: str, stale, uid: int) -> Tuple[List[Tuple[str, str]], List[T
 def write_atomic(path: str, text: str) -> None:
     """tmp + rename in the same directory; node_exporter's textfile collector reads only *.prom,
     so the temp name (no .prom ending) is never read half written."""
-    tmp = "%s.%d.tmp" % (path, os.getpid())
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0), 0o644)
-        try:
-            os.write(fd, text.encode("utf-8"))
-            os.fchmod(fd, 0o644)  # the collector runs as another user
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
+        state.replace_file(path, text.encode("utf-8"), 0o644)
     except OSError as exc:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
         raise E.SshkeepError("cannot write %s: %s (the directory must be writable by this user)"
                              % (path, exc.strerror or exc), E.EX_CANTCREAT)
 

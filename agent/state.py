@@ -52,22 +52,36 @@ def owned_by_us(fd: int) -> bool:
     return os.fstat(fd).st_uid == os.geteuid()
 
 
-def write(path: str, doc: dict) -> None:
+def replace_file(path: str, data: bytes, mode: int = 0o644) -> None:
+    """Write `data` to a fresh temp file beside `path` (never through a planted one), then rename:
+    a reader sees the old file or the new one, never half of it. OSError on failure, temp removed."""
     tmp = "%s.%d.tmp" % (path, os.getpid())
     try:
         try:
             os.unlink(tmp)  # a leftover (or planted) temp file: never write through it
         except FileNotFoundError:
             pass
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
-        with os.fdopen(fd, "w") as fh:
-            fh.write(dumps(doc) + "\n")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fchmod(fd, mode)  # not narrowed by the umask (a hub's collector runs as another user)
+        finally:
+            os.close(fd)
         os.replace(tmp, path)
-    except OSError as exc:
+    except OSError:
         try:
             os.unlink(tmp)
         except OSError:
             pass
+        raise
+
+
+def write(path: str, doc: dict) -> None:
+    try:
+        replace_file(path, (dumps(doc) + "\n").encode("utf-8"))
+    except OSError as exc:
         raise StateError("cannot write state file %s: %s (use --state FILE on a writable tmpfs)"
                          % (path, exc.strerror or exc))
 
