@@ -103,8 +103,7 @@ class Checks:
         timeout; each check's budget starts when the responder is free for it."""
         banners = [_banner(f.check) or self._greeting(sup, r, f) for f in forwards]  # probes first
         if sup.session_request(r, "ping", r.requests.ping_budget(), lambda words: None) is None:
-            self._exec(sup, r, forwards)
-            return
+            return   # the session is being restarted: no check (and no exec login) now
         for f, banner in zip(forwards, banners):
             name = "R:%d" % f.port
 

@@ -553,7 +553,8 @@ class Supervisor:
 
     def in_session(self, r):
         """Can r's -R checks go to the responder of its running session now?"""
-        return r.child is not None and r.responder is not None and not r.responder_broken
+        return (r.child is not None and r.child.term_sent is None and r.responder is not None
+                and not r.responder_broken)
 
     def _start_responder(self, r, name):
         """The ready line named the responder the session runs: send it its program (once)."""
@@ -611,6 +612,7 @@ class Supervisor:
                 r.responder_broken = "the hub's %s responder never answered (2 sessions)" % (r.responder or "")
                 self.log.warning(r.name, r.responder_broken + ": exec checks from now on")
         r.requests.clear()
+        r.responder = None
         self.log.warning(r.name, "%s: the session is dead or its flow is lost; restarting" % what)
         self._event(r, r.m.on_session_silent, now, what)
 
@@ -669,6 +671,8 @@ class Supervisor:
     def _maybe_check(self, r, now):
         if self.checks is None or r.m.state != M.UP or r.next_check is None or now < r.next_check:
             return
+        if r.child is not None and r.child.term_sent is not None:
+            return   # being restarted: a check now would only log in for nothing
         if any(getattr(j, "kind", "") == "check" for j in r.jobs) or r.requests.pending:
             r.next_check = now + 1.0
             return
