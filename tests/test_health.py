@@ -179,16 +179,23 @@ def test_shell_metacharacters_never_reach_a_shell(lab):
     assert not os.path.exists(marker)
 
 
-def test_checks_bounded_when_server_accepts_but_never_answers(lab):
+@pytest.mark.parametrize("mode", ["exec", "auto"])
+def test_checks_bounded_when_server_accepts_but_never_answers(lab, mode):
     server = lab.start_sshd()
-    a, _ = start(lab, server, extra=("--connect-timeout", "3"))
+    a, _ = start(lab, server, extra=("--connect-timeout", "3", "--check-mode", mode))
     try:
         a.wait_up(30)
         a.wait(lambda: a.tunnel()["checks"].get("R:%d" % RPORT) == "ok", 15, "check ok")
         os.kill(server.pid, signal.SIGSTOP)   # the listener accepts (kernel backlog) but never speaks SSH
         try:
-            a.wait(lambda: a.tunnel()["checks"].get("R:%d" % RPORT) == "unreachable", 30,
-                   "the exec check gives up in bounded time")
+            if mode == "exec":
+                a.wait(lambda: a.tunnel()["checks"].get("R:%d" % RPORT) == "unreachable", 30,
+                       "the exec check gives up in bounded time")
+            else:   # in the session: no new login needed, the checks go on through the open session
+                seen = a.tunnel()["last_check"]
+                a.wait(lambda: a.tunnel()["last_check"] > seen + 4, 15, "more check rounds")
+                assert a.tunnel()["checks"].get("R:%d" % RPORT) == "ok"
+                assert a.tunnel()["restarts"] == 0
             assert a.tunnel()["state"] == "up"   # "cannot reach the server" is not "forward dead"
         finally:
             os.kill(server.pid, signal.SIGCONT)

@@ -360,3 +360,68 @@ def test_ping_budget_grows_on_a_slow_link_within_a_cap():
 def test_check_mode(args, mode):
     got, why = session.check_mode(*args)
     assert got == mode and why
+
+
+# ----------------------------------------------------------------------------- agent.health, in session
+class SessionSup:
+    """In session: records each request; answers checks with `code` (None: the request was skipped)."""
+
+    def __init__(self, code):
+        self.code, self.sent, self.reports, self.signals = code, [], [], []
+
+    def in_session(self, r):
+        return True
+
+    def clock(self):
+        return 0.0
+
+    def start_job(self, *a, **kw):
+        raise AssertionError("no exec login in session mode")
+
+    def session_request(self, r, verb, budget, on_answer, **words):
+        line = remote.request_line(len(self.sent) + 1, verb, **words)   # validated as the supervisor does
+        self.sent.append((verb, budget, line))
+        if verb == "check":
+            on_answer(None if self.code is None else ["check", str(self.code), "python3", "127.0.0.1"])
+        return len(self.sent)
+
+    def report_check(self, r, name, verdict, ok, detail=""):
+        self.reports.append((name, verdict, ok))
+
+
+class R:
+    def __init__(self, fwds):
+        from agent.model import Tunnel
+        self.t = Tunnel("t", "127.0.0.1", 22, forwards=tuple(fwds), remote_check_every=1)
+        self.loop, self.greetings, self.check_round, self.name = None, {}, 1, "t"
+        self.requests = session.Requests()
+
+        class M:
+            failures = 0
+        self.m = M()
+
+
+@pytest.mark.parametrize("code, verdict, ok", [(80, OK, True), (81, REFUSED, False), (84, MISMATCH, False),
+                                               (None, remote.ERROR, False)])
+def test_a_round_in_session_is_a_ping_then_one_request_per_forward(code, verdict, ok):
+    from agent import health
+    from agent.model import Forward
+    fwds = [Forward("R", "127.0.0.1", p, "127.0.0.1", 1, check="banner:SSH-") for p in (20022, 20023)]
+    sup, r = SessionSup(code), R(fwds)
+    health.Checks(None).run(sup, r, 0.0)
+    assert [v for v, _, _ in sup.sent] == ["ping", "check", "check"]
+    assert sup.sent[0][1] == session.PING_BUDGET
+    assert sup.sent[1][2].split()[1:5] == [b"check", b"127.0.0.1", b"20022", b"5353482d"]
+    assert sup.sent[1][1] == remote.check_budget("127.0.0.1", health.CHECK_TIMEOUT) + session.SLACK
+    assert sup.reports == [("R:20022", verdict, ok), ("R:20023", verdict, ok)]
+
+
+def test_machine_restarts_at_once_on_a_silent_session():
+    from agent import classify as C, machine as M
+    m = M.Machine(M.Policy())
+    m.start(0.0)
+    m.on_ready(1.0)
+    assert m.on_session_silent(5.0, "no answer from the session to its ping request in 3.0s") == [M.Kill(C.HEALTH)]
+    assert m.last_heal.startswith("restart: no answer")
+    m2 = M.Machine(M.Policy())
+    assert m2.on_session_silent(0.0, "x") == []        # not up: nothing to restart
