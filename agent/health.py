@@ -114,10 +114,15 @@ class Checks:
                 verdict, detail = remote.answer_verdict(words)
                 self._judge(sup, r, f, verdict, detail)
 
-            budget = remote.check_budget(f.bind, CHECK_TIMEOUT) + session.SLACK
-            if sup.session_request(r, "check", budget, done, bind=f.bind, port=f.port, banner=banner,
-                                   timeout=CHECK_TIMEOUT) is None:
-                sup.report_check(r, name, "invalid", None, "cannot be checked in the session")
+            try:
+                budget = remote.check_budget(f.bind, CHECK_TIMEOUT) + session.SLACK
+                sent = sup.session_request(r, "check", budget, done, bind=f.bind, port=f.port, banner=banner,
+                                           timeout=CHECK_TIMEOUT)
+            except ValueError as exc:
+                sup.report_check(r, name, "invalid", None, str(exc))
+                continue
+            if sent is None:
+                return   # the session is being restarted
 
     def _exec(self, sup, r, forwards):
         """One ssh exec (one key exchange) checks every -R forward of the tunnel in turn."""

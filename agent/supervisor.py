@@ -568,15 +568,11 @@ class Supervisor:
 
     def session_request(self, r, verb, budget, on_answer, **words):
         """Send one request to r's responder; on_answer(words or None) when answered (None: skipped).
-        Returns the id, or None if it could not be sent (no responder, bad words)."""
+        Returns the id, or None if it could not be sent (no responder now); ValueError: bad words."""
         if not self.in_session(r):
             return None
         now = self.clock()
-        rid = r.requests.next_id
-        try:
-            line = remote.request_line(rid, verb, **words)
-        except ValueError:
-            return None
+        line = remote.request_line(r.requests.next_id, verb, **words)
         if not r.child.send_nowait(line):
             # ssh does not take our stdin: the session is wedged
             self._session_silent(r, now, "ssh does not read the session's requests")

@@ -139,6 +139,7 @@ def test_lost_flow_is_found_by_the_check_not_by_keepalive(lab, mode):
             a.wait(lambda: "reclaimed stale listener" in a.log(), 15, "the reclaim")
         lab.wait_until(lambda: reverse_ok(lab), 20, what="forward back")
         took = time.monotonic() - lost
+        print("lost flow (%s checks): forward back %.1fs after the loss" % (mode, took))
         assert took < 30
         if mode == "exec":
             assert "no-answer" in a.log()

@@ -425,3 +425,13 @@ def test_machine_restarts_at_once_on_a_silent_session():
     assert m.last_heal.startswith("restart: no answer")
     m2 = M.Machine(M.Policy())
     assert m2.on_session_silent(0.0, "x") == []        # not up: nothing to restart
+
+
+def test_status_says_the_check_mode_and_why():
+    from agent import state
+    doc = {"pid": 1, "version": "x", "updated": 1000.0, "interval": 30, "tunnels": [
+        {"name": "hub", "state": "up", "forwards": [], "check_mode": "exec",
+         "check_mode_why": "the hub runs no command of ours (forced command or no shell): ssh runs -N"}]}
+    text = state.render(doc, now=1001.0)
+    assert "hub: remote checks exec (the hub runs no command of ours (forced command" in text
+    assert state.public(doc)["tunnels"][0]["check_mode"] == "exec"
