@@ -106,6 +106,11 @@ HINTS = {
 # before their uplink, so these are retried for ever, and a cheap TCP probe
 # may cut the backoff short when the server comes back.
 NETWORK_REASONS = frozenset({REFUSED, DNS, TIMEOUT, NETWORK, KEEPALIVE, CLOSED, EXITED, SIGNALED})
+# Of those, the ones where the server's host did not answer at all: only there may the link watch
+# probe with bare TCP connects (unanswered ones cost nobody). Where the host answered (refused,
+# closed, reset), sshd is what is missing or restarting, and a bare connect that gets through
+# earns a `noauth` PerSourcePenalty on OpenSSH 9.8+: the next ssh attempt is the probe there.
+PROBE_REASONS = frozenset({TIMEOUT, NETWORK, KEEPALIVE})
 
 
 @record

@@ -67,7 +67,8 @@ def _add_tunnel_options(p):
     p.add_argument("-l", "--user", default=None, help="user on the server")
     p.add_argument("-i", "--identity", default=None, metavar="KEYFILE", help="private key")
     p.add_argument("--client", choices=("auto", "openssh", "dropbear"), default="auto", help="which client")
-    p.add_argument("--ssh", default="", metavar="PATH", help="the client binary (default: ssh, then dbclient on PATH; --client picks which)")
+    p.add_argument("--ssh", default="", metavar="PATH",
+                   help="the client binary (default: ssh, then dbclient on PATH; --client dropbear: dbclient first)")
     p.add_argument("--ssh-config", metavar="FILE", help="take host, user, port, key, forwards from this ssh_config")
     p.add_argument("--known-hosts", default="", metavar="FILE", help="the server's host key (OpenSSH format)")
     p.add_argument("--accept-new", action="store_true", help="trust an unknown host key on first use")
@@ -138,6 +139,14 @@ def build_parser():
     rl.add_argument("-c", "--config", metavar="FILE")
     cf = sub.add_parser("config", help="print the effective configuration, or every error in it")
     cf.add_argument("-c", "--config", metavar="FILE", default="/etc/config/sshkeep")
+    hb = sub.add_parser("hub", help="on the hub, as the tunnel user: the boxes connected now, their ports, "
+                                    "whether each forward answers (docs/hub.md)")
+    hb.add_argument("--json", action="store_true", help="one JSON document instead of the table")
+    hb.add_argument("--state-dir", metavar="DIR", default=None,
+                    help="where the sessions record themselves (default $HOME/.sshkeep)")
+    hb.add_argument("--prometheus", metavar="FILE", default=None,
+                    help="write Prometheus text (node_exporter textfile collector) atomically to FILE")
+    hb.add_argument("--timeout", type=float, default=3.0, metavar="SECONDS", help="bound of the probes")
     return p
 
 
@@ -191,7 +200,7 @@ def settings_from_args(args):
             t = _replace(t, forwards=tuple(t.forwards) + tuple(extra))
         if not t.forwards:
             raise E.UsageError("Host %s in %s has no forwards; add -R/-L/-D" % (args.destination, args.ssh_config))
-        return _replace(_settings((t,), args), warnings=tuple(warned))
+        return _settings((t,), args, warned)
     if not args.destination:
         raise E.UsageError("a destination [user@]host is required (e.g. %s), or -c FILE "
                            "(/etc/config/sshkeep is read when it exists)" % USAGE_EXAMPLE)
@@ -232,7 +241,7 @@ def _forwards(args):
     seen = set()
     for f in out:
         key = (f.kind == "R", f.bind, f.port)
-        if key in seen:
+        if key in seen and f.port:
             raise E.ConfigError("two forwards listen on port %d on the same side" % f.port, E.EX_DATAERR)
         seen.add(key)
     return out
@@ -305,7 +314,10 @@ def _ssh_options(items):
             except values.Bad as exc:
                 raise E.SshkeepError("-o %s: %s — %s" % (text, exc.what, exc.fix), E.EX_DATAERR)
         else:
-            value = _abs(os.path.expanduser(value))
+            if key == "UserKnownHostsFile" and len(value.split()) > 1:
+                raise E.UsageError("-o %s: give one known_hosts file (sshkeep passes one to either client)" % text)
+            from agent.model import expand_tilde
+            value = _abs(expand_tilde(value))
         out[field] = value
     if extra:
         out["extra_options"] = tuple(extra)
@@ -327,12 +339,23 @@ def _replace(obj, **kw):
     return replace(obj, **kw)
 
 
-def _settings(tunnels, args):
+def _settings(tunnels, args, warnings=()):
     from agent.model import Settings
     return Settings(tunnels=tuple(tunnels), state=os.path.abspath(args.state or _default_state()),
                     pidfile=os.path.abspath(args.pidfile or _default_pidfile()), syslog=args.syslog,
                     config_path=args.config and os.path.abspath(args.config),
-                    box_id_file=_abs(args.box_id_file or ""))
+                    box_id_file=_abs(args.box_id_file or ""), warnings=tuple(warnings) + _option_warnings(args))
+
+
+def _option_warnings(args):
+    """`-o StrictHostKeyChecking=no` runs as trust on first use: say so at every start and in status."""
+    for text in getattr(args, "ssh_options", None) or ():
+        key, value = values.split_ssh_option(text)  # checked already by _ssh_options
+        if key.lower() == "stricthostkeychecking":
+            if value.lower() in ("no", "off"):
+                return ("-o %s is treated as accept-new (a changed host key is still refused)" % text,)
+            break  # the first value wins
+    return ()
 
 
 def _override_globals(s, args):
@@ -495,6 +518,9 @@ def main(argv=None):
             return cmd_status(args)
         if args.command == "config":
             return cmd_config(args)
+        if args.command == "hub":
+            from agent.hubscan import cmd_hub
+            return cmd_hub(args)
         from agent import lifecycle
         if args.command == "stop":
             return lifecycle.cmd_stop(_pidfile_of(args), state_path=_state_of(args))

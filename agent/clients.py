@@ -144,6 +144,21 @@ def _destination_checks(tunnel):
             raise SshkeepError("%s %r is not valid (no leading '-', spaces, ',', '/' or shell characters)" % (what, value), 65)
 
 
+_ALLOCATED = re.compile(r"Allocated port (\d+) for remote forward to (\S+)")
+
+
+def allocated_port(line: str):
+    """(port, "host:hostport") from a client's report of a hub-picked -R port, else None.
+
+    Measured: OpenSSH 9.2 "Allocated port 46271 for remote forward to 127.0.0.1:22" and
+    dbclient 2022.83 "dbclient: Allocated port 38681 for remote forward to 127.0.0.1:22",
+    against OpenSSH and dropbear servers alike."""
+    m = _ALLOCATED.search(line)
+    if m and 0 < int(m.group(1)) < 65536:
+        return int(m.group(1)), m.group(2)
+    return None
+
+
 def check_forwards(info: ClientInfo, tunnel) -> None:
     """dbclient has no -D (dynamic/SOCKS) at all, in any version: refuse it up front, since
     its usage error would take the server's other tunnels down with it on every connect."""
@@ -228,7 +243,7 @@ def _dropbear(info, t, no_command, port, learn=False):
     return argv
 
 
-# OpenSSH options that dbclient takes as flags of its own, in every version we know (2019.78+).
+# OpenSSH options that dbclient takes as flags of its own (`dbclient -h` of 2022.83 and 2025.89).
 _DROPBEAR_FLAGS = {"ciphers": "-c", "macs": "-m", "bindaddress": "-b"}
 
 
@@ -279,8 +294,8 @@ def check_identity(info: ClientInfo, path: str) -> None:
     except OSError as exc:
         raise SshkeepError("identity file %s cannot be read (%s)" % (path, exc.strerror or exc), EX_NOINPUT)
     if values.is_public_key(head):
-        private = path[:-4] if path.endswith(".pub") else "the file without .pub"
-        raise SshkeepError("identity file %s is a public key; give the private key (%s)" % (path, private),
+        private = " (%s)" % path[:-4] if path.endswith(".pub") else ""
+        raise SshkeepError("identity file %s is a public key; give the private key%s" % (path, private),
                            EX_NOINPUT)
     if st.st_mode & 0o077:
         # OpenSSH refuses such a key; dbclient uses it, but a key others can read is no secret.

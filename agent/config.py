@@ -338,12 +338,14 @@ def _split_hostport(value):
     return host, port
 
 
-def _conv_listen(value):
+def _conv_listen(value, remote=False):
     _printable(value)
     host, port = _split_hostport(value)
     if port is None:
         raise _Bad("%r has no port" % value, "write [address:]port, e.g. '8080' or '127.0.0.1:8080'")
     bind = "" if host is None else _conv_host(host, wildcard=True) if host else ""
+    if remote and port == "0":
+        return bind, 0  # the server picks the port (the agent shows which)
     return bind, _conv_port(port)
 
 
@@ -588,7 +590,7 @@ def _forward_fields(t, label, kind, vals, report):
         ok = False
     else:
         try:
-            bind, port = _conv_listen(listen[0])
+            bind, port = _conv_listen(listen[0], remote=kind == "R")
         except _Bad as exc:
             report.bad(listen[1], exc, "%s option listen" % label)
             ok = False
@@ -836,6 +838,8 @@ def _check_conflicts(servers, report):
     seen = {}
     for s, host, f, fwds in servers:
         for t, line, fw in fwds:
+            if not fw.port:
+                continue  # picked by the server: never the same as another
             side = ("server", host) if fw.kind == "R" else ("box",)
             for other_bind, other_name, other_line in seen.get((side, fw.port), ()):
                 if fw.bind == other_bind or fw.bind in _WILDCARDS or other_bind in _WILDCARDS:
@@ -884,7 +888,7 @@ def _check_files(servers, report):
                              "point identity at the private key file")
             elif _is_public(key):
                 report.error(line, "server '%s': key file %s is a public key" % (s.name, key),
-                             "give the private key (%s)" % (key[:-4] if key.endswith(".pub") else "without .pub"))
+                             "give the private key" + (" (%s)" % key[:-4] if key.endswith(".pub") else ""))
             elif st.st_mode & 0o077:
                 report.error(line, "server '%s': key file %s is readable by group or others (mode %04o)"
                              % (s.name, key, stat.S_IMODE(st.st_mode)), "chmod 600 %s" % key)

@@ -20,7 +20,8 @@ Keepalives only prove the SSH connection answers; these prove the forwards do.
 import shlex
 import time
 
-from agent import clients, probe, remote, session
+from agent import clients, identity, probe, remote, session
+from agent.model import hostport
 
 TARGET_DOWN = "target-down"
 LOCAL_TIMEOUT = 2.0
@@ -51,7 +52,7 @@ class Checks:
                       or r.m.failures > 0)
         if r.check_round % 10 == 0:  # targets that were down or silent: ask them again now and then
             r.greetings = {k: v for k, v in r.greetings.items() if v}
-        checked = [f for f in r.t.forwards if f.check != "none"]
+        checked = [f for f in r.forwards_now() if f.check != "none"]
         self._locals(sup, r, [f for f in checked if f.kind in ("L", "D")])
         if remote_due:
             self._remote(sup, r, [f for f in checked if f.kind == "R"])
@@ -180,8 +181,8 @@ class Checks:
         learned = prefix.decode("ascii") if prefix else None
         r.greetings[f.port] = learned
         if learned:
-            self.log.info(r.name, "R:%d: target %s:%d greets with %r: the remote check expects it"
-                          % (f.port, f.host, f.hostport, learned))
+            self.log.info(r.name, "%s: target %s greets with %r: the remote check expects it"
+                          % ("R:%d" % f.port, hostport(f.host, f.hostport), learned))
         return learned
 
     def _judge(self, sup, r, f, verdict, detail=""):
@@ -213,14 +214,14 @@ class Checks:
         """Report target-down (restarting ssh cannot help) if the direct probe found nothing."""
         if direct.verdict not in (probe.REFUSED, probe.TIMEOUT, probe.ERROR):
             return False
-        sup.report_check(r, name, TARGET_DOWN, None, "box-side target %s:%d %s" % (f.host, f.hostport, direct.verdict))
+        sup.report_check(r, name, TARGET_DOWN, None, "box-side target %s %s" % (hostport(f.host, f.hostport), direct.verdict))
         return True
 
     # -- reclaim ----------------------------------------------------------------
     def reclaim(self, sup, r):
         """Ask the hub who holds the failed -R port; end it only if it is exactly this box's own
         last session (pid and start time from its ready line, on the same server)."""
-        ports = [f.port for f in r.t.forwards if f.kind == "R"]
+        ports = [f.port for f in r.t.forwards if f.kind == "R" and f.port]  # a hub-picked port never collides
         out = r.m.last_outcome
         failed = remote.failed_listen_port(out.detail if out else "") or (ports[0] if ports else None)
         if failed is None:
@@ -243,7 +244,7 @@ class Checks:
                 sup.report_reclaimed(r, True)
                 return
             if verdict == remote.HELD:
-                held = held_message(failed, remote.reclaim_holders(text), sup.box)
+                held = held_message(failed, remote.reclaim_holders(text), sup.box, r.name)
                 if held != r.held:  # once per holder, not at every retry
                     self.log.warning(r.name, held + "; not ending it")
                 sup.report_reclaimed(r, False, held=held)
@@ -252,9 +253,13 @@ class Checks:
                 why = ("no session on the hub is registered for port %d: the old session is going away, or "
                        "the listener is another user's or a tunnel run with -N (not ended)" % failed)
             else:
-                why = "could not reclaim port %d on the server (%s: %s)" % (
-                    failed, verdict, "timed out" if job.timed_out else
-                    (job.err[-1] if job.err else "") or "exit %s" % job.returncode)
+                detail = "timed out" if job.timed_out else \
+                    (job.err[-1] if job.err else "") or "exit %s" % job.returncode
+                if any(" other-uid " in line for line in job.out):
+                    # measured: dropbear 2022.83 keeps the session process root's (2025.89 does not)
+                    detail = ("its session process runs as another user: on a dropbear server that keeps "
+                              "sessions root's, only a root tunnel user can end it")
+                why = "could not reclaim port %d on the server (%s: %s)" % (failed, verdict, detail)
             self.log.warning(r.name, why + "; waiting for the server to drop the old session (set "
                                            "ClientAliveInterval there)")
             sup.report_reclaimed(r, False, verdict == remote.NOTHING)
@@ -264,12 +269,15 @@ class Checks:
             job.kind = "reclaim"
 
 
-def held_message(port, holders, box):
+def held_message(port, holders, box, tunnel=""):
     """'port 20022 on the hub is held by box ID, hostname H, since T' for the log and status."""
     if not holders:
         return "port %d on the hub is held by another live session" % port
     h = holders[0]
     since = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(h["since"])) if h["since"] else "an unknown time"
+    if h["box"] == box and tunnel and h["tunnel"] != identity.word(tunnel):
+        return "port %d on the hub is held by this box's tunnel %s (server pid %d, since %s): give each tunnel " \
+               "its own port" % (port, h["tunnel"], h["pid"], since)
     if h["box"] == box:
         return ("port %d on the hub is held by an earlier session of this box (server pid %d, tunnel %s, since %s) "
                 "that this agent has no record of (state lost, e.g. at a reboot): it is never ended without "

@@ -46,6 +46,20 @@ class Fatal:
     message: str
 
 
+BUSY_LOW, BUSY_HIGH = 0.5, 3.0
+
+
+def busy_delay(drops: int, u: float, cap: float) -> float:
+    """The wait after the `drops`-th server-busy drop in a row (1, 2, ...); u in [0, 1) spreads a fleet.
+
+    A random 0.5-3 s at first (MaxStartups sheds load at random: soon is fine), doubling with each
+    further drop up to `cap`: a server that keeps closing us before the key exchange (a port that
+    accepts and closes, a PerSourcePenalties refusal that each retry would renew) is not asked again
+    every couple of seconds for ever."""
+    scale = 2.0 ** min(max(drops, 1) - 1, 16)
+    return min(cap, (BUSY_LOW + (BUSY_HIGH - BUSY_LOW) * u) * scale)
+
+
 class Backoff:
     """Exponential backoff with jitter; attempt 0 is immediate.
 
@@ -61,6 +75,7 @@ class Backoff:
         self.offset = float(offset)
         self.rng = rng or random.Random()
         self.attempt = 0
+        self.busy_drops = 0
         # The exponent stops growing once base * factor**e passes the cap: factor**(n-1) itself
         # raises OverflowError at n = 1025 (2.0), about 16 h into an outage at a 60 s cap.
         self._top = 0
@@ -80,8 +95,10 @@ class Backoff:
         return max(0.0, min(self.cap, raw + spread) + self.offset)
 
     def busy(self) -> float:
-        """A server shedding load: a random delay, so a fleet does not retry in step."""
-        return self.rng.uniform(0.5, 3.0) + self.offset
+        """A server shedding load: a random delay (so a fleet does not retry in step) that grows
+        with each drop in a row (busy_delay)."""
+        self.busy_drops += 1
+        return busy_delay(self.busy_drops, self.rng.random(), max(self.cap, BUSY_HIGH)) + self.offset
 
     def longest(self) -> float:
         self.attempt += 1
@@ -89,6 +106,7 @@ class Backoff:
 
     def reset(self):
         self.attempt = 0
+        self.busy_drops = 0
 
 
 @record(frozen=False)
@@ -101,6 +119,7 @@ class Policy:
     max_backoff: float = 60.0
     reclaim: bool = True
     reclaim_limit: int = 3          # reclaims in a row before we give up and back off
+    half_open_probe: bool = False   # the driver's server probe is a half-open SYN (costs the hub nothing)
 
 
 class Machine:
@@ -234,12 +253,16 @@ class Machine:
         return []
 
     def wants_server_probe(self) -> bool:
-        """During a network backoff, the driver may probe the server's TCP port. Not after a
-        DNS failure: the probe would resolve the same name in the agent's one loop, and a
-        resolver out of reach blocks for its whole timeout every time."""
+        """During a network backoff, the driver may probe the server's TCP port. With a bare
+        connect only after the server's host did not answer (classify.PROBE_REASONS): after a
+        refused or closed connection a probe that gets through would cost a 9.8+ hub a
+        PerSourcePenalties `noauth`; a half-open probe costs nothing, so it may probe after any
+        network reason. Never after a DNS failure: the probe would resolve the same name in the
+        agent's one loop, and a resolver out of reach blocks for its whole timeout every time."""
         out = self.last_outcome
+        reasons = C.NETWORK_REASONS if self.p.half_open_probe else C.PROBE_REASONS
         return (self.state == BACKOFF and self._wait_for_server and self.deadline is not None
-                and not (out and out.reason == C.DNS))
+                and bool(out) and out.reason in reasons and out.reason != C.DNS)
 
     def wants_connect_probe(self, now: float, after: float) -> bool:
         """A connect going on for `after` s: the driver may probe whether it is stuck."""

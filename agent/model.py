@@ -155,7 +155,9 @@ def parse_forward(kind: str, text: str, source: str = "command line") -> Forward
                 values.host(name, wildcard=wildcard)
         except values.Bad:  # str.isalnum() took 'ü' here, which the idna codec then needs
             raise ConfigError("%s: %r is not a host name or address" % (where, name), EX_DATAERR)
-    return Forward(kind, bind, _port(port, "listen port", where), host, _port(hostport, "target port", where))
+    # -R 0:...: the hub picks a free port and the client reports it ("Allocated port N")
+    listen = 0 if kind == "R" and port == "0" else _port(port, "listen port", where)
+    return Forward(kind, bind, listen, host, _port(hostport, "target port", where))
 
 
 def parse_destination(text: str):

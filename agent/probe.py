@@ -24,6 +24,7 @@ import errno
 import os
 import selectors
 import socket
+import struct
 import time
 
 from agent.record import record
@@ -257,22 +258,40 @@ def probe_local(
     non-numeric name). The best verdict wins; `.address` says which address
     gave it and `.detail` lists every address's outcome.
     """
-    start = time.monotonic()
-    try:
-        addrs = addresses_for(bind)
-    except (OSError, UnicodeError) as exc:
-        return ProbeResult(ERROR, bind, "resolve %s: %s" % (bind, exc), time.monotonic() - start)
-    if not addrs:
-        return ProbeResult(ERROR, bind, "resolve %s: no address" % bind, time.monotonic() - start)
-    deadline = start + timeout
-    attempts = [_Attempt(a, port, banner or b"", grace, deadline, False) for a in addrs]
-    _run(attempts, deadline)
-    elapsed = time.monotonic() - start
-    rows = [(a.result[0], a.result[1], i, a.address) for i, a in enumerate(attempts)]
-    verdict, detail, best, address = _best(rows)
-    if len(rows) > 1:
-        detail = "; ".join("%s: %s (%s)" % (r[3], r[0], r[1]) for r in rows)
-    return ProbeResult(verdict, address, detail, elapsed, attempts[best].data[:64])
+    return probe_many([(bind, port, banner)], timeout, grace)[0]
+
+
+def probe_many(targets, timeout: float = 3.0, grace: float = 0.3, batch: int = 256) -> List[ProbeResult]:
+    """probe_local for many (bind, port, banner) at once: one selector, `batch` targets at a time.
+
+    The hub probes every recorded forward this way: N forwards cost about
+    ceil(N / batch) * timeout at worst, not N * timeout, and at most 2 * batch
+    sockets are open at once (two addresses for 'localhost').
+    """
+    out = []  # type: List[ProbeResult]
+    for i in range(0, len(targets), batch):
+        start = time.monotonic()
+        deadline = start + timeout
+        groups = []
+        for bind, port, banner in targets[i:i + batch]:
+            try:
+                addrs = addresses_for(bind)
+                err = "" if addrs else "resolve %s: no address" % bind
+            except (OSError, UnicodeError) as exc:
+                addrs, err = [], "resolve %s: %s" % (bind, exc)
+            groups.append((bind, err, [_Attempt(a, port, banner or b"", grace, deadline, False) for a in addrs]))
+        _run([a for _, _, g in groups for a in g], deadline)
+        elapsed = time.monotonic() - start
+        for bind, err, attempts in groups:
+            if err:
+                out.append(ProbeResult(ERROR, bind, err, elapsed))
+                continue
+            rows = [(a.result[0], a.result[1], j, a.address) for j, a in enumerate(attempts)]
+            verdict, detail, best, address = _best(rows)
+            if len(rows) > 1:
+                detail = "; ".join("%s: %s (%s)" % (r[3], r[0], r[1]) for r in rows)
+            out.append(ProbeResult(verdict, address, detail, elapsed, attempts[best].data[:64]))
+    return out
 
 
 def greeting_prefix(data: bytes) -> Optional[bytes]:
@@ -304,6 +323,92 @@ def probe_tcp(host: str, port: int, timeout: float = 2.0) -> bool:
     attempts = [_Attempt(a, port, b"", 0.0, deadline, True) for a in addrs]
     _run(attempts, deadline, stop_on=(OK_SILENT,))
     return any(a.result and a.result[0] == OK_SILENT for a in attempts)
+
+
+# --- half-open probe of a server (root only) ---------------------------------
+# An OpenSSH 9.8+ server counts every connection that closes before authenticating as a
+# PerSourcePenalties `noauth` (measured on 10.0p2: bare, banner read, version line sent, RST).
+# A SYN sent through a raw socket never becomes a connection: the server answers SYN-ACK (it
+# listens) or RST (nothing listens), our kernel resets the SYN-ACK (no socket of its own matches:
+# the port is only bound, to keep it ours), and the half-open entry is dropped before sshd could
+# accept() it: nothing in the server's log, no penalty. Needs CAP_NET_RAW; IPv4 only.
+
+def half_open_available() -> bool:
+    """Can this process send a half-open probe (root or CAP_NET_RAW)?"""
+    try:
+        socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_TCP).close()
+        return True
+    except OSError:
+        return False
+
+
+def _checksum(data: bytes) -> int:
+    if len(data) % 2:
+        data += b"\0"
+    total = sum(struct.unpack("!%dH" % (len(data) // 2), data))
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return ~total & 0xFFFF
+
+
+def syn_segment(src: str, dst: str, sport: int, dport: int, seq: int) -> bytes:
+    """A 20-byte TCP SYN (no options), checksummed over the IPv4 pseudo-header. Pure."""
+    head = struct.pack("!HHIIBBHHH", sport, dport, seq, 0, 5 << 4, 0x02, 64240, 0, 0)
+    pseudo = socket.inet_aton(src) + socket.inet_aton(dst) + struct.pack("!BBH", 0, socket.IPPROTO_TCP, 20)
+    return head[:16] + struct.pack("!H", _checksum(pseudo + head)) + head[18:]
+
+
+def answer_of(packet: bytes, dst: str, sport: int, dport: int) -> Optional[bool]:
+    """An IPv4 packet from a raw TCP socket: True SYN-ACK, False RST, None not the answer. Pure."""
+    if len(packet) < 20 or socket.inet_ntoa(packet[12:16]) != dst:
+        return None
+    tcp = packet[(packet[0] & 0x0F) * 4:]
+    if len(tcp) < 14 or struct.unpack("!HH", tcp[:4]) != (dport, sport):
+        return None
+    if tcp[13] & 0x12 == 0x12:
+        return True
+    return False if tcp[13] & 0x04 else None
+
+
+def probe_syn(host: str, port: int, timeout: float = 0.5) -> Optional[bool]:
+    """Half-open probe: True the server listens, False refused or no answer within timeout, None
+    when it cannot be sent (no CAP_NET_RAW, IPv6 only, name not resolved): use probe_tcp then."""
+    deadline = time.monotonic() + timeout
+    try:
+        dst = next(a for a in addresses_for(host) if ":" not in a)
+        raw = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_TCP)
+    except (OSError, UnicodeError, StopIteration):
+        return None
+    route = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    hold = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        route.connect((dst, port))  # no packet: only picks the source address of the route
+        src = route.getsockname()[0]
+        hold.bind((src, 0))
+        sport = hold.getsockname()[1]
+        raw.sendto(syn_segment(src, dst, sport, port, struct.unpack("!I", os.urandom(4))[0]), (dst, 0))
+        raw.setblocking(False)
+        sel = selectors.DefaultSelector()
+        sel.register(raw, selectors.EVENT_READ)
+        try:
+            for _ in range(10000):  # bounded: the box may receive much other TCP meanwhile
+                left = deadline - time.monotonic()
+                if left <= 0 or not sel.select(left):
+                    return False
+                try:
+                    got = answer_of(raw.recv(65535), dst, sport, port)
+                except BlockingIOError:
+                    continue
+                if got is not None:
+                    return got
+            return False
+        finally:
+            sel.close()
+    except OSError:
+        return None
+    finally:
+        for s_ in (raw, route, hold):
+            s_.close()
 
 
 def banner_of(check: str) -> Optional[bytes]:

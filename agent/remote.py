@@ -50,7 +50,8 @@ Assumptions about the server, numbered (each one-liner names the ones it needs):
     the user, true for non-dumpable sshd session processes), `rm`, `mkdir`,
     and a writable state directory ($HOME/.sshkeep by default).
  7. OpenSSH: the remote command's parent ($PPID) is the `sshd: USER@notty`
-    process that owns the session's listeners, running as the user.
+    process that owns the session's listeners, running as the user; from 9.8
+    on (sshd split into sshd-session) it is titled `sshd-session: USER@notty`.
     dropbear (2022.83): it is the per-connection `dropbear` process, a child
     of the listener whose cmdline is the listener's plus its re-exec `-2 N`
     (e.g. "/usr/sbin/dropbear -F -p 2222 -2 8"); it keeps running as root:
@@ -415,13 +416,16 @@ SH_RESPONDER = "CK=%s BA=%s; %s" % (shlex.quote(_CHECK_SH), shlex.quote(BASH_CHE
 # then optionally `--` and the responder's programs: python, perl, the check
 # driver and its bash program (for the forking sh fallback).
 # Writes one record line (docs/hub-records.md) to DIR/rport-PORT-PPID for
-# each port, says READY with its pid and start time (and the responder it
-# runs), then runs the responder (or just waits) while stdin is open, removes
-# its own files (named by its own PPID, so never another session's), also on
+# each port, says READY with its pid and start time (and the responder it will
+# run), then reads stdin: a `port N` line (a port the hub picked for -R 0:...,
+# sent by the agent once the client reports it) is recorded like the others;
+# a `sshkeep-responder` line starts the responder, which reads its program as
+# the next line and then answers requests until EOF. It removes its own files
+# (named by its own PPID, so never another session's) at EOF, also on
 # HUP/TERM/PIPE. A responder that fails is announced (`sshkeep-gone I RC`) and
-# the session then only waits. A session whose parent is already gone
-# ($PPID 1: the client left before the shell started, e.g. a forward that
-# failed) exits at once without recording anything.
+# the session goes back to reading `port N` lines. A session whose parent is
+# already gone ($PPID 1: the client left before the shell started, e.g. a
+# forward that failed) exits at once without recording anything.
 _SESSION_SH = _oneline("""
 d=$1 o=$2 h=$3 n=$4
 shift 4
@@ -438,12 +442,11 @@ case $t in ""|*[!0-9]*) t=-;; esac
 pl=
 for p in $ps; do pl=${pl:+$pl,}$p; done
 mkdir -p "$d" 2>/dev/null || w=nostate
-for p in $ps; do printf "v1 box=%s host=%s tunnel=%s start=%s since=%s ports=%s\\n" "$o" "$h" "$n" "$st" "$t" "$pl" >"$d/rport-$p-$q" 2>/dev/null || w=nostate; done
+wr() { printf "v1 box=%s host=%s tunnel=%s start=%s since=%s ports=%s\\n" "$o" "$h" "$n" "$st" "$t" "$pl" >"$d/rport-$1-$q" 2>/dev/null; }
+for p in $ps; do wr $p || w=nostate; done
 echo "sshkeep-ready $q $w $st${I:+ $I}"
-r=0
-case $I in python*) $I -E -S -c 'import sys; I = getattr(sys.stdin, "buffer", sys.stdin); exec(I.readline())' "$d" $I; r=$?;; perl) perl -e 'my $s = ""; while (length($s) < $ARGV[2]) { sysread(STDIN, $s, $ARGV[2] - length($s), length($s)) or exit 86 } eval $s; exit 86' "$d" perl "$N"; r=$?;; sh) S=; read -r S; eval "$S"; r=$?;; esac
-[ $r = 0 ] || echo "sshkeep-gone $I $r"
-while read -r l; do :; done
+L() { while read -r l; do case $l in "port "*) p=${l#port }; case $p in ""|0*|*[!0-9]*|??????*) ;; *) ps="$ps $p" pl=${pl:+$pl,}$p; for p in $ps; do wr $p; done;; esac;; sshkeep-responder) [ -n "$I" ] && return 0;; esac; done; return 1; }
+if L; then r=0; case $I in python*) $I -E -S -c 'import sys; I = getattr(sys.stdin, "buffer", sys.stdin); exec(I.readline())' "$d" $I; r=$?;; perl) perl -e 'my $s = ""; while (length($s) < $ARGV[2]) { sysread(STDIN, $s, $ARGV[2] - length($s), length($s)) or exit 86 } eval $s; exit 86' "$d" perl "$N"; r=$?;; sh) S=; read -r S; eval "$S"; r=$?;; esac; [ $r = 0 ] || { echo "sshkeep-gone $I $r"; L; }; fi
 cl
 """)
 
@@ -483,7 +486,7 @@ c=
 read -r c </proc/$q/cmdline 2>/dev/null
 u=
 while read -r kk v; do [ "$kk" = Uid: ] && u=$v; done </proc/$q/status
-case $c in "sshd: "*|*dropbear*) ;; *) echo "sshkeep-reclaim not-a-session $q"; nn=$((nn+1)); continue;; esac
+case $c in "sshd: "*|"sshd-session: "*|*dropbear*) ;; *) echo "sshkeep-reclaim not-a-session $q"; nn=$((nn+1)); continue;; esac
 [ "$u" = "$me" ] || { echo "sshkeep-reclaim other-uid $q"; nn=$((nn+1)); continue; }
 kill -TERM $q 2>/dev/null || { echo "sshkeep-reclaim kill-refused $q"; nn=$((nn+1)); continue; }
 gone $q $zn || { kill -KILL $q 2>/dev/null; gone $q $((zn/2)); } || { echo "sshkeep-reclaim still-alive $q"; nn=$((nn+1)); continue; }
@@ -614,9 +617,7 @@ def session_command(ports: Sequence[int], state_dir: str = DEFAULT_STATE_DIR, ow
     (`python3`, `python`, `perl`, `sh`): send `responder_source(NAME)` on
     stdin once, then requests (`request_line`).
     """
-    ports = [str(_port(p)) for p in ports]
-    if not ports:
-        raise ValueError("no ports")
+    ports = [str(_port(p)) for p in ports]  # none: every -R port is picked by the hub (`port N` lines)
     more = ["--", str(len(PERL_RESPONDER) + 1)] if responder else []
     return " ".join(["exec sh -c", shlex.quote(_SESSION_SH), "sshkeep-session", _dir_word(state_dir)]
                     + [shlex.quote(w) for w in (_owner(owner), identity.word(host or "-"),
@@ -627,11 +628,12 @@ RESPONDERS = ("python3", "python", "perl", "sh")
 
 
 def responder_source(name: str) -> bytes:
-    """The one line a session's responder bootstrap reads from stdin (a constant of this module)."""
+    """What starts the session's responder on its stdin: the `sshkeep-responder` line, then its
+    program as one line (a constant of this module)."""
     text = PERL_RESPONDER if name == "perl" else SH_RESPONDER if name == "sh" else PY_RESPONDER
     if name not in RESPONDERS:
         raise ValueError("no responder %r" % name)
-    return (text + "\n").encode("ascii")
+    return ("sshkeep-responder\n" + text + "\n").encode("ascii")
 
 
 def request_line(rid: int, verb: str, bind: str = "", port: int = 0, banner: Optional[str] = None,
@@ -778,9 +780,10 @@ def reclaim_holders(stdout: str) -> List[dict]:
     for line in stdout.splitlines():
         parts = line.split()
         if len(parts) == 7 and parts[0] == RECLAIM_MARKER and parts[1] == "held" and parts[2].isdigit():
-            out.append({"pid": int(parts[2]), "box": parts[3],
-                        "since": int(parts[4]) if parts[4].isdigit() else None,
-                        "host": parts[5], "tunnel": parts[6]})
+            # the hub's words go to our log: folded, so a planted record cannot carry escapes
+            out.append({"pid": int(parts[2]), "box": identity.word(parts[3]),
+                        "since": int(parts[4]) if parts[4].isdigit() and parts[4].isascii() else None,
+                        "host": identity.word(parts[5]), "tunnel": identity.word(parts[6])})
     return out
 
 

@@ -232,6 +232,9 @@ def _result(path, alias, got, lines, options, warnings):
             raise _err(path, lines["StrictHostKeyChecking"], "StrictHostKeyChecking %r is not valid" % value,
                        "write yes, accept-new or no")
         out["StrictHostKeyChecking"] = value
+        if value in ("no", "off"):
+            warnings.append("%s:%d: StrictHostKeyChecking %s is treated as accept-new (a changed host key is "
+                            "still refused)" % (path, lines["StrictHostKeyChecking"], value))
     try:
         import pwd
         local_user = pwd.getpwuid(os.getuid()).pw_name

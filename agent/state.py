@@ -130,7 +130,8 @@ def public(doc: dict, now_wall=None, now_mono=None) -> dict:
         pt = {k: t.get(k) for k in ("name", "state", "since", "restarts", "last_error", "ssh_pid",
                                     "server", "health", "checks", "consecutive_failures",
                                     "last_check", "last_heal", "next_attempt_in", "client", "host_keys",
-                                    "session", "held", "check_mode", "check_mode_why")}
+                                    "session", "held", "allocated", "check_mode",
+                                    "check_mode_why")}
         # [{name, kind, spec, verdict}]; a state file of an older agent has plain labels.
         pt["forwards"] = [f if isinstance(f, dict) else {"name": f, "kind": None, "spec": None, "verdict": None}
                           for f in t.get("forwards") or []]
@@ -165,6 +166,8 @@ def render(doc: dict, now=None, now_mono=None) -> str:
     # who holds a -R port, also once LAST ERROR has moved on to the next attempt's reason
     lines += ["%s: %s" % (t["name"], t["held"]) for t in d["tunnels"]
               if t.get("held") and t["held"] not in (t["last_error"] or "")]
+    for t in d["tunnels"]:  # ports the hub picked (-R 0:...), this session's
+        lines += ["%s: hub port %s for %s" % (t["name"] or "-", p, f) for f, p in sorted((t["allocated"] or {}).items())]
     return "\n".join(lines) + "\n"
 
 

@@ -35,8 +35,8 @@ def session_command(tunnel, box, responder=False):
     is nothing to reclaim; the command still marks readiness. `responder`: the
     session also answers check requests (agent.remote, in-session checks).
     """
-    ports = [f.port for f in tunnel.forwards if f.kind == "R"]
-    if not ports:
+    ports = [f.port for f in tunnel.forwards if f.kind == "R" and f.port]  # hub-picked: sent as `port N`
+    if not any(f.kind == "R" for f in tunnel.forwards):
         return "echo %s $PPID nostate; exec cat >/dev/null" % remote.READY_MARKER
     return remote.session_command(ports, owner=box, host=socket.gethostname() or "-", tunnel=tunnel.name,
                                   responder=responder)
@@ -85,14 +85,18 @@ class Runner:
         self.greetings = {}             # -R listen port -> learned target greeting (health)
         self.next_server_probe = None
         self.server_probe_failed = False
+        self.server_probe_answered = False  # one answer ends the probing until the state changes
         self.ready_pid = None
         self.session = None             # this box's last session on the server, from its ready line:
                                         # {pid, start, server, box}; the only one a reclaim may end
         self.held = ""                  # who holds our -R port on the hub, when another session does
+        self.allocated = {}             # index in t.forwards of a -R 0:... -> the port the hub picked
+        self.session_cmd = False        # the current ssh runs our session command (not -N)
         self.seen = None
         self.no_command = False         # the server ran no command of ours: use -N
         self.requests = session.Requests()  # in-session check requests in flight (ids never reused)
         self.responder = None           # the responder the current session runs (its ready line), or None
+        self.responder_pending = None   # named by the ready line, started once the hub-picked ports are sent
         self.responder_broken = ""      # why the hub's responder cannot be used (then: exec checks)
         self.mute_sessions = 0          # sessions in a row whose responder never answered
         self.watchdogs = 0              # consecutive "no ready line" (in time, or the session ended first)
@@ -105,6 +109,29 @@ class Runner:
             r_fwd, l_fwd = remote.loop_forward_pair(self.loop.port, tunnel.loop_port)
             self.loop_box_port = l_fwd.port
             self.ssh_tunnel = record.replace(tunnel, forwards=tuple(tunnel.forwards) + (r_fwd, l_fwd))
+
+    def forwards_now(self):
+        """The forwards as this session has them: a hub-picked port (-R 0:...) as the client
+        reported it; one not reported (yet) is left out, there is nothing to check."""
+        return [self.now(i, f) for i, f in enumerate(self.t.forwards)
+                if not (f.kind == "R" and f.port == 0 and i not in self.allocated)]
+
+    def now(self, i, f):
+        """Forward number i, with the port the hub picked for it if it did."""
+        return record.replace(f, port=self.allocated[i]) if i in self.allocated else f
+
+    def note_allocated(self, line):
+        """A client's "Allocated port N for remote forward to HOST:PORT": the first -R 0:HOST:PORT
+        without a port yet gets N (the replies come in the order of the requests). N or None."""
+        got = clients.allocated_port(line)
+        if got is None:
+            return None
+        for i, f in enumerate(self.t.forwards):
+            if (f.kind == "R" and f.port == 0 and i not in self.allocated
+                    and got[1] in ("%s:%d" % (f.host, f.hostport), "[%s]:%d" % (f.host, f.hostport))):
+                self.allocated[i] = got[0]
+                return got[0]
+        return None
 
     def close(self):
         if self.loop is not None:
@@ -145,6 +172,7 @@ class Supervisor:
         self.reload_settings = reload_settings
         self.checks = checks            # agent.health.Checks or None
         self.rng = random.Random()
+        self.half_open = probe.half_open_available()  # SYN probes: no noauth on 9.8+ hubs
         self.runners = []
         self.sel = None
         self.fd_owner = {}
@@ -156,6 +184,7 @@ class Supervisor:
         self._last_state_write = 0.0
         self._state_error = ""
         self.runtime_dir = settings.state + ".d"
+        self._digest_of = (None, "")    # (settings, state.digest(settings))
         self.box = None                 # agent.identity.box_id, read (or made) by prepare()
 
     # -- setup ------------------------------------------------------------
@@ -165,13 +194,17 @@ class Supervisor:
                         stable_after=max(30.0, float(t.interval)),
                         fail_threshold=t.fail_threshold,
                         max_backoff=float(t.max_backoff),
-                        reclaim=t.reclaim)
+                        reclaim=t.reclaim,
+                        half_open_probe=self.half_open)
 
     def _make_runner(self, t):
         info = self.detect(t.ssh_path, t.client)
         clients.check_forwards(info, t)
         if t.identity:
             clients.check_identity(info, t.identity)
+        if t.known_hosts and os.path.isdir(t.known_hosts):
+            raise SshkeepError("%s: known_hosts file %s is a directory; give the file in it (%s/known_hosts "
+                               "or the like)" % (t.name, t.known_hosts, t.known_hosts.rstrip("/")), EX_NOINPUT)
         if t.known_hosts and not t.accept_new and not os.path.exists(t.known_hosts):
             # Strict checking against a file that is not there can never connect: say so now.
             raise SshkeepError("%s: known_hosts file %s does not exist; create it (ssh-keyscan) or use "
@@ -219,6 +252,12 @@ class Supervisor:
         if not self.runners:
             self.runners = [self._make_runner(t) for t in self.settings.tunnels]
             self._seed_sessions(lifecycle.read_state(self.settings.state))
+        try:
+            state.private_dir(self.runtime_dir)  # dbclient's private HOMEs
+        except (OSError, SshkeepError) as exc:
+            if os.path.lexists(self.runtime_dir):
+                raise  # there but not ours, or a symlink: never write through it
+            self.log.error("", str(exc))  # cannot be made (full or read-only): those tunnels report it
 
     def _box_id(self):
         """The box identity; if its file cannot be read or made, a temporary one (kept in the
@@ -249,10 +288,6 @@ class Supervisor:
         self.prepare()
         self.sel = selectors.DefaultSelector()
         self._signal_setup()
-        try:
-            state.private_dir(self.runtime_dir)  # private HOMEs: never a planted directory
-        except (OSError, SshkeepError) as exc:
-            self.log.error("", str(exc))
         now = self.clock()
         for r in self.runners:
             self._event(r, r.m.start, now, self._offset(r.t))
@@ -378,8 +413,11 @@ class Supervisor:
         r.child = child
         r.ready_pid = None
         r.responder = None
+        r.responder_pending = None
         r.requests.clear()
         r.ssh_said.clear()
+        r.allocated = {}
+        r.session_cmd = command is not None
         for fd in child.fds():
             self._watch(fd, r, child)
         self.log.info(t.name, "connecting to %s (ssh pid %d)" % (r.server_label(), child.pid))
@@ -396,6 +434,12 @@ class Supervisor:
         for line in lines:
             if is_err:
                 self._ssh_said(r, line)
+                picked = r.note_allocated(line)
+                if picked:
+                    self._state_dirty = True
+                    if r.session_cmd:  # the session records it for the hub (agent.remote)
+                        child.send(b"port %d\n" % picked)
+                    self._maybe_start_responder(r)
             elif line.startswith(remote.ANSWER_MARKER + " "):
                 self._answer(r, line)
             elif line.startswith(remote.GONE_MARKER + " "):
@@ -418,12 +462,15 @@ class Supervisor:
         """Log a line of ssh's stderr once per change: OpenSSH writes `connect_to ... failed`
         for every connection to a target that is down, i.e. on every check."""
         text = line if line.startswith(("ssh:", "dbclient:")) else "ssh: " + line
-        if line in r.ssh_said:
+        # `channel 7: open failed: connect failed: ...` (-L to a target that is down): one line
+        # whatever the channel number.
+        key = line.split(":", 1)[-1] if line.startswith("channel ") else line
+        if key in r.ssh_said:
             self.log.debug(r.name, text)
             return
         if len(r.ssh_said) >= 64:
             r.ssh_said.clear()
-        r.ssh_said.add(line)
+        r.ssh_said.add(key)
         self.log.info(r.name, text)
 
     def _ready(self, r):
@@ -433,6 +480,7 @@ class Supervisor:
         """Side effects of entering a state (logging, check schedule)."""
         self._state_dirty = True
         r.server_probe_failed = False   # a probe failure counts within one state only
+        r.server_probe_answered = False
         now = self.clock()
         if r.m.state == M.UP:
             self._save_pin(r)
@@ -557,9 +605,18 @@ class Supervisor:
                 and not r.responder_broken)
 
     def _start_responder(self, r, name):
-        """The ready line named the responder the session runs: send it its program (once)."""
-        if name is None or not self._wants_responder(r) or r.child is None:
+        """The ready line named the responder the session will run: start it once every
+        hub-picked port is recorded (the session reads `port N` lines until then)."""
+        if name is not None and self._wants_responder(r):
+            r.responder_pending = name
+            self._maybe_start_responder(r)
+
+    def _maybe_start_responder(self, r):
+        name = r.responder_pending
+        if name is None or r.child is None or any(
+                f.kind == "R" and f.port == 0 and i not in r.allocated for i, f in enumerate(r.t.forwards)):
             return
+        r.responder_pending = None
         if not r.child.send_nowait(remote.responder_source(name)):
             self.log.warning(r.name, "could not hand the hub's responder its program: exec checks for now")
             return
@@ -658,7 +715,7 @@ class Supervisor:
             return
         r.next_failback = now + r.t.interval
         host, port = r.addresses[0]
-        if probe.probe_tcp(host, port, timeout=1.0):
+        if self._server_answers(host, port, 1.0):
             self.log.info(r.name, "primary %s answers again: moving back from %s" % (
                 hostport(host, port), r.server_label()))
             r.addr_index = 0
@@ -682,7 +739,8 @@ class Supervisor:
         now = self.clock()
         prev = r.m.verdicts.get(name)
         if prev != verdict:
-            r.ssh_said.clear()  # the target changed: its next connect_to line is news again
+            if ok:
+                r.ssh_said.clear()  # healthy again: the next connect_to line is news (a new outage)
             lvl = self.log.info if ok else self.log.warning
             lvl(r.name, "check %s: %s%s" % (r.check_label(name), verdict, " (%s)" % detail if detail else ""))
         self._event(r, r.m.on_check, now, name, verdict, ok)
@@ -701,13 +759,29 @@ class Supervisor:
         r.held = held
         self._event(r, r.m.on_reclaimed, self.clock(), freed, nothing, held)
 
+    def _server_answers(self, host, port, timeout):
+        """Does the server listen? A half-open SYN probe when we may (root), else a bare connect."""
+        if self.half_open:
+            answer = probe.probe_syn(host, port, timeout)
+            if answer is not None:
+                return answer
+        return probe.probe_tcp(host, port, timeout=timeout)
+
     def _maybe_probe_server(self, r, now):
-        """Cheap TCP probes of the server: during a network backoff, and during a connect
-        that hangs (a SYN sent into an outage waits out the kernel's retransmits, seconds
-        after the link is back: dbclient has no connect timeout at all)."""
+        """Cheap TCP probes of the server: during a backoff after the server's host did not answer
+        at all (timeouts, unreachable: machine.wants_server_probe), and during a connect that
+        hangs (a SYN sent into an outage waits out the kernel's retransmits, seconds after the
+        link is back: dbclient has no connect timeout at all).
+
+        As root the probe is a half-open SYN (probe.probe_syn): the server never sees a
+        connection. Otherwise a bare connect, which on OpenSSH 9.8+ costs our source address a
+        `noauth` PerSourcePenalties second each time it gets through (measured on 10.0p2: also
+        when we read its banner and send a version line first, and mostly even with an RST).
+        Either way the first probe that is answered is the last one in this state: a live
+        server is never poked twice; ssh itself connects next."""
         backoff = r.m.wants_server_probe()
         stuck = r.m.wants_connect_probe(now, STUCK_CONNECT)
-        if not (backoff or stuck):
+        if not (backoff or stuck) or r.server_probe_answered:
             r.next_server_probe = None
             r.server_probe_failed = False
             return
@@ -719,13 +793,16 @@ class Supervisor:
         r.next_server_probe = now + period * self.rng.uniform(0.8, 1.2)
         host, port = r.address
         began = self.clock()
-        answered = probe.probe_tcp(host, port, timeout=0.5)
+        answered = self._server_answers(host, port, 0.5)
         if self.clock() - began > 2.0:
             # the name lookup stalled (resolver out of reach): keep the loop free for a while
             r.next_server_probe = self.clock() + 30.0
         if not answered:
             r.server_probe_failed = True
-        elif r.server_probe_failed and backoff:
+            return
+        r.server_probe_answered = True
+        r.next_server_probe = None
+        if r.server_probe_failed and backoff:
             # Down, now up again: do not wait out the backoff.
             delay = self._offset(r.t)
             self.log.info(r.name, "server %s answers again; reconnecting %s" % (
@@ -796,7 +873,8 @@ class Supervisor:
             self._stop_now(r)
         self.runners = keep
         self.settings = new
-        self.log.info("", "reloaded: %d tunnel(s)" % len(keep))
+        self.log.info("", "reloaded: %d tunnel(s) over %d ssh connection(s)" % (
+            sum(len(r.t.forwards) for r in keep), len(keep)))
         self._state_dirty = True
 
     def _stop_now(self, r):
@@ -840,11 +918,13 @@ class Supervisor:
                 # One shape in every mode (docs/status-and-logs.md): name is the configured
                 # name, or `-R SPEC` when none was given.
                 "forwards": [{"name": f.label(), "kind": f.kind, "spec": f.spec(),
-                              "verdict": m.verdicts.get(check_key(f))} for f in r.ssh_tunnel.forwards],
+                              "verdict": m.verdicts.get(check_key(r.now(i, f)))}
+                             for i, f in enumerate(r.ssh_tunnel.forwards)],
                 "host_keys": ("pinned on first use in " if r.t.accept_new else "checked against ") +
                              (r.ssh_tunnel.known_hosts or "the client's default known_hosts"),
                 "session": r.session,
                 "held": r.held or None,
+                "allocated": {r.t.forwards[i].label(): p for i, p in sorted(r.allocated.items())},
                 "check_mode": self.check_mode(r)[0],
                 "check_mode_why": self.check_mode(r)[1],
             })
@@ -856,8 +936,14 @@ class Supervisor:
                 "updated": wall_now, "monotonic": mono_now, "pidfile": self.settings.pidfile, "tunnels": tunnels,
                 # `status` calls the agent hung after STALE_INTERVALS of these without a write
                 "interval": min([r.t.interval for r in self.runners] or [30]),
-                "settings": state.digest(self.settings), "config": self.settings.config_path,
+                "settings": self._digest(), "config": self.settings.config_path,
                 "children": children, "warnings": list(getattr(self.settings, "warnings", ()) or ())}
+
+    def _digest(self):
+        """state.digest of the running settings (hashed in pure Python: once per reload)."""
+        if self._digest_of[0] is not self.settings:
+            self._digest_of = (self.settings, state.digest(self.settings))
+        return self._digest_of[1]
 
     def _write_state(self, force=False):
         now = self.clock()

@@ -6,7 +6,7 @@
 # ssh-keygen), iproute2 (ip, ss), passwd (useradd), util-linux (unshare, setpriv, nsenter),
 # qemu-user-static + busybox-static (tests/cross), autossh + time (bench, build/measure.py),
 # python3-venv + ca-certificates (build/venv.sh: pip over https), mmdebstrap + systemd (tests/test_packages.py:
-# a Debian root for `dpkg -i`, systemd-analyze verify).
+# a Debian root for `dpkg -i`, systemd-analyze verify; tests/hubroot.py: the Debian 13 hub).
 set -eu
 
 PACKAGES="

@@ -11,6 +11,7 @@ for _p in (ROOT, HERE):  # `import agent` and `import lab` from any test
     if _p not in sys.path:
         sys.path.insert(0, _p)
 
+import hubroot  # noqa: E402
 import lab as labmod  # noqa: E402
 
 
@@ -30,6 +31,9 @@ def pytest_runtest_makereport(item, call):
 def lab(request):
     """A fresh Lab (two namespaces, veth, tunnel user, client keys); closed after the test.
 
+    A test parametrized over `hub` (hubroot.GENERATIONS: "deb12", "deb13") gets a lab whose servers
+    are of that generation; the deb13 root is made on first use (tests/hubroot.py).
+
     Never skips: if the machine cannot run it (not root, a tool missing) the test FAILS saying what.
     On failure, the tail of every server log is printed (pytest shows it under the teardown output).
     """
@@ -37,9 +41,12 @@ def lab(request):
     if problems:
         pytest.fail("the lab cannot run here: " + "; ".join(problems), pytrace=False)
     tag = "".join(c if c.isalnum() else "_" for c in request.node.name)[:40]
-    with labmod.Lab(tag=tag) as lab_:
+    callspec = getattr(request.node, "callspec", None)
+    gen = callspec.params.get("hub", hubroot.DEFAULT) if callspec else hubroot.DEFAULT
+    with labmod.Lab(tag=tag, generation=gen) as lab_:
         yield lab_
         rep = getattr(request.node, "rep_call", None)
         if rep is not None and rep.failed:
             for srv in lab_.servers:
-                print("---- %s port %d log (tail) ----\n%s" % (srv.kind, srv.port, srv.log_text()[-3000:]))
+                print("---- %s (%s) port %d log (tail) ----\n%s" % (srv.kind, srv.version, srv.port,
+                                                               srv.log_text()[-3000:]))

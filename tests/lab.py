@@ -14,6 +14,12 @@ a connection from inside ns receives (in-process: a thread joins the namespace w
 `lab.blackhole()` (iptables INPUT DROP at both ends; no netem in this kernel), `lab.drop_flow(bport, sport)`
 (one TCP 4-tuple: a lost NAT mapping), `server.kill_sessions()`, `server.restart()`, `lab.kill_listener(port)`
 (`ss -K`). Cleanup by pid (TERM, bounded wait, KILL), then whatever is left in the namespaces; also at exit.
+
+Server generations (tests/hubroot.py): `Lab(generation="deb13")` or `start_sshd(generation="deb13")` runs
+OpenSSH 10 / dropbear 2025 from the cached Debian 13 root, `chroot`ed in the server namespace from this
+lab's own overlay of it (`lab.hub_root(gen)`: tunnel user, lab.home bind-mounted, /proc; unmounted on
+close). `server.version` names it ("OpenSSH_10.0p2", "dropbear 2025.89"), `server.session_title` is
+what its session processes are called, `server.penalty_lines()` what it logged against a client.
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ import threading
 import time
 from typing import Callable, Dict, List, Optional, Sequence
 
+import hubroot
 from polling import wait_until  # noqa: F401  (re-exported: tests import it from lab)
 
 TUNNEL_USER = "sktunnel"
@@ -320,11 +327,14 @@ class Server:
     """A real sshd or dropbear listener in the server namespace, tracked by pid."""
 
     def __init__(self, lab: "Lab", kind: str, port: int, argv: List[str], host_key_pub: str,
-                 log: str) -> None:
+                 log: str, generation: str = "deb12", version: str = "", prefix: Sequence[str] = ()) -> None:
         self.lab = lab
         self.kind = kind  # "openssh" | "dropbear"
         self.port = port
-        self.argv = argv
+        self.argv = argv  # the daemon's own command line (what its processes show in /proc)
+        self.prefix = list(prefix)  # what runs it: [] or ["chroot", ROOT] (deb13)
+        self.generation = generation  # "deb12" | "deb13" (tests/hubroot.py)
+        self.version = version  # e.g. "OpenSSH_10.0p2", "dropbear 2025.89"
         self.host_key_pub = host_key_pub  # "ssh-ed25519 AAAA..."
         self.log = log
         self.proc = None  # type: Optional[subprocess.Popen]
@@ -335,12 +345,21 @@ class Server:
         return self.proc.pid
 
     def __repr__(self) -> str:
-        return "<Server %s port %d pid %s>" % (self.kind, self.port, self.proc and self.proc.pid)
+        return "<Server %s %s port %d pid %s>" % (self.version or self.kind, self.generation, self.port,
+                                                  self.proc and self.proc.pid)
+
+    @property
+    def session_title(self) -> str:
+        """How the user's session process starts its title: `sshd: ` (OpenSSH < 9.8) or `sshd-session: `
+        (9.8+ runs sessions as a separate binary); dropbear's shows the listener's command line."""
+        if self.kind == "dropbear":
+            return " ".join(self.argv)
+        return "sshd-session: " if self.generation != "deb12" else "sshd: "
 
     def start(self, timeout: float = 10.0) -> "Server":
         logf = open(self.log, "ab")
         try:
-            self.proc = self.lab.srv_popen(self.argv, stdout=logf, stderr=logf)
+            self.proc = self.lab.srv_popen(self.prefix + self.argv, stdout=logf, stderr=logf)
         finally:
             logf.close()
         self.wait_ready(timeout)
@@ -360,6 +379,15 @@ class Server:
                     self.kind, self.proc and self.proc.returncode, self.log_text()[-2000:]))
             return len(set(listening(self.lab.srv_ns, self.port))) >= need
         wait_until(ready, timeout, 0.02, "%s to listen on port %d" % (self.kind, self.port))
+
+    def penalty_lines(self) -> List[str]:
+        """Log lines where the server punished or refused a client: OpenSSH 9.8+ PerSourcePenalties
+        (`srclimit_penalise: ...`, `drop connection ... penalty`, LogLevel VERBOSE shows them),
+        MaxStartups drops, and refusals of a client (not "channel N: open failed: connect failed:
+        Connection refused", which is a forward's target)."""
+        return [l for l in self.log_text().splitlines()
+                if any(w in l.lower() for w in ("penalt", "drop connection", "maxstartups"))
+                or ("refus" in l.lower() and "open failed" not in l)]
 
     def log_text(self) -> str:
         try:
@@ -492,7 +520,7 @@ class Service:
 class Lab:
     """Two network namespaces (box, server) on a veth pair, real ssh servers, faults. Root only."""
 
-    def __init__(self, tag: Optional[str] = None) -> None:
+    def __init__(self, tag: Optional[str] = None, generation: str = hubroot.DEFAULT) -> None:
         problems = missing_requirements()
         if problems:
             raise RuntimeError("lab cannot run: " + "; ".join(problems))
@@ -519,6 +547,10 @@ class Lab:
         self._rules = []  # type: List[tuple]
         self.servers = []  # type: List[Server]
         self._made_ns = []  # type: List[str]
+        self.generation = generation  # the servers' default generation (tests/hubroot.py)
+        self._hub_roots = {}  # type: Dict[str, str]
+        self._mounts = []  # type: List[str]
+        self._versions = {}  # type: Dict[str, Dict[str, str]]
         self._closed = False
         self._lock = threading.Lock()
         _live_labs.append(self)
@@ -629,14 +661,79 @@ class Lab:
         return [int(x) for x in r.stdout.split() if x.isdigit()]
 
     # -- servers
-    def _server_paths(self, kind: str, port: int) -> Dict[str, str]:
-        base = os.path.join(self.dir, "%s-%d" % (kind, port))
-        return {"key": base + ".hostkey", "pid": base + ".pid", "log": base + ".log", "conf": base + ".conf"}
+    def _server_paths(self, kind: str, port: int, generation: str = "deb12") -> Dict[str, str]:
+        """Host paths of a server's files; for deb13 also "in": the same files as the chroot sees them."""
+        if generation == "deb12":
+            base = os.path.join(self.dir, "%s-%d" % (kind, port))
+            return {"key": base + ".hostkey", "pid": base + ".pid", "log": base + ".log", "conf": base + ".conf"}
+        root = self.hub_root(generation)
+        inside = "/etc/ssh/lab-%s-%d" % (kind, port)
+        return {"key": root + inside + ".hostkey", "conf": root + inside + ".conf",
+                "pid": root + "/run/lab-%s-%d.pid" % (kind, port),
+                "log": os.path.join(self.dir, "%s-%s-%d.log" % (generation, kind, port)),
+                "in": inside, "in_pid": "/run/lab-%s-%d.pid" % (kind, port)}
+
+    def _generation(self, generation: Optional[str]) -> str:
+        gen = generation or self.generation
+        if gen not in hubroot.GENERATIONS:
+            raise ValueError("unknown server generation %r (known: %s)" % (gen, ", ".join(hubroot.GENERATIONS)))
+        return gen
+
+    def server_versions(self, generation: Optional[str] = None) -> Dict[str, str]:
+        """{"openssh": "OpenSSH_9.2p1", "dropbear": "2022.83"} of a generation's servers."""
+        gen = self._generation(generation)
+        if gen not in self._versions:
+            self._versions[gen] = hubroot.host_versions() if gen == "deb12" else \
+                hubroot.ensure_hub_root().versions
+        return self._versions[gen]
+
+    def hub_root(self, generation: str) -> str:
+        """This lab's root for a deb13 server: an overlay of the cached Debian 13 root (tests/hubroot.py)
+        with the tunnel user (host uid, lab.home bind-mounted at the same path) and /proc. Made once."""
+        if generation in self._hub_roots:
+            return self._hub_roots[generation]
+        try:
+            base = hubroot.ensure_hub_root().dir
+        except hubroot.HubError as e:
+            raise RuntimeError("the %s hub cannot run: %s" % (generation, e))
+        d = os.path.join(self.dir, "hub-" + generation)
+        upper, work, merged = (os.path.join(d, n) for n in ("upper", "work", "root"))
+        for x in (upper, work, merged):
+            os.makedirs(x)
+        self._mount(["-t", "overlay", "overlay", "-o", "lowerdir=%s,upperdir=%s,workdir=%s" % (base, upper, work),
+                     merged], merged)
+        self._mount(["-t", "proc", "proc", merged + "/proc"], merged + "/proc")
+        os.makedirs(merged + self.home, exist_ok=True)
+        self._mount(["--bind", self.home, merged + self.home], merged + self.home)
+        user_lines = {"passwd": "%s:x:%d:%d::%s:/bin/sh\n" % (self.user, self.uid, self.gid, self.home),
+                      "group": "%s:x:%d:\n" % (self.user, self.gid),
+                      "shadow": "%s:*:19000:0:99999:7:::\n" % self.user}
+        for name, line in user_lines.items():
+            with open(os.path.join(merged, "etc", name), "a") as f:
+                f.write(line)
+        self._hub_roots[generation] = merged
+        return merged
+
+    def _mount(self, args: List[str], target: str) -> None:
+        _run(["mount"] + args)
+        self._mounts.append(target)
+
+    def _unmount_all(self) -> bool:
+        """Undo hub_root's mounts, newest first (lazy when busy); True if none is left."""
+        for target in reversed(self._mounts):
+            if _run(["umount", target], check=False).returncode != 0:
+                _run(["umount", "-l", target], check=False)
+        left = [t for t in self._mounts if os.path.ismount(t)]
+        self._mounts = left
+        return not left
 
     def start_sshd(self, port: int = 22, client_alive: Optional[int] = None,
-                   extra: Optional[Sequence[str]] = None, client_alive_count: int = 3) -> Server:
-        """A real OpenSSH sshd on srv_ip:port and 127.0.0.1:port. extra: more sshd_config lines."""
-        p = self._server_paths("openssh", port)
+                   extra: Optional[Sequence[str]] = None, client_alive_count: int = 3,
+                   generation: Optional[str] = None) -> Server:
+        """A real OpenSSH sshd on srv_ip:port and 127.0.0.1:port. extra: more sshd_config lines.
+        generation: "deb12" (the machine's sshd 9.2) or "deb13" (10.x, chroot); default lab.generation."""
+        gen = self._generation(generation)
+        p = self._server_paths("openssh", port, gen)
         if not os.path.exists(p["key"]):
             _run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "", "-f", p["key"]])
         with open(p["key"] + ".pub") as f:
@@ -644,8 +741,8 @@ class Lab:
         conf = [
             "ListenAddress %s:%d" % (self.srv_ip, port),
             "ListenAddress 127.0.0.1:%d" % port,
-            "HostKey %s" % p["key"],
-            "PidFile %s" % p["pid"],
+            "HostKey %s" % (p["in"] + ".hostkey" if "in" in p else p["key"]),
+            "PidFile %s" % p.get("in_pid", p["pid"]),
             "UsePAM no",
             "PasswordAuthentication no",
             "KbdInteractiveAuthentication no",
@@ -664,21 +761,34 @@ class Lab:
         conf += list(extra or [])
         with open(p["conf"], "w") as f:
             f.write("\n".join(conf) + "\n")
-        srv = Server(self, "openssh", port, [shutil.which("sshd") or "/usr/sbin/sshd", "-D", "-e", "-f", p["conf"]],
-                     pub, p["log"])
+        if gen == "deb12":
+            argv, prefix = [shutil.which("sshd") or "/usr/sbin/sshd", "-D", "-e", "-f", p["conf"]], []
+        else:
+            argv, prefix = ["/usr/sbin/sshd", "-D", "-e", "-f", p["in"] + ".conf"], ["chroot", self.hub_root(gen)]
+        srv = Server(self, "openssh", port, argv, pub, p["log"], gen, self.server_versions(gen)["openssh"], prefix)
         self.servers.append(srv)
         return srv.start()
 
-    def start_dropbear(self, port: int = 2222, extra: Optional[Sequence[str]] = None) -> Server:
-        """A real dropbear server on port (all addresses). extra: more arguments (e.g. ["-K", "5"])."""
-        p = self._server_paths("dropbear", port)
+    def start_dropbear(self, port: int = 2222, extra: Optional[Sequence[str]] = None,
+                       generation: Optional[str] = None) -> Server:
+        """A real dropbear server on port (all addresses). extra: more arguments (e.g. ["-K", "5"]).
+        generation: "deb12" (2022.83) or "deb13" (2025.89, chroot); default lab.generation."""
+        gen = self._generation(generation)
+        p = self._server_paths("dropbear", port, gen)
         if not os.path.exists(p["key"]):
             _run(["dropbearkey", "-t", "ed25519", "-f", p["key"]])
         out = _run(["dropbearkey", "-y", "-f", p["key"]]).stdout.decode()
         pub = next(" ".join(l.split()[:2]) for l in out.splitlines() if l.startswith("ssh-"))
-        argv = [shutil.which("dropbear") or "/usr/sbin/dropbear", "-F", "-E", "-s", "-r", p["key"],
-                "-p", str(port), "-P", p["pid"]] + list(extra or [])
-        srv = Server(self, "dropbear", port, argv, pub, p["log"])
+        if gen == "deb12":
+            argv = [shutil.which("dropbear") or "/usr/sbin/dropbear", "-F", "-E", "-s", "-r", p["key"],
+                    "-p", str(port), "-P", p["pid"]] + list(extra or [])
+            prefix = []  # type: List[str]
+        else:
+            argv = ["/usr/sbin/dropbear", "-F", "-E", "-s", "-r", p["in"] + ".hostkey", "-p", str(port),
+                    "-P", p["in_pid"]] + list(extra or [])
+            prefix = ["chroot", self.hub_root(gen)]
+        srv = Server(self, "dropbear", port, argv, pub, p["log"], gen,
+                     "dropbear " + self.server_versions(gen)["dropbear"], prefix)
         self.servers.append(srv)
         return srv.start()
 
@@ -803,7 +913,10 @@ class Lab:
         for ns in self._made_ns:
             _run(["ip", "netns", "del", ns], check=False)
             shutil.rmtree("/etc/netns/%s" % ns, ignore_errors=True)
-        shutil.rmtree(self.dir, ignore_errors=True)
+        if self._unmount_all():  # never remove through a mount (the lab's home, /proc)
+            shutil.rmtree(self.dir, ignore_errors=True)
+        else:
+            sys.stderr.write("lab cleanup: still mounted, %s left behind: %s\n" % (self.dir, self._mounts))
         shutil.rmtree(self.home, ignore_errors=True)
         if self in _live_labs:
             _live_labs.remove(self)

@@ -55,6 +55,8 @@ def test_bad_values_refused_at_start(tmp_path, argv, code, text):
 def test_identity_directory_and_public_key(tmp_path):
     # 2: IsADirectoryError traceback before; 11: chmod advice for a .pub before
     refused(tmp_path, ["-R", "1:h:2", "--ssh", FAKE, "-i", str(tmp_path), "h"], 66, "is a directory")
+    # the same mistake with --known-hosts was a retry loop
+    refused(tmp_path, ["-R", "1:h:2", "--ssh", FAKE, "--known-hosts", str(tmp_path), "h"], 66, "is a directory")
     pub = tmp_path / "id.pub"
     pub.write_text("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAA me@box\n")
     os.chmod(str(pub), 0o644)
@@ -110,7 +112,9 @@ def test_client_dropbear_without_ssh_finds_dbclient_and_o_reaches_it(tmp_path):
     db.write_text('#!/bin/sh\necho "$@" >> "%s"\nFAKESSH_VERSION="Dropbear v2022.83" exec %s "$@"\n'
                   % (tmp_path / "argv", FAKE))
     os.chmod(str(db), 0o755)
-    p = _start(tmp_path, ["--client", "dropbear", "-o", "ServerAliveInterval=5", "--accept-new", "-R", "1:127.0.0.1:2",
+    # (a known_hosts of its own: --accept-new alone would pin in this machine's /etc/sshkeep)
+    p = _start(tmp_path, ["--client", "dropbear", "-o", "ServerAliveInterval=5", "--accept-new",
+                          "--known-hosts", str(tmp_path / "known_hosts"), "-R", "1:127.0.0.1:2",
                           "tunnel@127.0.0.1"], {"PATH": "%s:%s" % (bindir, os.environ["PATH"])})
     try:
         state = tmp_path / "s.json"

@@ -340,7 +340,20 @@ def test_a_repeated_ssh_line_is_logged_once(agent):
     pid = a.tunnel()["ssh_pid"]
     wait_until(lambda: open("/proc/%d/cmdline" % pid, "rb").read().startswith(b"cat"), 30, 0.05,
                what="fake got past its stderr flood")
+    wait_until(lambda: "connect_to 127.0.0.1 port 9: failed." in a.stderr(), 10, 0.05, what="the line logged")
     assert a.stderr().count("connect_to 127.0.0.1 port 9: failed.") == 1
+
+
+def test_channel_open_failures_are_logged_once_whatever_the_channel(agent):
+    a = agent("spamch")   # -L to a target that is down: "channel N: open failed: ..." per connection
+    wait_until(lambda: a.tunnel().get("state") == "up", 10, 0.05, what="state up")
+    pid = a.tunnel()["ssh_pid"]
+    wait_until(lambda: open("/proc/%d/cmdline" % pid, "rb").read().startswith(b"cat"), 30, 0.05,
+               what="fake wrote its 50 lines")
+    wait_until(lambda: "open failed: connect failed" in a.stderr(), 10, 0.05, what="the line logged")
+    a.stop()   # every line read and logged (or not) by now
+    with open(a.err.name) as fh:
+        assert fh.read().count("open failed: connect failed") == 1
 
 
 def test_ipv6_server_in_brackets(tmp_path):
@@ -366,3 +379,24 @@ def test_run_help_shows_the_defaults():
                  "(default: 30)", "--debug"):
         assert text in flat, text
     assert "(default: None)" not in flat and "(default: [])" not in flat
+
+
+def test_syslog_without_a_syslog_daemon_logs_to_stderr_and_says_so(tmp_path):
+    # libc's syslog() drops every line when /dev/log is missing: the agent must notice.
+    argv = [sys.executable, "-m", "agent", "run", "-R", "127.0.0.1:20022:127.0.0.1:22", "--ssh", FAKE,
+            "--no-checks", "--syslog", "--state", str(tmp_path / "s.json"), "--pidfile", str(tmp_path / "p"),
+            "tunnel@127.0.0.1"]
+    if os.path.exists("/dev/log"):   # a private mount namespace hides this machine's syslog
+        (tmp_path / "empty").write_text("")
+        argv = ["unshare", "-m", "sh", "-c", 'mount --bind "$0" /dev/log && exec "$@"', str(tmp_path / "empty")] + argv
+    err = tmp_path / "err"
+    with open(str(err), "w") as fh:
+        p = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=fh,
+                             env=dict(os.environ, PYTHONPATH=ROOT, FAKESSH_MODE="ready"))
+    try:
+        wait_until(lambda: " up via " in err.read_text(), 10, 0.05, what="up logged on stderr")
+        first = err.read_text().splitlines()[0]
+        assert "no syslog (/dev/log: " in first and first.endswith("logging to stderr"), first
+    finally:
+        p.terminate()
+        assert p.wait(10) == 0

@@ -78,6 +78,12 @@ def test_agent_starts_with_the_lock_on_a_full_tmpfs(full_tmpfs, tmp_path):
         assert chk.returncode == 0, chk.stderr
         assert b"started" not in chk.stdout + chk.stderr
         assert proc.poll() is None
+        # and `stop` finds it the same way (no pid in the file)
+        stop = subprocess.run([sys.executable, PYZ, "stop", "--pidfile", pid_path, "--state", state_path],
+                              stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+                              timeout=30)
+        assert stop.returncode == 0 and b"stopped pid %d" % proc.pid in stop.stdout, stop.stdout + stop.stderr
+        assert proc.wait(10) is not None
     finally:
         if proc.poll() is None:
             proc.terminate()

@@ -10,6 +10,7 @@ import pytest
 
 import lab as labmod
 from lab import wait_until
+from hubroot import GENERATIONS
 
 pytestmark = pytest.mark.integration
 
@@ -37,9 +38,10 @@ def start_server(lab, kind):
     return lab.start_sshd() if kind == "openssh" else lab.start_dropbear()
 
 
+@pytest.mark.parametrize("hub", GENERATIONS)
 @pytest.mark.parametrize("kind", ["openssh", "dropbear"])
 @pytest.mark.parametrize("client", ["ssh", "dbclient"])
-def test_reverse_forward_then_kill_sessions(lab, client, kind):
+def test_reverse_forward_then_kill_sessions(lab, client, kind, hub):
     server = start_server(lab, kind)
     lab.start_service(lab.box_ns, SVC_PORT)
     assert lab.probe_from(lab.srv_ns, "127.0.0.1", SVC_PORT, 0.5) is None  # not there without the tunnel
@@ -89,8 +91,9 @@ def test_drop_flow_drops_only_that_flow(lab):
     wait_until(lambda: forward_answers(lab), 10, 0.2, "the flow to resume")
 
 
+@pytest.mark.parametrize("hub", GENERATIONS)
 @pytest.mark.parametrize("kind", ["openssh", "dropbear"])
-def test_restart_same_key_same_port_and_kill_listener(lab, kind):
+def test_restart_same_key_same_port_and_kill_listener(lab, kind, hub):
     server = start_server(lab, kind)
     old = server.pid
     server.restart()
@@ -133,7 +136,8 @@ def test_target_down_gives_eof_not_none(lab):
     assert forward_answers(lab)
 
 
-def test_session_process_facts(lab):
+@pytest.mark.parametrize("hub", GENERATIONS)
+def test_session_process_facts(lab, hub):
     """What a remote command sees of its session process ($PPID) on each server (see field notes)."""
     sshd, drop = lab.start_sshd(), lab.start_dropbear()
     # the server runs this with the user's shell (`sh -c LINE`): $PPID is the session process. (Wrapped in
@@ -142,15 +146,20 @@ def test_session_process_facts(lab):
               ' kill -0 $PPID && echo killable || echo not-killable; grep ^PPid: /proc/$PPID/status']
     r = lab.box_run(lab.ssh_argv(sshd, cmd=script), timeout=10)
     ppid, uid, cmd, kill, parent = r.stdout.decode().splitlines()
-    assert (int(uid), cmd.strip(), kill) == (lab.uid, "sshd: %s@notty" % lab.user, "killable"), r
+    assert (int(uid), cmd.strip(), kill) == (lab.uid, "%s%s@notty" % (sshd.session_title, lab.user), "killable"), r
     assert int(parent.split()[1]) != sshd.pid  # its parent is the root `sshd: USER [priv]` monitor
     env = dict(os.environ, HOME=lab.dropbear_home(drop))
     r = lab.box_run(lab.dbclient_argv(drop, cmd=script), timeout=10, env=env)
     ppid, uid, cmd, kill, parent = r.stdout.decode().splitlines()
-    # dropbear's per-connection process is a child of the listener, stays root, and shows the
-    # listener's command line (plus its re-exec `-2 N`): the tunnel user cannot signal it
-    assert int(parent.split()[1]) == drop.pid and int(uid) == 0, r
-    assert cmd.startswith(" ".join(drop.argv)) and kill == "not-killable", r
+    # dropbear's per-connection process is a child of the listener and shows the listener's command
+    # line (plus its re-exec `-2 N`). 2022.83 keeps it root's: the tunnel user cannot signal it;
+    # 2025.89 (measured) runs it as the user after login: killable
+    assert int(parent.split()[1]) == drop.pid, r
+    if hub == "deb12":
+        assert int(uid) == 0 and kill == "not-killable", r
+    else:
+        assert int(uid) == lab.uid and kill == "killable", r
+    assert cmd.startswith(" ".join(drop.argv)), r
 
 
 def test_private_home_per_lab(lab):
@@ -181,6 +190,20 @@ def test_cleanup_leaves_nothing():
     assert [p for p in pids if labmod.alive(p)] == []
     assert [p for p in paths if os.path.exists(p)] == []
     assert lab not in labmod._live_labs
+
+
+def test_deb13_hub_is_real_and_cached(lab):
+    """The deb13 generation really runs OpenSSH 10 (sshd-session) and dropbear 2025 from the cached
+    root, inside the server namespace; the lab's mounts are gone after close."""
+    sshd, drop = lab.start_sshd(generation="deb13"), lab.start_dropbear(generation="deb13")
+    assert sshd.version.startswith("OpenSSH_10.") and drop.version.startswith("dropbear 2025."), (sshd, drop)
+    assert lab.start_sshd(port=2200).version.startswith("OpenSSH_9.2")  # the lab's default: deb12
+    root = lab.hub_root("deb13")
+    assert os.path.ismount(root) and os.path.ismount(root + "/proc")
+    r = lab.box_run(lab.ssh_argv(sshd, cmd=["cat /etc/debian_version; ls /usr/lib/openssh/sshd-session"]))
+    assert r.returncode == 0 and r.stdout.decode().split()[0].startswith("13"), r
+    lab.close()
+    assert not os.path.exists(root)
 
 
 def test_requirements_met_here():

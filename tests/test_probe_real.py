@@ -20,7 +20,8 @@ import pytest
 
 import lab as labmod
 from lab import wait_until
-from agent import remote
+from hubroot import GENERATIONS
+from agent import probe as remote_probe, remote
 from agent.probe import OK_BANNER, OK_DATA, REFUSED as P_REFUSED, TIMEOUT as P_TIMEOUT, probe_local, probe_tcp
 from agent.remote import (
     CLOSED, HELD, MISMATCH, NO_ANSWER, NO_COMMAND, NOT_OURS, NOTHING, OK, RECLAIMED, REFUSED, UNREACHABLE,
@@ -104,9 +105,10 @@ def rspec(svc_port, port=FWD, bind="127.0.0.1"):
 
 
 # ----------------------------------------------------------------------------- remote check, real exec
+@pytest.mark.parametrize("hub", GENERATIONS)
 @pytest.mark.parametrize("kind", ["openssh", "dropbear"])
 @pytest.mark.parametrize("client", ["ssh", "dbclient"])
-def test_remote_check_verdicts_through_real_exec(lab, kind, client):
+def test_remote_check_verdicts_through_real_exec(lab, kind, client, hub):
     server = start_server(lab, kind)
     svc = lab.start_service(lab.box_ns, 0)
     tunnel = start_tunnel(lab, server, "ssh", [("R", rspec(svc.port))])
@@ -199,13 +201,15 @@ def make_stale(lab, server, tunnel):
     tunnel.wait(5)
 
 
+@pytest.mark.parametrize("hub", GENERATIONS)
 @pytest.mark.parametrize("client", ["ssh", "dbclient"])
-def test_reclaim_stale_listener_openssh_server(lab, client):
+def test_reclaim_stale_listener_openssh_server(lab, client, hub):
     server = lab.start_sshd()
     svc = lab.start_service(lab.box_ns, 0)
     tunnel = start_tunnel(lab, server, client, [("R", rspec(svc.port))], session=True)
     pid, recorded, start = read_ready(tunnel)
-    assert recorded and labmod.cmdline(pid) == "sshd: %s@notty" % lab.user
+    # 9.2: "sshd: USER@notty"; 9.8+ (sshd-session split): "sshd-session: USER@notty"
+    assert recorded and labmod.cmdline(pid) == "%s%s@notty" % (server.session_title, lab.user)
     wait_until(lambda: forward_answers(lab), 10, 0.1, "forward up")
     assert remote_check(lab, server, client)[0] == OK
 
@@ -250,15 +254,19 @@ def test_reclaim_stale_listener_openssh_server(lab, client):
     assert r.stdout.decode().split() == [], r
 
 
-def test_reclaim_on_dropbear_server_is_not_ours(lab):
-    """dropbear server, non-root user: the session process ($PPID) is the per-connection dropbear
-    process, root's: the tunnel user cannot end it. dropbear binds -R 127.0.0.1:P on 127.0.0.1 AND
-    ::1; its stale session holds both, so a new -R fails like on OpenSSH (ExitOnForwardFailure)."""
+@pytest.mark.parametrize("hub", GENERATIONS)
+def test_reclaim_on_dropbear_server(lab, hub):
+    """dropbear server: the session process ($PPID) is the per-connection dropbear process.
+    2022.83 (deb12) keeps it root's: a non-root tunnel user cannot end it (NOT_OURS, other-uid).
+    2025.89 (deb13) runs it as the logged-in user (measured): the reclaim ends it like on OpenSSH.
+    dropbear binds -R 127.0.0.1:P on 127.0.0.1 AND ::1; its stale session holds both, so a new -R
+    fails like on OpenSSH (ExitOnForwardFailure)."""
     server = lab.start_dropbear()
     svc = lab.start_service(lab.box_ns, 0)
     tunnel = start_tunnel(lab, server, "ssh", [("R", rspec(svc.port))], session=True)
     pid, recorded, start = read_ready(tunnel)
-    assert recorded and labmod.cmdline(pid).startswith(" ".join(server.argv)) and labmod._uid(pid) == 0
+    owner = 0 if hub == "deb12" else lab.uid
+    assert recorded and labmod.cmdline(pid).startswith(" ".join(server.argv)) and labmod._uid(pid) == owner
     wait_until(lambda: forward_answers(lab), 10, 0.1, "forward up")
     assert sorted(lab.listening(lab.srv_ns, FWD)) == ["127.0.0.1", "::1"]
     make_stale(lab, server, tunnel)
@@ -269,8 +277,15 @@ def test_reclaim_on_dropbear_server_is_not_ours(lab):
     assert "remote port forwarding failed for listen port %d" % FWD in again.stderr.read().decode()
 
     rc, out, err, timed_out, _ = run_exec(lab, server, "ssh", reclaim_command(FWD, owner=OWNER, pid=pid, start=start))
-    assert interpret_reclaim(rc, out, err, timed_out) == (NOT_OURS, None), (rc, out, err)
-    assert "other-uid %d" % pid in out and labmod.alive(pid)
+    if hub == "deb12":
+        assert interpret_reclaim(rc, out, err, timed_out) == (NOT_OURS, None), (rc, out, err)
+        assert "other-uid %d" % pid in out and labmod.alive(pid)
+        return
+    assert interpret_reclaim(rc, out, err, timed_out) == (RECLAIMED, pid), (rc, out, err)
+    assert not labmod.alive(pid)
+    fresh = start_tunnel(lab, server, "ssh", [("R", rspec(svc.port))], session=True)
+    read_ready(fresh)
+    wait_until(lambda: forward_answers(lab), 5, 0.05, "the forward after the reclaim")
 
 
 def test_dropbear_server_stranger_on_exact_address(lab):
@@ -322,6 +337,24 @@ def test_probe_tcp_sees_the_server_come_back(lab):
     assert up() is True
     banner = labmod.in_ns(lab.box_ns, lambda: probe_local(lab.srv_ip, server.port, 2, banner=b"SSH-"))
     assert banner.verdict == OK_BANNER
+
+
+@pytest.mark.parametrize("hub", GENERATIONS)
+def test_half_open_probe_leaves_no_trace_on_the_hub(lab, hub):
+    """probe_syn (root): True while sshd listens, False when stopped (RST) or dark (no answer); the
+    server never accepts a connection: no log line, no PerSourcePenalties `noauth` on 10.x, where
+    the same number of bare connects activates a penalty (measured: 20 at 5/s)."""
+    server = lab.start_sshd()
+    syn = lambda: labmod.in_ns(lab.box_ns, lambda: remote_probe.probe_syn(lab.srv_ip, server.port, 0.5))  # noqa
+    assert [syn() for _ in range(30)] == [True] * 30
+    lab.blackhole(True)
+    t0 = time.monotonic()
+    assert syn() is False and time.monotonic() - t0 < 1.0
+    lab.blackhole(False)
+    assert "Connection from" not in server.log_text() and server.penalty_lines() == []
+    assert lab.box_run(lab.ssh_argv(server, cmd=["true"])).returncode == 0
+    server.stop()
+    assert syn() is False
 
 
 @pytest.mark.parametrize("client", ["ssh", "dbclient"])

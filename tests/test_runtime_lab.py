@@ -119,3 +119,30 @@ def test_dbclient_unknown_host_key_names_the_users_file(lab):
         assert "%s:%d" % (lab.srv_ip, server.port) in line
     finally:
         a.stop()
+
+
+def test_connect_to_failed_is_logged_once_while_the_target_is_down(lab):
+    # Real OpenSSH: every remote check of a -R forward whose box-side target is down makes ssh
+    # print `connect_to 127.0.0.1 port N: failed.`; the log carries it once, not once per check.
+    server = lab.start_sshd()
+    svc = lab.start_service(lab.box_ns, 0)
+    port = svc.port
+    svc.stop()                                   # the target is down from the start
+    a = Agent(lab, server, [("-R", "127.0.0.1:20061:127.0.0.1:%d" % port)], client="openssh",
+              extra=("--interval", "1")).start()
+    try:
+        a.wait_up(30)
+        a.wait(lambda: a.tunnel()["checks"].get("R:20061") == "target-down", 20, "target-down")
+        first = a.tunnel()["last_check"]
+        a.wait(lambda: a.tunnel()["last_check"] - first >= 3.0, 20, "three more checks")
+        said = lambda: [l for l in a.log().splitlines() if "connect_to 127.0.0.1 port %d" % port in l]
+        assert len(said()) == 1, said()
+        back = lab.start_service(lab.box_ns, port)   # the target returns: a check passes ...
+        a.wait(lambda: a.tunnel()["checks"].get("R:20061") == "ok", 20, "check ok")
+        back.stop()                                  # ... and a new outage is news again, once
+        a.wait(lambda: a.tunnel()["checks"].get("R:20061") == "target-down", 20, "target-down again")
+        first = a.tunnel()["last_check"]
+        a.wait(lambda: a.tunnel()["last_check"] - first >= 3.0, 20, "three more checks")
+        assert len(said()) == 2, said()
+    finally:
+        a.stop()

@@ -73,6 +73,7 @@ def test_first_contact_pins_and_a_changed_key_is_refused(lab, client):
     finally:
         assert a.stop() is not None
     pinned = _read(pins)
+    mtime = os.stat(pins).st_mtime_ns
 
     # reboot: the tmpfs state (and the private HOME under it) is gone, the pin is not
     _empty_tmpfs_state(a)
@@ -81,6 +82,7 @@ def test_first_contact_pins_and_a_changed_key_is_refused(lab, client):
     try:
         b.wait_up(30)
         assert _read(pins) == pinned           # checked against the pin, nothing written
+        assert os.stat(pins).st_mtime_ns == mtime
         assert "first contact" not in b.log()
     finally:
         b.stop()
@@ -140,3 +142,16 @@ def test_strict_host_key_checking_no_is_warned_at_start_and_in_status(tmp_path):
         finally:
             p.terminate()
             assert p.wait(10) == 0
+
+
+def test_o_strict_host_key_checking_no_is_warned_too():
+    from agent import cli
+    args = cli.build_parser().parse_args(["run", "-o", "StrictHostKeyChecking=no", "-R", "1:h:2", "--state",
+                                          "/tmp/x.json", "--pidfile", "/tmp/x.pid", "hub"])
+    s = cli.settings_from_args(args)
+    assert s.tunnels[0].accept_new is True
+    assert s.warnings == ("-o StrictHostKeyChecking=no is treated as accept-new (a changed host key is "
+                          "still refused)",)
+    args = cli.build_parser().parse_args(["run", "-o", "StrictHostKeyChecking=yes", "-o",
+                                          "StrictHostKeyChecking=no", "-R", "1:h:2", "hub", "--state", "/tmp/x"])
+    assert cli.settings_from_args(args).warnings == ()

@@ -432,7 +432,7 @@ def test_error_messages(text, expected):
 
 
 def test_all_errors_reported_at_once_and_sorted():
-    text = "config sshkeep\n\toption intervall 1\n" + MINI.replace("'8080'", "'0'") + "\toption chek x\n"
+    text = "config sshkeep\n\toption intervall 1\n" + MINI.replace("'8080'", "'65536'") + "\toption chek x\n"
     errs = errors_of(text)
     assert [e.split(":")[1] for e in errs] == ["2", "9", "11"]
 

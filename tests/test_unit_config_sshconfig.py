@@ -141,3 +141,12 @@ def test_missing_file_and_bad_alias(tmp_path):
     assert info.value.code == EX_NOINPUT
     with pytest.raises(ConfigError):
         sshconfig.load_host(str(tmp_path / "none"), "-oProxyCommand=x")
+
+
+def test_strict_host_key_checking_no_is_tofu_with_a_warning(tmp_path):
+    path = write(tmp_path, "Host hub\n HostName 10.0.0.2\n StrictHostKeyChecking no\n")
+    warned = []
+    t = sshconfig.tunnel_from_host(path, "hub", warnings=warned)
+    assert t.accept_new is True
+    assert warned == ["%s:3: StrictHostKeyChecking no is treated as accept-new (a changed host key is "
+                      "still refused)" % path]

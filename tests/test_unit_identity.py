@@ -129,3 +129,10 @@ def test_an_unusable_id_file_does_not_stop_the_tunnels(tmp_path):
     again = Supervisor(Settings(tunnels=(), state=str(state), box_id_file=bad), log=log)
     again.prepare()
     assert again.box == "feedc0de12345678"  # the same temporary ID until the reboot clears the state
+
+
+def test_held_by_another_tunnel_of_this_box_says_so():
+    h = [{"pid": 7, "box": "me", "since": None, "host": "h", "tunnel": "lan"}]
+    assert held_message(20022, h, "me", "wän") == ("port 20022 on the hub is held by this box's tunnel lan (server "
+                                                   "pid 7, since an unknown time): give each tunnel its own port")
+    assert "earlier session of this box" in held_message(20022, h, "me", "lan")

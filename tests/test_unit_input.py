@@ -297,7 +297,8 @@ def test_flags_beat_the_same_setting_given_with_o():
                                       ("ControlMaster=auto", 64), ("RemoteCommand=sh", 64),
                                       ("BatchMode=no", 64), ("ExitOnForwardFailure=no", 64),
                                       ("ServerAliveInterval", 64), ("=5", 64), ("Port=0", 65),
-                                      ("ServerAliveInterval=-1", 65), ("StrictHostKeyChecking=maybe", 64)])
+                                      ("ServerAliveInterval=-1", 65), ("StrictHostKeyChecking=maybe", 64),
+                                      ("UserKnownHostsFile=/a /b", 64)])
 def test_o_refusals(opt, code):
     with pytest.raises(SshkeepError) as info:
         _tunnel("-o", opt)

@@ -12,6 +12,7 @@ def make(**kw):
 
 
 REFUSED = C.Outcome(C.REFUSED, C.RETRY, "refused")
+TIMEOUT = C.Outcome(C.TIMEOUT, C.RETRY, "timed out")
 
 
 def test_backoff_sequence_and_cap():
@@ -164,10 +165,30 @@ def test_reclaim_off_backs_off():
 def test_server_answers_cuts_backoff_only_after_network_failure():
     m = make()
     m.start(0)
-    m.on_exit(0, REFUSED)      # immediate retry
-    m.on_exit(1, REFUSED)      # now backing off
+    m.on_exit(0, TIMEOUT)      # immediate retry
+    m.on_exit(1, TIMEOUT)      # now backing off
     assert m.wants_server_probe()
     assert m.on_server_answers(1.5) == [M.Spawn()]
+    for reason in (C.REFUSED, C.CLOSED, C.EXITED):   # the host answered: no bare probes (noauth)
+        m1 = make()
+        m1.start(0)
+        m1.on_exit(0, C.Outcome(reason, C.RETRY, ""))
+        m1.on_exit(1, C.Outcome(reason, C.RETRY, ""))
+        assert m1.state == M.BACKOFF and not m1.wants_server_probe(), reason
+    for reason in (C.NETWORK, C.KEEPALIVE):
+        m1 = make()
+        m1.start(0)
+        m1.on_exit(0, C.Outcome(reason, C.RETRY, ""))
+        m1.on_exit(1, C.Outcome(reason, C.RETRY, ""))
+        assert m1.wants_server_probe(), reason
+    for reason, want in ((C.REFUSED, True), (C.CLOSED, True), (C.DNS, False)):  # half-open SYN probes
+        m1 = make(half_open_probe=True)
+        m1.start(0)
+        m1.on_exit(0, C.Outcome(reason, C.RETRY, ""))
+        m1.on_exit(1, C.Outcome(reason, C.RETRY, ""))
+        assert m1.wants_server_probe() == want, reason
+        if want:
+            assert m1.on_server_answers(2) == [M.Spawn()]
     m2 = make()
     m2.start(0)
     m2.on_exit(0, C.Outcome(C.AUTH, C.RETRY_SLOW, ""))
@@ -227,21 +248,42 @@ def test_unreachable_is_neutral_and_keeps_counts():
 def test_server_answers_with_spread_delay():
     m = make()
     m.start(0)
-    m.on_exit(0, REFUSED)
-    m.on_exit(1, REFUSED)
+    m.on_exit(0, TIMEOUT)
+    m.on_exit(1, TIMEOUT)
     assert m.on_server_answers(1.5, delay=2.0) == []
     assert m.state == M.BACKOFF and m.deadline == 3.5 and not m.wants_server_probe()
     assert m.on_timer(3.5) == [M.Spawn()]
 
 
-def test_server_busy_waits_a_random_short_delay():
+def test_server_busy_waits_a_random_short_delay_that_grows():
     m = make(max_backoff=60)
     m.start(0)
-    for _ in range(5):
-        m.on_exit(0, C.Outcome(C.SERVER_BUSY, C.RETRY, "kex"))
-        assert m.state == M.BACKOFF and 0.5 <= m.deadline <= 3.0
-        assert not m.wants_server_probe()   # the port answers; the server is just busy
-        m.on_timer(m.deadline)
+    now, waits = 0.0, []
+    for _ in range(8):
+        m.on_exit(now, C.Outcome(C.SERVER_BUSY, C.RETRY, "kex"))
+        assert m.state == M.BACKOFF and not m.wants_server_probe()   # the port answers: just busy
+        waits.append(m.deadline - now)
+        now = m.deadline
+        m.on_timer(now)
+    assert 0.5 <= waits[0] <= 3.0 and 1.0 <= waits[1] <= 6.0
+    assert waits[-1] == 60 and sum(waits) > 120     # 71 tries in 120 s before; now 8 take minutes
+
+
+def test_busy_delay_table():
+    cases = [  # (drops, u, cap) -> delay
+        ((1, 0.0, 60), 0.5), ((1, 0.999999, 60), 3.0), ((2, 0.0, 60), 1.0), ((3, 0.5, 60), 7.0),
+        ((5, 0.0, 60), 8.0), ((7, 1.0, 60), 60.0), ((1000, 0.0, 60), 60.0), ((0, 0.0, 60), 0.5),
+        ((3, 1.0, 5), 5.0),
+    ]
+    for args, want in cases:
+        assert abs(M.busy_delay(*args) - want) < 1e-3, (args, M.busy_delay(*args), want)
+    m = make(max_backoff=60)
+    m.start(0)
+    m.on_exit(0, C.Outcome(C.SERVER_BUSY, C.RETRY, "kex"))
+    m.on_timer(m.deadline)
+    m.on_ready(m.deadline + 1)
+    m.on_timer(m.deadline)   # stable: the busy count starts again
+    assert m.backoff.busy_drops == 0
 
 
 def test_reclaim_nothing_retries_in_a_second():

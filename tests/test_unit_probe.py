@@ -344,3 +344,22 @@ def test_names_resolve_under_the_light_guard():
     env["PYTHONPATH"] += os.pathsep + root
     p = subprocess.run([sys.executable, "-c", code], env=env, stderr=subprocess.PIPE, timeout=30)
     assert p.returncode == 0, p.stderr.decode()
+
+
+def test_syn_segment_and_answer_of():
+    seg = probe.syn_segment("10.0.0.1", "10.0.0.2", 40000, 22, 0x01020304)
+    assert len(seg) == 20 and struct.unpack("!HHI", seg[:8]) == (40000, 22, 0x01020304)
+    assert seg[13] == 0x02 and seg[12] >> 4 == 5           # SYN only, 5 words, no options
+    pseudo = socket.inet_aton("10.0.0.1") + socket.inet_aton("10.0.0.2") + struct.pack("!BBH", 0, 6, 20)
+    assert probe._checksum(pseudo + seg) == 0               # the checksum checks out
+    ip = bytes([0x45]) + bytes(11) + socket.inet_aton("10.0.0.2") + socket.inet_aton("10.0.0.1")
+
+    def reply(sport, dport, flags, src=ip):
+        return src + struct.pack("!HHIIBB", sport, dport, 0, 0, 5 << 4, flags) + bytes(6)
+    assert probe.answer_of(reply(22, 40000, 0x12), "10.0.0.2", 40000, 22) is True     # SYN-ACK
+    assert probe.answer_of(reply(22, 40000, 0x14), "10.0.0.2", 40000, 22) is False    # RST-ACK
+    assert probe.answer_of(reply(22, 40001, 0x12), "10.0.0.2", 40000, 22) is None     # not ours
+    assert probe.answer_of(reply(80, 40000, 0x12), "10.0.0.2", 40000, 22) is None
+    assert probe.answer_of(reply(22, 40000, 0x10), "10.0.0.2", 40000, 22) is None     # bare ACK
+    assert probe.answer_of(reply(22, 40000, 0x12), "10.0.0.9", 40000, 22) is None
+    assert probe.answer_of(b"\x45", "10.0.0.2", 40000, 22) is None

@@ -306,6 +306,8 @@ def test_interpret_reclaim_table():
     assert remote.reclaim_holders(held) == [{"pid": 77, "box": "0123abcd", "since": 1764650000, "host": "OpenWrt",
                                              "tunnel": "t1"}]
     assert remote.reclaim_holders("sshkeep-reclaim held 77 x - h t\n")[0]["since"] is None
+    assert remote.reclaim_holders("sshkeep-reclaim held 77 \x1b[2J - h\x07 t\n")[0] == {
+        "pid": 77, "box": "__2J", "since": None, "host": "h_", "tunnel": "t"}
     assert interpret_reclaim(255, "", "Connection timed out", False) == (UNREACHABLE, None)
     assert interpret_reclaim(None, "", "", True) == (UNREACHABLE, None)
     assert interpret_reclaim(1, "", "dbclient: Exited", False, "dropbear") == (UNREACHABLE, None)
@@ -325,12 +327,13 @@ class FakeSession:
     as a remote command's $PPID is the `sshd: USER@notty` process.
     """
 
-    def __init__(self, cmd, argv0="sshd: tester@notty", user=None):
+    def __init__(self, cmd, argv0="sshd: tester@notty", user=None, shell="dash"):
         pre = []
         if user is not None:
             pre = ["/usr/bin/setpriv", "--reuid", str(user), "--regid", str(user), "--clear-groups", "--"]
+        sh = [SHELLS[shell]] + (["sh"] if shell == "busybox" else [])
         self.proc = subprocess.Popen(
-            pre + ["perl", "-e", '$0 = shift; system("sh", "-c", shift); exit 0', argv0, cmd],
+            pre + ["perl", "-e", '$0 = shift; my $c = pop; system(@ARGV, "-c", $c); exit 0', argv0] + sh + [cmd],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, env={"PATH": "/usr/bin:/bin", "HOME": "/nonexistent"})
         self.pid = self.proc.pid
         line = self._readline(5)
@@ -378,10 +381,11 @@ def starttime(pid):
         return f.read().rsplit(")", 1)[1].split()[19]
 
 
-def test_session_registers_and_reclaim_ends_it(tmp_path, sessions):
+@pytest.mark.parametrize("shell", ["dash", "bash", "busybox"])
+def test_session_registers_and_reclaim_ends_it(tmp_path, sessions, shell):
     state = str(tmp_path / "state")
     before = int(time.time())
-    s = sessions(session_command([2222, 8022], state, "0123abcd", host="OpenWrt", tunnel="tünnel"))
+    s = sessions(session_command([2222, 8022], state, "0123abcd", host="OpenWrt", tunnel="tünnel"), shell=shell)
     assert s.ready == (s.pid, True, starttime(s.pid))
     for port in (2222, 8022):
         with open(os.path.join(state, "rport-%d-%d" % (port, s.pid))) as f:
@@ -391,7 +395,7 @@ def test_session_registers_and_reclaim_ends_it(tmp_path, sessions):
                                          "start=%s" % starttime(s.pid), "ports=2222,8022\n"]
         assert before <= since <= time.time() + 1
     assert oct(os.stat(state).st_mode & 0o777) == "0o700"
-    bindir = make_bin(str(tmp_path / "bin"), "dash", [])
+    bindir = make_bin(str(tmp_path / "bin"), shell, [])
     r = run_remote(reclaim_command(8022, state, "0123abcd"), bindir)   # no session named: nothing ended
     assert interpret_reclaim(r.returncode, r.out, r.err, False) == (HELD, None), (r.out, r.err)
     assert s.proc.poll() is None
@@ -421,12 +425,13 @@ def test_dropbear_like_session_process_is_recognised(tmp_path, sessions):
     assert interpret_reclaim(r.returncode, r.out, r.err, False) == (RECLAIMED, s.pid)
 
 
-def test_reclaim_leaves_other_owners_alone(tmp_path, sessions):
+@pytest.mark.parametrize("shell", ["dash", "bash", "busybox"])
+def test_reclaim_leaves_other_owners_alone(tmp_path, sessions, shell):
     """Same hostname, same tunnel name, same port, another box: never ended, even given its exact
     pid and start time; the reclaim says who holds the port instead."""
     state = str(tmp_path / "state")
-    s = sessions(session_command([2222], state, "box2", host="OpenWrt", tunnel="t1"))
-    bindir = make_bin(str(tmp_path / "bin"), "dash", [])
+    s = sessions(session_command([2222], state, "box2", host="OpenWrt", tunnel="t1"), shell=shell)
+    bindir = make_bin(str(tmp_path / "bin"), shell, [])
     r = run_remote(reclaim_command(2222, state, "box1", pid=s.pid, start=s.ready[2]), bindir)
     assert interpret_reclaim(r.returncode, r.out, r.err, False) == (HELD, None)
     (h,) = remote.reclaim_holders(r.out)

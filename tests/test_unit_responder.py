@@ -34,7 +34,7 @@ def make_bin(path, tools):
 class Hub:
     """One session with its responder: `ask(line)` -> the answer's words."""
 
-    def __init__(self, tmp, tools, ports=(2222,)):
+    def __init__(self, tmp, tools, ports=(2222,), before=b""):
         self.state = str(tmp / "state")
         bindir = make_bin(str(tmp / "bin"), tools)
         cmd = remote.session_command(list(ports), self.state, "abcd1234", responder=True)
@@ -46,7 +46,7 @@ class Hub:
         ready = self.line(5)
         self.name = remote.ready_responder(ready)
         assert self.name, ready
-        self.send(remote.responder_source(self.name))
+        self.send(before + remote.responder_source(self.name))
         self.rid = 0
 
     def send(self, data):
@@ -288,7 +288,7 @@ def test_no_responder_asked_keeps_todays_session_command():
     assert words[-2:] == ["--", str(len(remote.PERL_RESPONDER) + 1)]
     assert len(remote.session_command([2222, 2223], "/s", "a" * 64, "h" * 64, "t" * 64, responder=True)) < 2500
     for name in remote.RESPONDERS:
-        assert remote.responder_source(name).count(b"\n") == 1   # one line on stdin
+        assert remote.responder_source(name).count(b"\n") == 2   # the start line, the program in one line
 
 
 @pytest.mark.parametrize("bad", [dict(bind="example.com"), dict(bind="127.0.0.1;id"), dict(port=0),
@@ -390,6 +390,9 @@ class SessionSup:
 
 
 class R:
+    def forwards_now(self):
+        return list(self.t.forwards)
+
     def __init__(self, fwds):
         from agent.model import Tunnel
         self.t = Tunnel("t", "127.0.0.1", 22, forwards=tuple(fwds), remote_check_every=1)
@@ -435,3 +438,16 @@ def test_status_says_the_check_mode_and_why():
     text = state.render(doc, now=1001.0)
     assert "hub: remote checks exec (the hub runs no command of ours (forced command" in text
     assert state.public(doc)["tunnels"][0]["check_mode"] == "exec"
+
+
+def test_hub_picked_ports_sent_before_the_responder_are_recorded(hubs):
+    """`port N` lines (ports the hub picked for -R 0:...) come before the responder is started."""
+    h = hubs(["python3"], before=b"port 3333\n")
+    assert h.ask("ping") == ["pong"]
+    pid = h.proc.pid
+    names = sorted(os.listdir(h.state))
+    assert names == ["rport-2222-%d" % pid, "rport-3333-%d" % pid], names
+    with open(os.path.join(h.state, names[1])) as f:
+        assert "ports=2222,3333" in f.read()
+    assert h.close() == 0
+    assert os.listdir(h.state) == []

@@ -105,3 +105,30 @@ def test_state_write_does_not_write_through_a_planted_temp_file(tmp_path):
     state.write(path, {"pid": 1})
     assert victim.read_text() == "precious\n"
     assert json.load(open(path)) == {"pid": 1}
+
+
+@pytest.mark.parametrize("plant", ["symlink", "foreign"])
+def test_agent_refuses_a_planted_runtime_directory(tmp_path, plant):
+    # STATE.d holds dbclient's private HOMEs (known_hosts written there before every connect):
+    # a symlink or another user's directory at that name must stop the start, not be written through.
+    from agent import clients, supervisor
+    from agent.log import Log
+    from agent.model import Forward, Settings, Tunnel
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    st = str(tmp_path / "s.json")
+    if plant == "symlink":
+        os.symlink(str(victim), st + ".d")
+    else:
+        if os.geteuid() != 0:
+            pytest.fail("run as root: the planted directory must belong to another uid", pytrace=False)
+        os.mkdir(st + ".d", 0o777)
+        os.chown(st + ".d", OTHER, OTHER)
+    t = Tunnel(name="hub", host="10.0.0.2", forwards=(Forward("R", "", 2022, "127.0.0.1", 22),),
+               known_hosts=str(tmp_path / "kh"), accept_new=True)
+    info = clients.ClientInfo("dropbear", "/usr/bin/dbclient", "2022.83")
+    sup = supervisor.Supervisor(Settings(tunnels=(t,), state=st, pidfile=str(tmp_path / "pid")), Log(),
+                                detect=lambda path, client: info)
+    with pytest.raises(StateError, match="refusing it"):
+        sup.prepare()
+    assert os.listdir(str(victim)) == []

@@ -31,10 +31,13 @@ REFERENCE = {1: "from the kill", 2: "from sshd listening again", 3: "from the he
 
 # ----------------------------------------------------------------------------- numbers
 
-def per_fault(doc):
-    """{fault: {label: [run results...]}} in run order."""
+def per_fault(doc, hub=None):
+    """{fault: {label: [run results...]}} in run order, of the runs against hub (default: the main hub)."""
     out = {}
+    main = doc.get("hub")
     for r in doc.get("runs", []):
+        if r.get("hub", main) != (hub or main):
+            continue
         for label, v in r["contenders"].items():
             out.setdefault(r["fault"], {}).setdefault(label, []).append(dict(v, cap=r["cap"], extra=r["extra"]))
     return out
@@ -98,8 +101,9 @@ def render_section(doc, results_dir="tests/bench/results", link_dir=None):
     if pf:
         lines.append("**Time to heal** — until the reverse forward answers end to end from the server side with the "
                      "box service's banner (probed every 0.2 s); median (min–max) of %d runs. All contenders run side "
-                     "by side against one OpenSSH sshd (no ClientAliveInterval) and take each fault at the same moment. "
-                     "sshkeep: `%s`; autossh: %s." % (s.get("reps", 0), s.get("sshkeep", ""), s.get("autossh", "")))
+                     "by side against one %s sshd (no ClientAliveInterval) and take each fault at the same moment. "
+                     "sshkeep: `%s`; autossh: %s." % (s.get("reps", 0), doc.get("hub", "OpenSSH"), s.get("sshkeep", ""),
+                                                     s.get("autossh", "")))
         lines.append("")
         lines.append("| fault (measured from) | " + " | ".join(labels) + " |")
         lines.append("|---|" + "---|" * len(labels))
@@ -118,6 +122,23 @@ def render_section(doc, results_dir="tests/bench/results", link_dir=None):
         lines.append("")
         svgs = ["[%d](%s/fault%d.svg)" % (n, link_dir or results_dir, n) for n in sorted(pf)]
         lines.append("Timelines (forward up/down per contender and run): fault " + ", ".join(svgs) + ".")
+        lines.append("")
+    for hub, info in sorted(doc.get("hubs", {}).items()):
+        hp = per_fault(doc, hub)
+        if not hp:
+            continue
+        pen = info.get("penalty_lines") or []
+        lines.append("**Against today's hub, %s** (Debian 13: sshd-session, PerSourcePenalties on by default), "
+                     "same contenders and settings; %d penalty/drop line%s in its log (LogLevel VERBOSE)%s." % (
+                         hub, len(pen), "" if len(pen) == 1 else "s",
+                         (": `%s`" % pen[0][:120]) if pen else ""))
+        lines.append("")
+        lines.append("| fault (measured from) | " + " | ".join(labels) + " |")
+        lines.append("|---|" + "---|" * len(labels))
+        for n in sorted(hp):
+            row = ["%s (%s)" % (SHORT.get(n, str(n)), REFERENCE.get(n, ""))]
+            row += [cell(hp[n][l]) if hp[n].get(l) else "-" for l in labels]
+            lines.append("| " + " | ".join(row) + " |")
         lines.append("")
     lines += _footprint(doc)
     lines += _fleet(doc)
@@ -357,7 +378,8 @@ def write_svgs(doc, out_dir, quick=False):
     labels = doc.get("contenders") or []
     by = {}
     for r in doc.get("runs", []):
-        by.setdefault(r["fault"], []).append(r)
+        if r.get("hub", doc.get("hub")) == doc.get("hub"):  # the timelines show the main hub's runs
+            by.setdefault(r["fault"], []).append(r)
     paths = []
     os.makedirs(out_dir, exist_ok=True)
     for n, runs in sorted(by.items()):

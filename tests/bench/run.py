@@ -573,7 +573,7 @@ class Suite:
             time.sleep(0.1)
         time.sleep(1.0)  # a little trace after the heal
         t_end = time.monotonic()
-        out = {"fault": n, "rep": rep, "t_ref": round(t_ref - t_fault, 3), "bands": bands, "cap": cap,
+        out = {"fault": n, "rep": rep, "hub": server.version, "t_ref": round(t_ref - t_fault, 3), "bands": bands, "cap": cap,
                "window": round(t_end - t_fault, 3), "extra": extra, "contenders": {}}
         for c in cs:
             rs = self.prober.results(c.rport, t_fault - 3.0)
@@ -777,6 +777,35 @@ def fleet(args, lab, prober, pyz, kind, n):
 
 # ----------------------------------------------------------------------------- machine, logs, main
 
+def run_suite(args, doc, lab, server, prober, pyz, faults, path):
+    """The four contenders side by side against server, each fault args.reps times; stops them and
+    returns (their labels, their RSS in KB while they ran). Every run is tagged with the hub's version."""
+    suite = Suite(args, lab, server, prober)
+    svcs = [lab.start_service(lab.box_ns, 0) for _ in range(4)]
+    suite.add(Keeper(lab, server, 20022, svcs[0], "openssh", pyz))
+    suite.add(Keeper(lab, server, 20023, svcs[1], "dropbear", pyz))
+    suite.add(AutoSSH(lab, server, 20024, svcs[2], monitor=0, tag="m0"))
+    suite.add(AutoSSH(lab, server, 20025, svcs[3], monitor=20100, poll=INTERVAL, tag="mon"))
+    if faults and not suite.wait_all_up(90):
+        log("not every contender came up: %s" % [c.label for c in suite.contenders
+                                                 if not prober.last_ok(c.rport)])
+    for rep in range(1, args.reps + 1):
+        for n in faults:
+            log("fault %d (%s), rep %d/%d, hub %s" % (n, FAULTS[n], rep, args.reps, server.version))
+            r = suite.run_fault(n, rep)
+            doc["runs"].append(r)
+            log("  " + ", ".join("%s: %s (%d ssh starts)" % (k, v["heal_s"], v["ssh_starts"])
+                                 for k, v in r["contenders"].items()))
+            save(path, doc)
+            if prober.error:
+                raise prober.error
+    rss = {c.label: c.rss_kb() for c in suite.contenders}
+    for c in suite.contenders:
+        c.stop()
+    _save_logs(args.logdir, "faults-%s" % server.generation, suite.contenders)
+    return [c.label for c in suite.contenders], rss
+
+
 def machine():
     cpu = ""
     try:
@@ -823,6 +852,8 @@ def main(argv=None):
     ap.add_argument("--quick", action="store_true", help="1 rep, short waits, 5-agent fleet, no doc rewrite")
     ap.add_argument("--cap", type=float, default=60.0, help="seconds to wait for a heal (default 60)")
     ap.add_argument("--faults", default="1,2,3,4,5,6,7")
+    ap.add_argument("--hub-faults", default="1,4,5",
+                    help="faults run again against the Debian 13 hub (OpenSSH 10); empty: skip")
     ap.add_argument("--blackhole", type=float, default=30.0)
     ap.add_argument("--target-down", type=float, default=20.0)
     ap.add_argument("--settle", type=float, default=3.0)
@@ -879,32 +910,10 @@ def main(argv=None):
     lab = labmod.Lab(tag="bench")
     try:
         server = lab.start_sshd()
+        doc["hub"] = server.version
         prober = Prober(lab.srv_ns)
         prober.start()
-        suite = Suite(args, lab, server, prober)
-        svcs = [lab.start_service(lab.box_ns, 0) for _ in range(4)]
-        suite.add(Keeper(lab, server, 20022, svcs[0], "openssh", pyz))
-        suite.add(Keeper(lab, server, 20023, svcs[1], "dropbear", pyz))
-        suite.add(AutoSSH(lab, server, 20024, svcs[2], monitor=0, tag="m0"))
-        suite.add(AutoSSH(lab, server, 20025, svcs[3], monitor=20100, poll=INTERVAL, tag="mon"))
-        doc["contenders"] = [c.label for c in suite.contenders]
-        if faults and not suite.wait_all_up(90):
-            log("not every contender came up: %s" % [c.label for c in suite.contenders
-                                                     if not prober.last_ok(c.rport)])
-        for rep in range(1, args.reps + 1):
-            for n in faults:
-                log("fault %d (%s), rep %d/%d" % (n, FAULTS[n], rep, args.reps))
-                r = suite.run_fault(n, rep)
-                doc["runs"].append(r)
-                log("  " + ", ".join("%s: %s (%d ssh starts)" % (k, v["heal_s"], v["ssh_starts"])
-                                     for k, v in r["contenders"].items()))
-                save(path, doc)
-                if prober.error:
-                    raise prober.error
-        for c in suite.contenders:
-            doc.setdefault("contender_rss_kb", {})[c.label] = c.rss_kb()
-            c.stop()
-        _save_logs(args.logdir, "faults", suite.contenders)
+        doc["contenders"], doc["contender_rss_kb"] = run_suite(args, doc, lab, server, prober, pyz, faults, path)
         if finish_cpu is not None:
             left = args.cpu_min - (time.monotonic() - t_begin)
             if left > 0:
@@ -913,6 +922,23 @@ def main(argv=None):
             doc["footprint"] = finish_cpu()
             finish_cpu = None
             save(path, doc)
+        hub_faults = [int(x) for x in args.hub_faults.split(",") if x.strip()]
+        if hub_faults:
+            # the same contenders against today's hub: OpenSSH 10 (sshd-session, PerSourcePenalties)
+            with labmod.Lab(tag="bench-deb13", generation="deb13") as lab13:
+                server13 = lab13.start_sshd()
+                prober13 = Prober(lab13.srv_ns)
+                prober13.start()
+                try:
+                    run_suite(args, doc, lab13, server13, prober13, pyz, hub_faults, path)
+                finally:
+                    prober13.halt.set()
+                with open(os.path.join(args.logdir, "hub-%s.log" % server13.version), "w") as f:
+                    f.write(server13.log_text())
+                doc.setdefault("hubs", {})[server13.version] = {
+                    "generation": "deb13", "faults": hub_faults, "penalty_lines": server13.penalty_lines()}
+                log("%s: %d penalty/drop lines in its log" % (server13.version, len(server13.penalty_lines())))
+                save(path, doc)
         if not args.no_fleet:
             doc["fleet"] = []
             # sshkeep twice: with defaults (no spread: one box heals fastest) and with the
