@@ -27,8 +27,9 @@ FWD = 20022
 BANNER = b"SVC-READY\r\n"
 
 
-def start_server(lab, kind):
-    return lab.start_sshd() if kind == "openssh" else lab.start_dropbear()
+def start_server(lab, kind, gen="deb12"):
+    """deb12: OpenSSH 9.2 / dropbear 2022.83; deb13: OpenSSH 10.0 / dropbear 2025.89 (tests/hubroot.py)."""
+    return lab.start_sshd(generation=gen) if kind == "openssh" else lab.start_dropbear(generation=gen)
 
 
 def logins(server):
@@ -96,10 +97,11 @@ class Session:
             labmod.stop_process(self.proc)
 
 
+@pytest.mark.parametrize("gen", ["deb12", "deb13"])
 @pytest.mark.parametrize("kind", ["openssh", "dropbear"])
 @pytest.mark.parametrize("client", ["ssh", "dbclient"])
-def test_every_verdict_through_the_session_responder(lab, kind, client):
-    server = start_server(lab, kind)
+def test_every_verdict_through_the_session_responder(lab, kind, client, gen):
+    server = start_server(lab, kind, gen)
     svc = lab.start_service(lab.box_ns, 0)
     silent = lab.start_service(lab.srv_ns, 0, banner=b"")     # a listener on the hub that never speaks
     s = Session(lab, server, client, svc.port)
@@ -149,13 +151,14 @@ def responder_pids(server):
     return out
 
 
-@pytest.mark.parametrize("kind, client", [("openssh", "openssh"), ("openssh", "dropbear"),
-                                          ("dropbear", "openssh"), ("dropbear", "dropbear")])
-def test_dead_session_is_found_by_an_unanswered_request(lab, kind, client):
+@pytest.mark.parametrize("kind, client, gen", [("openssh", "openssh", "deb12"), ("openssh", "dropbear", "deb12"),
+                                               ("dropbear", "openssh", "deb12"), ("dropbear", "dropbear", "deb12"),
+                                               ("openssh", "openssh", "deb13")])
+def test_dead_session_is_found_by_an_unanswered_request(lab, kind, client, gen):
     """SIGSTOP on the hub: the sshd session process (OpenSSH), or the responder (dropbear's session
     process is root's, so this box could not reclaim it). Keepalive is 60 s: only the unanswered
     request can notice within this test."""
-    server = start_server(lab, kind)
+    server = start_server(lab, kind, gen)
     a, _ = start_agent(lab, server, client)
     stopped = []
     try:
@@ -205,10 +208,11 @@ def test_forced_command_key_falls_back_and_status_says_why(lab):
         a.stop()
 
 
-@pytest.mark.parametrize("kind, client", [("openssh", "openssh"), ("openssh", "dropbear"),
-                                          ("dropbear", "openssh"), ("dropbear", "dropbear")])
-def test_no_new_login_while_a_healthy_tunnel_is_checked(lab, kind, client):
-    server = start_server(lab, kind)
+@pytest.mark.parametrize("kind, client, gen", [("openssh", "openssh", "deb12"), ("openssh", "dropbear", "deb12"),
+                                               ("dropbear", "openssh", "deb12"), ("dropbear", "dropbear", "deb12"),
+                                               ("openssh", "openssh", "deb13"), ("dropbear", "dropbear", "deb13")])
+def test_no_new_login_while_a_healthy_tunnel_is_checked(lab, kind, client, gen):
+    server = start_server(lab, kind, gen)
     a, _ = start_agent(lab, server, client, extra=("--interval", "1"))
     try:
         a.wait_up(30)
