@@ -372,86 +372,11 @@ def _override_globals(s, args):
 
 
 def cmd_run(args, argv):
-    from agent.log import Log, log_path_for
-    from agent.supervisor import Supervisor
+    # Parsed and validated here; the agent itself runs in a fresh runtime without argparse
+    # or the config parser (agent.launch: exec, same pid).
     settings = settings_from_args(args)
-    notifier = None
-    if args.daemon:
-        from agent import daemon
-        notifier = daemon.daemonize()
-    # After the detach: a daemon's stderr is /dev/null, so without syslog the lines go to a file.
-    log = Log(use_syslog=settings.syslog or args.daemon, debug=args.debug, logfile=log_path_for(settings.state))
-    pid = None
-    try:
-        from agent.pidfile import PidFile
-        pid = PidFile(settings.pidfile)
-        pid.acquire()
-    except E.SshkeepError as exc:
-        if notifier:
-            notifier.fail(str(exc), exc.code)
-        raise
-    if pid.write_error:
-        log.error("", pid.write_error + "; running with the lock alone (full tmpfs?)")
-    for w in settings.warnings:  # e.g. a tunnelW section skipped: say so where procd logs it
-        log.warning("", "config: " + w)
-    try:
-        _reap_previous(settings, log)
-        checks = None
-        if not args.no_checks:
-            from agent.health import Checks
-            checks = Checks(log)
-        # SIGHUP re-reads the config file; without one there is nothing to re-read
-        reload_fn = (lambda: settings_from_args(args)) if args.config else None
-        sup = Supervisor(settings, log, reload_settings=reload_fn, checks=checks)
-        try:
-            sup.prepare()
-            _check_dropbear_options(sup.runners, args, log)
-        except E.SshkeepError as exc:
-            if notifier:
-                notifier.fail(str(exc), exc.code)
-            raise
-        if notifier:
-            notifier.ok("started (pid %d)%s" % (os.getpid(), "; " + log.note if log.note else ""))
-        names = [f.label() for t in settings.tunnels for f in t.forwards]
-        log.info("", "sshkeep %s started (pid %d), %d tunnel(s) (%s) over %d ssh connection(s), state %s" % (
-            __version__, os.getpid(), len(names), ", ".join(names), len(settings.tunnels), settings.state))
-        return sup.run()
-    finally:
-        if pid is not None:
-            pid.release()
-
-
-def _check_dropbear_options(runners, args, log):
-    """dbclient takes few ssh options: refuse a -o it cannot take (the user asked for it on this
-    command line), warn about one from a file (it worked with OpenSSH: do not stop the tunnel)."""
-    from agent import clients
-    asked = {k for k, _ in _ssh_options(getattr(args, "ssh_options", [])).get("extra_options", ())}
-    for r in runners:
-        if r.info.kind != clients.DROPBEAR:
-            continue
-        missing = clients.dropbear_options(r.info, r.t.extra_options)[1]
-        refused = [k for k in missing if k in asked]
-        if refused:
-            raise E.SshkeepError("-o %s: %s (dropbear %s) has no such option; drop it, or use OpenSSH "
-                                 "(--client openssh)" % (", ".join(refused), r.info.path, r.info.version),
-                                 E.EX_UNAVAILABLE)
-        if missing:
-            log.warning(r.name, "ssh option(s) %s not passed: dbclient %s has no such option"
-                        % (", ".join(missing), r.info.version))
-
-
-def _reap_previous(settings, log):
-    """Children of an agent that died by SIGKILL still hold our forwards: end them
-    (only exact pid + command-line matches: agent.procs.reap_orphans)."""
-    from agent import lifecycle, procs, state
-    doc = lifecycle.read_state(settings.state)
-    prev = doc.get("pid")
-    if prev == os.getpid() or state.pid_alive(prev) and procs.is_sshkeep(prev):
-        return  # a live agent (on another pidfile) writes this state: its children are no orphans
-    children = doc.get("children")
-    for rec in procs.reap_orphans(children if isinstance(children, list) else []):
-        log.warning("", "ended ssh pid %s left by a previous agent (pid %s)" % (
-            rec.get("pid") if isinstance(rec, dict) else rec, prev))
+    from agent import launch
+    return launch.run(settings, args, argv)
 
 
 def cmd_status(args):
@@ -506,6 +431,9 @@ def cmd_config(args):
 
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["_resolve"]:  # a reload's config parse (agent.launch), also through shiv's bootstrap
+        from agent import launch
+        return launch.resolve_main(argv[1:])
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
@@ -553,17 +481,6 @@ def main(argv=None):
 
 
 def _report(exc):
-    """The one place an error becomes a message and an exit status."""
-    from agent.daemon import Detached
-    if isinstance(exc, Detached):
-        # The original process of --daemon: the daemon's own verdict.
-        text = str(exc).strip()
-        if text:
-            (sys.stdout if exc.code == E.EX_OK else sys.stderr).write("sshkeep: %s\n" % text)
-        return exc.code
-    if isinstance(exc, E.ConfigError):
-        for line in exc.errors:
-            sys.stderr.write("sshkeep: %s\n" % line)
-        return exc.code
-    sys.stderr.write("sshkeep: %s\n" % exc)
-    return exc.code
+    """The one place an error becomes a message and an exit status (shared with the runtime)."""
+    from agent.serve import report
+    return report(exc)

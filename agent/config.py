@@ -238,6 +238,7 @@ class _Report:
         self.errors = []    # (line, text)
         self.warnings = []
         self.dup_lines = []
+        self.skipped = []   # sections sshkeep cannot run (sshtunnel's tunnelW), for "no enabled tunnel"
 
     def _fmt(self, line, what, fix):
         where = "%s:%d" % (self.path, line) if line else self.path
@@ -735,6 +736,12 @@ def _parse_sshtunnel(sections, report):
                     report.warn(line, "%s is ignored: %s" % (opt_name, why), None)
                 except _Bad as exc:
                     report.bad(line, exc, "server '%s' option %s" % (s.name, opt_name))
+        count = dict(extra).get("ServerAliveCountMax")
+        if count not in (None, "3") and f["keepalive"]:
+            # ssh keeps the first value of an option, and the keepalive's own count comes first.
+            report.warn(s.opts["ServerAliveCountMax"].line, "ServerAliveCountMax %s has no effect: sshkeep "
+                        "passes ServerAliveCountMax=3 with its keepalive" % count,
+                        "remove it: sshkeep's own checks notice a dead session")
         if not _bool_opt(s, "enabled", report):
             disabled.add(s.name)
             continue
@@ -753,9 +760,13 @@ def _parse_sshtunnel(sections, report):
                             _suggest(name, known))
         enabled = _bool_opt(t, "enabled", report)
         if t.type == "tunnelW":
+            # ssh -w needs root and tun/tap devices on both ends: out of scope. Skipping it (and not
+            # refusing the file) keeps the other tunnels of a file the procd script reads unchanged.
             if enabled:
-                report.error(t.line, "%s: tunnelW (ssh -w tun/tap VPN) is not supported by sshkeep" % label,
-                             "keep sshtunnel for it, or set option enabled '0'")
+                report.warn(t.line, "%s (ssh -w tun/tap VPN) is skipped: sshkeep does not run VPN tunnels; "
+                            "the other tunnels run" % label,
+                            "keep sshtunnel for this one, or set option enabled '0' to silence this")
+                report.skipped.append(label)
             continue
         server, sline = _st_get(t, "server", report)
         if server is None:
@@ -934,7 +945,11 @@ def parse_text(text, path="<string>", check_files=True):
         f.pop("__lines__", None)
         tunnels.append(Tunnel(**f))
     if not tunnels and not report.errors:
-        report.error(0, "no enabled tunnel", "add a config server and a config tunnel section naming it")
+        if report.skipped:
+            report.error(0, "no enabled tunnel sshkeep can run (skipped: %s)" % ", ".join(report.skipped),
+                         "keep sshtunnel for these, or add a tunnelR, tunnelL or tunnelD section")
+        else:
+            report.error(0, "no enabled tunnel", "add a config server and a config tunnel section naming it")
     if report.errors:
         errors = [text for _, text in sorted(report.errors, key=lambda e: e[0])]
         raise ConfigError("\n".join(errors), errors=errors)

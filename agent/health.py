@@ -17,7 +17,6 @@ Keepalives only prove the SSH connection answers; these prove the forwards do.
   connect would call it healthy until keepalive gives up.
 """
 
-import shlex
 import time
 
 from agent import clients, identity, probe, remote, session
@@ -145,7 +144,7 @@ class Checks:
         else:
             # Each check prints its own `sshkeep-check CODE ...` line; subshells keep one
             # check's exit from ending the others. sh -c: the login shell may be fish.
-            cmd = "exec sh -c " + shlex.quote("; ".join("(%s)" % p for p in parts))
+            cmd = "exec sh -c " + remote.quote("; ".join("(%s)" % p for p in parts))
         host, port = r.address
         argv = clients.build_exec_argv(r.info, r.t, cmd, host=host, port=port)
 

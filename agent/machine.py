@@ -6,11 +6,16 @@ carries out the commands returned. Tests drive it with plain numbers.
     connecting --ready--> up --exit/health--> (reconnect at once, or backoff)
         |                                          |
         +--exit/watchdog--> backoff --timer/server answers--> connecting
+
+A session that came up and passed a check proved the path works: losing it later
+(a hub that cuts sessions, a NAT that forgets them) retries within a second and
+starts the backoff over. Only sessions that die before that escalate, so a crash
+loop (dies before ready, or fails its checks) still backs off.
 """
 
 from __future__ import annotations
 
-import random
+import os
 
 from agent import classify as C
 from agent.record import record
@@ -60,6 +65,17 @@ def busy_delay(drops: int, u: float, cap: float) -> float:
     return min(cap, (BUSY_LOW + (BUSY_HIGH - BUSY_LOW) * u) * scale)
 
 
+class Jitter:
+    """random() and uniform() from os.urandom: the `random` module would cost the resident
+    agent ~0.1 MB (random, math, bisect, _sha512) for a few jittered delays."""
+
+    def random(self) -> float:
+        return int.from_bytes(os.urandom(7), "big") / 72057594037927936.0  # [0, 1), 56 bits
+
+    def uniform(self, a: float, b: float) -> float:
+        return a + (b - a) * self.random()
+
+
 class Backoff:
     """Exponential backoff with jitter; attempt 0 is immediate.
 
@@ -73,7 +89,7 @@ class Backoff:
         self.factor = float(factor)
         self.jitter = float(jitter)
         self.offset = float(offset)
-        self.rng = rng or random.Random()
+        self.rng = rng or Jitter()
         self.attempt = 0
         self.busy_drops = 0
         # The exponent stops growing once base * factor**e passes the cap: factor**(n-1) itself
@@ -93,6 +109,12 @@ class Backoff:
         raw = min(self.cap, self.base * (self.factor ** min(n - 1, self._top)))
         spread = raw * self.jitter * (2 * self.rng.random() - 1)
         return max(0.0, min(self.cap, raw + spread) + self.offset)
+
+    def quick(self) -> float:
+        """After losing a proven session: back within a quarter second, jittered (a hub that cut
+        every box at once does not get them back in step); escalation starts over."""
+        self.attempt = 1
+        return self.rng.uniform(0.0, 0.25) + self.offset
 
     def busy(self) -> float:
         """A server shedding load: a random delay (so a fleet does not retry in step) that grows
@@ -115,6 +137,8 @@ class Policy:
     settle: float = 3.0             # without a ready marker: alive this long = up
     use_marker: bool = True         # the session command prints a ready line
     stable_after: float = 30.0      # up this long (checks passing) -> backoff resets
+    proof_by_check: bool = True     # a session is proven by a passing check (False: no checks run,
+                                    # the ready line is all the proof there is)
     fail_threshold: int = 2         # consecutive failed checks -> restart
     max_backoff: float = 60.0
     reclaim: bool = True
@@ -143,6 +167,7 @@ class Machine:
         self.health = ""                # "", "ok", "target-down", "failing"
         self.reclaims_in_row = 0
         self.started_once = False
+        self.proven = False             # this session came up and passed a check
         self._kill_reason = None
         self._wait_for_server = False   # backoff may end early when the server answers
 
@@ -165,6 +190,7 @@ class Machine:
             self.restarts += 1
         self.started_once = True
         self._kill_reason = None
+        self.proven = False
         self.failures = 0
         self.fail_counts = {}
         self.verdicts = {}
@@ -179,6 +205,7 @@ class Machine:
             return []
         self._go(UP, now, now + self.p.stable_after)
         self.up_since = now
+        self.proven = not self.p.proof_by_check
         return []  # last_error stays: status shows what the previous session died of
 
     def on_timer(self, now: float) -> List:
@@ -226,6 +253,9 @@ class Machine:
         elif outcome.reason == C.SERVER_BUSY:
             # sshd shed us (MaxStartups): come back soon, but not in step with the others.
             delay = self.backoff.busy()
+        elif self.proven and outcome.reason != C.RECONNECT:
+            self.reclaims_in_row = 0
+            delay = self.backoff.quick()
         else:
             delay = self.backoff.next()
             self._wait_for_server = outcome.reason in C.NETWORK_REASONS
@@ -296,6 +326,7 @@ class Machine:
             self.fail_counts.pop(name, None)
             self.failures = max(self.fail_counts.values() or [0])
             self.health = "ok" if not self.failures else "failing"
+            self.proven = self.proven or not self.failures
             return []
         # Counted per check: an -L and an -R failing in the same round are one round, not two.
         self.fail_counts[name] = self.fail_counts.get(name, 0) + 1

@@ -24,7 +24,6 @@ import errno
 import os
 import selectors
 import socket
-import struct
 import time
 
 from agent.record import record
@@ -345,7 +344,7 @@ def half_open_available() -> bool:
 def _checksum(data: bytes) -> int:
     if len(data) % 2:
         data += b"\0"
-    total = sum(struct.unpack("!%dH" % (len(data) // 2), data))
+    total = sum(int.from_bytes(data[i:i + 2], "big") for i in range(0, len(data), 2))
     while total >> 16:
         total = (total & 0xFFFF) + (total >> 16)
     return ~total & 0xFFFF
@@ -353,9 +352,11 @@ def _checksum(data: bytes) -> int:
 
 def syn_segment(src: str, dst: str, sport: int, dport: int, seq: int) -> bytes:
     """A 20-byte TCP SYN (no options), checksummed over the IPv4 pseudo-header. Pure."""
-    head = struct.pack("!HHIIBBHHH", sport, dport, seq, 0, 5 << 4, 0x02, 64240, 0, 0)
-    pseudo = socket.inet_aton(src) + socket.inet_aton(dst) + struct.pack("!BBH", 0, socket.IPPROTO_TCP, 20)
-    return head[:16] + struct.pack("!H", _checksum(pseudo + head)) + head[18:]
+    # Built with int.to_bytes, not struct: the resident agent does not import struct (tests/test_memory.py).
+    head = b"".join(v.to_bytes(n, "big") for v, n in ((sport, 2), (dport, 2), (seq, 4), (0, 4), (5 << 4, 1),
+                                                      (0x02, 1), (64240, 2), (0, 2), (0, 2)))
+    pseudo = socket.inet_aton(src) + socket.inet_aton(dst) + bytes((0, socket.IPPROTO_TCP)) + (20).to_bytes(2, "big")
+    return head[:16] + _checksum(pseudo + head).to_bytes(2, "big") + head[18:]
 
 
 def answer_of(packet: bytes, dst: str, sport: int, dport: int) -> Optional[bool]:
@@ -363,7 +364,7 @@ def answer_of(packet: bytes, dst: str, sport: int, dport: int) -> Optional[bool]
     if len(packet) < 20 or socket.inet_ntoa(packet[12:16]) != dst:
         return None
     tcp = packet[(packet[0] & 0x0F) * 4:]
-    if len(tcp) < 14 or struct.unpack("!HH", tcp[:4]) != (dport, sport):
+    if len(tcp) < 14 or (int.from_bytes(tcp[0:2], "big"), int.from_bytes(tcp[2:4], "big")) != (dport, sport):
         return None
     if tcp[13] & 0x12 == 0x12:
         return True
@@ -386,7 +387,7 @@ def probe_syn(host: str, port: int, timeout: float = 0.5) -> Optional[bool]:
         src = route.getsockname()[0]
         hold.bind((src, 0))
         sport = hold.getsockname()[1]
-        raw.sendto(syn_segment(src, dst, sport, port, struct.unpack("!I", os.urandom(4))[0]), (dst, 0))
+        raw.sendto(syn_segment(src, dst, sport, port, int.from_bytes(os.urandom(4), "big")), (dst, 0))
         raw.setblocking(False)
         sel = selectors.DefaultSelector()
         sel.register(raw, selectors.EVENT_READ)

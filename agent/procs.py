@@ -87,7 +87,14 @@ def _script(argv):
         if word.startswith("-m") and len(word) > 2:
             return ("module", word[2:])
         if word.startswith("-c"):
-            return None
+            # `python -c CODE PROGRAM ...`: the agent's runtime (agent.launch) names its program
+            # (the pyz, or -magent) right after the code; any other -c is not an agent.
+            rest = argv[i + (2 if word == "-c" else 1):]
+            if not rest:
+                return None
+            if rest[0].startswith("-m") and len(rest[0]) > 2:
+                return ("module", rest[0][2:])
+            return ("file", rest[0])
         if word == "--" and i + 1 < len(argv):
             return ("file", argv[i + 1])
         if word in _PY_OPTS_WITH_ARG:

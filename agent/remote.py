@@ -68,7 +68,6 @@ import errno
 import os
 import re
 import selectors
-import shlex
 import socket
 import time
 
@@ -80,6 +79,18 @@ from agent.probe import (
 
 if False:  # annotations only: importing typing would cost the agent 0.5 MB of memory
     from typing import List, Optional, Sequence, Tuple
+
+_UNSAFE = re.compile(r"[^\w@%+=:,./-]", re.ASCII).search
+
+
+def quote(s):
+    """shlex.quote, the same rule: the shlex module would cost the resident agent ~30 KB."""
+    if not s:
+        return "''"
+    if _UNSAFE(s) is None:
+        return s
+    return "'" + s.replace("'", "'\"'\"'") + "'"
+
 
 # --- the exit-code table -----------------------------------------------------
 CHECK_OK = 80
@@ -409,7 +420,7 @@ case $t:$g in *[!0-9.:]*|:*|*:) k=;; esac
 echo "sshkeep-answer $i $o"
 done
 """)
-SH_RESPONDER = "CK=%s BA=%s; %s" % (shlex.quote(_CHECK_SH), shlex.quote(BASH_CHECK), _SH_LOOP)
+SH_RESPONDER = "CK=%s BA=%s; %s" % (quote(_CHECK_SH), quote(BASH_CHECK), _SH_LOOP)
 
 # The tunnel's session command (assumptions 1, 2, 6, 7, 8, 9, 10): $1 state dir,
 # $2 box id, $3 hostname, $4 tunnel name (both for people), $5... listen ports,
@@ -542,10 +553,10 @@ def _dir_word(state_dir: str) -> str:
             rest = state_dir[len(prefix):]
             if not _PATH_OK.match(rest) or ".." in rest.split("/"):
                 raise ValueError("bad state directory: %r" % state_dir)
-            return '"$HOME"/' + shlex.quote(rest)
+            return '"$HOME"/' + quote(rest)
     if not state_dir.startswith("/") or not _PATH_OK.match(state_dir) or ".." in state_dir.split("/"):
         raise ValueError("state directory must be absolute or start with $HOME/: %r" % state_dir)
-    return shlex.quote(state_dir)
+    return quote(state_dir)
 
 
 def _owner(owner: str) -> str:
@@ -563,7 +574,7 @@ def _seconds(value, what) -> str:
 
 
 def _sh(script: str, name: str, args: Sequence[str]) -> str:
-    return " ".join(["exec sh -c", shlex.quote(script), name] + [shlex.quote(a) for a in args])
+    return " ".join(["exec sh -c", quote(script), name] + [quote(a) for a in args])
 
 
 # --- builders -----------------------------------------------------------------
@@ -619,8 +630,8 @@ def session_command(ports: Sequence[int], state_dir: str = DEFAULT_STATE_DIR, ow
     """
     ports = [str(_port(p)) for p in ports]  # none: every -R port is picked by the hub (`port N` lines)
     more = ["--", str(len(PERL_RESPONDER) + 1)] if responder else []
-    return " ".join(["exec sh -c", shlex.quote(_SESSION_SH), "sshkeep-session", _dir_word(state_dir)]
-                    + [shlex.quote(w) for w in (_owner(owner), identity.word(host or "-"),
+    return " ".join(["exec sh -c", quote(_SESSION_SH), "sshkeep-session", _dir_word(state_dir)]
+                    + [quote(w) for w in (_owner(owner), identity.word(host or "-"),
                                                  identity.word(tunnel or "-"))] + ports + more)
 
 
@@ -699,8 +710,8 @@ def reclaim_command(port: int, state_dir: str = DEFAULT_STATE_DIR, owner: str = 
     """
     want_pid = "-" if pid is None else str(_int(pid, "pid"))
     want_start = "-" if start is None else str(_int(start, "start time"))
-    return " ".join(["exec sh -c", shlex.quote(_RECLAIM_SH), "sshkeep-reclaim",
-                     _dir_word(state_dir), shlex.quote(_owner(owner)), str(_port(port)), want_pid, want_start])
+    return " ".join(["exec sh -c", quote(_RECLAIM_SH), "sshkeep-reclaim",
+                     _dir_word(state_dir), quote(_owner(owner)), str(_port(port)), want_pid, want_start])
 
 
 def _int(value, what) -> int:

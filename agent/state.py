@@ -4,7 +4,6 @@ Written on every transition and at least once per interval (`updated`), so
 cron mode can tell a hung agent from a live one. Never on flash by default.
 """
 
-import json
 import os
 import stat
 import time
@@ -62,8 +61,7 @@ def write(path: str, doc: dict) -> None:
             pass
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
         with os.fdopen(fd, "w") as fh:
-            json.dump(doc, fh, indent=1, sort_keys=True)
-            fh.write("\n")
+            fh.write(dumps(doc) + "\n")
         os.replace(tmp, path)
     except OSError as exc:
         try:
@@ -74,7 +72,58 @@ def write(path: str, doc: dict) -> None:
                          % (path, exc.strerror or exc))
 
 
+_ESC = {'"': '\\"', "\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t", "\b": "\\b", "\f": "\\f"}
+
+
+def _str(s):
+    if s.isascii() and s.isprintable() and '"' not in s and "\\" not in s:
+        return '"%s"' % s
+    out = []
+    for c in s:
+        n = ord(c)
+        if c in _ESC:
+            out.append(_ESC[c])
+        elif 32 <= n < 127:
+            out.append(c)
+        elif n > 0xFFFF:  # a surrogate pair, as json.dumps writes it
+            n -= 0x10000
+            out.append("\\u%04x\\u%04x" % (0xD800 | n >> 10, 0xDC00 | n & 0x3FF))
+        else:
+            out.append("\\u%04x" % n)
+    return '"%s"' % "".join(out)
+
+
+def dumps(obj, indent=""):
+    """JSON like json.dumps(obj, indent=1, sort_keys=True): the running agent writes its state
+    without the json package (~0.15 MB resident); `status` and the tests read it with json."""
+    if obj is None:
+        return "null"
+    if obj is True:
+        return "true"
+    if obj is False:
+        return "false"
+    if isinstance(obj, int):
+        return int.__repr__(obj)
+    if isinstance(obj, float):
+        return float.__repr__(obj) if obj == obj and abs(obj) != float("inf") else \
+            ("NaN" if obj != obj else "Infinity" if obj > 0 else "-Infinity")
+    if isinstance(obj, str):
+        return _str(obj)
+    inner = indent + " "
+    if isinstance(obj, dict):
+        if not obj:
+            return "{}"
+        items = sorted((str(k), v) for k, v in obj.items())
+        return "{\n%s\n%s}" % (",\n".join("%s%s: %s" % (inner, _str(k), dumps(v, inner)) for k, v in items), indent)
+    if isinstance(obj, (list, tuple)):
+        if not obj:
+            return "[]"
+        return "[\n%s\n%s]" % (",\n".join(inner + dumps(v, inner) for v in obj), indent)
+    raise TypeError("not JSON: %r" % (obj,))
+
+
 def read(path: str) -> dict:
+    import json  # not in the running agent (launch.py reads the previous state for it)
     try:
         with open(path, "r") as fh:
             return json.load(fh)

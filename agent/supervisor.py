@@ -6,15 +6,15 @@ that agent.machine or agent.classify could make.
 """
 
 import os
-import random
 import selectors
 import signal
 import socket
+import sys
 import time
 
 from agent import __version__
 from agent import classify as C
-from agent import clients, identity, lifecycle, probe, record, remote, session, spread, state
+from agent import clients, identity, probe, record, remote, session, spread, state
 from agent import machine as M
 from agent.child import Child, Job
 from agent.errors import EX_NOINPUT, SshkeepError
@@ -22,6 +22,7 @@ from agent.model import check_key, hostport
 
 TERM_TIMEOUT = 2.0          # TERM -> KILL for ssh children (procd gives us 5 s in all)
 STUCK_CONNECT = 2.0         # a connect not ready after this long may be stuck in an outage
+FIRST_CHECK_AFTER = 1.0     # s after up: the first health check
 SERVER_PROBE_FAST = 0.25    # during a network backoff: cheap TCP connect to the server,
 SERVER_PROBE_SLOW = 1.5     # every 0.25 s for the first SERVER_PROBE_FAST_FOR s, then every 1.5 s
 SERVER_PROBE_FAST_FOR = 10.0
@@ -171,7 +172,8 @@ class Supervisor:
         self.detect = detect
         self.reload_settings = reload_settings
         self.checks = checks            # agent.health.Checks or None
-        self.rng = random.Random()
+        self.previous_state = None      # dict: the state file at start, if the caller read it
+        self.rng = M.Jitter()
         self.half_open = probe.half_open_available()  # SYN probes: no noauth on 9.8+ hubs
         self.runners = []
         self.sel = None
@@ -195,7 +197,9 @@ class Supervisor:
                         fail_threshold=t.fail_threshold,
                         max_backoff=float(t.max_backoff),
                         reclaim=t.reclaim,
-                        half_open_probe=self.half_open)
+                        half_open_probe=self.half_open,
+                        proof_by_check=self.checks is not None and bool(
+                            t.loop_port or any(f.check != "none" for f in t.forwards)))
 
     def _make_runner(self, t):
         info = self.detect(t.ssh_path, t.client)
@@ -251,7 +255,7 @@ class Supervisor:
             self.box = self._box_id()
         if not self.runners:
             self.runners = [self._make_runner(t) for t in self.settings.tunnels]
-            self._seed_sessions(lifecycle.read_state(self.settings.state))
+            self._seed_sessions(self._previous_state())
         try:
             state.private_dir(self.runtime_dir)  # dbclient's private HOMEs
         except (OSError, SshkeepError) as exc:
@@ -259,13 +263,21 @@ class Supervisor:
                 raise  # there but not ours, or a symlink: never write through it
             self.log.error("", str(exc))  # cannot be made (full or read-only): those tunnels report it
 
+    def _previous_state(self):
+        """The state file as this agent found it: read by the start-up process and passed on
+        (serve.py), so the running agent needs neither lifecycle nor json; else read here."""
+        if self.previous_state is not None:
+            return self.previous_state
+        from agent import lifecycle
+        return lifecycle.read_state(self.settings.state)
+
     def _box_id(self):
         """The box identity; if its file cannot be read or made, a temporary one (kept in the
         run state until reboot), loudly: the tunnels matter more than reclaim across reboots."""
         try:
             return identity.box_id(self.settings.box_id_file)
         except SshkeepError as exc:
-            prev = lifecycle.read_state(self.settings.state).get("box_id")
+            prev = self._previous_state().get("box_id")
             box = prev if isinstance(prev, str) and identity.ID_OK.match(prev) else identity.new_id()
             self.log.error("", "%s; using the temporary box id %s until this is fixed (forgotten at reboot)"
                            % (exc, box))
@@ -485,7 +497,9 @@ class Supervisor:
         if r.m.state == M.UP:
             self._save_pin(r)
             r.connect_failures = 0
-            r.next_check = now + min(r.t.interval, 5.0) if self.checks else None
+            # Soon after up: a passing check proves the session (machine.py), so that losing
+            # it even a few seconds later retries at once instead of escalating.
+            r.next_check = now + min(r.t.interval, FIRST_CHECK_AFTER) if self.checks else None
             r.check_round = 0
             r.greetings.clear()         # learned again once per session (the target may have changed)
             self.log.info(r.name, "up via %s (%d forward%s: %s)%s" % (
@@ -873,6 +887,8 @@ class Supervisor:
             self._stop_now(r)
         self.runners = keep
         self.settings = new
+        for w in new.warnings:
+            self.log.warning("", "config: " + w)
         self.log.info("", "reloaded: %d tunnel(s) over %d ssh connection(s)" % (
             sum(len(r.t.forwards) for r in keep), len(keep)))
         self._state_dirty = True
@@ -937,7 +953,9 @@ class Supervisor:
                 # `status` calls the agent hung after STALE_INTERVALS of these without a write
                 "interval": min([r.t.interval for r in self.runners] or [30]),
                 "settings": self._digest(), "config": self.settings.config_path,
-                "children": children, "warnings": list(getattr(self.settings, "warnings", ()) or ())}
+                "children": children, "warnings": list(getattr(self.settings, "warnings", ()) or ()),
+                # --debug: what the long-running process holds (a test pins it: tests/test_memory.py)
+                **({"modules": sorted(sys.modules)} if self.log.debug_on else {})}
 
     def _digest(self):
         """state.digest of the running settings (hashed in pure Python: once per reload)."""

@@ -30,6 +30,9 @@ def _entry():
             _bootstrap.bootstrap()  # exits through sys.exit(agent.cli:main())
     archive = getattr(__loader__, "archive", None) or os.path.dirname(__file__)
     sys.path.insert(0, os.path.join(archive, "site-packages"))
+    if sys.argv[1:2] == ["_resolve"]:  # a reload's short-lived config parse
+        from agent.launch import resolve_main
+        sys.exit(resolve_main(sys.argv[2:]))
     from agent.cli import main
     sys.exit(main())
 

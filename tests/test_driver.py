@@ -216,7 +216,9 @@ def test_run_logs_the_config_files_warnings(tmp_path):
                     "config server 'vps'\n\toption user 'tunnel'\n\toption hostname '127.0.0.1'\n"
                     "\toption port '9'\n\nconfig tunnelR 'a'\n\toption server 'vps'\n\toption remoteport '10022'\n"
                     "\toption localaddress '127.0.0.1'\n\toption localport '22'\n\n"
-                    "config tunnelR 'orphan'\n\toption remoteport '10023'\n")
+                    "config tunnelR 'orphan'\n\toption remoteport '10023'\n\n"
+                    "config tunnelW 'vpn'\n\toption server 'vps'\n\toption vpntype 'point-to-point'\n"
+                    "\toption localdev 'any'\n\toption remotedev 'any'\n")
     bindir = tmp_path / "bin"   # sshtunnel files name no client: the agent finds `ssh` on PATH
     bindir.mkdir()
     os.symlink(FAKE, str(bindir / "ssh"))
@@ -228,11 +230,49 @@ def test_run_logs_the_config_files_warnings(tmp_path):
         wait_until(lambda: "orphan" in (tmp_path / "err").read_text(), 10, 0.05, what="warning logged")
         line = [l for l in (tmp_path / "err").read_text().splitlines() if "orphan" in l][0]
         assert "config: %s:15:" % conf in line and "no server option" in line
+        vpn = [l for l in (tmp_path / "err").read_text().splitlines() if "tunnelW 'vpn'" in l]
+        assert len(vpn) == 1 and "config: %s:18:" % conf in vpn[0] and "is skipped" in vpn[0]
         state = tmp_path / "s.json"
         wait_until(lambda: state.exists() and '"up"' in state.read_text(), 10, 0.05, what="tunnel up")
+        # `status` shows the skipped section too, beside the running tunnel
+        env2 = dict(os.environ, PYTHONPATH=ROOT)
+        table = subprocess.run([sys.executable, "-m", "agent", "status", "--state", str(state)], env=env2,
+                               stdout=subprocess.PIPE, timeout=20).stdout.decode()
+        assert "up" in table and [l for l in table.splitlines() if l.startswith("warning: ")] == [
+            "warning: " + w for w in json.loads(state.read_text())["warnings"]]
+        assert any("tunnelW 'vpn'" in l and "skipped" in l for l in table.splitlines())
+        doc = json.loads(subprocess.run([sys.executable, "-m", "agent", "status", "--json", "--state", str(state)],
+                                        env=env2, stdout=subprocess.PIPE, timeout=20).stdout)
+        assert len(doc["warnings"]) == 2 and "tunnelW 'vpn'" in doc["warnings"][1]
     finally:
         p.terminate()
         assert p.wait(10) == 0
+    # `config -c` prints the running tunnels, warns about the VPN and exits 0
+    c = subprocess.run([sys.executable, "-m", "agent", "config", "-c", str(conf)], env=dict(os.environ, PYTHONPATH=ROOT),
+                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=20)
+    assert c.returncode == 0, c.stderr
+    assert b"10022" in c.stdout and b"vpn" not in c.stdout
+    assert b"warning: %s:18: tunnelW 'vpn' (ssh -w tun/tap VPN) is skipped" % str(conf).encode() in c.stderr
+
+
+def test_dbclient_says_which_ssh_options_it_runs_without(tmp_path):
+    # sshtunnel's Compression, ProxyCommand, ... are OpenSSH -o options; dbclient gets none of them.
+    conf = tmp_path / "c.conf"
+    conf.write_text("config server 'hub'\n\toption host '127.0.0.1'\n\toption ssh '%s'\n"
+                    "\toption client 'dropbear'\n\tlist ssh_option 'Compression=yes'\n"
+                    "\tlist ssh_option 'TCPKeepAlive=no'\nconfig tunnel 't'\n\toption server 'hub'\n"
+                    "\toption listen '20022'\n\toption target '127.0.0.1:22'\n" % FAKE)
+    env = dict(os.environ, FAKESSH_MODE="ready", FAKESSH_VERSION="Dropbear v2022.83", PYTHONPATH=ROOT)
+    err = tmp_path / "err"
+    p = subprocess.Popen([sys.executable, "-m", "agent", "run", "-c", str(conf), "--no-checks",
+                          "--state", str(tmp_path / "s.json"), "--pidfile", str(tmp_path / "pid")],
+                         env=env, stdout=subprocess.DEVNULL, stderr=open(str(err), "w"))
+    try:
+        wait_until(lambda: "not passed" in err.read_text(), 10, 0.05, what="warning logged")
+        assert "ssh option(s) Compression, TCPKeepAlive not passed: dbclient" in err.read_text()
+    finally:
+        p.terminate()
+        p.wait(10)
 
 
 def test_status_json_has_the_documented_shape(agent, tmp_path):

@@ -519,7 +519,10 @@ def test_deb_agent_from_installed_init_script_keeps_a_tunnel(lab, debroot):
     pid = agent_pid(ov)
     assert pid, (r.stdout, r.stderr)
     with open("/proc/%d/cmdline" % pid, "rb") as f:
-        assert b"/usr/lib/sshkeep/sshkeep.pyz\0run\0-c\0/etc/sshkeep/sshkeep.conf" in f.read()
+        # the runtime exec'd by agent.launch: python -c LOADER PYZ _runtime FD WRITER run -c ...
+        argv = f.read().split(b"\0")
+    assert argv[3:5] == [b"/usr/lib/sshkeep/sshkeep.pyz", b"_runtime"], argv
+    assert argv[7:10] == [b"run", b"-c", b"/etc/sshkeep/sshkeep.conf"], argv
     lab.wait_until(reverse_ok, 30, what="reverse forward from the installed agent answers on the server")
     server.kill_sessions()
     lab.wait_until(lambda: state().get("restarts", 0) >= 1 and reverse_ok(), 30,

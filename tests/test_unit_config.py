@@ -106,6 +106,44 @@ def test_sshtunnel_package_example(keydir, tmp_path):
     assert any("LogLevel is ignored" in w for w in s.warnings)
 
 
+def test_sshtunnel_every_documented_option(keydir, tmp_path):
+    # A tunnelW (ssh -w VPN) beside the others: skipped with a warning, the rest still run.
+    with open(os.path.join(keydir, "pkcs11.so"), "w"):
+        pass
+    path = copy_config("sshtunnel-every-option.conf", keydir, tmp_path, rename="sshtunnel")
+    s = config.load(path)
+    hub, old = s.tunnels
+    assert (hub.name, hub.host, hub.port, hub.user) == ("hub", "hub.example.net", 2222, "root")
+    assert (hub.identity, hub.max_backoff, hub.keepalive, hub.accept_new) == (keydir + "/id_rsa", 10, 20, True)
+    assert hub.forwards == (
+        Forward("R", "*", 20022, "127.0.0.1", 22, "connect", "ssh"),
+        Forward("L", "127.0.0.1", 3307, "db.internal", 3306, "connect", "db"),
+        Forward("D", "*", 1080, "", 0, "connect", "socks"),
+    )
+    assert dict(hub.extra_options) == {
+        "CheckHostIP": "no", "Compression": "yes", "TCPKeepAlive": "no", "VerifyHostKeyDNS": "no",
+        "ServerAliveCountMax": "5", "PKCS11Provider": keydir + "/pkcs11.so",
+        "ProxyCommand": "nc -X connect -x proxy:3128 %h %p"}
+    assert (old.host, old.port, old.user, old.accept_new) == ("192.0.2.7", 22, "tunnel", False)  # ask
+    assert old.forwards == (Forward("R", "*", 20023, "127.0.0.1", 22, "connect", "oldssh"),)
+    lines = {int(w.split(":")[1]): w.split(": ", 1)[1] for w in s.warnings}
+    assert sorted(lines) == [11, 13, 14, 53, 60]
+    assert lines[11] == "CompressionLevel is ignored: OpenSSH no longer has it"
+    assert lines[14].startswith("ServerAliveCountMax 5 has no effect")
+    assert lines[53] == ("tunnelW 'vpn' (ssh -w tun/tap VPN) is skipped: sshkeep does not run VPN tunnels; the "
+                         "other tunnels run — keep sshtunnel for this one, or set option enabled '0' to silence "
+                         "this")
+    assert lines[60].startswith("tunnelW 'tap' (ssh -w tun/tap VPN) is skipped")
+
+
+def test_sshtunnel_alive_count_of_three_or_without_keepalive_is_quiet():
+    text = ("config server s\n\toption hostname h\n\toption ServerAliveCountMax %s\n"
+            "\toption ServerAliveInterval %s\nconfig tunnelD d\n\toption server s\n\toption localport 1\n")
+    assert config.parse_text(text % ("3", "10")).warnings == ()
+    assert config.parse_text(text % ("9", "0")).warnings == ()
+    assert len(config.parse_text(text % ("9", "10")).warnings) == 1
+
+
 def test_sshtunnel_reverse_ssh(keydir, tmp_path):
     s = config.load(copy_config("sshtunnel-reverse-ssh.conf", keydir, tmp_path))
     (t,) = s.tunnels
@@ -406,8 +444,8 @@ ERRORS = [
       "per file: write it as a config tunnel"]),
     # sshtunnel dialect
     ("config server s\n\toption hostname h\nconfig tunnelW vpn\n\toption server s\n",
-     ["t.conf:3: tunnelW 'vpn': tunnelW (ssh -w tun/tap VPN) is not supported by sshkeep — keep sshtunnel "
-      "for it, or set option enabled '0'"]),
+     ["t.conf: no enabled tunnel sshkeep can run (skipped: tunnelW 'vpn') — keep sshtunnel for these, or add "
+      "a tunnelR, tunnelL or tunnelD section"]),
     ("config server s\n\toption user root\nconfig tunnelR r\n\toption server s\n\toption remoteport 1\n"
      "\toption localport 2\n",
      ["t.conf:1: server 's' has no hostname — add option hostname 'server.example.com'",

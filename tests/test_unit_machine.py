@@ -296,6 +296,105 @@ def test_reclaim_nothing_retries_in_a_second():
     assert m.deadline == 10.9
 
 
+CLOSED = C.Outcome(C.CLOSED, C.RETRY, "Connection closed by 10.0.0.2")
+
+
+def _delay(m, now, cmds):
+    """Seconds until the next spawn the machine asked for (0 = at once)."""
+    if cmds == [M.Spawn()]:
+        return 0.0
+    assert m.state == M.BACKOFF and cmds == []
+    return m.deadline - now
+
+
+def test_session_cut_after_a_passing_check_retries_within_a_quarter_second_every_time():
+    # A hub that ends the session ~5 s after each reconnect: the path works, so never escalate.
+    m = M.Machine(M.Policy(), M.Backoff(cap=60, rng=random.Random(3)))
+    m.start(0)
+    now, delays = 0.0, []
+    for _ in range(12):
+        m.on_ready(now + 0.3)
+        m.on_check(now + 1.3, "R:20022", "ok", True)
+        now += 5
+        delays.append(_delay(m, now, m.on_exit(now, CLOSED)))
+        assert m.on_timer(m.deadline) == [M.Spawn()]
+        now = m.deadline
+    assert all(0 < d <= 0.25 for d in delays), delays
+    assert len(set(delays)) > 1  # jittered: a fleet cut at once does not come back in step
+
+
+def test_session_that_dies_before_ready_or_before_passing_a_check_escalates():
+    for up, check in ((False, None), (True, None), (True, False)):
+        m = make(max_backoff=60)
+        m.start(0)
+        now, delays = 0.0, []
+        for _ in range(6):
+            if up:
+                m.on_ready(now + 0.3)
+            if check is not None:
+                m.on_check(now + 1.3, "R:20022", "refused", check)
+            now += 2
+            delays.append(_delay(m, now, m.on_exit(now, CLOSED)))
+            if m.deadline is not None and m.state == M.BACKOFF:
+                now = m.deadline
+                m.on_timer(now)
+        assert delays == [0, 1, 2, 4, 8, 16], (up, check, delays)
+
+
+def test_escalation_starts_over_after_a_proven_session():
+    m = make(max_backoff=60)
+    m.start(0)
+    for now in (0, 1):
+        m.on_exit(now, REFUSED)                  # 0, then 1 s
+    m.on_timer(m.deadline)
+    m.on_ready(3)
+    m.on_check(4, "L:1", "ok", True)
+    assert 0 < _delay(m, 9, m.on_exit(9, CLOSED)) <= 0.25
+    now = m.deadline
+    m.on_timer(now)
+    delays = []
+    for _ in range(3):                           # the hub is gone now: 1, 2, 4 (not 0 again, not 4, 8, 16)
+        delays.append(_delay(m, now, m.on_exit(now, REFUSED)))
+        now = m.deadline
+        m.on_timer(now)
+    assert delays == [1, 2, 4]
+
+
+def test_a_failing_check_does_not_prove_and_a_later_pass_does():
+    m = make(fail_threshold=3)
+    m.start(0)
+    m.on_ready(1)
+    m.on_check(2, "R:1", "refused", False)
+    m.on_check(2.1, "L:2", "ok", True)           # R:1 still failing: not proven
+    assert not m.proven
+    m.on_check(3, "R:1", "ok", True)
+    assert m.proven
+
+
+def test_without_checks_the_ready_line_proves_the_session():
+    m = M.Machine(M.Policy(proof_by_check=False), M.Backoff(cap=60, rng=random.Random(1)))
+    m.start(0)
+    m.on_exit(0.5, REFUSED)                      # at once
+    m.on_exit(1, REFUSED)                        # backing off
+    m.on_timer(m.deadline)
+    m.on_ready(m.deadline + 0.2)
+    assert 0 < _delay(m, 10, m.on_exit(10, CLOSED)) <= 0.25
+
+
+def test_reconnect_request_stays_immediate_for_a_proven_session():
+    m = make()
+    m.start(0)
+    m.on_ready(1)
+    m.on_check(2, "R:1", "ok", True)
+    assert m.on_reconnect_request(3) == [M.Kill(C.RECONNECT)]
+    assert m.on_exit(3.1, C.classify(0, [], ours=C.RECONNECT)) == [M.Spawn()]
+
+
+def test_quick_retry_keeps_the_fleet_offset():
+    b = M.Backoff(offset=2.0, rng=random.Random(5))
+    assert 2.0 <= b.quick() <= 2.25 and b.attempt == 1
+
+
 def test_port_held_by_another_box_waits_longest_and_says_who():
     m = make(max_backoff=60.0)
     m.start(0)

@@ -1,7 +1,11 @@
 """`make bench`: heal time per fault, footprint and a fleet storm, sshkeep against autossh.
 
 usage: python tests/bench/run.py [--reps N] [--quick] [--cap S] [--faults 1,2,..] [--no-fleet]
-                                 [--no-footprint] [--no-doc] [--out DIR] PYZ
+                                 [--no-footprint] [--no-doc] [--out DIR] [--only cuts] [--no-cuts]
+                                 [--cuts-for S] [--cut-every S] PYZ
+
+Session cuts (issue 18): after the faults, the hub cuts every connection --cut-every s after accepting
+it, for --cuts-for s; availability of each forward over that window (`--only cuts`: just this).
 
 One network-namespace lab (tests/lab.py): a box and a server, a real OpenSSH sshd, a banner service
 on the box behind each contender's reverse forward. The contenders run side by side, each with its
@@ -597,6 +601,89 @@ class Suite:
         return out
 
 
+# ----------------------------------------------------------------------------- session cuts
+
+def _age(pid):
+    """Seconds since pid started (from /proc: clock ticks since boot)."""
+    with open("/proc/%d/stat" % pid) as fh:
+        start = int(fh.read().rsplit(")", 1)[1].split()[19])
+    with open("/proc/uptime") as fh:
+        return float(fh.read().split()[0]) - start / os.sysconf("SC_CLK_TCK")
+
+
+def cut_old_connections(server, age):
+    """The hub's cutter: SIGKILL every connection (the listener's child and all below it) older than
+    `age` s. Returns how many were cut. A check's short ssh exec is seldom that old."""
+    if server.proc is None or server.proc.poll() is not None:
+        return 0
+    conns = [p for p, pp in labmod._ppids().items() if pp == server.proc.pid]
+    cut = []
+    for p in conns:
+        try:
+            if _age(p) >= age:
+                cut.append(p)
+        except (OSError, ValueError, IndexError):
+            pass
+    pids = []
+    for p in cut:
+        pids += [p] + labmod.descendants(p)
+    if pids:
+        labmod.kill_pids(pids, signal.SIGKILL, timeout=0)
+    return len(cut)
+
+
+def cuts(args, suite):
+    """Issue 18: the hub ends every connection `cut_every` s after it was accepted, for `cuts_for` s.
+    Availability = the share of that window in which the forward answered end to end."""
+    server, prober, cs = suite.server, suite.prober, suite.contenders
+    for c in cs:
+        c.stop()
+        for p in c.ports():
+            kill_listener_owner(server, p)
+    for c in cs:
+        c.start()
+    if not suite.wait_all_up(90):
+        log("cuts: not all contenders up before the cuts; measuring anyway")
+    logs0 = {c.label: len(c.log_text()) for c in cs}
+    starts0 = {c.label: c.ssh_starts() for c in cs}
+    t0 = time.monotonic()
+    end, n = t0 + args.cuts_for, 0
+    while time.monotonic() < end:
+        n += cut_old_connections(server, args.cut_every)
+        time.sleep(0.05)
+    t_end = time.monotonic()
+    out = {"cut_every_s": args.cut_every, "window_s": round(t_end - t0, 1), "connections_cut": n,
+           "contenders": {}}
+    for c in cs:
+        rs = prober.results(c.rport, t0 - 3.0)
+        down = downtime(rs, t0, t_end)
+        row = {"availability": round(1 - down / (t_end - t0), 4), "downtime_s": round(down, 1),
+               "ssh_starts": c.ssh_starts() - starts0[c.label]}
+        if c.kind == "sshkeep":
+            delays = [float(d) for d in re.findall(r"retrying in ([0-9.]+)s", c.log_text()[logs0[c.label]:])]
+            row["retry_delays_s"] = {"count": len(delays), "max": max(delays) if delays else None,
+                                     "median": statistics.median(delays) if delays else None}
+        out["contenders"][c.label] = row
+    prober.prune(time.monotonic() - 5.0)
+    return out
+
+
+def render_cuts(doc):
+    """The docs/benchmarks-cuts.md table for one cuts run."""
+    r = doc["cuts"]
+    lines = ["| contender | availability | downtime | ssh starts | sshkeep retry delay (median / max) |",
+             "|---|---|---|---|---|"]
+    for label, v in sorted(r["contenders"].items(), key=lambda kv: -kv[1]["availability"]):
+        d = v.get("retry_delays_s")
+        delay = "%.1f s / %.1f s" % (d["median"], d["max"]) if d and d["count"] else "-"
+        lines.append("| %s | %.1f %% | %.1f s | %d | %s |" % (label, 100 * v["availability"], v["downtime_s"],
+                                                           v["ssh_starts"], delay))
+    head = ("%s, %s: every connection cut %g s after it was accepted, for %.0f s (%d cuts)"
+            % (doc["date"], doc["machine"].get("cpu", "") if isinstance(doc.get("machine"), dict) else "",
+               r["cut_every_s"], r["window_s"], r["connections_cut"]))
+    return head + "\n\n" + "\n".join(lines) + "\n"
+
+
 # ----------------------------------------------------------------------------- footprint
 
 def footprint(args, pyz):
@@ -799,6 +886,12 @@ def run_suite(args, doc, lab, server, prober, pyz, faults, path):
             save(path, doc)
             if prober.error:
                 raise prober.error
+    if not args.no_cuts and "cuts" not in doc:  # the session-cut scenario runs once, on the first hub
+        log("session cuts: every connection cut %g s after accept, for %.0f s" % (args.cut_every, args.cuts_for))
+        doc["cuts"] = cuts(args, suite)
+        log("  " + ", ".join("%s: %.1f %%" % (k, 100 * v["availability"])
+                             for k, v in doc["cuts"]["contenders"].items()))
+        save(path, doc)
     rss = {c.label: c.rss_kb() for c in suite.contenders}
     for c in suite.contenders:
         c.stop()
@@ -870,7 +963,15 @@ def main(argv=None):
     ap.add_argument("--out", default=os.path.join(HERE, "results"))
     ap.add_argument("--doc", default=os.path.join(ROOT, "docs", "benchmarks.md"),
                     help="the document whose bench:start/bench:end section is rewritten")
+    ap.add_argument("--only", choices=("cuts",), help="cuts: only the session-cut scenario (no faults, fleet, "
+                                                      "footprint or doc)")
+    ap.add_argument("--no-cuts", action="store_true", help="skip the session-cut scenario")
+    ap.add_argument("--cuts-for", type=float, default=300.0, help="length of the session-cut scenario (s)")
+    ap.add_argument("--cut-every", type=float, default=5.0, help="the hub cuts a connection this long after "
+                                                                "accepting it (s)")
     args = ap.parse_args(argv)
+    if args.only == "cuts":
+        args.faults, args.no_fleet, args.no_footprint, args.no_doc = "", True, True, True
     if args.quick:
         args.reps, args.no_doc = 1, True
         args.fleet = min(args.fleet, 5)
@@ -885,7 +986,8 @@ def main(argv=None):
     if args.quick:
         args.out = args.logdir
     os.makedirs(args.out, exist_ok=True)
-    path = os.path.join(args.out, "%s%s.json" % (started.strftime("%Y-%m-%d"), "-quick" if args.quick else ""))
+    path = os.path.join(args.out, "%s%s%s.json" % (started.strftime("%Y-%m-%d"), "-quick" if args.quick else "",
+                                                  "-cuts" if args.only == "cuts" else ""))
     faults = [int(x) for x in args.faults.split(",") if x.strip()]
     doc = {"date": started.strftime("%Y-%m-%d %H:%M UTC"), "machine": machine(), "pyz_bytes": os.path.getsize(pyz),
            "settings": {"keepalive": KEEPALIVE, "interval": INTERVAL, "reps": args.reps, "cap_s": args.cap,
@@ -959,6 +1061,10 @@ def main(argv=None):
         lab.close()
     doc["duration_s"] = round(time.monotonic() - t_begin, 1)
     save(path, doc)
+    if doc.get("cuts"):
+        print(render_cuts(doc))
+    if args.only == "cuts":
+        return 0
     svgs = report.write_svgs(doc, args.out, quick=args.quick)
     log("wrote %s and %d SVG(s); logs in %s" % (path, len(svgs), args.logdir))
     section = report.render_section(doc, os.path.relpath(args.out, ROOT),
