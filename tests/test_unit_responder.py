@@ -23,9 +23,12 @@ from test_unit_probe import Peer, free_port
 TOOLS = {"python3": "/usr/bin/python3", "perl": "/usr/bin/perl", "bash": "/usr/bin/bash"}
 
 
-def make_bin(path, tools):
+SHELLS = {"dash": "/bin/dash", "bash": "/usr/bin/bash", "busybox": "/usr/bin/busybox"}
+
+
+def make_bin(path, tools, shell="dash"):
     os.makedirs(path, exist_ok=True)
-    for name, target in [("sh", "/bin/dash"), ("sleep", "/bin/sleep"), ("rm", "/bin/rm"), ("mkdir", "/bin/mkdir"),
+    for name, target in [("sh", SHELLS[shell]), ("sleep", "/bin/sleep"), ("rm", "/bin/rm"), ("mkdir", "/bin/mkdir"),
                          ("date", "/bin/date")] + [(t, TOOLS[t]) for t in tools]:
         os.symlink(target, os.path.join(path, name))
     return path
@@ -34,9 +37,9 @@ def make_bin(path, tools):
 class Hub:
     """One session with its responder: `ask(line)` -> the answer's words."""
 
-    def __init__(self, tmp, tools, ports=(2222,), before=b""):
+    def __init__(self, tmp, tools, ports=(2222,), before=b"", shell="dash"):
         self.state = str(tmp / "state")
-        bindir = make_bin(str(tmp / "bin"), tools)
+        bindir = make_bin(str(tmp / "bin"), tools, shell)
         cmd = remote.session_command(list(ports), self.state, "abcd1234", responder=True)
         self.proc = subprocess.Popen(
             ["/usr/bin/perl", "-e", '$0 = shift; system(@ARGV); exit 0', "sshd: tester@notty",
@@ -153,9 +156,11 @@ def peers():
 CHOICES = [(["python3", "perl", "bash"], "python3"), (["perl", "bash"], "perl"), (["bash"], "sh")]
 
 
+@pytest.mark.parametrize("shell", ["dash", "bash", "busybox"])
 @pytest.mark.parametrize("tools, chosen", CHOICES)
-def test_every_verdict_through_the_responder(hubs, peers, tools, chosen):
-    h = hubs(tools)
+def test_every_verdict_through_the_responder(hubs, peers, tools, chosen, shell):
+    """The hub's sh may be dash, bash or busybox ash: the session command and the sh fallback run in it."""
+    h = hubs(tools, shell=shell)
     assert h.name == chosen
     assert h.ask("ping") == ["pong"]
     ok, silent, close = peers("send:SSH-2.0-x\r\n"), peers("silent"), peers("close")
