@@ -182,6 +182,16 @@ class Child:
         except (OSError, ValueError, AttributeError):
             pass
 
+    def send_nowait(self, data: bytes) -> bool:
+        """Write all of data to the child's stdin without blocking; False if it does not take it
+        (a pipe full because ssh stopped reading, or closed)."""
+        try:
+            fd = self.proc.stdin.fileno()
+            os.set_blocking(fd, False)
+            return os.write(fd, data) == len(data)
+        except (OSError, ValueError, AttributeError):
+            return False
+
     def close_stdin(self):
         try:
             if self.proc and self.proc.stdin:

@@ -87,6 +87,9 @@ def _add_tunnel_options(p):
                    metavar="PORT",
                    help="in-band loop check through this server-side port (a -R/-L pair on the same "
                         "connection, checked every interval; the ssh-exec check then runs every Nth)")
+    p.add_argument("--check-mode", choices=("auto", "session", "exec"), default="auto",
+                   help="-R checks: in the tunnel's own session (no new login), by a new ssh login each, "
+                        "or auto (in the session where the hub allows it, else exec)")
     p.add_argument("--fail-threshold", type=_checked(values.whole(1), "--fail-threshold"), default=2,
                    metavar="N",
                    help="consecutive failed checks before ssh is restarted")
@@ -253,7 +256,8 @@ def _tunnel_kwargs(args):
                 connect_timeout=15 if args.connect_timeout is None else args.connect_timeout,
                 interval=args.interval, max_backoff=args.max_backoff,
                 remote_check_every=max(1, args.remote_check_every), fail_threshold=args.fail_threshold,
-                reclaim=not args.no_reclaim, loop_port=args.loop_port, spread=args.spread)
+                reclaim=not args.no_reclaim, loop_port=args.loop_port, spread=args.spread,
+                check_mode=args.check_mode)
 
 
 def _given(args):

@@ -401,6 +401,7 @@ _TUNNEL_OPTS = {
     "reclaim": ("reclaim", _conv_bool),
     "loop_port": ("loop_port", values.port_or_off),
     "spread": ("spread", _float_min(0, False)),
+    "check_mode": ("check_mode", _enum("auto", "session", "exec")),
 }
 _GLOBAL_OPTS = {"pidfile": _conv_path, "state": _conv_path, "syslog": _conv_bool}
 _SERVER_ONLY = ("host", "alternate", "ssh_option", "enabled")

@@ -2,9 +2,12 @@
 
 Keepalives only prove the SSH connection answers; these prove the forwards do.
 - -L/-D: a raw local socket probe (agent.probe), inline, bounded (~2 s).
-- -R: an ssh exec on the server (agent.remote one-liner) run as a Job in the
-  supervisor's loop, every `remote_check_every` intervals and after any
-  failure; "could not reach the server" is not "forward dead".
+- -R: a request to the responder in the tunnel's own session (no new login;
+  an unanswered request restarts the tunnel at once), or where the hub cannot
+  run one (forced command, -N, --check-mode exec) an ssh exec on the server
+  (agent.remote one-liner) run as a Job in the supervisor's loop; with the
+  loop check every `remote_check_every` intervals and after any failure.
+  For an exec, "could not reach the server" is not "forward dead".
 - A -R that answers "closed at once": probe the box-side target directly. If
   the target is down, restarting ssh cannot help: report target-down.
 - A -R whose check is plain `connect` and whose target speaks first (sshd,
@@ -16,7 +19,7 @@ Keepalives only prove the SSH connection answers; these prove the forwards do.
 
 import time
 
-from agent import clients, identity, probe, remote
+from agent import clients, identity, probe, remote, session
 from agent.model import hostport
 
 TARGET_DOWN = "target-down"
@@ -86,6 +89,42 @@ class Checks:
 
     # -- remote --------------------------------------------------------------
     def _remote(self, sup, r, forwards):
+        if not forwards:
+            return
+        if sup.in_session(r):
+            self._in_session(sup, r, forwards)
+        elif r.t.check_mode != "session":
+            self._exec(sup, r, forwards)
+
+    def _in_session(self, sup, r, forwards):
+        """A ping, then one check request per -R forward, to the session's responder (no login).
+
+        The ping bounds how long a dead session goes unnoticed while a check waits out its own
+        timeout; each check's budget starts when the responder is free for it."""
+        banners = [_banner(f.check) or self._greeting(sup, r, f) for f in forwards]  # probes first
+        if sup.session_request(r, "ping", r.requests.ping_budget(), lambda words: None) is None:
+            return   # the session is being restarted: no check (and no exec login) now
+        for f, banner in zip(forwards, banners):
+            name = "R:%d" % f.port
+
+            def done(words, f=f, name=name):
+                if words is None:
+                    sup.report_check(r, name, remote.ERROR, False, "the session's responder skipped the request")
+                    return
+                verdict, detail = remote.answer_verdict(words)
+                self._judge(sup, r, f, verdict, detail)
+
+            try:
+                budget = remote.check_budget(f.bind, CHECK_TIMEOUT) + session.SLACK
+                sent = sup.session_request(r, "check", budget, done, bind=f.bind, port=f.port, banner=banner,
+                                           timeout=CHECK_TIMEOUT)
+            except ValueError as exc:
+                sup.report_check(r, name, "invalid", None, str(exc))
+                continue
+            if sent is None:
+                return   # the session is being restarted
+
+    def _exec(self, sup, r, forwards):
         """One ssh exec (one key exchange) checks every -R forward of the tunnel in turn."""
         parts, budget, todo = [], 0.0, []
         for f in forwards:
@@ -120,7 +159,7 @@ class Checks:
                     verdict = remote.interpret_check(None, markers[i], "", False, r.info.kind)
                 else:  # the exec ended before reaching this forward's check
                     verdict = remote.interpret_check(rc, "", err, job.timed_out, r.info.kind)
-                self._judge(sup, r, f, verdict, job)
+                self._judge(sup, r, f, verdict, job.err[-1] if job.err else "exec failed")
 
         job = sup.start_job(r, argv, budget + r.t.connect_timeout + 2.0, done)
         if job is not None:
@@ -145,7 +184,7 @@ class Checks:
                           % ("R:%d" % f.port, hostport(f.host, f.hostport), learned))
         return learned
 
-    def _judge(self, sup, r, f, verdict, job):
+    def _judge(self, sup, r, f, verdict, detail=""):
         name = "R:%d" % f.port
         learned = r.greetings.get(f.port) if f.check == "connect" else None
         if learned and verdict in (remote.NO_ANSWER, remote.MISMATCH):
@@ -163,7 +202,7 @@ class Checks:
             sup.report_check(r, name, verdict, True)
         elif verdict == remote.UNREACHABLE:
             # The exec could not log in: keepalive decides about the tunnel itself.
-            sup.report_check(r, name, verdict, None, (job.err[-1] if job.err else "exec failed"))
+            sup.report_check(r, name, verdict, None, detail)
         elif verdict == remote.CLOSED:
             if not self._target_down(sup, r, name, f, probe.probe_local(f.host, f.hostport, timeout=LOCAL_TIMEOUT)):
                 sup.report_check(r, name, verdict, False, "target answers, so the tunnel is broken")

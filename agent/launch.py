@@ -20,7 +20,7 @@ from agent import serve
 # still works, from source (at a cost in memory: tests/test_memory.py pins the set).
 LOADER = "import marshal,sys;f=open(int(sys.argv[3]),'rb');exec(marshal.loads(f.read(int(f.read(8)))))"
 RUNTIME = ("__init__", "errors", "record", "log", "classify", "machine", "model", "procs", "child", "clients", "probe",
-           "remote", "spread", "state", "pidfile", "identity", "values", "supervisor", "health",
+           "remote", "session", "spread", "state", "pidfile", "identity", "values", "supervisor", "health",
            "serve")
 
 

@@ -337,6 +337,14 @@ class Machine:
             return self._kill(C.HEALTH)
         return []
 
+    def on_session_silent(self, now: float, detail: str) -> List:
+        """A request to the session's responder went unanswered within its budget: the
+        session is dead or its flow is lost for good. Restart now, not after keepalive."""
+        if self.state != UP:
+            return []
+        self.last_heal = "restart: " + detail
+        return self._kill(C.HEALTH)
+
     def on_reconnect_request(self, now: float) -> List:
         """SIGUSR1 (e.g. an ifup hook): reset backoff, reconnect now."""
         self.backoff.reset()

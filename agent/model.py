@@ -71,6 +71,7 @@ class Tunnel:
     spread: float = 0.0           # span (s) of the per-box offset on first connect and backoff; 0 = off
     failover_after: int = 3       # consecutive failed connects before trying `alternates` in order
     loop_port: int = 0            # server-side port for the in-band loop check; 0 = off
+    check_mode: str = "auto"      # -R checks: auto | session (in the tunnel's session) | exec (own login)
 
 
 @record

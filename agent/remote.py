@@ -127,6 +127,8 @@ RECLAIM_VERDICTS = {RECLAIM_DONE: RECLAIMED, RECLAIM_NOTHING: NOTHING, RECLAIM_N
 CHECK_MARKER = "sshkeep-check"
 READY_MARKER = "sshkeep-ready"
 RECLAIM_MARKER = "sshkeep-reclaim"
+ANSWER_MARKER = "sshkeep-answer"
+GONE_MARKER = "sshkeep-gone"
 DEFAULT_STATE_DIR = "$HOME/.sshkeep"
 INTERPRETERS = ("python3", "python", "perl", "bash", "nc")
 CLIENT_FAILURE = {"openssh": 255, "dropbear": 1}
@@ -229,20 +231,218 @@ echo "sshkeep-check $f $I $fa"
 exit $f
 """)
 
-# The tunnel's session command (assumptions 1, 2, 6, 7, 8, 9): $1 state dir,
-# $2 box id, $3 hostname, $4 tunnel name (both for people), $5... listen ports.
+# --- the in-session responder (assumption 10) ---------------------------------
+# Runs in the tunnel's own session after the ready line, for the session's life:
+# one request per line on stdin, one answer per request on stdout. Requests are
+# data: words checked against fixed patterns, never evaluated.
+#   ID ping                          -> sshkeep-answer ID pong
+#   ID count                         -> sshkeep-answer ID count N   (live sessions recorded in DIR)
+#   ID check ADDRS PORT HEX T G      -> sshkeep-answer ID check CODE INTERPRETER ADDRESS
+#   anything else with an ID         -> sshkeep-answer ID bad       (a line without an ID: no answer)
+# ID: 1-12 digits. ADDRS: 1-2 IP literals, comma-separated, tried in turn (the
+# first 80 wins, else the first address's code). HEX: the banner, hex, or "-".
+# T, G: timeout per address and grace, seconds in (0, 300]. CODE: the CHECK_*
+# table above. A line longer than 600 bytes is skipped whole; memory does not
+# grow with the number of requests. EOF on stdin ends it with status 0.
+# python: `_socket`, the C module under `socket` (same calls), without the enum and
+# selectors imports: about 1 MB less private memory per session on the hub.
+_PY_RESPONDER_SRC = r"""import sys, os, time, errno, binascii, _socket as socket
+O = getattr(sys.stdout, "buffer", sys.stdout)
+D, N = sys.argv[1], sys.argv[2]
+def ck(a, p, b, t, g):
+    end = time.time() + t
+    s = socket.socket(":" in a and socket.AF_INET6 or socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        s.settimeout(t)
+        try:
+            s.connect((a, p))
+        except socket.timeout:
+            return 83
+        except socket.error as e:
+            return {errno.ECONNREFUSED: 81, errno.ECONNRESET: 82}.get(e.errno, 86)
+        lim = b and end or min(end, time.time() + g)
+        d = b""
+        while 1:
+            r = lim - time.time()
+            if r <= 0:
+                break
+            s.settimeout(r)
+            try:
+                c = s.recv(4096)
+            except socket.timeout:
+                break
+            except socket.error:
+                c = b""
+            if not c:
+                return d and 84 or 82
+            d += c
+            if not b or d[:len(b)] == b:
+                return 80
+            if b[:len(d)] != d[:len(b)]:
+                return 84
+        return d and 84 or (b and 83 or 80)
+    finally:
+        s.close()
+def cn():
+    n = {}
+    try:
+        fs = os.listdir(D)
+    except OSError:
+        return 0
+    for f in fs:
+        w = f.split("-")
+        if len(w) != 3 or w[0] != "rport" or not w[2].isdigit():
+            continue
+        try:
+            h = open("/proc/%s/stat" % w[2])
+            x = h.read(1024).rsplit(")", 1)[1].split()
+            h.close()
+            h = open(os.path.join(D, f))
+            r = h.readline(512).split()
+            h.close()
+        except (IOError, OSError, IndexError):
+            continue
+        st = r[:1] == ["v1"] and [v[6:] for v in r if v.startswith("start=")] or r[1:2]
+        if len(x) > 19 and x[0] != "Z" and st and x[19] == st[0]:
+            n[w[2]] = 1
+    return len(n)
+def sec(v):
+    v = float(v)
+    if not 0 < v <= 300:
+        raise ValueError(v)
+    return v
+def do(w):
+    if w == ["ping"]:
+        return "pong"
+    if w == ["count"]:
+        return "count %d" % cn()
+    if len(w) != 6 or w[0] != "check":
+        return "bad"
+    A = w[1].split(",")
+    p, t, g = int(w[2]), sec(w[4]), sec(w[5])
+    if not 0 < len(A) < 3 or not 0 < p < 65536 or len(w[3]) > 512:
+        return "bad"
+    for a in A:
+        socket.inet_pton(":" in a and socket.AF_INET6 or socket.AF_INET, a)
+    b = w[3] != "-" and binascii.unhexlify(w[3]) or b""
+    f = None
+    for a in A:
+        try:
+            r = ck(a, p, b, t, g)
+        except Exception:
+            r = 86
+        if f is None or r == 80:
+            f, fa = r, a
+        if r == 80:
+            break
+    return "check %d %s %s" % (f, N, fa)
+while 1:
+    l = I.readline(600)
+    if not l:
+        break
+    if not l.endswith(b"\n"):
+        while l and not l.endswith(b"\n"):
+            l = I.readline(600)
+        continue
+    w = l.decode("ascii", "replace").split()
+    if not w or not w[0].isdigit() or len(w[0]) > 12:
+        continue
+    try:
+        a = do(w[1:])
+    except Exception:
+        a = "bad"
+    try:
+        O.write(("sshkeep-answer %s %s\n" % (w[0], a)).encode("ascii"))
+        O.flush()
+    except Exception:
+        break
+"""
+PY_RESPONDER = "exec(%r)" % _PY_RESPONDER_SRC  # one line: the source travels as a string literal
+
+PERL_RESPONDER = " ".join(r"""
+use IO::Socket; use Time::HiRes qw(time); $| = 1; my ($D, $N) = @ARGV; my $buf = ""; my $skip = 0;
+sub ck { my ($a, $p, $b, $t, $g) = @_; my $end = time + $t;
+  my $c = ($a =~ /:/) ? "IO::Socket::IP" : "IO::Socket::INET"; eval "require $c" or return 86;
+  my $s = $c->new(PeerHost => $a, PeerPort => $p, Proto => "tcp", Timeout => $t);
+  if (!$s) { return $!{ECONNREFUSED} ? 81 : $!{ECONNRESET} ? 82 : ($!{ETIMEDOUT} || $!{EINPROGRESS}) ? 83 : 86 }
+  my $lim = length($b) ? $end : (time + $g < $end ? time + $g : $end); my $d = ""; my $r = -1;
+  while ($r < 0) { my $w = $lim - time; last if $w <= 0;
+    my $rin = ""; vec($rin, fileno($s), 1) = 1; my $n = select(my $rout = $rin, undef, undef, $w);
+    next if $n < 0; last if $n == 0;
+    my $x = ""; my $k = sysread($s, $x, 4096);
+    if (!$k) { $r = length($d) ? 84 : 82; last }
+    $d .= $x; if (!length($b) || substr($d, 0, length $b) eq $b) { $r = 80; last }
+    if (substr($b, 0, length $d) ne substr($d, 0, length $b)) { $r = 84; last } }
+  close($s); return $r >= 0 ? $r : (length($d) ? 84 : length($b) ? 83 : 80) }
+sub cn { my %n; opendir(my $h, $D) or return 0;
+  while (defined(my $f = readdir($h))) { next unless $f =~ /^rport-\d+-(\d+)$/; my $q = $1;
+    open(my $x, "<", "/proc/$q/stat") or next; my $l = ""; read($x, $l, 1024); close($x);
+    $l =~ s/.*\) //s; my @w = split(" ", $l);
+    open(my $y, "<", "$D/$f") or next; my $v = ""; read($y, $v, 512); close($y);
+    my @r = split(" ", (split(/\n/, $v))[0] || ""); my $st = "";
+    if (@r && $r[0] eq "v1") { for (@r) { $st = $1 if /^start=(\d+)$/ } } else { $st = $r[1] || "" }
+    $n{$q} = 1 if @w > 19 && $w[0] ne "Z" && length($st) && $w[19] eq $st }
+  closedir($h); return scalar(keys %n) }
+sub ip { my $a = shift; return $a =~ /^\d{1,3}(\.\d{1,3}){3}$/ || ($a =~ /:/ && $a =~ /^[0-9a-fA-F:.]{2,45}$/) }
+sub sec { my $v = shift; return $v =~ /^\d{1,3}(\.\d{1,6})?$/ && $v > 0 && $v <= 300 }
+sub hd { my @w = split(" ", $_[0]); return if !@w || $w[0] !~ /^\d{1,12}$/; my $i = shift @w; my $o = "bad";
+  if ("@w" eq "ping") { $o = "pong" } elsif ("@w" eq "count") { $o = "count " . cn() }
+  elsif (@w == 6 && $w[0] eq "check") { my (undef, $as, $p, $h, $t, $g) = @w; my @A = split(/,/, $as, -1);
+    my $ok = @A >= 1 && @A <= 2 && $p =~ /^\d{1,5}$/ && $p >= 1 && $p <= 65535 && sec($t) && sec($g)
+      && ($h eq "-" || $h =~ /^([0-9a-fA-F]{2}){1,256}$/); for (@A) { $ok = 0 unless ip($_) }
+    if ($ok) { my $b = $h eq "-" ? "" : pack("H*", $h); my ($f, $fa);
+      for my $a (@A) { my $r = eval { ck($a, $p, $b, $t, $g) }; $r = 86 unless defined $r;
+        if (!defined($f) || $r == 80) { $f = $r; $fa = $a } last if $r == 80 }
+      $o = "check $f $N $fa" } }
+  syswrite(STDOUT, "sshkeep-answer $i $o\n") or exit 0 }
+while (1) { my $c = ""; my $k = sysread(STDIN, $c, 4096); if (!defined $k) { next if $!{EINTR}; last } last if !$k;
+  $buf .= $c; while ((my $j = index($buf, "\n")) >= 0) { my $l = substr($buf, 0, $j); substr($buf, 0, $j + 1) = "";
+    if ($skip) { $skip = 0 } else { hd($l) } }
+  if (length($buf) > 600) { $buf = ""; $skip = 1 } }
+exit 0;
+""".split())
+
+# The forking fallback, for a hub without python or perl (assumptions 1-5): one
+# sh loop in the session, the check driver above forked per request with only
+# bash and busybox nc to choose from ($CK, $BA: the driver and its bash program).
+_SH_LOOP = _oneline("""
+cn() { c=0 sn=" "; for f in "$d"/rport-*-*; do q2=${f##*-}; case $q2 in ""|*[!0-9]*) continue;; esac; case $sn in *" $q2 "*) continue;; esac; y=; { read -r y </proc/$q2/stat; } 2>/dev/null || continue; y=${y##*") "}; case $y in Z*|"") continue;; esac; set -- $y; l=; read -r l <"$f" 2>/dev/null; fs=; case $l in "v1 "*) for v in $l; do case $v in start=*) fs=${v#start=};; esac; done;; *) set -- $l; fs=$2;; esac; set -- $y; [ -n "$fs" ] && [ "${20}" = "$fs" ] && { c=$((c+1)); sn="$sn$q2 "; }; done; echo $c; }
+while read -r i v a p x t g z; do case $i in ""|*[!0-9]*) continue;; esac
+[ ${#i} -le 12 ] || continue
+o=bad
+case "$v:$a" in ping:) o=pong;; count:) o="count $(cn)";; check:*) k=1
+case $a in ""|*[!0-9a-fA-F.:,]*|*,*,*) k=;; esac
+case $p in ""|*[!0-9]*) k=;; esac
+case $x in ""|*[!0-9a-fA-F-]*) k=;; esac
+case $t:$g in *[!0-9.:]*|:*|*:) k=;; esac
+[ -z "$z" ] && [ -n "$k" ] && { [ "$x" = - ] && x=; A=; oi=$IFS; IFS=,; for y in $a; do A="$A $y"; done; IFS=$oi; y=$(sh -c "$CK" sshkeep-check "$A" "$p" "$x" "$t" "$g" "bash nc" - - "$BA" </dev/null 2>/dev/null); set -- $y; o="check ${2:-86} ${3:--} ${4:--}"; }
+;; esac
+echo "sshkeep-answer $i $o"
+done
+""")
+SH_RESPONDER = "CK=%s BA=%s; %s" % (quote(_CHECK_SH), quote(BASH_CHECK), _SH_LOOP)
+
+# The tunnel's session command (assumptions 1, 2, 6, 7, 8, 9, 10): $1 state dir,
+# $2 box id, $3 hostname, $4 tunnel name (both for people), $5... listen ports,
+# then optionally `--` and the responder's programs: python, perl, the check
+# driver and its bash program (for the forking sh fallback).
 # Writes one record line (docs/hub-records.md) to DIR/rport-PORT-PPID for
-# each port, says READY with its pid and start time, waits while stdin is
-# open, removes its own files (named by its own PPID, so never another
-# session's), also on HUP/TERM/PIPE. A `port N` line on stdin (a port the
-# hub picked for -R 0:..., sent by the agent once the client reports it) is
-# recorded like the others. A session whose parent is already gone ($PPID 1:
-# the client left before the shell started, e.g. a forward that failed) exits
-# at once without recording anything.
+# each port, says READY with its pid and start time (and the responder it will
+# run), then reads stdin: a `port N` line (a port the hub picked for -R 0:...,
+# sent by the agent once the client reports it) is recorded like the others;
+# a `sshkeep-responder` line starts the responder, which reads its program as
+# the next line and then answers requests until EOF. It removes its own files
+# (named by its own PPID, so never another session's) at EOF, also on
+# HUP/TERM/PIPE. A responder that fails is announced (`sshkeep-gone I RC`) and
+# the session goes back to reading `port N` lines. A session whose parent is
+# already gone ($PPID 1: the client left before the shell started, e.g. a
+# forward that failed) exits at once without recording anything.
 _SESSION_SH = _oneline("""
 d=$1 o=$2 h=$3 n=$4
 shift 4
-ps=$* q=$PPID st=0 w=ok
+ps= q=$PPID st=0 w=ok I=
+while [ $# -gt 0 ] && [ "$1" != -- ]; do ps="$ps $1"; shift; done
+[ $# -gt 1 ] && { N=$2; I=sh; for c in python3 python perl; do command -v $c >/dev/null 2>&1 && { I=$c; break; }; done; }
 [ "$q" -gt 1 ] || exit 0
 cl() { for p in $ps; do rm -f "$d/rport-$p-$q"; done; }
 trap "cl; exit 0" HUP INT TERM PIPE
@@ -255,8 +455,9 @@ for p in $ps; do pl=${pl:+$pl,}$p; done
 mkdir -p "$d" 2>/dev/null || w=nostate
 wr() { printf "v1 box=%s host=%s tunnel=%s start=%s since=%s ports=%s\\n" "$o" "$h" "$n" "$st" "$t" "$pl" >"$d/rport-$1-$q" 2>/dev/null; }
 for p in $ps; do wr $p || w=nostate; done
-echo "sshkeep-ready $q $w $st"
-while read -r l; do case $l in "port "*) p=${l#port }; case $p in ""|0*|*[!0-9]*|??????*) ;; *) ps="$ps $p" pl=${pl:+$pl,}$p; for p in $ps; do wr $p; done;; esac;; esac; done
+echo "sshkeep-ready $q $w $st${I:+ $I}"
+L() { while read -r l; do case $l in "port "*) p=${l#port }; case $p in ""|0*|*[!0-9]*|??????*) ;; *) ps="$ps $p" pl=${pl:+$pl,}$p; for p in $ps; do wr $p; done;; esac;; sshkeep-responder) [ -n "$I" ] && return 0;; esac; done; return 1; }
+if L; then r=0; case $I in python*) $I -E -S -c 'import sys; I = getattr(sys.stdin, "buffer", sys.stdin); exec(I.readline())' "$d" $I; r=$?;; perl) perl -e 'my $s = ""; while (length($s) < $ARGV[2]) { sysread(STDIN, $s, $ARGV[2] - length($s), length($s)) or exit 86 } eval $s; exit 86' "$d" perl "$N"; r=$?;; sh) S=; read -r S; eval "$S"; r=$?;; esac; [ $r = 0 ] || { echo "sshkeep-gone $I $r"; L; }; fi
 cl
 """)
 
@@ -413,7 +614,7 @@ def check_budget(bind: str, timeout: float) -> float:
 
 
 def session_command(ports: Sequence[int], state_dir: str = DEFAULT_STATE_DIR, owner: str = "",
-                    host: str = "", tunnel: str = "") -> str:
+                    host: str = "", tunnel: str = "", responder: bool = False) -> str:
     """The remote command a tunnel runs instead of -N, so a stale listener can be reclaimed.
 
     It records its parent (the session process holding the -R listeners) in
@@ -423,11 +624,77 @@ def session_command(ports: Sequence[int], state_dir: str = DEFAULT_STATE_DIR, ow
     open (not /dev/null, not -n): when the agent closes it the session ends
     cleanly. `owner` is the box identity (agent.identity); `host` and
     `tunnel` are recorded for people, folded to ASCII words (any text works).
+    With `responder`, the ready line names the responder the session runs
+    (`python3`, `python`, `perl`, `sh`): send `responder_source(NAME)` on
+    stdin once, then requests (`request_line`).
     """
     ports = [str(_port(p)) for p in ports]  # none: every -R port is picked by the hub (`port N` lines)
+    more = ["--", str(len(PERL_RESPONDER) + 1)] if responder else []
     return " ".join(["exec sh -c", quote(_SESSION_SH), "sshkeep-session", _dir_word(state_dir)]
                     + [quote(w) for w in (_owner(owner), identity.word(host or "-"),
-                                                 identity.word(tunnel or "-"))] + ports)
+                                                 identity.word(tunnel or "-"))] + ports + more)
+
+
+RESPONDERS = ("python3", "python", "perl", "sh")
+
+
+def responder_source(name: str) -> bytes:
+    """What starts the session's responder on its stdin: the `sshkeep-responder` line, then its
+    program as one line (a constant of this module)."""
+    text = PERL_RESPONDER if name == "perl" else SH_RESPONDER if name == "sh" else PY_RESPONDER
+    if name not in RESPONDERS:
+        raise ValueError("no responder %r" % name)
+    return ("sshkeep-responder\n" + text + "\n").encode("ascii")
+
+
+def request_line(rid: int, verb: str, bind: str = "", port: int = 0, banner: Optional[str] = None,
+                 timeout: float = 0.0, grace: float = 0.3) -> bytes:
+    """One request to the session's responder: `ID ping`, `ID count`, `ID check ADDRS PORT HEX T G`.
+
+    Every word is validated here (ValueError otherwise); the responder checks them again."""
+    rid = _int(rid, "request id")
+    if rid > 10 ** 12 - 1:
+        raise ValueError("request id too large")
+    if verb in ("ping", "count"):
+        return ("%d %s\n" % (rid, verb)).encode("ascii")
+    if verb != "check":
+        raise ValueError("unknown request %r" % verb)
+    hexed = (banner or "").encode("utf-8").hex()
+    if len(hexed) > 512:
+        raise ValueError("banner longer than 256 bytes")
+    return ("%d check %s %d %s %s %s\n" % (rid, ",".join(check_addresses(bind)), _port(port), hexed or "-",
+                                          _seconds(timeout, "timeout"), _seconds(grace, "grace"))).encode("ascii")
+
+
+def parse_answer(line: str) -> Optional[Tuple[int, List[str]]]:
+    """`sshkeep-answer ID WORD...` -> (ID, [WORD...]); None for any other line."""
+    parts = line.split()
+    if len(parts) >= 3 and parts[0] == ANSWER_MARKER and parts[1].isdigit() and len(parts[1]) <= 12:
+        return int(parts[1]), parts[2:]
+    return None
+
+
+def answer_verdict(words: Sequence[str]) -> Tuple[str, str]:
+    """The words of a check answer -> (verdict, 'python3 127.0.0.1' for the log); ERROR if malformed."""
+    if len(words) == 4 and words[0] == "check" and words[1].isdigit() and int(words[1]) in CHECK_VERDICTS:
+        return CHECK_VERDICTS[int(words[1])], "%s %s" % (words[2], words[3])
+    return ERROR, "bad answer %r" % " ".join(words)[:80]
+
+
+def parse_gone(line: str) -> Optional[str]:
+    """`sshkeep-gone INTERPRETER RC` (the session's responder failed) -> 'python3 exited 1', else None."""
+    parts = line.split()
+    if len(parts) == 3 and parts[0] == GONE_MARKER:
+        return "%s exited %s" % (parts[1], parts[2])
+    return None
+
+
+def ready_responder(line: str) -> Optional[str]:
+    """The responder a ready line names (`sshkeep-ready PID ok START python3`), or None."""
+    parts = line.split()
+    if len(parts) >= 5 and parts[0] == READY_MARKER and parts[4] in RESPONDERS:
+        return parts[4]
+    return None
 
 
 def reclaim_command(port: int, state_dir: str = DEFAULT_STATE_DIR, owner: str = "",

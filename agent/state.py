@@ -193,7 +193,8 @@ def public(doc: dict, now_wall=None, now_mono=None) -> dict:
         pt = {k: t.get(k) for k in ("name", "state", "since", "restarts", "last_error", "ssh_pid",
                                     "server", "health", "checks", "consecutive_failures",
                                     "last_check", "last_heal", "next_attempt_in", "client", "host_keys",
-                                    "session", "held", "allocated")}
+                                    "session", "held", "allocated", "check_mode",
+                                    "check_mode_why")}
         # [{name, kind, spec, verdict}]; a state file of an older agent has plain labels.
         pt["forwards"] = [f if isinstance(f, dict) else {"name": f, "kind": None, "spec": None, "verdict": None}
                           for f in t.get("forwards") or []]
@@ -222,6 +223,8 @@ def render(doc: dict, now=None, now_mono=None) -> str:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = [head] + ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
     lines += ["%s: host keys %s" % (t["name"], t["host_keys"]) for t in d["tunnels"] if t.get("host_keys")]
+    lines += ["%s: remote checks %s (%s)" % (t["name"], t["check_mode"], t.get("check_mode_why") or "-")
+              for t in d["tunnels"] if t.get("check_mode")]
     lines += ["warning: %s" % w for w in d["warnings"]]
     # who holds a -R port, also once LAST ERROR has moved on to the next attempt's reason
     lines += ["%s: %s" % (t["name"], t["held"]) for t in d["tunnels"]

@@ -14,7 +14,7 @@ import time
 
 from agent import __version__
 from agent import classify as C
-from agent import clients, identity, probe, record, remote, spread, state
+from agent import clients, identity, probe, record, remote, session, spread, state
 from agent import machine as M
 from agent.child import Child, Job
 from agent.errors import EX_NOINPUT, SshkeepError
@@ -28,17 +28,24 @@ SERVER_PROBE_SLOW = 1.5     # every 0.25 s for the first SERVER_PROBE_FAST_FOR s
 SERVER_PROBE_FAST_FOR = 10.0
 
 
-def session_command(tunnel, box):
+def session_command(tunnel, box, responder=False):
     """Remote command run instead of -N: records the session for reclaim, prints the ready marker.
 
     The record's owner is the box identity; hostname and tunnel name go beside
     it for people (agent.identity.word folds any text). Without -R forwards there
-    is nothing to reclaim; the command still marks readiness.
+    is nothing to reclaim; the command still marks readiness. `responder`: the
+    session also answers check requests (agent.remote, in-session checks).
     """
     ports = [f.port for f in tunnel.forwards if f.kind == "R" and f.port]  # hub-picked: sent as `port N`
     if not any(f.kind == "R" for f in tunnel.forwards):
         return "echo %s $PPID nostate; exec cat >/dev/null" % remote.READY_MARKER
-    return remote.session_command(ports, owner=box, host=socket.gethostname() or "-", tunnel=tunnel.name)
+    return remote.session_command(ports, owner=box, host=socket.gethostname() or "-", tunnel=tunnel.name,
+                                  responder=responder)
+
+
+def remote_checked(tunnel):
+    """Does this tunnel have -R forwards the hub must check?"""
+    return any(f.kind == "R" and f.check != "none" for f in tunnel.forwards)
 
 
 def _session_record(value):
@@ -88,6 +95,11 @@ class Runner:
         self.session_cmd = False        # the current ssh runs our session command (not -N)
         self.seen = None
         self.no_command = False         # the server ran no command of ours: use -N
+        self.requests = session.Requests()  # in-session check requests in flight (ids never reused)
+        self.responder = None           # the responder the current session runs (its ready line), or None
+        self.responder_pending = None   # named by the ready line, started once the hub-picked ports are sent
+        self.responder_broken = ""      # why the hub's responder cannot be used (then: exec checks)
+        self.mute_sessions = 0          # sessions in a row whose responder never answered
         self.watchdogs = 0              # consecutive "no ready line" (in time, or the session ended first)
         self.ssh_said = set()           # stderr lines logged since the last change (not repeated)
         self.loop = None                # remote.LoopListener when t.loop_port
@@ -315,6 +327,8 @@ class Supervisor:
                 deadlines.append(r.next_server_probe)
             for j in r.jobs:
                 deadlines.append(j.deadline)
+            if r.requests.deadline() is not None:
+                deadlines.append(r.requests.deadline())
             if r.child and r.child.term_sent is not None:
                 deadlines.append(r.child.term_sent + TERM_TIMEOUT)
         interval = min([r.t.interval for r in self.runners] or [30])
@@ -352,6 +366,7 @@ class Supervisor:
         for r in list(self.runners):
             self._poll_child(r, now)
             self._poll_jobs(r)
+            self._poll_requests(r, now)
             if r.child and r.child.term_sent is not None:
                 r.child.escalate(TERM_TIMEOUT)
             if not self.stopping:
@@ -376,7 +391,8 @@ class Supervisor:
     def _spawn(self, r):
         host, port = r.address
         t = r.ssh_tunnel
-        command = session_command(t, self.box) if t.reclaim and not r.no_command else None
+        command = (session_command(t, self.box, responder=self._wants_responder(r))
+                   if t.reclaim and not r.no_command else None)
         home_dir = os.path.join(r.runtime_dir, "home-" + _safe(t.name))
         try:
             r.home = clients.prepare_home(r.info, t, home_dir, host, port)
@@ -408,6 +424,9 @@ class Supervisor:
                              % (r.server_label(), t.known_hosts))
         r.child = child
         r.ready_pid = None
+        r.responder = None
+        r.responder_pending = None
+        r.requests.clear()
         r.ssh_said.clear()
         r.allocated = {}
         r.session_cmd = command is not None
@@ -432,9 +451,15 @@ class Supervisor:
                     self._state_dirty = True
                     if r.session_cmd:  # the session records it for the hub (agent.remote)
                         child.send(b"port %d\n" % picked)
+                    self._maybe_start_responder(r)
+            elif line.startswith(remote.ANSWER_MARKER + " "):
+                self._answer(r, line)
+            elif line.startswith(remote.GONE_MARKER + " "):
+                self._responder_gone(r, remote.parse_gone(line) or line)
             else:
                 ready = remote.parse_ready(line)
                 if ready is not None:
+                    self._start_responder(r, remote.ready_responder(line))
                     r.ready_pid = ready[0]
                     recorded = ready[1] and ready[2] and any(f.kind == "R" for f in r.t.forwards)
                     r.session = {"pid": ready[0], "start": ready[2], "server": r.server_label(),
@@ -495,6 +520,8 @@ class Supervisor:
             self._unwatch(fd)
         child.close()
         r.child = None
+        r.responder = None
+        r.requests.clear()
         self._save_pin(r)
         outcome = C.classify(child.returncode, child.stderr_tail, r.m.kill_reason, r.info.kind)
         if outcome.reason == C.HOSTKEY_MISMATCH:
@@ -576,6 +603,100 @@ class Supervisor:
             return
         self.checks.reclaim(self, r)
 
+    # -- in-session checks (the responder in the tunnel's own session) ----
+    def _wants_responder(self, r):
+        return (self.checks is not None and r.t.check_mode != "exec" and not r.responder_broken
+                and remote_checked(r.t))
+
+    def check_mode(self, r):
+        """(mode, why) of r's -R checks, for status (agent.session.check_mode)."""
+        return session.check_mode(r.t.check_mode, self.checks is not None, remote_checked(r.t), r.t.reclaim,
+                                  r.no_command, r.responder_broken, r.responder)
+
+    def in_session(self, r):
+        """Can r's -R checks go to the responder of its running session now?"""
+        return (r.child is not None and r.child.term_sent is None and r.responder is not None
+                and not r.responder_broken)
+
+    def _start_responder(self, r, name):
+        """The ready line named the responder the session will run: start it once every
+        hub-picked port is recorded (the session reads `port N` lines until then)."""
+        if name is not None and self._wants_responder(r):
+            r.responder_pending = name
+            self._maybe_start_responder(r)
+
+    def _maybe_start_responder(self, r):
+        name = r.responder_pending
+        if name is None or r.child is None or any(
+                f.kind == "R" and f.port == 0 and i not in r.allocated for i, f in enumerate(r.t.forwards)):
+            return
+        r.responder_pending = None
+        if not r.child.send_nowait(remote.responder_source(name)):
+            self.log.warning(r.name, "could not hand the hub's responder its program: exec checks for now")
+            return
+        r.responder = name
+        self.log.debug(r.name, "hub runs the %s responder: -R checks go through the session" % name)
+
+    def session_request(self, r, verb, budget, on_answer, **words):
+        """Send one request to r's responder; on_answer(words or None) when answered (None: skipped).
+        Returns the id, or None if it could not be sent (no responder now); ValueError: bad words."""
+        if not self.in_session(r):
+            return None
+        now = self.clock()
+        line = remote.request_line(r.requests.next_id, verb, **words)
+        if not r.child.send_nowait(line):
+            # ssh does not take our stdin: the session is wedged
+            self._session_silent(r, now, "ssh does not read the session's requests")
+            return None
+        return r.requests.add(verb, budget, now, on_answer)
+
+    def _answer(self, r, line):
+        parsed = remote.parse_answer(line)
+        if parsed is None:
+            return
+        now = self.clock()
+        hit, skipped = r.requests.answer(parsed[0], now)
+        if hit is None:
+            self.log.debug(r.name, "ignored an answer no request is waiting for: %s" % line[:120])
+            return
+        r.mute_sessions = 0
+        for p in skipped + [hit]:
+            try:
+                p.on_answer(parsed[1] if p is hit else None)
+            except Exception as exc:  # a check must never kill the agent
+                self.log.error(r.name, "check failed internally: %r" % (exc,))
+
+    def _poll_requests(self, r, now):
+        p = r.requests.overdue(now)
+        if p is not None:
+            self._session_silent(r, now, "no answer from the session to its %s request in %.1fs" % (p.what, p.budget))
+
+    def _session_silent(self, r, now, what):
+        """An unanswered request is a verdict: the session is dead or its flow is lost. Restart now."""
+        if r.requests.answered == 0:
+            r.mute_sessions += 1
+            if r.mute_sessions >= 2 and not r.responder_broken:
+                r.responder_broken = "the hub's %s responder never answered (2 sessions)" % (r.responder or "")
+                self.log.warning(r.name, r.responder_broken + ": exec checks from now on")
+        r.requests.clear()
+        r.responder = None
+        self.log.warning(r.name, "%s: the session is dead or its flow is lost; restarting" % what)
+        self._event(r, r.m.on_session_silent, now, what)
+
+    def _responder_gone(self, r, why):
+        """The session's responder exited (too old an interpreter, killed): exec checks for this tunnel."""
+        if not r.responder:
+            return
+        r.responder_broken = "the hub's responder failed (%s)" % why
+        r.responder = None
+        for p in r.requests.clear():
+            try:
+                p.on_answer(None)
+            except Exception as exc:
+                self.log.error(r.name, "check failed internally: %r" % (exc,))
+        self.log.warning(r.name, r.responder_broken + ": exec checks from now on")
+        self._state_dirty = True
+
     # -- jobs (ssh exec for checks and reclaim) --------------------------
     def start_job(self, r, argv, timeout, on_done, env=None):
         job = Job(argv, env if env is not None else clients.child_env(os.environ, r.home), timeout, self.clock,
@@ -617,7 +738,9 @@ class Supervisor:
     def _maybe_check(self, r, now):
         if self.checks is None or r.m.state != M.UP or r.next_check is None or now < r.next_check:
             return
-        if any(getattr(j, "kind", "") == "check" for j in r.jobs):
+        if r.child is not None and r.child.term_sent is not None:
+            return   # being restarted: a check now would only log in for nothing
+        if any(getattr(j, "kind", "") == "check" for j in r.jobs) or r.requests.pending:
             r.next_check = now + 1.0
             return
         r.next_check = now + r.t.interval
@@ -818,6 +941,8 @@ class Supervisor:
                 "session": r.session,
                 "held": r.held or None,
                 "allocated": {r.t.forwards[i].label(): p for i, p in sorted(r.allocated.items())},
+                "check_mode": self.check_mode(r)[0],
+                "check_mode_why": self.check_mode(r)[1],
             })
             if r.child:
                 children.append(r.child.cmdline_record())

@@ -162,24 +162,38 @@ def test_stale_listener_on_a_dropbear_hub(lab, hub):
         a.stop()
 
 
-def test_lost_flow_is_found_by_the_check_not_by_keepalive(lab):
-    # Keepalive 60 s x 3 cannot notice within this test: the remote check must. The old session's
-    # listener still accepts on the server but relays nothing; the target's learned greeting
-    # ("SVC-") is what tells that apart from a healthy, silent forward.
+@pytest.mark.parametrize("mode", ["exec", "auto"])
+def test_lost_flow_is_found_by_the_check_not_by_keepalive(lab, mode):
+    # Keepalive 60 s x 3 cannot notice within this test: the remote check must. exec: the old
+    # session's listener still accepts on the server but relays nothing; the target's learned
+    # greeting ("SVC-") is what tells that apart from a healthy, silent forward. in-session (auto):
+    # the check request itself goes unanswered, which restarts the tunnel at once.
     server = lab.start_sshd()
-    a, _ = start(lab, server, extra=("--keepalive", "60"))
+    a, _ = start(lab, server, extra=("--keepalive", "60", "--check-mode", mode))
     try:
         a.wait_up(30)
         lab.wait_until(lambda: reverse_ok(lab), 10, what="forward up")
         a.wait(lambda: a.tunnel()["checks"].get("R:%d" % RPORT) == "ok", 15, "first remote check ok")
+        assert a.tunnel()["check_mode"] == ("exec" if mode == "exec" else "in-session")
         assert "greets with 'SVC-'" in a.log()
         for port in lab.wait_until(lambda: lab.flows(server.port), 5, what="the tunnel's TCP flow"):
             lab.drop_flow(port, server.port)
         lost = time.monotonic()
-        a.wait(lambda: "failed checks" in (a.tunnel()["last_heal"] or ""), 30, "restart after failed checks")
+        if mode == "exec":
+            a.wait(lambda: "failed checks" in (a.tunnel()["last_heal"] or ""), 30, "restart after failed checks")
+        else:
+            a.wait(lambda: "no answer from the session" in a.log(), 15, "the unanswered request")
+            a.wait(lambda: "reclaimed stale listener" in a.log(), 15, "the reclaim")
         lab.wait_until(lambda: reverse_ok(lab), 20, what="forward back")
-        assert time.monotonic() - lost < 30
-        assert "no-answer" in a.log()
+        took = time.monotonic() - lost
+        print("lost flow (%s checks): forward back %.1fs after the loss" % (mode, took))
+        assert took < 30
+        if mode == "exec":
+            assert "no-answer" in a.log()
+        else:
+            # one interval (2 s) + the ping's 3 s budget + reconnect and reclaim: not two failed checks
+            assert took < 2 + 3 + 4, took
+            assert "failed checks" not in a.log()
     finally:
         lab.clear_faults()
         a.stop()
@@ -213,16 +227,23 @@ def test_shell_metacharacters_never_reach_a_shell(lab):
     assert not os.path.exists(marker)
 
 
-def test_checks_bounded_when_server_accepts_but_never_answers(lab):
+@pytest.mark.parametrize("mode", ["exec", "auto"])
+def test_checks_bounded_when_server_accepts_but_never_answers(lab, mode):
     server = lab.start_sshd()
-    a, _ = start(lab, server, extra=("--connect-timeout", "3"))
+    a, _ = start(lab, server, extra=("--connect-timeout", "3", "--check-mode", mode))
     try:
         a.wait_up(30)
         a.wait(lambda: a.tunnel()["checks"].get("R:%d" % RPORT) == "ok", 15, "check ok")
         os.kill(server.pid, signal.SIGSTOP)   # the listener accepts (kernel backlog) but never speaks SSH
         try:
-            a.wait(lambda: a.tunnel()["checks"].get("R:%d" % RPORT) == "unreachable", 30,
-                   "the exec check gives up in bounded time")
+            if mode == "exec":
+                a.wait(lambda: a.tunnel()["checks"].get("R:%d" % RPORT) == "unreachable", 30,
+                       "the exec check gives up in bounded time")
+            else:   # in the session: no new login needed, the checks go on through the open session
+                seen = a.tunnel()["last_check"]
+                a.wait(lambda: a.tunnel()["last_check"] > seen + 4, 15, "more check rounds")
+                assert a.tunnel()["checks"].get("R:%d" % RPORT) == "ok"
+                assert a.tunnel()["restarts"] == 0
             assert a.tunnel()["state"] == "up"   # "cannot reach the server" is not "forward dead"
         finally:
             os.kill(server.pid, signal.SIGCONT)

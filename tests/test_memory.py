@@ -28,7 +28,7 @@ __future__ __main__ _abc _codecs _collections _collections_abc _frozen_importlib
 _functools _imp _io _locale _operator _posixsubprocess _signal _sitebuiltins _socket _sre _stat _thread
 _warnings _weakref _weakrefset abc agent agent.child agent.classify agent.clients agent.errors agent.health
 agent.identity agent.log agent.machine agent.model agent.pidfile agent.probe agent.procs agent.record agent.remote
-agent.serve agent.spread agent.state agent.supervisor agent.values array builtins codecs collections collections.abc
+agent.serve agent.session agent.spread agent.state agent.supervisor agent.values array builtins codecs collections collections.abc
 contextlib copyreg encodings encodings.aliases encodings.utf_8 enum errno fcntl functools genericpath io
 itertools keyword locale marshal math operator os os.path posix posixpath re re._casefix re._compiler
 re._constants re._parser reprlib select selectors signal site socket stat subprocess sys threading time

@@ -41,6 +41,9 @@ class Sup:
     def clock(self):
         return 0.0
 
+    def in_session(self, r):
+        return False   # exec checks here; tests/test_unit_session.py drives the in-session path
+
     def report_check(self, r, name, verdict, ok, detail=""):
         self.reports.append((name, verdict, ok))
 
