@@ -6,7 +6,7 @@ import sys
 
 from agent import __version__
 from agent import errors as E
-from agent import values
+from agent.core import values
 
 USAGE_EXAMPLE = "sshkeep run -R 127.0.0.1:20022:127.0.0.1:22 -i /etc/sshkeep/id -p 2222 tunnel@hub.example.com"
 
@@ -43,7 +43,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _checked(conv, flag, code=E.EX_USAGE):
-    """An argparse type: the shared validator (agent.values), its message and exit code kept
+    """An argparse type: the shared validator (agent.core.values), its message and exit code kept
     (argparse would say only "invalid value" and exit 2)."""
     def parse(text):
         try:
@@ -151,12 +151,12 @@ def build_parser():
 
 
 def _default_state():
-    from agent.state import default_state_path
+    from agent.run.state import default_state_path
     return default_state_path()
 
 
 def _default_pidfile():
-    from agent.state import default_dir
+    from agent.run.state import default_dir
     return os.path.join(default_dir(), "sshkeep.pid")
 
 
@@ -164,11 +164,11 @@ def settings_from_args(args):
     """Flags (or -c FILE, or --ssh-config) -> Settings. Flags override file globals."""
     # Imported here, not at the top: `--version` and `--help` stay cheap on a slow CPU
     # (the records + typing cost more than the rest of start-up under emulation).
-    from agent.model import Tunnel, parse_destination
+    from agent.core.model import Tunnel, parse_destination
     if not (args.config or args.destination or args.ssh_config) and os.path.exists("/etc/config/sshkeep"):
         args.config = "/etc/config/sshkeep"  # the default file, when nothing else is given
     if args.config:
-        from agent import config
+        from agent.settings import config
         args.config = os.path.abspath(args.config)  # reload after --daemon's chdir /
         base = Tunnel("", "")
         odd = ["--" + {"ssh_path": "ssh", "reclaim": "no-reclaim"}.get(k, k).replace("_", "-")
@@ -181,7 +181,7 @@ def settings_from_args(args):
         s = config.load(args.config)
         return _override_globals(s, args)
     if args.ssh_config:
-        from agent import sshconfig
+        from agent.settings import sshconfig
         if not args.destination:
             raise E.UsageError("--ssh-config needs a Host alias as destination")
         warned = []
@@ -233,7 +233,7 @@ def _check_user(user, where):
 
 
 def _forwards(args):
-    from agent.model import parse_forward
+    from agent.core.model import parse_forward
     out = []
     for kind, values in (("R", args.remote), ("L", args.local), ("D", args.dynamic)):
         for v in values:
@@ -249,7 +249,7 @@ def _forwards(args):
 
 def _tunnel_kwargs(args):
     """Tunnel fields from the flags, defaults filled in (the numbers are checked by argparse:
-    agent.values through _checked)."""
+    agent.core.values through _checked)."""
     return dict(identity=_abs(args.identity), client=args.client, ssh_path=_abs(args.ssh),
                 known_hosts=_abs(args.known_hosts), accept_new=args.accept_new,
                 keepalive=15 if args.keepalive is None else args.keepalive,
@@ -316,7 +316,7 @@ def _ssh_options(items):
         else:
             if key == "UserKnownHostsFile" and len(value.split()) > 1:
                 raise E.UsageError("-o %s: give one known_hosts file (sshkeep passes one to either client)" % text)
-            from agent.model import expand_tilde
+            from agent.core.model import expand_tilde
             value = _abs(expand_tilde(value))
         out[field] = value
     if extra:
@@ -335,12 +335,12 @@ def _abs(path):
 
 
 def _replace(obj, **kw):
-    from agent.record import replace
+    from agent.core.record import replace
     return replace(obj, **kw)
 
 
 def _settings(tunnels, args, warnings=()):
-    from agent.model import Settings
+    from agent.core.model import Settings
     return Settings(tunnels=tuple(tunnels), state=os.path.abspath(args.state or _default_state()),
                     pidfile=os.path.abspath(args.pidfile or _default_pidfile()), syslog=args.syslog,
                     config_path=args.config and os.path.abspath(args.config),
@@ -376,21 +376,33 @@ def cmd_run(args, argv):
     # or the config parser (agent.launch: exec, same pid).
     settings = settings_from_args(args)
     from agent import launch
-    return launch.run(settings, args, argv)
+    asked = {k for k, _ in _ssh_options(getattr(args, "ssh_options", None) or []).get("extra_options", ())}
+    return launch.run(settings, args, argv, asked)
+
+
+def resolve_main(argv):
+    """`_resolve ARGV...` (a reload in the runtime): the settings `ARGV` gives, marshalled to
+    stdout; errors as `run` reports them, with its exit codes (agent.run.serve.resolve)."""
+    import marshal
+    from agent.run import serve
+    settings = settings_from_args(build_parser().parse_args(argv))
+    sys.stdout.buffer.write(marshal.dumps(serve.encode(settings)))
+    sys.stdout.flush()
+    return E.EX_OK
 
 
 def cmd_status(args):
-    from agent import state
+    from agent.run import state
     path = args.state
     if not path and args.config:
-        from agent import config
+        from agent.settings import config
         path = config.load(args.config).state
     if not path and args.pidfile and not args.config:
         path = _default_state()
     doc = state.read(path or _default_state())
     running = state.pid_alive(doc.get("pid"))
     if args.pidfile:
-        from agent import pidfile
+        from agent.run import pidfile
         running = running and pidfile.is_locked(args.pidfile) and pidfile.read_pid(args.pidfile) == doc.get("pid")
     if args.json:
         import json
@@ -406,7 +418,7 @@ def _pidfile_of(args):
     if args.pidfile:
         return args.pidfile
     if getattr(args, "config", None):
-        from agent import config
+        from agent.settings import config
         return config.load(args.config).pidfile
     return _default_pidfile()
 
@@ -415,13 +427,13 @@ def _state_of(args):
     if getattr(args, "state", None):
         return args.state
     if getattr(args, "config", None):
-        from agent import config
+        from agent.settings import config
         return config.load(args.config).state
     return _default_state()
 
 
 def cmd_config(args):
-    from agent import config
+    from agent.settings import config
     s = config.load(args.config)
     sys.stdout.write(config.render(s))
     for w in getattr(s, "warnings", ()) or ():
@@ -430,57 +442,45 @@ def cmd_config(args):
 
 
 def main(argv=None):
+    """The one entry (python -m agent, the pyz): a command's exit status (errors.guarded)."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["_resolve"]:  # a reload's config parse (agent.launch), also through shiv's bootstrap
-        from agent import launch
-        return launch.resolve_main(argv[1:])
+    if argv[:1] == ["_resolve"]:  # a reload's config parse (agent.run.serve.resolve)
+        return E.guarded(resolve_main, argv[1:])
+    return E.guarded(_command, argv)
+
+
+def _command(argv):
     parser = build_parser()
-    try:
-        args = parser.parse_args(argv)
-        if not args.command:
-            parser.print_help()
-            return E.EX_USAGE
-        if args.command == "run":
-            return cmd_run(args, argv)
-        if args.command == "status":
-            return cmd_status(args)
-        if args.command == "config":
-            return cmd_config(args)
-        if args.command == "hub":
-            from agent.hubscan import cmd_hub
-            return cmd_hub(args)
-        from agent import lifecycle
-        if args.command == "stop":
-            return lifecycle.cmd_stop(_pidfile_of(args), state_path=_state_of(args))
-        if args.command == "reload":
-            return lifecycle.cmd_reload(_pidfile_of(args))
-        if args.command == "reconnect":
-            return lifecycle.cmd_reconnect(_pidfile_of(args))
-        if args.command == "check":
-            s = settings_from_args(args)
-            run_argv = ["run"] + [a for a in argv[1:] if a != "--daemon"]
-            if not args.pidfile:
-                run_argv += ["--pidfile", s.pidfile]
-            if not args.state:
-                run_argv += ["--state", s.state]
-            from agent.state import digest
-            return lifecycle.cmd_check(s.pidfile, s.state, run_argv, stale_after=max(120.0, 4 * min(
-                t.interval for t in s.tunnels)), digest=digest(s), config=s.config_path)
-        raise E.UsageError("unknown command %s" % args.command)
-    except E.SshkeepError as exc:
-        return _report(exc)
-    except KeyboardInterrupt:
-        return E.EX_OK
-    except BrokenPipeError:
-        return E.EX_OK
-    except Exception as exc:  # last resort: a bug; say so, with the code for it
-        import traceback
-        traceback.print_exc()
-        sys.stderr.write("sshkeep: internal error: %r (please report)\n" % (exc,))
-        return E.EX_SOFTWARE
+    args = parser.parse_args(argv)
+    if not args.command:
+        parser.print_help()
+        return E.EX_USAGE
+    if args.command == "run":
+        return cmd_run(args, argv)
+    if args.command == "status":
+        return cmd_status(args)
+    if args.command == "config":
+        return cmd_config(args)
+    if args.command == "hub":
+        from agent.hub.scan import cmd_hub
+        return cmd_hub(args)
+    from agent import lifecycle
+    if args.command == "stop":
+        return lifecycle.cmd_stop(_pidfile_of(args), state_path=_state_of(args))
+    if args.command == "reload":
+        return lifecycle.cmd_reload(_pidfile_of(args))
+    if args.command == "reconnect":
+        return lifecycle.cmd_reconnect(_pidfile_of(args))
+    if args.command == "check":
+        s = settings_from_args(args)
+        run_argv = ["run"] + [a for a in argv[1:] if a != "--daemon"]
+        if not args.pidfile:
+            run_argv += ["--pidfile", s.pidfile]
+        if not args.state:
+            run_argv += ["--state", s.state]
+        from agent.run.state import digest
+        return lifecycle.cmd_check(s.pidfile, s.state, run_argv, stale_after=max(120.0, 4 * min(
+            t.interval for t in s.tunnels)), digest=digest(s), config=s.config_path)
+    raise E.UsageError("unknown command %s" % args.command)
 
 
-def _report(exc):
-    """The one place an error becomes a message and an exit status (shared with the runtime)."""
-    from agent.serve import report
-    return report(exc)

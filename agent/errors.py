@@ -1,8 +1,11 @@
-"""Domain errors and the one exit-code table (sysexits style).
+"""Domain errors, the one exit-code table (sysexits style) and the one top-level handler.
 
-Library code raises; only agent.cli turns an error into a message and an exit
-status. README.md's exit-code table lists exactly these codes (tests/test_docs.py).
+Library code raises; `guarded` (the CLI's and the runtime's entry) turns an error into a
+message and an exit status. README.md's exit-code table lists exactly these codes
+(tests/test_docs.py).
 """
+
+import sys
 
 EX_OK = 0
 EX_STATUS_NOT_RUNNING = 3  # status: the state names an agent that is not running (LSB status 3)
@@ -41,11 +44,16 @@ class SshkeepError(Exception):
     """An error the operator can act on; carries its exit code."""
 
     code = EX_SOFTWARE
+    to_stdout = False
 
     def __init__(self, message, code=None):
         super().__init__(message)
         if code is not None:
             self.code = code
+
+    def lines(self):
+        """What the operator reads, one `sshkeep: ` line each."""
+        return [str(self)]
 
 
 class UsageError(SshkeepError):
@@ -60,6 +68,9 @@ class ConfigError(SshkeepError):
     def __init__(self, message, code=None, errors=None):
         super().__init__(message, code)
         self.errors = list(errors or [message])
+
+    def lines(self):
+        return self.errors
 
 
 class ClientError(SshkeepError):
@@ -79,3 +90,27 @@ class AlreadyRunning(SshkeepError):
 
 class StateError(SshkeepError):
     code = EX_CANTCREAT
+
+
+def report(exc):
+    """An error as its message lines and its exit status."""
+    out = sys.stdout if exc.to_stdout else sys.stderr
+    for line in exc.lines():
+        out.write("sshkeep: %s\n" % line)
+    return exc.code
+
+
+def guarded(fn, *args):
+    """fn(*args) as a process's exit status: an SshkeepError is reported with its code, ^C and a
+    closed stdout are no error, anything else is a bug (the traceback and EX_SOFTWARE)."""
+    try:
+        return fn(*args)
+    except SshkeepError as exc:
+        return report(exc)
+    except (KeyboardInterrupt, BrokenPipeError):
+        return EX_OK
+    except Exception as exc:
+        import traceback
+        traceback.print_exc()
+        sys.stderr.write("sshkeep: internal error: %r (please report)\n" % (exc,))
+        return EX_SOFTWARE

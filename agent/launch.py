@@ -13,15 +13,15 @@ import marshal
 import os
 import sys
 
-from agent import serve
+from agent.run import serve
 
-# The agent modules the runtime imports (daemon too with --daemon). The start-up-only cli,
-# config, sshconfig, launch and lifecycle are not here: importing one of them in the runtime
-# still works, from source (at a cost in memory: tests/test_memory.py pins the set).
 LOADER = "import marshal,sys;f=open(int(sys.argv[3]),'rb');exec(marshal.loads(f.read(int(f.read(8)))))"
-RUNTIME = ("__init__", "errors", "record", "log", "classify", "machine", "model", "procs", "child", "clients", "probe",
-           "remote", "session", "spread", "state", "pidfile", "identity", "values", "supervisor", "health",
-           "serve")
+# The runtime is what the folders say it is: agent/__init__, agent/errors and every module of the
+# packages below (daemon only with --daemon; runtime is the boot code itself). Start-up-only code
+# (cli, launch, lifecycle, settings/, hub/) is not sent: importing it in the runtime still works,
+# from source, at a cost in memory (tests/unit/test_memory.py pins the resident set).
+RUNTIME_PACKAGES = ("core", "run", "hubside")
+NOT_RESIDENT = ("run/runtime.py", "run/daemon.py")
 
 
 def interpreter():
@@ -44,12 +44,6 @@ def interpreter():
     return cmd[:1], cmd[1:]
 
 
-def _asked(args):
-    """The ssh options given with -o on this command line (a dbclient that lacks one refuses them)."""
-    from agent import cli
-    return sorted({k for k, _ in cli._ssh_options(getattr(args, "ssh_options", None) or []).get("extra_options", ())})
-
-
 def _cwd():
     try:
         return os.getcwd()
@@ -57,25 +51,47 @@ def _cwd():
         return "/"
 
 
+def runtime_modules(where, listdir=os.listdir, daemon=False):
+    """[(module name, path under agent/)] the runtime loads, from the package folders."""
+    out = [("agent", "__init__.py"), ("agent.errors", "errors.py")]
+    for pkg in RUNTIME_PACKAGES:
+        names = sorted(n for n in listdir(os.path.join(where, pkg)) if n.endswith(".py"))
+        for n in names:
+            rel = pkg + "/" + n
+            if rel in NOT_RESIDENT and not (daemon and rel == "run/daemon.py"):
+                continue
+            mod = "agent." + pkg + ("" if n == "__init__.py" else "." + n[:-3])
+            out.append((mod, rel))
+    return out
+
+
 def _code(daemon):
     import agent
     where = agent.__path__[0]
     zipped = hasattr(getattr(agent, "__loader__", None), "archive")
-    if zipped:  # the pyz: read the sources from the archive
+    if zipped:  # the pyz: read the sources (and the folders) from the archive
         import zipimport
         zipped = zipimport.zipimporter(where)
-    def source(name):
+
+        def listdir(folder):  # the archive's names (zipimport's own table: no zipfile on python3-light)
+            head = zipped.prefix + os.path.basename(folder) + "/"
+            return [k[len(head):] for k in zipped._files if k.startswith(head) and "/" not in k[len(head):]]
+    else:
+        listdir = os.listdir
+
+    def source(rel):
         if zipped:
-            return zipped.get_source(name)
-        with open(os.path.join(where, name + ".py"), "rb") as fh:
+            return zipped.get_data(os.path.join(where, rel))
+        with open(os.path.join(where, rel), "rb") as fh:
             return fh.read()
 
     out = {}
-    for name in RUNTIME + (("daemon",) if daemon else ()):
-        code = compile(source(name), os.path.join(where, name + ".py"), "exec", dont_inherit=True)
-        out["agent" if name == "__init__" else "agent." + name] = marshal.dumps(code)
+    for name, rel in runtime_modules(where, listdir, daemon):
+        code = compile(source(rel), os.path.join(where, rel), "exec", dont_inherit=True)
+        out[name] = marshal.dumps(code)
     # compiled here too: a compile in the runtime would keep ~0.3 MB of the compiler's memory
-    boot = marshal.dumps(compile(source("runtime"), os.path.join(where, "runtime.py"), "exec", dont_inherit=True))
+    boot = marshal.dumps(compile(source("run/runtime.py"), os.path.join(where, "run/runtime.py"), "exec",
+                                 dont_inherit=True))
     index, parts, at = {}, [], 0
     for name, blob in out.items():
         index[name] = (at, len(blob))
@@ -84,15 +100,18 @@ def _code(daemon):
     return boot, index, b"".join(parts), where
 
 
-def run(settings, args, argv):
-    """`sshkeep run`: exec the runtime; returns only if it could not (then runs here)."""
+def run(settings, args, argv, asked=()):
+    """`sshkeep run`: exec the runtime; returns only if it could not (then runs here).
+    `asked`: the ssh options given with -o on this command line (a dbclient that lacks one
+    refuses them)."""
     opts = {"debug": bool(args.debug), "daemon": bool(args.daemon), "no_checks": bool(args.no_checks),
             "reload": bool(args.config), "previous": serve.previous(settings.state), "cwd": _cwd(),
-            "asked_options": _asked(args)}
+            "asked_options": sorted(asked)}
     interp, script = interpreter()
     if os.environ.get("SSHKEEP_NO_EXEC") != "1":
         boot, index, block, where = _code(opts["daemon"])
-        meta = marshal.dumps({"index": index, "path": where, "settings": serve.encode(settings), "opts": opts,
+        meta = marshal.dumps({"index": index, "path": where, "packages": RUNTIME_PACKAGES,
+                              "settings": serve.encode(settings), "opts": opts,
                               "interp": interp, "script": script, "argv": list(argv)})
         payload = b"%08d" % len(boot) + boot + b"%08d%08d" % (len(meta), len(block)) + meta + block
         r, w = os.pipe()
@@ -118,17 +137,3 @@ def run(settings, args, argv):
             os.waitpid(pid, 0)
     reload_fn = (lambda: serve.resolve(interp, script, argv, opts["cwd"])) if opts["reload"] else None
     return serve.serve(settings, opts, reload_fn)
-
-
-def resolve_main(argv):
-    """`_resolve ARGV...` (for a reload in the runtime): the settings `ARGV` gives, marshalled
-    to stdout; errors as `run` reports them, with its exit codes."""
-    from agent import cli, errors
-    try:
-        args = cli.build_parser().parse_args(argv)
-        settings = cli.settings_from_args(args)
-    except errors.SshkeepError as exc:
-        return serve.report(exc)
-    sys.stdout.buffer.write(marshal.dumps(serve.encode(settings)))
-    sys.stdout.flush()
-    return errors.EX_OK

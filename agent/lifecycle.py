@@ -15,8 +15,8 @@ import subprocess
 import sys
 import time
 
-from agent import pidfile as pidfile_mod
-from agent import procs
+from agent.run import pidfile as pidfile_mod
+from agent.run import procs
 from agent.errors import EX_NOPERM, EX_OK, EX_OSERR, EX_SOFTWARE, EX_TEMPFAIL, AlreadyRunning, SshkeepError
 
 # `reload` / `reconnect` with no agent running. LSB init-script actions use 7 for
@@ -111,7 +111,7 @@ def read_state(state_path: Optional[str]) -> dict:
     except OSError:
         return {}
     try:
-        from agent.state import owned_by_us
+        from agent.run.state import owned_by_us
         if not owned_by_us(fd):
             return {}
         with os.fdopen(fd, "rb") as f:

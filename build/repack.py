@@ -2,12 +2,12 @@
 
 usage: python build/repack.py SHIV_PYZ ENTRY_PY OUT_PYZ
 
-shiv 1.0.8 writes its own __main__.py (its bootstrap, which cannot start on
-OpenWrt python3-light and extracts to ~/.shiv); we swap in our entry. While at
-it we slim the entry and shiv's _bootstrap/*.py like agent/ (slim.py: comments and docstring text out, line
-numbers kept; it only runs when SHIV_ROOT opts in) and make the archive independent of the build machine: entries sorted by name
-(shiv adds _bootstrap/ in directory-listing order), every file mode 0644, one
-compression level, shiv's own (SOURCE_DATE_EPOCH / --reproducible) timestamps.
+shiv 1.0.8 writes its own __main__.py and _bootstrap/ package (which cannot start on
+OpenWrt python3-light and extracts to ~/.shiv); we swap in our entry, slimmed like agent/
+(slim.py: comments and docstring text out, line numbers kept), leave _bootstrap/ out (4 KB
+of the budget for a path no box can take) and make the archive independent of the build
+machine: entries sorted by name, every file mode 0644, one compression level, shiv's own
+(SOURCE_DATE_EPOCH / --reproducible) timestamps.
 Build-time only: runs in the build venv, so zipfile is fine here.
 """
 
@@ -20,14 +20,14 @@ from slim import slim
 
 SHEBANG = b"#!/usr/bin/env python3\n"
 FILE_MODE = 0o100644  # regular file, rw-r--r--
-REQUIRED = ("environment.json", "_bootstrap/__init__.py", "site-packages/agent/__init__.py",
+REQUIRED = ("environment.json", "site-packages/agent/__init__.py",
             "site-packages/agent/cli.py")
 
 
 def member(name, data, entry):
     if name == "__main__.py":
         data = entry
-    if name == "__main__.py" or (name.startswith("_bootstrap/") and name.endswith(".py")):
+    if name == "__main__.py":
         return slim(data.decode("utf-8"), name).encode("utf-8")
     return data
 
@@ -36,7 +36,8 @@ def repack(src, entry_path, out):
     with open(entry_path, "rb") as f:
         entry = f.read()
     with zipfile.ZipFile(src) as zin:
-        infos = sorted((i for i in zin.infolist() if not i.is_dir()), key=lambda i: i.filename)
+        infos = sorted((i for i in zin.infolist() if not i.is_dir() and not i.filename.startswith("_bootstrap/")),
+                       key=lambda i: i.filename)
         names = [i.filename for i in infos]
         for name in REQUIRED:
             if name not in names:

@@ -35,7 +35,7 @@ class Agent:
         os.makedirs(self.dir, exist_ok=True)
         self.state = os.path.join(self.dir, "state.json")
         self.pidfile = os.path.join(self.dir, "pid")
-        self.errpath = os.path.join(self.dir, "agent.log")
+        self.errpath = os.path.join(self.dir, "agent.run.log")
         key = lab.key_dropbear if client == "dropbear" else lab.key_openssh
         known = lab.known_hosts(server, os.path.join(self.dir, "known_hosts"))
         self.argv = list(prefix) + [python, pyz or require_pyz()] + ["run"]

@@ -43,7 +43,7 @@ class ConfigAgent:
     def __init__(self, lab, config):
         self.lab = lab
         self.state = os.path.join(lab.dir, "state.json")
-        self.log = os.path.join(lab.dir, "agent.log")
+        self.log = os.path.join(lab.dir, "agent.run.log")
         with open(self.log, "ab") as log:
             self.proc = lab.box_popen(["/usr/bin/python3", require_pyz(), "run", "-c", config],
                                       stdin=subprocess.DEVNULL, stdout=log, stderr=log,
@@ -165,7 +165,7 @@ def test_ssh_config_host_works_with_dropbear(lab):
                  "  RemoteForward 127.0.0.1:20022 127.0.0.1:%d\n  ServerAliveInterval 5\n"
                  "Host *\n  User nobody\n" % (lab.srv_ip, lab.user, lab.key_dropbear, svc.port))
     state = os.path.join(lab.dir, "state.json")
-    with open(os.path.join(lab.dir, "agent.log"), "ab") as log:
+    with open(os.path.join(lab.dir, "agent.run.log"), "ab") as log:
         proc = lab.box_popen(["/usr/bin/python3", require_pyz(), "run", "--ssh-config", cfg, "--client", "dropbear",
                               "--ssh", "/usr/bin/dbclient", "--known-hosts", kh, "--state", state,
                               "--pidfile", os.path.join(lab.dir, "pid"), "hub"],

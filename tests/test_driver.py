@@ -183,7 +183,7 @@ def test_usage_errors(tmp_path):
 
 
 def test_real_clients_detected():
-    from agent import clients
+    from agent.run import clients
     assert clients.detect("/usr/bin/ssh").kind == "openssh"
     db = clients.detect("/usr/bin/dbclient")
     assert db.kind == "dropbear" and db.has_option("ExitOnForwardFailure")

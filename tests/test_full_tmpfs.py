@@ -14,7 +14,7 @@ import tempfile
 
 import pytest
 
-from agent import pidfile
+from agent.run import pidfile
 from agentrun import PYZ, require_pyz
 import lightguard
 from polling import wait_until
@@ -50,7 +50,7 @@ def test_agent_starts_with_the_lock_on_a_full_tmpfs(full_tmpfs, tmp_path):
     require_pyz()
     pid_path = os.path.join(full_tmpfs, "sshkeep.pid")
     state_path = os.path.join(full_tmpfs, "sshkeep.json")
-    log_path = str(tmp_path / "agent.log")
+    log_path = str(tmp_path / "agent.run.log")
     common = ["-R", "127.0.0.1:20999:127.0.0.1:22", "--ssh", FAKE, "--client", "openssh", "--no-checks",
               "--interval", "2", "--state", state_path, "--pidfile", pid_path, "box@127.0.0.1"]
     env = lightguard.guard_env(dict(os.environ, FAKESSH_MODE="ready", HOME=str(tmp_path)))

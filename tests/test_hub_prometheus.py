@@ -8,8 +8,8 @@ import os
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from agent import hub
-from agent.hub import parse_record
+from agent.hub import view as hub
+from agent.hub.view import parse_record
 from test_unit_hub import Listener, _doc, _start_of, hub_cli
 
 

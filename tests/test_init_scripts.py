@@ -3,7 +3,7 @@
 - procd: against RECORDING stand-ins for /etc/rc.common and /lib/functions/procd.sh
   (tests/fixtures/procd/): every procd_* call is captured with its exact words.
 - busybox: start / status / reload / restart / stop, stop and status with no agent, twice:
-  (a) STAND-IN agent: tests/fixtures/lifecycle/fake_sshkeep.py (the real agent.pidfile,
+  (a) STAND-IN agent: tests/fixtures/lifecycle/fake_sshkeep.py (the real agent.run.pidfile,
       daemon, procs, lifecycle around a dummy supervisor) - tests the script's logic;
   (b) REAL agent: build/sshkeep.pyz with a config whose ssh client is a fake script.
 """
@@ -21,7 +21,7 @@ import pytest
 import lightguard
 from polling import wait_for
 
-from agent import pidfile, procs
+from agent.run import pidfile, procs
 
 TOP = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIX = os.path.join(TOP, "tests", "fixtures")

@@ -1,6 +1,6 @@
 """The running agent's imports, pinned (issue 18: <= 12 MB resident on x86-64 with 10 forwards).
 
-The agent runs as a fresh runtime that imports only what it runs (agent.launch, agent.runtime):
+The agent runs as a fresh runtime that imports only what it runs (agent.launch, agent.run.runtime):
 no argparse, no config parser, no json/random/shlex. A new import in the long-running process
 grows its memory for good, so it must be a visible decision: add it to RUNTIME_MODULES here
 (and measure: python tests/bench/memory.py build/sshkeep.pyz; docs/benchmarks-memory.md).
@@ -26,9 +26,9 @@ ENVIRONMENT = {"_distutils_hack", "sitecustomize", "usercustomize", "apport_pyth
 RUNTIME_MODULES = set("""
 __future__ __main__ _abc _codecs _collections _collections_abc _frozen_importlib _frozen_importlib_external
 _functools _imp _io _locale _operator _posixsubprocess _signal _sitebuiltins _socket _sre _stat _thread
-_warnings _weakref _weakrefset abc agent agent.child agent.classify agent.clients agent.errors agent.health
-agent.identity agent.log agent.machine agent.model agent.pidfile agent.probe agent.procs agent.record agent.remote
-agent.serve agent.session agent.spread agent.state agent.supervisor agent.values array builtins codecs collections collections.abc
+_warnings _weakref _weakrefset abc agent agent.run.child agent.core.classify agent.run.clients agent.errors agent.run.checks
+agent.run.identity agent.run.log agent.core.machine agent.core.model agent.run.pidfile agent.run.probe agent.run.procs agent.core.record agent.hubside.remote
+agent.run.serve agent.core.session agent.core.spread agent.run.state agent.run.supervisor agent.core.values array builtins codecs collections collections.abc
 contextlib copyreg encodings encodings.aliases encodings.utf_8 enum errno fcntl functools genericpath io
 itertools keyword locale marshal math operator os os.path posix posixpath re re._casefix re._compiler
 re._constants re._parser reprlib select selectors signal site socket stat subprocess sys threading time
@@ -36,8 +36,8 @@ types warnings zipimport
 """.split())
 
 START_UP_ONLY = {"argparse", "gettext", "json", "random", "shlex", "difflib", "typing", "dataclasses", "inspect",
-                 "agent.cli", "agent.config", "agent.sshconfig", "agent.launch", "agent.lifecycle",
-                 "agent.daemon", "agent.runtime", "runpy", "importlib.util"}
+                 "agent.cli", "agent.settings.config", "agent.settings.sshconfig", "agent.launch", "agent.lifecycle",
+                 "agent.run.daemon", "agent.run.runtime", "runpy", "importlib.util"}
 
 
 def test_running_agent_imports_only_the_pinned_modules(tmp_path):

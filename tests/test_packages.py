@@ -580,7 +580,7 @@ def test_ipk_procd_command_keeps_a_tunnel_with_dbclient(lab, pkgs, tmp):
     env = dict(kv.split("=", 1) for kv in params["env"])
     env["HOME"] = mapped(env["HOME"])
     os.makedirs(env["HOME"], mode=0o700)
-    log = open(os.path.join(tmp, "agent.log"), "wb")
+    log = open(os.path.join(tmp, "agent.run.log"), "wb")
     try:
         proc = lab.box_popen(argv, env=lightguard.guard_env(env), stdout=log, stderr=log)
     finally:
@@ -590,7 +590,7 @@ def test_ipk_procd_command_keeps_a_tunnel_with_dbclient(lab, pkgs, tmp):
         return lab.probe_from(lab.srv_ns, "127.0.0.1", RPORT, timeout=2) == BANNER
 
     def agent_log():
-        with open(os.path.join(tmp, "agent.log"), "rb") as f:
+        with open(os.path.join(tmp, "agent.run.log"), "rb") as f:
             return f.read().decode(errors="replace")[-3000:]
     try:
         lab.wait_until(lambda: proc.poll() is not None or reverse_ok(), 30, what="reverse forward answers")

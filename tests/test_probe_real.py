@@ -1,4 +1,4 @@
-"""agent.probe and agent.remote against real parts: OpenSSH sshd and dropbear servers in a network
+"""agent.run.probe and agent.hubside.remote against real parts: OpenSSH sshd and dropbear servers in a network
 namespace (tests/lab.py), real ssh/dbclient clients holding real -R forwards, real faults.
 
 What is proven here:
@@ -21,9 +21,10 @@ import pytest
 import lab as labmod
 from lab import wait_until
 from hubroot import GENERATIONS
-from agent import probe as remote_probe, remote
-from agent.probe import OK_BANNER, OK_DATA, REFUSED as P_REFUSED, TIMEOUT as P_TIMEOUT, probe_local, probe_tcp
-from agent.remote import (
+from agent.run import probe as remote_probe
+from agent.hubside import remote
+from agent.run.probe import OK_BANNER, OK_DATA, REFUSED as P_REFUSED, TIMEOUT as P_TIMEOUT, probe_local, probe_tcp
+from agent.hubside.remote import (
     CLOSED, HELD, MISMATCH, NO_ANSWER, NO_COMMAND, NOT_OURS, NOTHING, OK, RECLAIMED, REFUSED, UNREACHABLE,
     LoopListener, check_command, interpret_check, interpret_reclaim, loop_forward_pair, parse_ready,
     reclaim_command, session_command,

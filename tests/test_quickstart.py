@@ -81,7 +81,7 @@ def test_readme_quick_start_works_as_written(lab, client):
     lab.box_run(["sh", "-ec", local(pick(cmds, "ssh-keyscan"))], timeout=20, check=True)
     # 4. run
     run = shlex.split(local(pick(cmds, " run ", "--client " + client)))
-    log = os.path.join(lab.dir, "agent.log")
+    log = os.path.join(lab.dir, "agent.run.log")
     with open(log, "ab") as out:
         agent = lab.box_popen(run, stdout=out, stderr=out, env=env)
 

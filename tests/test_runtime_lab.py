@@ -67,7 +67,7 @@ def test_vanished_client_fails_only_its_tunnel(lab):
     os.makedirs(os.path.join(d, "bin"))
     ssh_b = os.path.join(d, "bin", "ssh")
     shutil.copy2("/usr/bin/ssh", ssh_b)
-    conf, st, log = os.path.join(d, "c.conf"), os.path.join(d, "s.json"), os.path.join(d, "agent.log")
+    conf, st, log = os.path.join(d, "c.conf"), os.path.join(d, "s.json"), os.path.join(d, "agent.run.log")
     _config(lab, server, conf, ssh_b, svc.port)
     with open(log, "ab") as fh:
         proc = lab.box_popen(["/usr/bin/python3", require_pyz(), "run", "-c", conf, "--state", st, "--pidfile",

@@ -17,8 +17,8 @@ import pytest
 
 import lab as labmod
 from lab import wait_until
-from agent import remote
-from agent.remote import CLOSED, MISMATCH, NO_ANSWER, OK, REFUSED
+from agent.hubside import remote
+from agent.hubside.remote import CLOSED, MISMATCH, NO_ANSWER, OK, REFUSED
 from agentrun import Agent, alive
 
 pytestmark = pytest.mark.integration

@@ -1,10 +1,10 @@
-"""agent.child.Job: output of a check or reclaim job is capped (issue 11 part 3)."""
+"""agent.run.child.Job: output of a check or reclaim job is capped (issue 11 part 3)."""
 
 import selectors
 import sys
 import time
 
-from agent import child as C
+from agent.run import child as C
 
 # A hub that answers a check with a flood: markers first, then 15 MB, then more (never reached).
 FLOOD = ("import sys\n"

@@ -3,7 +3,7 @@
 
 import pytest
 
-from agent import classify as C
+from agent.core import classify as C
 
 OPENSSH = [
     (255, ["ssh: connect to host 127.0.0.1 port 2299: Connection refused"], C.REFUSED, C.RETRY),

@@ -4,9 +4,9 @@ import os
 
 import pytest
 
-from agent import clients
+from agent.run import clients
 from agent.errors import ClientError, SshkeepError
-from agent.model import Forward, Tunnel
+from agent.core.model import Forward, Tunnel
 
 OPENSSH_V = "OpenSSH_9.2p1 Debian-2+deb12u10, OpenSSL 3.0.19 27 Jan 2026\n"
 DB_2022_V = "Dropbear v2022.83\n"
@@ -91,7 +91,7 @@ def test_openssh_golden():
 
 
 def test_openssh_accept_new_and_command():
-    from agent import record
+    from agent.core import record
     t = record.replace(T, accept_new=True, keepalive=0)
     argv = clients.build_argv(OSSH, t, command="echo hi")
     assert "StrictHostKeyChecking=accept-new" in argv
@@ -119,7 +119,7 @@ def test_dropbear_2025_golden():
 def test_dropbear_never_gets_y_and_learns_without_batchmode():
     # -y is no pin: 2022.83 accepts under -y without recording the key (measured). A first
     # contact runs without BatchMode instead (the agent answers the prompt), later ones strictly.
-    from agent import record
+    from agent.core import record
     tofu = record.replace(T, accept_new=True)
     for info in (DB22, DB25):
         for learn in (False, True):
@@ -142,7 +142,7 @@ def test_exec_argv_has_no_forwards():
 
 @pytest.mark.parametrize("host", ["-oProxyCommand=x", "a b", "h1,h2", "host/22", "$(reboot)", "a;b"])
 def test_hostile_destinations_refused(host):
-    from agent import record
+    from agent.core import record
     with pytest.raises(SshkeepError):
         clients.build_argv(DB22, record.replace(T, host=host))
 
@@ -157,7 +157,7 @@ def test_dropbear_known_hosts_conversion():
 
 
 def test_prepare_home_for_dropbear(tmp_path):
-    from agent import record
+    from agent.core import record
     kh = tmp_path / "kh"
     kh.write_text("[10.0.0.2]:2222 ssh-ed25519 AAAAkey\n")
     t = record.replace(T, host="10.0.0.2", known_hosts=str(kh))
@@ -172,7 +172,7 @@ def test_prepare_home_for_dropbear(tmp_path):
 def test_first_contact_key_is_copied_to_the_pin_file_once(tmp_path):
     # The private HOME (tmpfs) is rewritten from the pin file before every connect: the key
     # dbclient recorded there on first contact must reach the pin file, exactly once.
-    from agent import record
+    from agent.core import record
     pins = tmp_path / "etc" / "known_hosts"
     t = record.replace(T, host="10.0.0.2", known_hosts=str(pins), accept_new=True)
     clients.ensure_pin_file(str(pins))
@@ -197,7 +197,7 @@ def test_first_contact_key_is_copied_to_the_pin_file_once(tmp_path):
 
 
 def test_prepare_home_does_not_follow_a_planted_symlink(tmp_path):
-    from agent import record
+    from agent.core import record
     victim = tmp_path / "victim"
     victim.write_text("precious\n")
     home = tmp_path / "home"
@@ -213,8 +213,8 @@ def test_prepare_home_does_not_follow_a_planted_symlink(tmp_path):
 
 
 def test_dynamic_forward_refused_for_dropbear():
-    from agent import record
-    from agent.model import parse_forward
+    from agent.core import record
+    from agent.core.model import parse_forward
     t = record.replace(T, forwards=(parse_forward("D", "1080"),))
     for info in (DB22, DB25):
         with pytest.raises(SshkeepError, match="cannot do dynamic .* --client openssh") as exc:
@@ -260,8 +260,8 @@ def test_hashed_known_hosts_lines_are_read_for_dbclient(tmp_path):
     assert clients.find_pin(str(kh), "10.0.0.3", 22)[0] == 2
     # and on python3-light (no _hashlib): the guard lets the builtin sha1 through
     import lightguard
-    root = os.path.dirname(os.path.dirname(os.path.abspath(clients.__file__)))
-    code = ("import sys; from agent import clients; "
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(clients.__file__))))
+    code = ("import sys; from agent.run import clients; "
             "sys.stdout.write(clients.dropbear_known_hosts(open(sys.argv[1]).read(), '10.0.0.2', 2222))")
     out = subprocess.run([sys.executable, "-c", code, str(kh)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                          env=dict(lightguard.guard_env(), PYTHONPATH=root + os.pathsep +
@@ -274,9 +274,10 @@ def test_checks_and_reclaims_use_the_pin_file_too_and_reload_keeps_the_runner(tm
     # The default pin file is added to the runner's tunnel, so the ssh execs of checks and
     # reclaims (built from r.t) are checked against it as well; a reload of the same config
     # (known_hosts "" there) must not see a change.
-    from agent import record, supervisor
-    from agent.log import Log
-    from agent.model import Settings
+    from agent.core import record
+    from agent.run import supervisor
+    from agent.run.log import Log
+    from agent.core.model import Settings
     pins = str(tmp_path / "flash" / "known_hosts")
     monkeypatch.setattr(clients, "default_known_hosts", lambda env=None: pins)
     t = record.replace(T, known_hosts="", accept_new=True, identity="")

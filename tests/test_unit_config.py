@@ -7,9 +7,9 @@ import os
 
 import pytest
 
-from agent import config
+from agent.settings import config
 from agent.errors import EX_CONFIG, EX_NOINPUT, ConfigError
-from agent.model import Forward, Settings, Tunnel
+from agent.core.model import Forward, Settings, Tunnel
 
 HERE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
 KEYS = ("id_ed25519", "id_rsa", "id_dropbear", "id_backup")
@@ -557,14 +557,14 @@ _REFUSED = ("ssh option %s is not allowed in sshkeep (it could run commands, mov
                                     "StrictHostKeyChecking=no", "RemoteForward=1:a:2", "LogLevel=QUIET"])
 def test_ssh_option_outside_the_allow_list_is_refused_with_its_line(option):
     # LocalCommand + PermitLocalCommand ran a local command as root; ClearAllForwardings removed
-    # the forwards: only transport tuning gets through (agent/values.py).
+    # the forwards: only transport tuning gets through (agent/core/values.py).
     text = MINI.replace("option host 'hub.example.net'", "option host h\n\tlist ssh_option '%s'" % option)
     assert errors_of(text) == ["t.conf:4: server 'hub' ssh_option: " + _REFUSED % option.split("=")[0]]
 
 
 def test_allowed_ssh_option_passes_with_its_canonical_name():
-    from agent import config
-    from agent.values import ALLOWED_SSH_OPTIONS
+    from agent.settings import config
+    from agent.core.values import ALLOWED_SSH_OPTIONS
     assert "LocalCommand" not in ALLOWED_SSH_OPTIONS and "ClearAllForwardings" not in ALLOWED_SSH_OPTIONS
     text = MINI.replace("option host 'hub.example.net'", "option host h\n\tlist ssh_option 'compression=yes'")
     assert config._conv_option("compression=yes") == ("Compression", "yes")

@@ -9,9 +9,9 @@ hypothesis = pytest.importorskip("hypothesis")
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-from agent import config  # noqa: E402
+from agent.settings import config  # noqa: E402
 from agent.errors import ConfigError  # noqa: E402
-from agent.model import Forward, Settings, Tunnel  # noqa: E402
+from agent.core.model import Forward, Settings, Tunnel  # noqa: E402
 
 # SSHKEEP_HYPOTHESIS_EXAMPLES=3000 for a deeper run (3000: 70 s here, all passing).
 EXAMPLES_N = int(os.environ.get("SSHKEEP_HYPOTHESIS_EXAMPLES", "150"))
@@ -137,7 +137,7 @@ def test_mutated_examples_parse_and_round_trip_or_raise_config_error(text):
 
 # --------------------------------------------------------------------------- generated valid settings
 
-from agent.values import ALLOWED_SSH_OPTIONS, CONFIG_REFUSED  # noqa: E402
+from agent.core.values import ALLOWED_SSH_OPTIONS, CONFIG_REFUSED  # noqa: E402
 
 PRINTABLE = st.characters(blacklist_categories=("Cc", "Cs"))
 HOSTCHARS = string.ascii_letters + string.digits + ".-_:%"
@@ -145,7 +145,7 @@ hosts = st.text(HOSTCHARS, min_size=1, max_size=20).filter(lambda h: not h.start
 binds = st.one_of(st.just(""), st.just("*"), hosts)
 ports = st.integers(1, 65535)
 paths = st.text(PRINTABLE, min_size=1, max_size=30).filter(lambda p: p[0] not in "-~")
-users = st.text(PRINTABLE, max_size=12).filter(lambda u: not u.startswith("-")  # agent.values.user
+users = st.text(PRINTABLE, max_size=12).filter(lambda u: not u.startswith("-")  # agent.core.values.user
                                                and not any(c.isspace() or c in "@,/'\"`$;&|<>\\" for c in u))
 seconds = st.floats(min_value=0.001, max_value=1e6, allow_nan=False, allow_infinity=False)
 backoffs = st.floats(min_value=1, max_value=1e6, allow_nan=False, allow_infinity=False)  # >= 1 s (issue 10)
@@ -213,7 +213,7 @@ def test_seconds_render_as_plain_decimals(value):
 @FAST
 @given(st.text(), st.floats(min_value=1e-9, max_value=1e12, allow_nan=False))
 def test_spread_offset_in_range_and_stable(key, span):
-    from agent import spread
+    from agent.core import spread
     value = spread.offset(key, span)
     assert 0 <= value < span and value == spread.offset(key, span)
 
@@ -228,7 +228,7 @@ SSH_WORDS = st.sampled_from(["Host", "HostName", "User", "Port", "IdentityFile",
 @given(st.one_of(st.text(), st.lists(st.lists(SSH_WORDS, min_size=1, max_size=4), max_size=12).map(
     lambda lines: "\n".join(" ".join(w) for w in lines))))
 def test_ssh_config_raises_only_config_error(tmp_path_factory, text):
-    from agent import sshconfig
+    from agent.settings import sshconfig
     path = tmp_path_factory.getbasetemp() / "fuzz_ssh_config"
     path.write_text(text, encoding="utf-8", errors="surrogatepass")
     try:

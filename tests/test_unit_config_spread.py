@@ -2,7 +2,7 @@
 
 import pytest
 
-from agent import spread
+from agent.core import spread
 
 
 def test_deterministic_and_in_range():
@@ -49,7 +49,7 @@ def test_host_key(tmp_path):
 
 
 def test_tunnel_offset():
-    from agent.model import Tunnel
+    from agent.core.model import Tunnel
     t = Tunnel(name="hub", host="h", spread=60)
     assert spread.tunnel_offset(t, key="box1") == spread.offset("box1/hub", 60)
     assert 0 <= spread.tunnel_offset(t) < 60

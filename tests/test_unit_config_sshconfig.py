@@ -4,9 +4,9 @@ import os
 
 import pytest
 
-from agent import sshconfig
+from agent.settings import sshconfig
 from agent.errors import EX_CONFIG, EX_NOINPUT, ConfigError
-from agent.model import Forward
+from agent.core.model import Forward
 
 HERE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
 

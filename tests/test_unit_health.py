@@ -1,4 +1,4 @@
-"""agent.health's decisions for -R forwards, with the ssh exec replaced by a recorded job.
+"""agent.run.checks's decisions for -R forwards, with the ssh exec replaced by a recorded job.
 
 The box-side targets are real sockets on 127.0.0.1 (test_unit_probe.Peer); the server's answer
 is what the remote one-liner would print. No ssh, no clock tricks.
@@ -6,9 +6,11 @@ is what the remote one-liner would print. No ssh, no clock tricks.
 
 import pytest
 
-from agent import clients, health, probe, remote
-from agent.model import Forward, Tunnel
-from agent.supervisor import recheck_delay
+from agent.run import clients, checks as health, probe
+
+from agent.hubside import remote
+from agent.core.model import Forward, Tunnel
+from agent.run.supervisor import recheck_delay
 from test_unit_probe import Peer
 
 OSSH = clients.ClientInfo("openssh", "/usr/bin/ssh", "9.2p1")
@@ -63,7 +65,7 @@ class Runner:
             failures = 0
         self.m = M()
 
-    def forwards_now(self):  # agent.supervisor.Runner's: no hub-picked ports here
+    def forwards_now(self):  # agent.run.supervisor.Runner's: no hub-picked ports here
         return list(self.t.forwards)
 
 

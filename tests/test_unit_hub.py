@@ -1,4 +1,4 @@
-"""agent.hub (pure) as tables, agent.hubscan against real files, real /proc and real sockets.
+"""agent.hub.view (pure) as tables, agent.hub.scan against real files, real /proc and real sockets.
 
 The Prometheus text is read back with prometheus_client's own parser in
 tests/test_hub_prometheus.py (native only: prometheus_client needs ssl, which the mipsel
@@ -14,9 +14,9 @@ import sys
 
 import pytest
 
-from agent import hub, hubscan
-from agent.hub import BadRecord, Proc, Record, judge, parse_record
-from agent.record import replace
+from agent.hub import view as hub, scan as hubscan
+from agent.hub.view import BadRecord, Proc, Record, judge, parse_record
+from agent.core.record import replace
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -1,4 +1,4 @@
-"""agent.identity: the box ID is made once, kept, and never derived from names that collide."""
+"""agent.run.identity: the box ID is made once, kept, and never derived from names that collide."""
 
 import os
 import re
@@ -6,8 +6,8 @@ import re
 import pytest
 
 from agent import errors as E
-from agent import identity
-from agent.health import held_message
+from agent.run import identity
+from agent.run.checks import held_message
 
 
 def test_made_once_then_kept(tmp_path):
@@ -70,8 +70,8 @@ def test_held_message_says_who_and_since():
 
 def _sup(tmp_path, box="0123abcd"):
     from types import SimpleNamespace
-    from agent.model import Settings
-    from agent.supervisor import Supervisor
+    from agent.core.model import Settings
+    from agent.run.supervisor import Supervisor
     sup = Supervisor(Settings(tunnels=(), state=str(tmp_path / "state.json")), log=None)
     sup.box = box
     sup.runners = [SimpleNamespace(name="t", session=None), SimpleNamespace(name="u", session=None)]
@@ -109,8 +109,8 @@ def test_an_unusable_id_file_does_not_stop_the_tunnels(tmp_path):
     """Full or read-only flash: a temporary ID (the previous run's, from the state) and an error
     line naming the file, instead of refusing to start."""
     import json
-    from agent.model import Settings
-    from agent.supervisor import Supervisor
+    from agent.core.model import Settings
+    from agent.run.supervisor import Supervisor
 
     class Log:
         lines = []

@@ -9,10 +9,16 @@ import stat
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from agent import cli, clients, config, sshconfig, values
+from agent import cli
+
+from agent.run import clients
+
+from agent.settings import config, sshconfig
+
+from agent.core import values
 from agent.errors import ConfigError, SshkeepError
-from agent.machine import Backoff
-from agent.model import Tunnel, parse_forward
+from agent.core.machine import Backoff
+from agent.core.model import Tunnel, parse_forward
 
 DB22 = clients.ClientInfo("dropbear", "/usr/bin/dbclient", "2022.83",
                           frozenset({"exitonforwardfailure", "disabletrivialauth", "usesyslog", "port"}))

@@ -2,8 +2,8 @@
 
 import random
 
-from agent import classify as C
-from agent import machine as M
+from agent.core import classify as C
+from agent.core import machine as M
 
 
 def make(**kw):

@@ -11,11 +11,13 @@ import pytest
 from polling import wait_until
 from test_unit_remote import FakeSession, sessions, starttime  # noqa: F401  (fixture)
 
-from agent import clients, hub
+from agent.run import clients
+
+from agent.hub import view as hub
 from agent.errors import ConfigError
-from agent.model import Forward, Tunnel, parse_forward
-from agent.remote import session_command
-from agent.supervisor import Runner
+from agent.core.model import Forward, Tunnel, parse_forward
+from agent.hubside.remote import session_command
+from agent.run.supervisor import Runner
 
 
 def test_parse_forward_port_zero_only_for_R():
@@ -114,7 +116,7 @@ config tunnel 'b'
 
 
 def test_config_file_remote_listen_port_zero(tmp_path):
-    from agent import config
+    from agent.settings import config
     key = tmp_path / "id"
     key.write_text("x")
     key.chmod(0o600)

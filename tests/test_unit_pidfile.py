@@ -1,4 +1,4 @@
-"""agent.pidfile, agent.procs, agent.daemon: real processes, real locks, bounded waits."""
+"""agent.run.pidfile, agent.run.procs, agent.run.daemon: real processes, real locks, bounded waits."""
 
 import os
 import signal
@@ -11,7 +11,7 @@ import pytest
 
 from polling import wait_for
 
-from agent import daemon, pidfile, procs
+from agent.run import daemon, pidfile, procs
 from agent.errors import EX_CANTCREAT, EX_TEMPFAIL, AlreadyRunning, SshkeepError
 
 TOP = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -85,7 +85,7 @@ def test_second_acquire_in_same_process_is_already_running(tmp):
 def test_second_agent_process_exits_75_with_holder_pid(tmp):
     path = os.path.join(tmp, "c.pid")
     with pidfile.PidFile(path):
-        code = ("import sys\nfrom agent import pidfile, errors\n"
+        code = ("import sys\nfrom agent import errors\nfrom agent.run import pidfile\n"
                 "try:\n    pidfile.PidFile(%r).acquire()\n"
                 "except errors.AlreadyRunning as e:\n    print(e.pid); sys.exit(e.code)\n" % path)
         out = subprocess.run([sys.executable, "-c", code], env=ENV, cwd=TOP, stdout=subprocess.PIPE,
@@ -95,7 +95,7 @@ def test_second_agent_process_exits_75_with_holder_pid(tmp):
 
 def test_pidfile_freed_when_holder_is_sigkilled(tmp):
     path = os.path.join(tmp, "k.pid")
-    holder = py("from agent import pidfile; import time\npidfile.PidFile(%r).acquire()\n"
+    holder = py("from agent.run import pidfile; import time\npidfile.PidFile(%r).acquire()\n"
                 "print('ok', flush=True); time.sleep(60)" % path, stdout=subprocess.PIPE)
     try:
         assert holder.stdout.readline() == b"ok\n"
@@ -170,7 +170,8 @@ def test_missing_directory_is_cantcreat(tmp):
 
 RACER = """
 import os, sys, time
-from agent import pidfile, errors
+from agent.run import pidfile
+from agent import errors
 go = sys.argv[1]
 open(go + ".ready-%d" % os.getpid(), "w").close()
 deadline = time.monotonic() + 10
@@ -340,7 +341,8 @@ def test_reap_orphans_kills_term_ignoring_orphan():
 
 DAEMON = """
 import os, sys, time, json
-from agent import daemon, pidfile, errors
+from agent.run import daemon, pidfile
+from agent import errors
 mode, path, info = sys.argv[1], sys.argv[2], sys.argv[3]
 try:
     n = daemon.daemonize(ready_timeout=float(os.environ.get("READY", "10")))
@@ -480,7 +482,7 @@ def test_exec_child_never_holds_the_lock(tmp):
     """A SIGKILLed agent's orphaned ssh must not keep the pidfile locked (O_CLOEXEC), even when
     spawned with close_fds=False."""
     path = os.path.join(tmp, "x.pid")
-    code = ("import subprocess, sys, time\nfrom agent import pidfile\npidfile.PidFile(%r).acquire()\n"
+    code = ("import subprocess, sys, time\nfrom agent.run import pidfile\npidfile.PidFile(%r).acquire()\n"
             "c = subprocess.Popen(['sleep', '30'], close_fds=False)\nprint(c.pid, flush=True)\ntime.sleep(60)"
             % path)
     holder = py(code, stdout=subprocess.PIPE)
@@ -500,7 +502,7 @@ def test_exec_child_never_holds_the_lock(tmp):
 
 def test_lock_taken_before_daemonize_survives_the_double_fork(tmp):
     path = os.path.join(tmp, "early.pid")
-    code = ("import sys, time\nfrom agent import daemon, pidfile\npf = pidfile.PidFile(%r).acquire()\n"
+    code = ("import sys, time\nfrom agent.run import daemon, pidfile\npf = pidfile.PidFile(%r).acquire()\n"
             "try:\n    n = daemon.daemonize()\nexcept daemon.Detached as d:\n    print(d.pid); sys.exit(d.code)\n"
             "pf.write_pid()\nn.ok()\ntime.sleep(30)" % path)
     out = subprocess.run([sys.executable, "-c", code], env=ENV, cwd=TOP, stdout=subprocess.PIPE, timeout=30)

@@ -1,4 +1,4 @@
-"""agent.probe against real sockets on 127.0.0.1 / ::1: every verdict, every bound."""
+"""agent.run.probe against real sockets on 127.0.0.1 / ::1: every verdict, every bound."""
 
 import os
 import select
@@ -9,9 +9,9 @@ import time
 
 import pytest
 
-from agent import probe
-from agent.model import Forward
-from agent.probe import (
+from agent.run import probe
+from agent.core.model import Forward
+from agent.run.probe import (
     BANNER_MISMATCH, CLOSED, OK_BANNER, OK_DATA, OK_SILENT, REFUSED, TIMEOUT,
     is_healthy, probe_forward, probe_local, probe_tcp, probe_target,
 )
@@ -289,8 +289,8 @@ def test_no_file_descriptor_leak(peers):
 
 GUARDED = r"""
 import socket, sys
-from agent.probe import probe_local, probe_tcp, OK_SILENT
-from agent.remote import LoopListener, check_command
+from agent.run.probe import probe_local, probe_tcp, OK_SILENT
+from agent.hubside.remote import LoopListener, check_command
 s = socket.socket()
 s.bind(("127.0.0.1", 0))
 s.listen(8)
@@ -327,13 +327,13 @@ def test_runs_under_the_python3_light_guard(python):
 
 def test_names_resolve_under_the_light_guard():
     # The idna trap: on python3-light a str host reaches the idna codec (unicodedata is
-    # absent). The guard reproduces that; a name must still resolve through agent.probe.
+    # absent). The guard reproduces that; a name must still resolve through agent.run.probe.
     import subprocess
     import sys
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     import lightguard
     code = ("import socket\n"
-            "from agent import probe\n"
+            "from agent.run import probe\n"
             "try:\n    socket.getaddrinfo(socket.gethostname(), None)\n"
             "except LookupError:\n    pass\n"
             "else:\n    raise SystemExit('guard off: str host resolved')\n"

@@ -1,10 +1,10 @@
-"""agent.record: the value classes that stand in for dataclasses (which cost the agent 1.3 MB)."""
+"""agent.core.record: the value classes that stand in for dataclasses (which cost the agent 1.3 MB)."""
 
 import pytest
 
-from agent import record
-from agent.model import Forward, Settings, Tunnel
-from agent.record import FrozenError, field
+from agent.core import record
+from agent.core.model import Forward, Settings, Tunnel
+from agent.core.record import FrozenError, field
 
 
 @record.record

@@ -1,4 +1,4 @@
-"""agent.remote's one-liners run for real with `sh -c` on this machine, once per interpreter and shell.
+"""agent.hubside.remote's one-liners run for real with `sh -c` on this machine, once per interpreter and shell.
 
 The "server" here is this machine's loopback; PATH is a directory holding only the tools a test
 allows, so each interpreter (python3, perl, bash /dev/tcp, busybox nc) and "none" is exercised.
@@ -14,8 +14,8 @@ import pytest
 
 from polling import wait_until
 
-from agent import remote
-from agent.remote import (
+from agent.hubside import remote
+from agent.hubside.remote import (
     CLOSED, ERROR, HELD, MISMATCH, NO_ANSWER, NO_COMMAND, NO_INTERPRETER, NOT_OURS, NOTHING, OK,
     RECLAIMED, REFUSED, UNREACHABLE, LoopListener, check_command, interpret_check,
     interpret_reclaim, loop_forward_pair, parse_ready, reclaim_command, send_nonce, session_command,

@@ -1,4 +1,4 @@
-"""The session's responder (agent.remote) run for real on this machine, and agent.session's bookkeeping.
+"""The session's responder (agent.hubside.remote) run for real on this machine, and agent.core.session's bookkeeping.
 
 The responder runs as it does on a hub: the session command under `sh -c`, as the child of a process
 titled like an sshd session, with PATH holding only the tools a test allows, so each of python3, perl
@@ -16,8 +16,10 @@ import pytest
 
 from polling import wait_until
 
-from agent import remote, session
-from agent.remote import CLOSED, MISMATCH, NO_ANSWER, OK, REFUSED
+from agent.hubside import remote
+
+from agent.core import session
+from agent.hubside.remote import CLOSED, MISMATCH, NO_ANSWER, OK, REFUSED
 from test_unit_probe import Peer, free_port
 
 TOOLS = {"python3": "/usr/bin/python3", "perl": "/usr/bin/perl", "bash": "/usr/bin/bash"}
@@ -314,7 +316,7 @@ def test_request_lines():
     assert remote.answer_verdict(["check", "77", "python3", "::1"])[0] == remote.ERROR
 
 
-# ----------------------------------------------------------------------------- agent.session
+# ----------------------------------------------------------------------------- agent.core.session
 def test_answers_match_by_id_and_strays_are_ignored():
     q = session.Requests()
     got = []
@@ -367,7 +369,7 @@ def test_check_mode(args, mode):
     assert got == mode and why
 
 
-# ----------------------------------------------------------------------------- agent.health, in session
+# ----------------------------------------------------------------------------- agent.run.checks, in session
 class SessionSup:
     """In session: records each request; answers checks with `code` (None: the request was skipped)."""
 
@@ -399,7 +401,7 @@ class R:
         return list(self.t.forwards)
 
     def __init__(self, fwds):
-        from agent.model import Tunnel
+        from agent.core.model import Tunnel
         self.t = Tunnel("t", "127.0.0.1", 22, forwards=tuple(fwds), remote_check_every=1)
         self.loop, self.greetings, self.check_round, self.name = None, {}, 1, "t"
         self.requests = session.Requests()
@@ -412,8 +414,8 @@ class R:
 @pytest.mark.parametrize("code, verdict, ok", [(80, OK, True), (81, REFUSED, False), (84, MISMATCH, False),
                                                (None, remote.ERROR, False)])
 def test_a_round_in_session_is_a_ping_then_one_request_per_forward(code, verdict, ok):
-    from agent import health
-    from agent.model import Forward
+    from agent.run import checks as health
+    from agent.core.model import Forward
     fwds = [Forward("R", "127.0.0.1", p, "127.0.0.1", 1, check="banner:SSH-") for p in (20022, 20023)]
     sup, r = SessionSup(code), R(fwds)
     health.Checks(None).run(sup, r, 0.0)
@@ -425,7 +427,7 @@ def test_a_round_in_session_is_a_ping_then_one_request_per_forward(code, verdict
 
 
 def test_machine_restarts_at_once_on_a_silent_session():
-    from agent import classify as C, machine as M
+    from agent.core import classify as C, machine as M
     m = M.Machine(M.Policy())
     m.start(0.0)
     m.on_ready(1.0)
@@ -436,7 +438,7 @@ def test_machine_restarts_at_once_on_a_silent_session():
 
 
 def test_status_says_the_check_mode_and_why():
-    from agent import state
+    from agent.run import state
     doc = {"pid": 1, "version": "x", "updated": 1000.0, "interval": 30, "tunnels": [
         {"name": "hub", "state": "up", "forwards": [], "check_mode": "exec",
          "check_mode_why": "the hub runs no command of ours (forced command or no shell): ssh runs -N"}]}

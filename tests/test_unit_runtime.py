@@ -1,4 +1,4 @@
-"""The start-up/runtime split (agent.launch, agent.runtime, agent.serve): what crosses the exec,
+"""The start-up/runtime split (agent.launch, agent.run.runtime, agent.run.serve): what crosses the exec,
 and the stdlib stand-ins the runtime uses to stay small (state.dumps, remote.quote, machine.Jitter)."""
 
 import json
@@ -7,8 +7,16 @@ import shlex
 
 import pytest
 
-from agent import config, launch, machine, procs, remote, serve, state
-from agent.model import Forward, Settings, Tunnel
+from agent.settings import config
+
+from agent import launch
+
+from agent.core import machine
+
+from agent.run import procs, serve, state
+
+from agent.hubside import remote
+from agent.core.model import Forward, Settings, Tunnel
 
 
 def test_settings_cross_the_exec_unchanged():
@@ -60,9 +68,9 @@ def test_runtime_names_its_program_after_the_loader_code():
 
 def test_the_runtime_gets_every_module_it_imports_and_no_start_up_one():
     boot, index, block, where = launch._code(daemon=False)
-    assert {"agent", "agent.supervisor", "agent.health", "agent.serve"} <= set(index)
-    assert not {"agent.cli", "agent.config", "agent.sshconfig", "agent.launch", "agent.daemon"} & set(index)
-    assert "agent.daemon" in launch._code(daemon=True)[1]
+    assert {"agent", "agent.run.supervisor", "agent.run.checks", "agent.run.serve"} <= set(index)
+    assert not {"agent.cli", "agent.settings.config", "agent.settings.sshconfig", "agent.launch", "agent.run.daemon"} & set(index)
+    assert "agent.run.daemon" in launch._code(daemon=True)[1]
     assert sum(n for _, n in index.values()) == len(block)
     code = marshal.loads(boot)
     assert code.co_filename.endswith("runtime.py")

@@ -14,7 +14,9 @@ import tempfile
 
 import pytest
 
-from agent import lifecycle, procs, state
+from agent import lifecycle
+
+from agent.run import procs, state
 from agent.errors import StateError
 
 OTHER = 65534  # nobody
@@ -57,11 +59,11 @@ def shared_dir():
 def test_default_state_of_a_user_lives_in_a_private_directory(shared_dir):
     if os.geteuid() != 0:
         pytest.fail("run as root (the test drops to uid %d in a child)" % OTHER, pytrace=False)
-    top = os.path.dirname(os.path.dirname(os.path.abspath(state.__file__)))
+    top = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(state.__file__))))
     if os.stat(top).st_mode & 0o005 != 0o005:
         pytest.fail("%s must be readable by uid %d for this test" % (top, OTHER), pytrace=False)
     env = dict(os.environ, XDG_RUNTIME_DIR=shared_dir, PYTHONPATH=top)
-    code = ("import os; os.setgid(%d); os.setuid(%d); from agent import state, cli; "
+    code = ("import os; os.setgid(%d); os.setuid(%d); from agent import cli; from agent.run import state; "
             "print(state.default_state_path()); print(cli._default_pidfile())" % (OTHER, OTHER))
     out = subprocess.run([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                          timeout=30)
@@ -111,9 +113,9 @@ def test_state_write_does_not_write_through_a_planted_temp_file(tmp_path):
 def test_agent_refuses_a_planted_runtime_directory(tmp_path, plant):
     # STATE.d holds dbclient's private HOMEs (known_hosts written there before every connect):
     # a symlink or another user's directory at that name must stop the start, not be written through.
-    from agent import clients, supervisor
-    from agent.log import Log
-    from agent.model import Forward, Settings, Tunnel
+    from agent.run import clients, supervisor
+    from agent.run.log import Log
+    from agent.core.model import Forward, Settings, Tunnel
     victim = tmp_path / "victim"
     victim.mkdir()
     st = str(tmp_path / "s.json")

@@ -5,9 +5,9 @@ import io
 import os
 import re
 
-from agent import log as L
-from agent import state
-from agent.model import Forward, Settings, Tunnel, check_key, hostport
+from agent.run import log as L
+from agent.run import state
+from agent.core.model import Forward, Settings, Tunnel, check_key, hostport
 
 
 def doc(**kw):

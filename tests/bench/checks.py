@@ -30,7 +30,7 @@ sys.path.insert(0, os.path.dirname(TESTS))
 
 import lab as labmod  # noqa: E402
 from agentrun import Agent  # noqa: E402
-from agent import remote  # noqa: E402
+from agent.hubside import remote  # noqa: E402
 from test_session_checks import FWD, Session, forward_ok, logins  # noqa: E402
 
 TICK = os.sysconf("SC_CLK_TCK")

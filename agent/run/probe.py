@@ -26,7 +26,7 @@ import selectors
 import socket
 import time
 
-from agent.record import record
+from agent.core.record import record
 
 if False:  # annotations only: importing typing would cost the agent 0.5 MB of memory
     from typing import List, Optional, Sequence

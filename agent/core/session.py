@@ -1,4 +1,4 @@
-"""Requests to the responder in a tunnel's own session (agent.remote), and which check mode applies.
+"""Requests to the responder in a tunnel's own session (agent.hubside.remote), and which check mode applies.
 
 Pure bookkeeping: no I/O, the clock is passed in. The responder answers in
 order, one request at a time, so a request's budget starts when the one

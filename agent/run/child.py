@@ -204,7 +204,7 @@ class Child:
 
     def cmdline_record(self) -> dict:
         """What the next agent needs to find us if we die by SIGKILL (pid AND argv)."""
-        from agent import procs
+        from agent.run import procs
         # starttime too: a reused pid can never match an old record.
         return {"pid": self.pid, "cmdline": self.argv, "starttime": procs.starttime(self.pid)}
 

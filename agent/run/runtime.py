@@ -18,15 +18,17 @@ ModuleSpec = type(sys.__spec__)  # importlib.machinery's, without importing it
 class _Compiled:
     """A meta-path finder for the agent modules compiled by the start-up process."""
 
-    def __init__(self, index, block, package_path):
+    def __init__(self, index, block, package_path, packages):
         self.index, self.block, self.path = index, block, package_path  # name -> (offset, length)
+        self.packages = set(packages)  # agent's subpackages among them (core, run, ...)
 
     def find_spec(self, name, path=None, target=None):
         if name not in self.index:
             return None
-        spec = ModuleSpec(name, self, is_package=name == "agent")
-        if name == "agent":  # a module not sent (cli, config) can still come from the package itself
-            spec.submodule_search_locations = [self.path]
+        package = name == "agent" or name.count(".") == 1 and name[6:] in self.packages
+        spec = ModuleSpec(name, self, is_package=package)
+        if package:  # a module not sent (cli, settings, daemon) can still come from the folder itself
+            spec.submodule_search_locations = [self.path + ("" if name == "agent" else "/" + name[6:])]
         return spec
 
     def create_module(self, spec):
@@ -44,15 +46,15 @@ def boot(pipe, writer):
     delivers them), already past this code."""
     head = pipe.read(16)
     meta = marshal.loads(pipe.read(int(head[:8])))
-    finder = _Compiled(meta["index"], memoryview(pipe.read(int(head[8:]))), meta["path"])
+    finder = _Compiled(meta["index"], memoryview(pipe.read(int(head[8:]))), meta["path"], meta["packages"])
     pipe.close()
     os.waitpid(writer, 0)
     sys.meta_path.insert(0, finder)
-    for name in sorted(finder.index):  # "agent" first
+    for name in sorted(finder.index):  # "agent" first, each package before its modules
         __import__(name)
     finder.block.release()
     finder.block = None  # every module is in: the code block's memory goes back
-    from agent import serve
+    from agent.run import serve
     return serve.main(meta)
 
 

@@ -9,7 +9,7 @@ exit status, and from what we ourselves did to the child (`ours`).
 
 from __future__ import annotations
 
-from agent.record import record
+from agent.core.record import record
 
 if False:  # annotations only: importing typing would cost the agent 0.5 MB of memory
     from typing import Optional, Sequence

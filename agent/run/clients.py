@@ -14,9 +14,9 @@ import re
 import stat
 import subprocess
 
-from agent import values
+from agent.core import values
 from agent.errors import ClientError, SshkeepError, EX_CANTCREAT, EX_NOINPUT, EX_NOPERM, EX_UNAVAILABLE
-from agent.record import record
+from agent.core.record import record
 
 if False:  # annotations only: importing typing would cost the agent 0.5 MB of memory
     from typing import FrozenSet, List, Optional, Sequence

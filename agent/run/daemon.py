@@ -26,6 +26,14 @@ class Detached(SshkeepError):
         super().__init__(message, code)
         self.pid = pid
 
+    @property
+    def to_stdout(self):
+        return self.code == EX_OK
+
+    def lines(self):
+        text = str(self).strip()
+        return [text] if text else []
+
 
 class Notifier:
     """The daemon's end of the start-up pipe. ok()/fail() once; later calls do nothing.

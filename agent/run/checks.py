@@ -1,11 +1,11 @@
 """Health checks for a tunnel that is up, and the stale-listener reclaim.
 
 Keepalives only prove the SSH connection answers; these prove the forwards do.
-- -L/-D: a raw local socket probe (agent.probe), inline, bounded (~2 s).
+- -L/-D: a raw local socket probe (agent.run.probe), inline, bounded (~2 s).
 - -R: a request to the responder in the tunnel's own session (no new login;
   an unanswered request restarts the tunnel at once), or where the hub cannot
   run one (forced command, -N, --check-mode exec) an ssh exec on the server
-  (agent.remote one-liner) run as a Job in the supervisor's loop; with the
+  (agent.hubside.remote one-liner) run as a Job in the supervisor's loop; with the
   loop check every `remote_check_every` intervals and after any failure.
   For an exec, "could not reach the server" is not "forward dead".
 - A -R that answers "closed at once": probe the box-side target directly. If
@@ -19,8 +19,12 @@ Keepalives only prove the SSH connection answers; these prove the forwards do.
 
 import time
 
-from agent import clients, identity, probe, remote, session
-from agent.model import hostport
+from agent.run import clients, identity, probe
+
+from agent.hubside import remote
+
+from agent.core import session
+from agent.core.model import hostport
 
 TARGET_DOWN = "target-down"
 LOCAL_TIMEOUT = 2.0

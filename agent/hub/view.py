@@ -1,12 +1,12 @@
 """The hub's view of its fleet, pure: session records -> live sessions -> text, JSON, Prometheus.
 
 Each tunnel session records itself on the hub in STATE_DIR/rport-PORT-PID
-(agent.remote's session command; docs/hub-records.md). Two record formats are
+(agent.hubside.remote's session command; docs/hub-records.md). Two record formats are
 read: `v1 box=ID host=H tunnel=N start=TICKS since=EPOCH ports=P,Q` (one line
 of key=value words; keys we do not know are kept, so a newer writer's fields
 reach the JSON; another version word is reported, not guessed at) and the
 older `OWNER STARTTIME` (OWNER is "host.tunnel").
-The I/O (the directory, /proc, the probes, the reaping) is agent.hubscan's.
+The I/O (the directory, /proc, the probes, the reaping) is agent.hub.scan's.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 import time
 
-from agent.record import record
+from agent.core.record import record
 
 if False:  # annotations only: importing typing would cost the agent 0.5 MB of memory
     from typing import Dict, List, Optional, Sequence, Tuple
@@ -22,7 +22,7 @@ if False:  # annotations only: importing typing would cost the agent 0.5 MB of m
 DOC_FORMAT = "sshkeep-hub/1"
 RECORD_NAME = re.compile(r"\Arport-([0-9]{1,5})-([0-9]{1,10})\Z")
 _WORD = re.compile(r"\A[\x21-\x7e]{1,200}\Z")  # one printable ASCII word, nothing a terminal acts on
-HEALTHY = ("ok-banner", "ok-data", "ok-silent")  # agent.probe.HEALTHY, without importing sockets here
+HEALTHY = ("ok-banner", "ok-data", "ok-silent")  # agent.run.probe.HEALTHY, without importing sockets here
 
 
 class BadRecord(ValueError):
@@ -47,7 +47,7 @@ class Record:
 
 @record
 class Proc:
-    """What /proc says about a pid now (agent.hubscan.proc_info)."""
+    """What /proc says about a pid now (agent.hub.scan.proc_info)."""
     state: str                # "R", "S", "Z", ...
     start: str                # field 22 of /proc/PID/stat
     uid: int

@@ -71,9 +71,11 @@ import selectors
 import socket
 import time
 
-from agent import identity, values
-from agent.model import Forward
-from agent.probe import (
+from agent.run import identity
+
+from agent.core import values
+from agent.core.model import Forward
+from agent.run.probe import (
     BANNER_MISMATCH, CLOSED, ERROR, OK_DATA, REFUSED, TIMEOUT, ProbeResult, is_ip_literal,
 )
 
@@ -116,7 +118,7 @@ RECLAIMED = "reclaimed"
 NOTHING = "nothing"
 NOT_OURS = "not-ours"
 HELD = "held"                 # another live session (another box, or one this agent cannot prove its own)
-# REFUSED, CLOSED, ERROR: the same strings as agent.probe's
+# REFUSED, CLOSED, ERROR: the same strings as agent.run.probe's
 CHECK_VERDICTS = {
     CHECK_OK: OK, CHECK_REFUSED: REFUSED, CHECK_CLOSED: CLOSED, CHECK_NO_ANSWER: NO_ANSWER,
     CHECK_MISMATCH: MISMATCH, CHECK_NO_INTERPRETER: NO_INTERPRETER, CHECK_ERROR: ERROR,
@@ -622,7 +624,7 @@ def session_command(ports: Sequence[int], state_dir: str = DEFAULT_STATE_DIR, ow
     prints `sshkeep-ready PID ok|nostate STARTTIME` and waits until its stdin
     closes. The ssh client's stdin must therefore be a pipe the agent keeps
     open (not /dev/null, not -n): when the agent closes it the session ends
-    cleanly. `owner` is the box identity (agent.identity); `host` and
+    cleanly. `owner` is the box identity (agent.run.identity); `host` and
     `tunnel` are recorded for people, folded to ASCII words (any text works).
     With `responder`, the ready line names the responder the session runs
     (`python3`, `python`, `perl`, `sh`): send `responder_source(NAME)` on

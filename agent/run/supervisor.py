@@ -2,7 +2,7 @@
 
 Single-threaded: one selector over every child's stdout/stderr and a signal
 self-pipe, a bounded timeout to the next deadline. No decision is made here
-that agent.machine or agent.classify could make.
+that agent.core.machine or agent.core.classify could make.
 """
 
 import os
@@ -13,12 +13,14 @@ import sys
 import time
 
 from agent import __version__
-from agent import classify as C
-from agent import clients, identity, probe, record, remote, session, spread, state
-from agent import machine as M
-from agent.child import Child, Job
+from agent.core import classify as C
+from agent.run import clients, identity, probe, state
+from agent.core import record, session, spread
+from agent.hubside import remote
+from agent.core import machine as M
+from agent.run.child import Child, Job
 from agent.errors import EX_NOINPUT, SshkeepError
-from agent.model import check_key, hostport
+from agent.core.model import check_key, hostport
 
 TERM_TIMEOUT = 2.0          # TERM -> KILL for ssh children (procd gives us 5 s in all)
 STUCK_CONNECT = 2.0         # a connect not ready after this long may be stuck in an outage
@@ -32,9 +34,9 @@ def session_command(tunnel, box, responder=False):
     """Remote command run instead of -N: records the session for reclaim, prints the ready marker.
 
     The record's owner is the box identity; hostname and tunnel name go beside
-    it for people (agent.identity.word folds any text). Without -R forwards there
+    it for people (agent.run.identity.word folds any text). Without -R forwards there
     is nothing to reclaim; the command still marks readiness. `responder`: the
-    session also answers check requests (agent.remote, in-session checks).
+    session also answers check requests (agent.hubside.remote, in-session checks).
     """
     ports = [f.port for f in tunnel.forwards if f.kind == "R" and f.port]  # hub-picked: sent as `port N`
     if not any(f.kind == "R" for f in tunnel.forwards):
@@ -171,7 +173,7 @@ class Supervisor:
         self.wall = wall
         self.detect = detect
         self.reload_settings = reload_settings
-        self.checks = checks            # agent.health.Checks or None
+        self.checks = checks            # agent.run.checks.Checks or None
         self.previous_state = None      # dict: the state file at start, if the caller read it
         self.rng = M.Jitter()
         self.half_open = probe.half_open_available()  # SYN probes: no noauth on 9.8+ hubs
@@ -187,7 +189,7 @@ class Supervisor:
         self._state_error = ""
         self.runtime_dir = settings.state + ".d"
         self._digest_of = (None, "")    # (settings, state.digest(settings))
-        self.box = None                 # agent.identity.box_id, read (or made) by prepare()
+        self.box = None                 # agent.run.identity.box_id, read (or made) by prepare()
 
     # -- setup ------------------------------------------------------------
     def _policy(self, t):
@@ -449,7 +451,7 @@ class Supervisor:
                 picked = r.note_allocated(line)
                 if picked:
                     self._state_dirty = True
-                    if r.session_cmd:  # the session records it for the hub (agent.remote)
+                    if r.session_cmd:  # the session records it for the hub (agent.hubside.remote)
                         child.send(b"port %d\n" % picked)
                     self._maybe_start_responder(r)
             elif line.startswith(remote.ANSWER_MARKER + " "):
@@ -609,7 +611,7 @@ class Supervisor:
                 and remote_checked(r.t))
 
     def check_mode(self, r):
-        """(mode, why) of r's -R checks, for status (agent.session.check_mode)."""
+        """(mode, why) of r's -R checks, for status (agent.core.session.check_mode)."""
         return session.check_mode(r.t.check_mode, self.checks is not None, remote_checked(r.t), r.t.reclaim,
                                   r.no_command, r.responder_broken, r.responder)
 

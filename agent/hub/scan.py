@@ -1,9 +1,9 @@
-"""`sshkeep hub`: the I/O around agent.hub, run on the hub as the tunnel user.
+"""`sshkeep hub`: the I/O around agent.hub.view, run on the hub as the tunnel user.
 
-Reads the state directory the sessions write (agent.remote), asks /proc which
+Reads the state directory the sessions write (agent.hubside.remote), asks /proc which
 sessions still live, reaps the records of those that are gone (only regular
 files of our own uid, re-read just before removal), probes every recorded
-port on the hub's loopback at once (agent.probe.probe_many), and prints or
+port on the hub's loopback at once (agent.run.probe.probe_many), and prints or
 writes the view. What /proc allows a non-root tunnel user (measured with
 OpenSSH 9.2 and dropbear 2022.83 servers): /proc/PID/stat and cmdline of the
 session process (OpenSSH's `sshd: USER@notty` runs as the user but is not
@@ -22,8 +22,9 @@ import sys
 import time
 
 from agent import errors as E
-from agent import hub, state
-from agent.record import replace
+from agent.hub import view as hub
+from agent.run import state
+from agent.core.record import replace
 
 if False:  # annotations only
     from typing import Dict, List, Optional, Tuple
@@ -202,8 +203,8 @@ def write_atomic(path: str, text: str) -> None:
 
 
 def view(state_dir: str, timeout: float = 3.0, grace: float = 0.3, proc: str = "/proc", now=None) -> dict:
-    """Scan, reap, probe: the hub document (agent.hub.document)."""
-    from agent import probe
+    """Scan, reap, probe: the hub document (agent.hub.view.document)."""
+    from agent.run import probe
     uid = os.geteuid()
     live, stale, problems = scan(state_dir, uid, proc)
     reaped, more = reap(state_dir, stale, uid)

@@ -12,7 +12,7 @@ import sys
 
 from agent import __version__
 from agent import errors as E
-from agent import record
+from agent.core import record
 
 _TAG = "\0record"
 
@@ -28,7 +28,7 @@ def encode(obj):
 
 def decode(obj):
     if isinstance(obj, tuple) and obj[:1] == (_TAG,):
-        from agent import model
+        from agent.core import model
         return getattr(model, obj[1])(**{f: decode(v) for f, v in obj[2:]})
     if isinstance(obj, tuple):
         return tuple(decode(x) for x in obj)
@@ -49,35 +49,25 @@ def resolve(interp, script, argv, cwd):
 
 
 def main(payload):
-    """The runtime's entry: the errors of the agent become messages and exit codes here."""
+    """The runtime's entry: the errors of the agent become messages and exit codes (errors.guarded)."""
     opts, interp, script, argv = payload["opts"], payload["interp"], payload["script"], payload["argv"]
     reload_fn = (lambda: resolve(interp, script, argv, opts["cwd"])) if opts["reload"] else None
-    try:
-        return serve(decode(payload["settings"]), opts, reload_fn)
-    except E.SshkeepError as exc:
-        return report(exc)
-    except (KeyboardInterrupt, BrokenPipeError):
-        return E.EX_OK
-    except Exception as exc:  # last resort: a bug; say so, with the code for it
-        import traceback
-        traceback.print_exc()
-        sys.stderr.write("sshkeep: internal error: %r (please report)\n" % (exc,))
-        return E.EX_SOFTWARE
+    return E.guarded(serve, decode(payload["settings"]), opts, reload_fn)
 
 
 def serve(settings, opts, reload_fn):
-    from agent.log import Log, log_path_for
-    from agent.supervisor import Supervisor
+    from agent.run.log import Log, log_path_for
+    from agent.run.supervisor import Supervisor
     notifier = None
     if opts["daemon"]:
-        from agent import daemon
+        from agent.run import daemon
         notifier = daemon.daemonize()
     # After the detach: a daemon's stderr is /dev/null, so without syslog the lines go to a file.
     log = Log(use_syslog=settings.syslog or opts["daemon"], debug=opts["debug"],
               logfile=log_path_for(settings.state))
     pid = None
     try:
-        from agent.pidfile import PidFile
+        from agent.run.pidfile import PidFile
         pid = PidFile(settings.pidfile)
         pid.acquire()
     except E.SshkeepError as exc:
@@ -92,7 +82,7 @@ def serve(settings, opts, reload_fn):
         _reap_previous(opts["previous"], log)
         checks = None
         if not opts["no_checks"]:
-            from agent.health import Checks
+            from agent.run.checks import Checks
             checks = Checks(log)
         sup = Supervisor(settings, log, reload_settings=reload_fn, checks=checks)
         sup.previous_state = opts["previous"]
@@ -117,7 +107,7 @@ def serve(settings, opts, reload_fn):
 def _check_dropbear_options(runners, asked, log):
     """dbclient takes few ssh options: refuse a -o it cannot take (the user asked for it on this
     command line: `asked`), warn about one from a file (it worked with OpenSSH: do not stop the tunnel)."""
-    from agent import clients
+    from agent.run import clients
     for r in runners:
         if r.info.kind != clients.DROPBEAR:
             continue
@@ -141,8 +131,8 @@ def previous(state_path):
 
 def _reap_previous(doc, log):
     """Children of an agent that died by SIGKILL still hold our forwards: end them
-    (only exact pid + command-line matches: agent.procs.reap_orphans)."""
-    from agent import procs, state
+    (only exact pid + command-line matches: agent.run.procs.reap_orphans)."""
+    from agent.run import procs, state
     prev = doc.get("pid")
     if prev == os.getpid() or state.pid_alive(prev) and procs.is_sshkeep(prev):
         return  # a live agent (on another pidfile) writes this state: its children are no orphans
@@ -150,20 +140,3 @@ def _reap_previous(doc, log):
     for rec in procs.reap_orphans(children if isinstance(children, list) else []):
         log.warning("", "ended ssh pid %s left by a previous agent (pid %s)" % (
             rec.get("pid") if isinstance(rec, dict) else rec, prev))
-
-
-def report(exc):
-    """An error as a message and an exit status (the CLI's _report uses this too)."""
-    from agent.daemon import Detached
-    if isinstance(exc, Detached):
-        # The original process of --daemon: the daemon's own verdict.
-        text = str(exc).strip()
-        if text:
-            (sys.stdout if exc.code == E.EX_OK else sys.stderr).write("sshkeep: %s\n" % text)
-        return exc.code
-    if isinstance(exc, E.ConfigError):
-        for line in exc.errors:
-            sys.stderr.write("sshkeep: %s\n" % line)
-        return exc.code
-    sys.stderr.write("sshkeep: %s\n" % exc)
-    return exc.code

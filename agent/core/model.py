@@ -1,4 +1,4 @@
-"""Settings as frozen records (agent.record): what the CLI or a config file produce.
+"""Settings as frozen records (agent.core.record): what the CLI or a config file produce.
 
 One `Tunnel` is one ssh process to one server carrying one or more forwards;
 each Tunnel is supervised (and fails) independently.
@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import os
 
-from agent import values
+from agent.core import values
 from agent.errors import ConfigError, EX_DATAERR
-from agent.record import field, record
+from agent.core.record import field, record
 
 if False:  # annotations only: importing typing would cost the agent 0.5 MB of memory
     from typing import Optional, Tuple
@@ -82,7 +82,7 @@ class Settings:
     syslog: bool = False
     config_path: Optional[str] = None
     argv: Tuple[str, ...] = ()
-    box_id_file: str = ""           # agent.identity: "" = the default beside the host-key pins
+    box_id_file: str = ""           # agent.run.identity: "" = the default beside the host-key pins
     # Non-fatal findings of the config parser (`FILE:LINE: what — fix`); not part of equality.
     warnings: Tuple[str, ...] = field(default=(), compare=False)
 
@@ -172,7 +172,7 @@ def hostport(host: str, port: int) -> str:
 
 
 def check_key(f: Forward) -> str:
-    """The name under which agent.health reports the check of forward `f`."""
+    """The name under which agent.run.checks reports the check of forward `f`."""
     if f.name in ("loop-r", "loop-l"):
         return "loop"
     return "%s:%d" % (f.kind, f.port)

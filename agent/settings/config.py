@@ -22,9 +22,9 @@ import os
 import re
 import stat
 
-from agent import record, values
+from agent.core import record, values
 from agent.errors import ConfigError, EX_NOINPUT, EX_NOPERM
-from agent.model import DEFAULT_PIDFILE, DEFAULT_STATE, Forward, Settings, Tunnel, expand_tilde
+from agent.core.model import DEFAULT_PIDFILE, DEFAULT_STATE, Forward, Settings, Tunnel, expand_tilde
 
 DEFAULT_PATH = "/etc/config/sshkeep"
 MAX_SIZE = 1 << 20  # a config file is small; refuse to parse a log file by mistake
@@ -300,7 +300,7 @@ def _conv_bool(value):
     raise _Bad("%r is not a boolean" % value, "write '1' or '0' (also yes/no, on/off, true/false)")
 
 
-# The shared validators (agent.values): flags, config files and ssh_config accept the same values.
+# The shared validators (agent.core.values): flags, config files and ssh_config accept the same values.
 _conv_port = values.port
 _int_min = values.whole
 _float_min = values.seconds

@@ -1,6 +1,6 @@
 """The supervision state machine and backoff: decisions only, no I/O.
 
-The driver (agent.supervisor) feeds events with the current monotonic time and
+The driver (agent.run.supervisor) feeds events with the current monotonic time and
 carries out the commands returned. Tests drive it with plain numbers.
 
     connecting --ready--> up --exit/health--> (reconnect at once, or backoff)
@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import os
 
-from agent import classify as C
-from agent.record import record
+from agent.core import classify as C
+from agent.core.record import record
 
 if False:  # annotations only: importing typing would cost the agent 0.5 MB of memory
     from typing import List, Optional

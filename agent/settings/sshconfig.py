@@ -14,9 +14,9 @@ import difflib
 import os
 import re
 
-from agent import values
+from agent.core import values
 from agent.errors import ConfigError, EX_NOINPUT, EX_NOPERM
-from agent.model import Tunnel, expand_tilde, parse_forward
+from agent.core.model import Tunnel, expand_tilde, parse_forward
 
 # Keywords we read (lower case -> canonical spelling).
 _SINGLE = ("HostName", "User", "Port", "ServerAliveInterval", "StrictHostKeyChecking",

@@ -148,8 +148,8 @@ def read(path: str) -> dict:
 
 
 def pid_alive(pid) -> bool:
-    """For a pid read from a file: agent.procs.alive (a zombie counts as gone), any type."""
-    from agent import procs
+    """For a pid read from a file: agent.run.procs.alive (a zombie counts as gone), any type."""
+    from agent.run import procs
     return isinstance(pid, int) and not isinstance(pid, bool) and procs.alive(pid)
 
 
@@ -159,7 +159,7 @@ STALE_INTERVALS = 3   # no state write for this many check intervals: the agent 
 def digest(settings) -> str:
     """A short fingerprint of the resolved settings, recorded in the state: `check` compares
     it with its own to notice an agent that runs with other flags or an older file."""
-    from agent.spread import _hash64
+    from agent.core.spread import _hash64
     text = repr(settings.tunnels)  # not the log target: procd's agent and cron's check may differ there
     return "%016x" % _hash64(text.encode("utf-8", "surrogatepass"))
 

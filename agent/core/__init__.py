@@ -1,0 +1,1 @@
+"""Pure decisions and typed records: no I/O, table-tested."""

@@ -1,0 +1,1 @@
+"""`sshkeep hub`: the hub operator's view of the boxes' records."""

@@ -1,0 +1,1 @@
+"""The resident agent: the loop, its children, probes, state and logs."""

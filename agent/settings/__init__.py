@@ -1,0 +1,1 @@
+"""Start-up only: configuration files and flags into typed Settings."""
