@@ -25,7 +25,7 @@ def say(text):
 
 
 def show_status(lab, agent, pyz):
-    out = lab.box_run(["/usr/bin/python3", pyz, "status", "--state", agent.run.state], timeout=20,
+    out = lab.box_run(["/usr/bin/python3", pyz, "status", "--state", agent.state], timeout=20,
                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     sys.stdout.write(out.stdout.decode(errors="replace"))
     sys.stdout.flush()
@@ -58,7 +58,7 @@ def main():
         agent.wait_up(10)
         show_status(lab, agent, pyz)
         say("agent log")
-        sys.stdout.write(agent.run.log())
+        sys.stdout.write(agent.log())
         rc = agent.stop()
         say("agent stopped (exit %s); cleaning up namespaces and processes" % rc)
     say("demo done")

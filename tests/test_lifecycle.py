@@ -192,16 +192,16 @@ def test_check_replaces_a_hung_agent(agent):
     rc, out, err = agent.cli("check")
     assert rc == 0, out + err
     old = agent.pid()
-    assert wait_for(lambda: agent.children(of=old)), agent.run.state()
+    assert wait_for(lambda: agent.children(of=old)), agent.state()
     kids = agent.children(of=old)
     os.kill(old, signal.SIGSTOP)  # hung: alive, holds the pidfile, never writes its state again
     try:
-        st = agent.run.state()
+        st = agent.state()
         st["updated"] = time.time() - 3600
         st.pop("monotonic", None)
         with open(agent.state_path, "w") as f:
             json.dump(st, f)
-        os.utime(agent.run.pidfile, (time.time() - 3600, time.time() - 3600))
+        os.utime(agent.pidfile, (time.time() - 3600, time.time() - 3600))
         t0 = time.monotonic()
         rc, out, err = agent.cli("check", timeout=60)
         assert rc == 0, out + err
@@ -220,7 +220,7 @@ def test_check_replaces_a_hung_agent(agent):
 def test_sigkill_then_new_agent_ends_old_ssh(agent):
     first = agent.foreground()
     assert wait_for(lambda: agent.pid() == first.pid)
-    assert wait_for(lambda: agent.children(of=first.pid)), agent.run.state()
+    assert wait_for(lambda: agent.children(of=first.pid)), agent.state()
     old_kids = agent.children(of=first.pid)
     first.kill()
     first.wait(timeout=5)
@@ -239,9 +239,9 @@ def test_sigterm_exits_quickly_and_leaves_no_child(agent, mode):
     p = agent.foreground()
     assert wait_for(lambda: agent.pid() == p.pid)
     if mode == "up":
-        assert wait_for(lambda: agent.children(of=p.pid)), agent.run.state()
+        assert wait_for(lambda: agent.children(of=p.pid)), agent.state()
     else:
-        assert wait_for(lambda: agent.tunnel("hub").get("state") == "backoff"), agent.run.state()
+        assert wait_for(lambda: agent.tunnel("hub").get("state") == "backoff"), agent.state()
     kids = agent.children(of=p.pid)
     t0 = time.monotonic()
     p.send_signal(signal.SIGTERM)
@@ -250,7 +250,7 @@ def test_sigterm_exits_quickly_and_leaves_no_child(agent, mode):
     assert took < 5.0, took                      # procd's term_timeout
     assert rc == 0
     assert not [k for k in kids if procs.alive(k)]
-    assert not pidfile.is_locked(agent.run.pidfile)
+    assert not pidfile.is_locked(agent.pidfile)
 
 
 def child_pids(ppid):
@@ -269,7 +269,7 @@ def test_sigterm_mid_check_exits_quickly_and_leaves_no_child(agent):
     p = agent.foreground()
     assert wait_for(lambda: agent.pid() == p.pid)
     # the tunnel's ssh plus a check job (another ssh) running at the same time
-    assert wait_for(lambda: len(child_pids(p.pid)) >= 2, 15), (agent.run.state(), child_pids(p.pid))
+    assert wait_for(lambda: len(child_pids(p.pid)) >= 2, 15), (agent.state(), child_pids(p.pid))
     kids = child_pids(p.pid)
     t0 = time.monotonic()
     p.send_signal(signal.SIGTERM)
@@ -289,7 +289,7 @@ def test_stop_command_stops_the_agent_and_its_ssh(agent):
     assert rc == 0 and "stopped" in out + err, out + err
     assert time.monotonic() - t0 < 5.0
     assert not procs.alive(pid) and not [k for k in kids if procs.alive(k)]
-    assert not pidfile.is_locked(agent.run.pidfile)
+    assert not pidfile.is_locked(agent.pidfile)
 
 
 def test_second_run_is_already_running_75(agent):
@@ -306,7 +306,7 @@ def test_second_run_is_already_running_75(agent):
 def test_stale_pidfile_with_live_unrelated_pid_is_taken_over(agent):
     sleeper = subprocess.Popen(["sleep", "60"])
     try:
-        with open(agent.run.pidfile, "w") as f:
+        with open(agent.pidfile, "w") as f:
             f.write("%d\n" % sleeper.pid)
         rc, out, err = agent.cli("stop")                  # unlocked: not running, sleeper untouched
         assert rc == 0 and "not running" in out + err
@@ -323,7 +323,7 @@ def test_stale_pidfile_with_live_unrelated_pid_is_taken_over(agent):
 def test_stop_refuses_a_locked_pidfile_of_another_program(agent):
     holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nsys.path.insert(0, %r)\n"
                                "from agent.run.pidfile import PidFile\nPidFile(%r).acquire()\n"
-                               "print('ok', flush=True)\ntime.sleep(60)" % (TOP, agent.run.pidfile)],
+                               "print('ok', flush=True)\ntime.sleep(60)" % (TOP, agent.pidfile)],
                               stdout=subprocess.PIPE)
     try:
         assert holder.stdout.readline() == b"ok\n"
@@ -347,7 +347,7 @@ def test_reload_keeps_unchanged_tunnel_and_restarts_changed(agent):
     agent.write_config(servers=("hub", "edge"), ports={"edge": 2200})
     rc, out, err = agent.cli("reload")
     assert rc == 0, out + err
-    assert wait_for(lambda: agent.tunnel("edge").get("ssh_pid") not in (None, edge)), agent.run.state()
+    assert wait_for(lambda: agent.tunnel("edge").get("ssh_pid") not in (None, edge)), agent.state()
     assert agent.tunnel("hub").get("ssh_pid") == hub
     assert procs.alive(hub) and not procs.alive(edge)
     assert agent.pid() == pid
@@ -429,7 +429,7 @@ def test_sigkill_with_real_tunnel_up_new_agent_heals(lab):
 def test_reload_after_daemon_with_relative_config_path(agent):
     """--daemon does chdir /: a relative -c must still be found when SIGHUP re-reads it."""
     agent.write_config(servers=("hub", "edge"))
-    argv = [sys.executable, PYZ, "run", "-c", os.path.basename(agent.conf), "--pidfile", agent.run.pidfile,
+    argv = [sys.executable, PYZ, "run", "-c", os.path.basename(agent.conf), "--pidfile", agent.pidfile,
             "--state", agent.state_path, "--daemon"]
     out = subprocess.run(argv, cwd=agent.tmp, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                          stderr=subprocess.PIPE, timeout=30)
@@ -439,18 +439,18 @@ def test_reload_after_daemon_with_relative_config_path(agent):
     agent.write_config(servers=("hub", "edge"), ports={"edge": 2200})
     rc, o, e = agent.cli("reload")
     assert rc == 0, o + e
-    assert wait_for(lambda: agent.tunnel("edge").get("ssh_pid") not in (None, edge)), agent.run.state()
+    assert wait_for(lambda: agent.tunnel("edge").get("ssh_pid") not in (None, edge)), agent.state()
 
 
 def test_sigusr1_reconnects_now_from_backoff(agent):
     agent.write_config(mode="fail", max_backoff=60)
     p = agent.foreground()
     assert wait_for(lambda: agent.pid() == p.pid)
-    assert wait_for(lambda: (agent.tunnel("hub").get("next_attempt_in") or 0) >= 3, 30), agent.run.state()
+    assert wait_for(lambda: (agent.tunnel("hub").get("next_attempt_in") or 0) >= 3, 30), agent.state()
     before = agent.tunnel("hub").get("restarts")
     t0 = time.monotonic()
     os.kill(p.pid, signal.SIGUSR1)
-    assert wait_for(lambda: agent.tunnel("hub").get("restarts") != before, 3), agent.run.state()
+    assert wait_for(lambda: agent.tunnel("hub").get("restarts") != before, 3), agent.state()
     assert time.monotonic() - t0 < 2.5
 
 
@@ -503,7 +503,7 @@ def test_check_with_a_changed_config_reloads_the_agent(agent):
     rc, out, err = agent.cli("check")
     assert rc == 0 and "started" in out, out + err
     pid = agent.pid()
-    assert wait_for(lambda: agent.run.state().get("settings"), 10)
+    assert wait_for(lambda: agent.state().get("settings"), 10)
     agent.write_config(servers=("hub", "edge"))
     rc, out, err = agent.cli("check")
     assert rc == 0 and "other settings" in out and "reloaded" in out, out + err
@@ -516,7 +516,7 @@ def test_check_with_a_new_forward_flag_restarts_the_agent(agent):
     def check(*forwards):
         argv = [sys.executable, PYZ, "check"] + list(forwards) + [
             "--ssh", agent.fake_ssh("up"), "--client", "openssh", "--no-reclaim", "--accept-new",
-            "--pidfile", agent.run.pidfile, "--state", agent.state_path, "box@127.0.0.1"]
+            "--pidfile", agent.pidfile, "--state", agent.state_path, "box@127.0.0.1"]
         r = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                            timeout=60, cwd=agent.tmp, env=lightguard.guard_env())
         return r.returncode, (r.stdout + r.stderr).decode()
@@ -524,14 +524,14 @@ def test_check_with_a_new_forward_flag_restarts_the_agent(agent):
     rc, text = check("-R", "127.0.0.1:20501:127.0.0.1:22")
     assert rc == 0 and "started" in text, text
     old = agent.pid()
-    assert wait_for(lambda: agent.run.state().get("pid") == old and agent.run.state().get("settings"), 10)
+    assert wait_for(lambda: agent.state().get("pid") == old and agent.state().get("settings"), 10)
     assert check("-R", "127.0.0.1:20501:127.0.0.1:22") == (0, "")
     rc, text = check("-R", "127.0.0.1:20501:127.0.0.1:22", "-R", "127.0.0.1:20502:127.0.0.1:22")
     assert rc == 0 and "other settings" in text and "restarting" in text and "started" in text, text
     new = agent.pid()
     assert new and new != old and not procs.alive(old)
-    assert wait_for(lambda: agent.run.state().get("pid") == new, 10)
-    specs = [f["spec"] for t in agent.run.state()["tunnels"] for f in t["forwards"]]
+    assert wait_for(lambda: agent.state().get("pid") == new, 10)
+    specs = [f["spec"] for t in agent.state()["tunnels"] for f in t["forwards"]]
     assert "127.0.0.1:20502:127.0.0.1:22" in specs, specs
 
 

@@ -26,9 +26,13 @@ ENVIRONMENT = {"_distutils_hack", "sitecustomize", "usercustomize", "apport_pyth
 RUNTIME_MODULES = set("""
 __future__ __main__ _abc _codecs _collections _collections_abc _frozen_importlib _frozen_importlib_external
 _functools _imp _io _locale _operator _posixsubprocess _signal _sitebuiltins _socket _sre _stat _thread
-_warnings _weakref _weakrefset abc agent agent.run.child agent.core.classify agent.run.clients agent.errors agent.run.checks
-agent.run.identity agent.run.log agent.core.machine agent.core.model agent.run.pidfile agent.run.probe agent.run.procs agent.core.record agent.hubside.remote
-agent.run.serve agent.core.session agent.core.spread agent.run.state agent.run.supervisor agent.core.values array builtins codecs collections collections.abc
+_warnings _weakref _weakrefset abc agent agent.errors
+agent.core agent.core.classify agent.core.machine agent.core.model agent.core.record agent.core.session
+agent.core.spread agent.core.values
+agent.hubside agent.hubside.remote
+agent.run agent.run.checks agent.run.child agent.run.clients agent.run.identity agent.run.log agent.run.pidfile
+agent.run.probe agent.run.procs agent.run.serve agent.run.state agent.run.supervisor
+array builtins codecs collections collections.abc
 contextlib copyreg encodings encodings.aliases encodings.utf_8 enum errno fcntl functools genericpath io
 itertools keyword locale marshal math operator os os.path posix posixpath re re._casefix re._compiler
 re._constants re._parser reprlib select selectors signal site socket stat subprocess sys threading time
@@ -36,7 +40,8 @@ types warnings zipimport
 """.split())
 
 START_UP_ONLY = {"argparse", "gettext", "json", "random", "shlex", "difflib", "typing", "dataclasses", "inspect",
-                 "agent.cli", "agent.settings.config", "agent.settings.sshconfig", "agent.launch", "agent.lifecycle",
+                 "agent.cli", "agent.settings", "agent.settings.config", "agent.settings.sshconfig", "agent.launch",
+                 "agent.lifecycle", "agent.hub",
                  "agent.run.daemon", "agent.run.runtime", "runpy", "importlib.util"}
 
 
