@@ -10,20 +10,7 @@ import pytest
 
 from agent.run.loop import LoopListener, loop_forward_pair, make_nonce, send_nonce
 from polling import wait_until
-from test_unit_probe import Peer, free_port
-
-
-@pytest.fixture
-def peers():
-    made = []
-
-    def make(behaviour):
-        p = Peer(behaviour, "127.0.0.1", 0)
-        made.append(p)
-        return p
-    yield make
-    for p in made:
-        p.close()
+from test_unit_probe import free_port, peers  # noqa: F401  (fixture)
 
 
 def test_loop_pair_forwards():
@@ -65,7 +52,7 @@ def test_loop_listener_trusts_only_its_own_nonce():
 
 @pytest.mark.parametrize("behaviour,verdict", [("close", "closed"), ("silent", "timeout"),
                                                ("send:HTTP/1.0 400\r\n", "banner-mismatch")])
-def test_loop_listener_broken_loops(peers, behaviour, verdict):
+def test_loop_listener_broken_loops(peers, behaviour, verdict):  # noqa: F811
     p = peers(behaviour)
     with LoopListener() as lst:
         r = lst.check(p.port, timeout=0.5)
