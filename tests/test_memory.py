@@ -29,8 +29,8 @@ _functools _imp _io _locale _operator _posixsubprocess _signal _sitebuiltins _so
 _warnings _weakref _weakrefset abc agent agent.errors
 agent.core agent.core.classify agent.core.machine agent.core.model agent.core.record agent.core.session
 agent.core.spread agent.core.values
-agent.hubside agent.hubside.remote
-agent.run agent.run.checks agent.run.child agent.run.clients agent.run.identity agent.run.log agent.run.pidfile
+agent.hubside agent.hubside.payload agent.hubside.remote
+agent.run agent.run.checks agent.run.child agent.run.clients agent.run.identity agent.run.log agent.run.loop agent.run.pidfile
 agent.run.probe agent.run.procs agent.run.serve agent.run.state agent.run.supervisor
 array builtins codecs collections collections.abc
 contextlib copyreg encodings encodings.aliases encodings.utf_8 enum errno fcntl functools genericpath io

@@ -23,10 +23,11 @@ from lab import wait_until
 from hubroot import GENERATIONS
 from agent.run import probe as remote_probe
 from agent.hubside import remote
+from agent.run.loop import LoopListener, loop_forward_pair
 from agent.run.probe import OK_BANNER, OK_DATA, REFUSED as P_REFUSED, TIMEOUT as P_TIMEOUT, probe_local, probe_tcp
 from agent.hubside.remote import (
     CLOSED, HELD, MISMATCH, NO_ANSWER, NO_COMMAND, NOT_OURS, NOTHING, OK, RECLAIMED, REFUSED, UNREACHABLE,
-    LoopListener, check_command, interpret_check, interpret_reclaim, loop_forward_pair, parse_ready,
+    check_command, interpret_check, interpret_reclaim, parse_ready,
     reclaim_command, session_command,
 )
 

@@ -290,7 +290,8 @@ def test_no_file_descriptor_leak(peers):
 GUARDED = r"""
 import socket, sys
 from agent.run.probe import probe_local, probe_tcp, OK_SILENT
-from agent.hubside.remote import LoopListener, check_command
+from agent.hubside.remote import check_command
+from agent.run.loop import LoopListener
 s = socket.socket()
 s.bind(("127.0.0.1", 0))
 s.listen(8)

@@ -14,11 +14,11 @@ import pytest
 
 from polling import wait_until
 
-from agent.hubside import remote
+from agent.hubside import payload, remote
 from agent.hubside.remote import (
     CLOSED, ERROR, HELD, MISMATCH, NO_ANSWER, NO_COMMAND, NO_INTERPRETER, NOT_OURS, NOTHING, OK,
-    RECLAIMED, REFUSED, UNREACHABLE, LoopListener, check_command, interpret_check,
-    interpret_reclaim, loop_forward_pair, parse_ready, reclaim_command, send_nonce, session_command,
+    RECLAIMED, REFUSED, UNREACHABLE, check_command, interpret_check, interpret_reclaim, parse_ready,
+    reclaim_command, session_command,
 )
 from test_unit_probe import FullBacklog, Peer, free_port
 
@@ -209,19 +209,19 @@ def test_bad_state_dir_rejected(state_dir):
 def test_config_values_are_separate_quoted_words():
     cmd = check_command("::1", 2222, "SSH-'$(touch /tmp/x)`id`\"", 2.5, grace=0.5)
     words = shlex.split(cmd)
-    assert words[:4] == ["exec", "sh", "-c", remote._CHECK_SH]
+    assert words[:4] == ["exec", "sh", "-c", payload.CHECK_SH]
     assert words[4:10] == ["sshkeep-check", "::1", "2222", "SSH-'$(touch /tmp/x)`id`\"".encode().hex(),
                            "2.500", "0.500"]
     assert words[11:] == [remote.PY_CHECK, remote.PERL_CHECK, remote.BASH_CHECK]
     assert "touch" not in cmd and "\n" not in cmd
     words = shlex.split(session_command([2222, 8022], "$HOME/.sshkeep", "router1.t1"))
-    assert words[:5] == ["exec", "sh", "-c", remote._SESSION_SH, "sshkeep-session"]
+    assert words[:5] == ["exec", "sh", "-c", payload.SESSION_SH, "sshkeep-session"]
     assert words[5:] == ["$HOME/.sshkeep", "router1.t1", "-", "-", "2222", "8022"]  # $HOME left for the server
     assert '"$HOME"/' in session_command([1], "$HOME/.sshkeep")
     words = shlex.split(session_command([2222], "/s", "0123abcd", host="r1;$(id)", tunnel="t`id` x"))
     assert words[5:] == ["/s", "0123abcd", "r1___id_", "t_id__x", "2222"]  # for people: folded, never code
     words = shlex.split(reclaim_command(2222, "/var/run/sk", "router1.t1"))
-    assert words[3] == remote._RECLAIM_SH
+    assert words[3] == payload.RECLAIM_SH
     assert words[4:] == ["sshkeep-reclaim", "/var/run/sk", "router1.t1", "2222", "-", "-"]
     words = shlex.split(reclaim_command(2222, "/var/run/sk", "abcd1234", pid=4242, start="987654"))
     assert words[7:] == ["2222", "4242", "987654"]
@@ -521,34 +521,9 @@ def test_session_without_writable_state_still_runs(tmp_path, sessions):
     assert s.ready[:2] == (s.pid, False)
 
 
-# ----------------------------------------------------------------------------- loop check, box side only
-def test_loop_pair_forwards():
-    r, l = loop_forward_pair(41000, 42000, 43000)
-    assert r.spec() == "127.0.0.1:42000:127.0.0.1:41000" and r.kind == "R"
-    assert l.spec() == "127.0.0.1:43000:127.0.0.1:42000" and l.kind == "L"
-    _, l2 = loop_forward_pair(41000, 42000)
-    assert 0 < l2.port < 65536
-
-
-def test_loop_listener_echoes_inline():
-    with LoopListener() as lst:
-        assert lst.port > 0 and lst.fileno() >= 0
-        r = lst.check(lst.port, timeout=1)  # the "loop" is the listener itself
-        assert r.verdict == "ok-data", r
-        assert send_nonce(lst.port, 1, lst)
-        assert lst.check(free_port(), timeout=1).verdict == "refused"
-
-
-@pytest.mark.parametrize("behaviour,verdict", [("close", "closed"), ("silent", "timeout"),
-                                               ("send:HTTP/1.0 400\r\n", "banner-mismatch")])
-def test_loop_listener_broken_loops(peers, behaviour, verdict):
-    p = peers(behaviour)
-    with LoopListener() as lst:
-        r = lst.check(p.port, timeout=0.5)
-        assert r.verdict == verdict, r
-        assert r.elapsed < 1.0
-
-
-def test_loop_nonce_is_unique():
-    a, b = remote.make_nonce(), remote.make_nonce()
-    assert a != b and a.startswith(b"sshkeep-loop ") and a.endswith(b"\n")
+def test_shared_verdict_words_and_ip_literals_match_probe():
+    """agent.hubside does not import agent.run: the words both use and the IP literal rule agree."""
+    from agent.run import probe
+    assert (remote.REFUSED, remote.CLOSED, remote.ERROR) == (probe.REFUSED, probe.CLOSED, probe.ERROR)
+    for text in ("127.0.0.1", "::1", "fe80::1", "1.2.3", "localhost", "::1%lo", "[::1]", "", "1.2.3.4 "):
+        assert remote.is_ip_literal(text) == probe.is_ip_literal(text), text

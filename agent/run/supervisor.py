@@ -17,6 +17,7 @@ from agent.core import classify as C
 from agent.run import clients, identity, probe, state
 from agent.core import record, session, spread
 from agent.hubside import remote
+from agent.run import loop
 from agent.core import machine as M
 from agent.run.child import Child, Job
 from agent.errors import EX_NOINPUT, SshkeepError
@@ -104,12 +105,12 @@ class Runner:
         self.mute_sessions = 0          # sessions in a row whose responder never answered
         self.watchdogs = 0              # consecutive "no ready line" (in time, or the session ended first)
         self.ssh_said = set()           # stderr lines logged since the last change (not repeated)
-        self.loop = None                # remote.LoopListener when t.loop_port
+        self.loop = None                # loop.LoopListener when t.loop_port
         self.loop_box_port = 0
         self.ssh_tunnel = tunnel        # what ssh is started with (tunnel + loop forwards)
         if tunnel.loop_port:
-            self.loop = remote.LoopListener()
-            r_fwd, l_fwd = remote.loop_forward_pair(self.loop.port, tunnel.loop_port)
+            self.loop = loop.LoopListener()
+            r_fwd, l_fwd = loop.loop_forward_pair(self.loop.port, tunnel.loop_port)
             self.loop_box_port = l_fwd.port
             self.ssh_tunnel = record.replace(tunnel, forwards=tuple(tunnel.forwards) + (r_fwd, l_fwd))
 
