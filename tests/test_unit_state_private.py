@@ -109,6 +109,24 @@ def test_state_write_does_not_write_through_a_planted_temp_file(tmp_path):
     assert json.load(open(path)) == {"pid": 1}
 
 
+
+def test_write_file_modes_and_create_once(tmp_path):
+    # the one atomic writer: the state and the hub's .prom (mode exact), dbclient's known_hosts
+    # copy (0600 under the umask), the box ID (made once: of two writers racing, the first wins)
+    path = str(tmp_path / "f")
+    old = os.umask(0o077)
+    try:
+        state.write_file(path, b"one\n", 0o644)
+        assert os.stat(path).st_mode & 0o777 == 0o644
+        os.unlink(path)
+        state.write_file(path, b"one\n", 0o644, exact_mode=False, sync=True, replace=False)
+        assert os.stat(path).st_mode & 0o777 == 0o600
+    finally:
+        os.umask(old)
+    with pytest.raises(FileExistsError):
+        state.write_file(path, b"two\n", replace=False)
+    assert open(path).read() == "one\n" and os.listdir(str(tmp_path)) == ["f"]
+
 @pytest.mark.parametrize("plant", ["symlink", "foreign"])
 def test_agent_refuses_a_planted_runtime_directory(tmp_path, plant):
     # STATE.d holds dbclient's private HOMEs (known_hosts written there before every connect):

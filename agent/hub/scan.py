@@ -196,7 +196,7 @@ def write_atomic(path: str, text: str) -> None:
     """tmp + rename in the same directory; node_exporter's textfile collector reads only *.prom,
     so the temp name (no .prom ending) is never read half written."""
     try:
-        state.replace_file(path, text.encode("utf-8"), 0o644)
+        state.write_file(path, text.encode("utf-8"), 0o644)
     except OSError as exc:
         raise E.SshkeepError("cannot write %s: %s (the directory must be writable by this user)"
                              % (path, exc.strerror or exc), E.EX_CANTCREAT)

@@ -17,6 +17,7 @@ import subprocess
 from agent.core import values
 from agent.errors import ClientError, SshkeepError, EX_CANTCREAT, EX_NOINPUT, EX_NOPERM, EX_UNAVAILABLE
 from agent.core.record import record
+from agent.run.state import write_file
 
 if False:  # annotations only: importing typing would cost the agent 0.5 MB of memory
     from typing import FrozenSet, List, Optional, Sequence
@@ -407,19 +408,6 @@ def mismatch_hint(path: str, host: str, port: int) -> str:
             "changed on purpose, remove that line (sed -i %dd %s)" % (host, port, path, pin[0], pin[0], path))
 
 
-def _safe_write(path: str, text: str) -> None:
-    """Replace `path` through a fresh temp file: never follows a planted symlink."""
-    tmp = "%s.%d.tmp" % (path, os.getpid())
-    try:
-        os.unlink(tmp)
-    except FileNotFoundError:
-        pass
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
-
-
 def prepare_home(info: ClientInfo, tunnel, home: str, host=None, port=None) -> Optional[str]:
     """For dbclient with a known_hosts file: a private HOME whose .ssh/known_hosts it will read.
 
@@ -440,7 +428,9 @@ def prepare_home(info: ClientInfo, tunnel, home: str, host=None, port=None) -> O
         text = ""
     sshdir = os.path.join(home, ".ssh")
     os.makedirs(sshdir, mode=0o700, exist_ok=True)
-    _safe_write(os.path.join(sshdir, "known_hosts"), dropbear_known_hosts(text, host, port))
+    # a fresh file through a temp one: never through a symlink planted in the tmpfs copy
+    write_file(os.path.join(sshdir, "known_hosts"), dropbear_known_hosts(text, host, port).encode("utf-8"),
+               0o600, exact_mode=False)
     return home
 
 

@@ -11,6 +11,7 @@ import os
 import re
 
 from agent.errors import EX_CANTCREAT, EX_DATAERR, SshkeepError
+from agent.run.state import write_file
 
 FILE_NAME = "box-id"
 ID_OK = re.compile(r"\A[A-Za-z0-9_-]{4,64}\Z")   # made: 16 hex digits; an admin may write their own
@@ -54,38 +55,24 @@ def new_id() -> str:
 def box_id(path: str = "") -> str:
     """The ID kept in `path` (default_path()); made and written once if the file is missing.
 
-    Two agents starting at once agree: the new ID goes to a temp file that is
-    hard-linked into place, so only one of them wins and both read the winner.
+    Two agents starting at once agree: the new ID is hard-linked into place (state.write_file),
+    so only one of them wins and both read the winner.
     """
     path = path or default_path()
     try:
         return _read(path)
     except FileNotFoundError:
         pass
-    d = os.path.dirname(path) or "."
-    tmp = "%s.%d.tmp" % (path, os.getpid())
     try:
-        os.makedirs(d, mode=0o700, exist_ok=True)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+        os.makedirs(os.path.dirname(path) or ".", mode=0o700, exist_ok=True)
         try:
-            os.write(fd, (new_id() + "\n").encode())
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        try:
-            os.link(tmp, path)
+            write_file(path, (new_id() + "\n").encode(), 0o644, exact_mode=False, sync=True, replace=False)
         except FileExistsError:
             pass  # another agent made it first: use theirs
-        _sync_dir(d)
         return _read(path)
     except OSError as exc:
         raise SshkeepError("cannot create the box identity %s: %s (it must be on persistent storage and "
                            "writable once; give --box-id-file FILE)" % (path, exc.strerror or exc), EX_CANTCREAT)
-    finally:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
 
 
 def _read(path: str) -> str:
@@ -102,15 +89,3 @@ def _read(path: str) -> str:
                            "is made (the hub then sees a new box), or write the old ID back" % path, EX_DATAERR)
     return text
 
-
-def _sync_dir(d: str) -> None:
-    try:
-        fd = os.open(d, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
