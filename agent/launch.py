@@ -13,7 +13,7 @@ import marshal
 import os
 import sys
 
-from agent.run import serve
+from agent.run import serve, state
 
 LOADER = "import marshal,sys;f=open(int(sys.argv[3]),'rb');exec(marshal.loads(f.read(int(f.read(8)))))"
 # The runtime is what the folders say it is: agent/__init__, agent/errors and every module of the
@@ -105,7 +105,7 @@ def run(settings, args, argv, asked=()):
     `asked`: the ssh options given with -o on this command line (a dbclient that lacks one
     refuses them)."""
     opts = {"debug": bool(args.debug), "daemon": bool(args.daemon), "no_checks": bool(args.no_checks),
-            "reload": bool(args.config), "previous": serve.previous(settings.state), "cwd": _cwd(),
+            "reload": bool(args.config), "previous": state.previous(settings.state), "cwd": _cwd(),
             "asked_options": sorted(asked)}
     interp, script = interpreter()
     if os.environ.get("SSHKEEP_NO_EXEC") != "1":

@@ -84,16 +84,16 @@ def test_planted_state_of_another_user_is_not_acted_on(tmp_path):
         with open(path, "w") as fh:
             json.dump({"pid": 999999999, "children": [rec]}, fh)
         os.chown(path, OTHER, OTHER)
-        assert lifecycle.read_state(path) == {}
+        assert state.previous(path) == {}
         assert lifecycle.reap_previous_children(path) == []
         assert victim.poll() is None                     # before: TERMed as "our orphan"
         # a symlink to a state is not followed either
         os.chown(path, 0, 0)
         link = str(tmp_path / "link.json")
         os.symlink(path, link)
-        assert lifecycle.read_state(link) == {}
+        assert state.previous(link) == {}
         # our own state still counts
-        assert lifecycle.read_state(path)["children"] == [rec]
+        assert state.previous(path)["children"] == [rec]
     finally:
         victim.kill()
         victim.wait(5)

@@ -122,13 +122,6 @@ def _check_dropbear_options(runners, asked, log):
                         % (", ".join(missing), r.info.version))
 
 
-def previous(state_path):
-    """The state file as the agent before us left it ({} if none): read by the start-up process
-    (json is not in the runtime) and passed on, for the orphan reaping and the supervisor."""
-    from agent import lifecycle
-    return lifecycle.read_state(state_path)
-
-
 def _reap_previous(doc, log):
     """Children of an agent that died by SIGKILL still hold our forwards: end them
     (only exact pid + command-line matches: agent.run.procs.reap_orphans)."""

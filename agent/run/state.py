@@ -164,15 +164,32 @@ def dumps(obj, indent=""):
     raise TypeError("not JSON: %r" % (obj,))
 
 
-def read(path: str) -> dict:
+def read(path: str, ours: bool = False):
+    """The state document at `path`; SshkeepError (EX_NOINPUT) saying why when there is none.
+
+    ours: only a file our own uid wrote, never through a symlink or a fifo (its `children` are
+    processes the reader would end: never take them from another user)."""
     import json  # not in the running agent (launch.py reads the previous state for it)
+    flags = os.O_NONBLOCK | (os.O_NOFOLLOW if ours else 0)
     try:
-        with open(path, "r") as fh:
-            return json.load(fh)
+        with open(path, "rb", opener=lambda name, how: os.open(name, how | flags)) as fh:
+            if ours and not owned_by_us(fh.fileno()):
+                raise ValueError("not written by uid %d" % os.geteuid())
+            return json.loads(fh.read(1 << 20 if ours else -1).decode("utf-8"))
     except FileNotFoundError:
         raise SshkeepError("no state file %s: is the agent running? (or give --state FILE)" % path, EX_NOINPUT)
     except (OSError, ValueError) as exc:
         raise SshkeepError("cannot read state file %s: %s" % (path, exc), EX_NOINPUT)
+
+
+def previous(path) -> dict:
+    """The state our own uid left at `path` (read(ours=True)), {} if none or not a document: what an
+    agent that starts, stops or checks acts on."""
+    try:
+        doc = read(path, ours=True) if path else {}
+    except SshkeepError:
+        return {}
+    return doc if isinstance(doc, dict) else {}
 
 
 def pid_alive(pid) -> bool:
