@@ -23,7 +23,7 @@ import time
 
 from agent import errors as E
 from agent.hub import view as hub
-from agent.run import state
+from agent.run import procs, state
 from agent.core.record import replace
 
 if False:  # annotations only
@@ -44,32 +44,20 @@ def default_state_dir() -> str:
     return os.path.join(home, ".sshkeep")
 
 
-def _read_text(path: str, limit: int = 65536) -> Optional[str]:
-    try:
-        with open(path, "rb") as fh:
-            return fh.read(limit).decode("utf-8", "replace")
-    except OSError:
-        return None
-
-
 def proc_info(pid: int, proc: str = "/proc") -> Optional[hub.Proc]:
     """What /proc says about pid now; None when it is gone."""
-    stat = _read_text("%s/%d/stat" % (proc, pid))
-    if stat is None or ")" not in stat:
-        return None
-    fields = stat.rsplit(")", 1)[1].split()
-    if len(fields) < 20:
+    fields = procs.stat_fields(pid, proc)
+    if not fields or len(fields) < 20:
         return None
     try:
         uid = os.stat("%s/%d" % (proc, pid)).st_uid
     except OSError:
         return None
-    cmdline = (_read_text("%s/%d/cmdline" % (proc, pid), 512) or "").replace("\0", " ").strip()
-    return hub.Proc(fields[0], fields[19], uid, cmdline)
+    return hub.Proc(fields[0], fields[19], uid, " ".join(procs.cmdline(pid, proc) or ()).strip())
 
 
 def boot_time(proc: str = "/proc") -> Optional[float]:
-    for line in (_read_text(proc + "/stat") or "").splitlines():
+    for line in (procs.read(proc + "/stat") or b"").decode("ascii", "replace").splitlines():
         if line.startswith("btime "):
             return float(line.split()[1])
     return None
@@ -78,18 +66,9 @@ def boot_time(proc: str = "/proc") -> Optional[float]:
 def children(proc: str = "/proc") -> Dict[int, List[int]]:
     """ppid -> [pid] for every process, from one pass over /proc/*/stat."""
     out = {}  # type: Dict[int, List[int]]
-    try:
-        names = os.listdir(proc)
-    except OSError:
-        return out
-    for name in names:
-        if not name.isdigit():
-            continue
-        stat = _read_text("%s/%s/stat" % (proc, name), 1024)
-        if stat and ")" in stat:
-            fields = stat.rsplit(")", 1)[1].split()
-            if len(fields) > 1 and fields[1].isdigit():
-                out.setdefault(int(fields[1]), []).append(int(name))
+    for pid, fields in procs.processes(proc):
+        if len(fields) > 1 and fields[1].isdigit():
+            out.setdefault(int(fields[1]), []).append(pid)
     return out
 
 
@@ -97,12 +76,7 @@ def client_of(pid: int, kids: Dict[int, List[int]], proc: str = "/proc") -> Opti
     """The client's (address, port): SSH_CONNECTION of a child of the session process that we
     may read (the session command's shell); None when no such child is readable."""
     for child in sorted(kids.get(pid, [])):
-        try:
-            with open("%s/%d/environ" % (proc, child), "rb") as fh:
-                env = fh.read(65536)
-        except OSError:
-            continue
-        for item in env.split(b"\0"):
+        for item in (procs.read("%s/%d/environ" % (proc, child)) or b"").split(b"\0"):
             if item.startswith(b"SSH_CONNECTION="):
                 found = hub.parse_ssh_connection(item[15:].decode("ascii", "replace"))
                 if found:
@@ -112,7 +86,7 @@ def client_of(pid: int, kids: Dict[int, List[int]], proc: str = "/proc") -> Opti
 
 def _open_record(path: str):
     """(text, stat) of a record file, never following a symlink or blocking on a fifo."""
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):

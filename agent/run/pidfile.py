@@ -21,6 +21,7 @@ import os
 import stat
 import time
 
+from agent.run import procs
 from agent.errors import EX_CANTCREAT, EX_NOPERM, AlreadyRunning, SshkeepError
 
 if False:  # annotations only: importing typing would cost the agent 0.5 MB of memory
@@ -235,10 +236,9 @@ def lock_holder(path: str) -> Optional[int]:
     """
     try:
         st = os.stat(path, follow_symlinks=False)
-        with open("/proc/locks", "rb") as f:
-            lines = f.read(1 << 20).splitlines()
     except OSError:
         return None
+    lines = (procs.read("/proc/locks", 1 << 20) or b"").splitlines()
     want = "%02x:%02x:%d" % (os.major(st.st_dev), os.minor(st.st_dev), st.st_ino)
     for line in lines:
         # "1: FLOCK  ADVISORY  WRITE 1234 08:01:5678 0 EOF"; blocked waiters have "->".
