@@ -21,7 +21,7 @@ import stat
 import sys
 import time
 
-from agent import errors as E
+from agent.errors import EX_CANTCREAT, EX_NOINPUT, EX_NOPERM, EX_OK, EX_UNAVAILABLE, SshkeepError, UsageError
 from agent.hub import view as hub
 from agent.run import procs, state
 from agent.core.record import replace
@@ -105,15 +105,15 @@ def scan(state_dir: str, uid: int, proc: str = "/proc"):
     try:
         names = sorted(os.listdir(state_dir))
     except FileNotFoundError:
-        raise E.SshkeepError("%s does not exist: no box has recorded a session there; run this as the "
-                             "tunnel user (its $HOME/.sshkeep) or give --state-dir DIR" % state_dir, E.EX_NOINPUT)
+        raise SshkeepError("%s does not exist: no box has recorded a session there; run this as the "
+                           "tunnel user (its $HOME/.sshkeep) or give --state-dir DIR" % state_dir, EX_NOINPUT)
     except NotADirectoryError:
-        raise E.SshkeepError("%s is not a directory: give --state-dir DIR" % state_dir, E.EX_NOINPUT)
+        raise SshkeepError("%s is not a directory: give --state-dir DIR" % state_dir, EX_NOINPUT)
     except PermissionError:
-        raise E.SshkeepError("%s: permission denied: run this as the tunnel user the boxes log in as "
-                             "(e.g. su -s /bin/sh TUNNELUSER -c 'sshkeep.pyz hub')" % state_dir, E.EX_NOPERM)
+        raise SshkeepError("%s: permission denied: run this as the tunnel user the boxes log in as "
+                           "(e.g. su -s /bin/sh TUNNELUSER -c 'sshkeep.pyz hub')" % state_dir, EX_NOPERM)
     except OSError as exc:
-        raise E.SshkeepError("%s: %s" % (state_dir, exc.strerror or exc), E.EX_NOINPUT)
+        raise SshkeepError("%s: %s" % (state_dir, exc.strerror or exc), EX_NOINPUT)
     live, stale, problems = [], [], []
     for name in names:
         if hub.parse_name(name) is None:
@@ -172,8 +172,8 @@ def write_atomic(path: str, text: str) -> None:
     try:
         state.write_file(path, text.encode("utf-8"), 0o644)
     except OSError as exc:
-        raise E.SshkeepError("cannot write %s: %s (the directory must be writable by this user)"
-                             % (path, exc.strerror or exc), E.EX_CANTCREAT)
+        raise SshkeepError("cannot write %s: %s (the directory must be writable by this user)"
+                           % (path, exc.strerror or exc), EX_CANTCREAT)
 
 
 def view(state_dir: str, timeout: float = 3.0, grace: float = 0.3, proc: str = "/proc", now=None) -> dict:
@@ -206,7 +206,7 @@ def cmd_hub(args) -> int:
     """`sshkeep hub`: the table (or --json) on stdout, problems on stderr, --prometheus FILE.
     Exit 0 when every recorded forward answers, EX_UNAVAILABLE when one does not."""
     if not 0 < args.timeout <= 60:
-        raise E.UsageError("--timeout must be more than 0 and at most 60 seconds")
+        raise UsageError("--timeout must be more than 0 and at most 60 seconds")
     state_dir = os.path.abspath(args.state_dir or default_state_dir())
     doc = view(state_dir, timeout=args.timeout)
     for p in doc["problems"]:
@@ -219,4 +219,4 @@ def cmd_hub(args) -> int:
     elif not args.prometheus:
         sys.stdout.write(hub.render(doc))
     sys.stdout.flush()
-    return E.EX_UNAVAILABLE if hub.any_down(doc) else E.EX_OK
+    return EX_UNAVAILABLE if hub.any_down(doc) else EX_OK
