@@ -190,8 +190,8 @@ def state_age(pidfile: str, state_path: Optional[str]) -> float:
 def _check_lock(pidfile, wait):
     """Exclusive lock on PIDFILE.check: one check-and-start at a time. Returns the fd."""
     path = pidfile + ".check"
-    fd = pidfile_mod._open(path, os.O_RDWR | os.O_CREAT)
-    if not pidfile_mod._lock(fd, fcntl.LOCK_EX, wait):
+    fd = pidfile_mod.open_own(path, os.O_RDWR | os.O_CREAT)
+    if not pidfile_mod.lock(fd, fcntl.LOCK_EX, wait):
         os.close(fd)
         raise SshkeepError("another `sshkeep check` has held %s for %gs" % (path, wait), EX_TEMPFAIL)
     return fd
