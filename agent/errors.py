@@ -22,23 +22,6 @@ EX_TEMPFAIL = 75     # already running (pid N) / try again
 EX_NOPERM = 77       # permission problem (key file mode, pidfile owner)
 EX_CONFIG = 78       # configuration file invalid
 
-EXIT_CODES = {
-    EX_OK: "ok (also: stopped by TERM/INT)",
-    EX_STATUS_NOT_RUNNING: "status: the agent the state file names is not running",
-    EX_STATUS_HUNG: "status: the agent is alive but not updating its state",
-    EX_NOT_RUNNING: "reload/reconnect: no agent holds the pidfile",
-    EX_USAGE: "command line usage error",
-    EX_DATAERR: "bad value on the command line (forward spec, port)",
-    EX_NOINPUT: "an input file (key, config, state) is missing",
-    EX_UNAVAILABLE: "ssh client missing or not recognised",
-    EX_SOFTWARE: "internal error",
-    EX_OSERR: "operating-system error (fork, exec, signal)",
-    EX_CANTCREAT: "cannot write state file or pidfile",
-    EX_TEMPFAIL: "another agent is already running on this pidfile",
-    EX_NOPERM: "permission problem",
-    EX_CONFIG: "configuration invalid",
-}
-
 
 class SshkeepError(Exception):
     """An error the operator can act on; carries its exit code."""

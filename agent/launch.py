@@ -13,7 +13,7 @@ import marshal
 import os
 import sys
 
-from agent.run import serve
+from agent.run import procs, serve, state
 
 LOADER = "import marshal,sys;f=open(int(sys.argv[3]),'rb');exec(marshal.loads(f.read(int(f.read(8)))))"
 # The runtime is what the folders say it is: agent/__init__, agent/errors and every module of the
@@ -28,11 +28,8 @@ def interpreter():
     """(interpreter argv, script argv) of this process: [LOADER --library-path D] python [opts],
     then PYZ or -m agent; from /proc/self/cmdline, so a python started through its loader (a
     32-bit root) is started the same way again."""
-    try:
-        with open("/proc/self/cmdline", "rb") as fh:
-            words = [w.decode("utf-8", "surrogateescape") for w in fh.read().split(b"\0")[:-1]]
-    except OSError:
-        words = []
+    own = procs.read("/proc/self/cmdline", -1) or b""
+    words = [w.decode("utf-8", "surrogateescape") for w in own.split(b"\0")[:-1]]
     tail = len(sys.argv) - 1  # the script's own arguments end the command line
     head = words[:len(words) - tail] if 0 < tail < len(words) else words
     if len(head) >= 3 and head[-2] == "-m":
@@ -105,7 +102,7 @@ def run(settings, args, argv, asked=()):
     `asked`: the ssh options given with -o on this command line (a dbclient that lacks one
     refuses them)."""
     opts = {"debug": bool(args.debug), "daemon": bool(args.daemon), "no_checks": bool(args.no_checks),
-            "reload": bool(args.config), "previous": serve.previous(settings.state), "cwd": _cwd(),
+            "reload": bool(args.config), "previous": state.previous(settings.state), "cwd": _cwd(),
             "asked_options": sorted(asked)}
     interp, script = interpreter()
     if os.environ.get("SSHKEEP_NO_EXEC") != "1":

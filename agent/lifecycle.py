@@ -8,7 +8,6 @@ the pidfile is an sshkeep agent per /proc/PID/cmdline (procs.looks_like_sshkeep)
 from __future__ import annotations
 
 import fcntl
-import json
 import os
 import signal
 import subprocess
@@ -16,7 +15,7 @@ import sys
 import time
 
 from agent.run import pidfile as pidfile_mod
-from agent.run import procs
+from agent.run import procs, state
 from agent.errors import EX_NOPERM, EX_OK, EX_OSERR, EX_SOFTWARE, EX_TEMPFAIL, AlreadyRunning, SshkeepError
 
 # `reload` / `reconnect` with no agent running. LSB init-script actions use 7 for
@@ -101,33 +100,9 @@ def cmd_reconnect(pidfile: str, out=None) -> int:
     return EX_OK
 
 
-def read_state(state_path: Optional[str]) -> dict:
-    """The run state JSON as a dict, {} if missing, unreadable, a symlink or not written by
-    our own uid (its `children` are processes we would end: never take them from another user)."""
-    if not state_path:
-        return {}
-    try:
-        fd = os.open(state_path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
-    except OSError:
-        return {}
-    try:
-        from agent.run.state import owned_by_us
-        if not owned_by_us(fd):
-            return {}
-        with os.fdopen(fd, "rb") as f:
-            fd = None
-            data = json.loads(f.read(1 << 20).decode("utf-8"))
-    except (OSError, ValueError):
-        return {}
-    finally:
-        if fd is not None:
-            os.close(fd)
-    return data if isinstance(data, dict) else {}
-
-
 def reap_previous_children(state_path: Optional[str]) -> list:
     """End the ssh children a dead agent recorded in its state (key "children")."""
-    children = read_state(state_path).get("children")
+    children = state.previous(state_path).get("children")
     return procs.reap_orphans(children if isinstance(children, list) else [])
 
 
@@ -201,17 +176,11 @@ def state_age(pidfile: str, state_path: Optional[str]) -> float:
     (time.monotonic() at write: immune to the NTP jump of a router without RTC),
     "updated" (epoch) and the pidfile's mtime (written when the agent started)."""
     now_wall, now_mono = time.time(), time.monotonic()
-    ages = []
-    state = read_state(state_path)
-    mono = state.get("monotonic")
-    if isinstance(mono, (int, float)) and 0 < mono <= now_mono + 1:
-        ages.append(now_mono - mono)
-    elif isinstance(state.get("updated"), (int, float)) and state["updated"] <= now_wall + 1:
-        # an "updated" in the future means the wall clock stepped back since: no evidence
-        ages.append(now_wall - state["updated"])
+    seconds = state.age(state.previous(state_path), now_wall, now_mono)
+    ages = [] if seconds is None else [seconds]
     try:
         mtime = os.stat(pidfile).st_mtime
-        if mtime <= now_wall + 1:  # likewise
+        if mtime <= now_wall + 1:  # a future mtime: the wall clock stepped back since, no evidence
             ages.append(now_wall - mtime)
     except OSError:
         pass
@@ -221,8 +190,8 @@ def state_age(pidfile: str, state_path: Optional[str]) -> float:
 def _check_lock(pidfile, wait):
     """Exclusive lock on PIDFILE.check: one check-and-start at a time. Returns the fd."""
     path = pidfile + ".check"
-    fd = pidfile_mod._open(path, os.O_RDWR | os.O_CREAT)
-    if not pidfile_mod._lock(fd, fcntl.LOCK_EX, wait):
+    fd = pidfile_mod.open_own(path, os.O_RDWR | os.O_CREAT)
+    if not pidfile_mod.lock(fd, fcntl.LOCK_EX, wait):
         os.close(fd)
         raise SshkeepError("another `sshkeep check` has held %s for %gs" % (path, wait), EX_TEMPFAIL)
     return fd
@@ -253,7 +222,7 @@ def cmd_check(pidfile: str, state_path: Optional[str], run_argv: List[str], stal
                 _say(err, "sshkeep: agent pid %d is hung (no state update for %.0fs > %gs): restarting"
                      % (pid, age, stale_after))
             else:
-                doc = read_state(state_path)
+                doc = state.previous(state_path)
                 theirs = doc.get("settings") if doc.get("pid") == pid else None  # None: not written yet
                 if digest is None or theirs is None or theirs == digest:
                     return EX_OK
@@ -275,7 +244,7 @@ def _reloaded(pid, state_path, digest, timeout):
         return False
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if read_state(state_path).get("settings") == digest:
+        if state.previous(state_path).get("settings") == digest:
             return True
         time.sleep(0.1)
     return False

@@ -254,13 +254,7 @@ def test_sigterm_exits_quickly_and_leaves_no_child(agent, mode):
 
 
 def child_pids(ppid):
-    out = []
-    for d in os.listdir("/proc"):
-        if d.isdigit():
-            st = procs._stat(int(d))
-            if st and len(st) > 1 and st[1] == str(ppid) and st[0] != "Z":
-                out.append(int(d))
-    return out
+    return [pid for pid, st in procs.processes() if len(st) > 1 and st[1] == str(ppid) and st[0] != "Z"]
 
 
 def test_sigterm_mid_check_exits_quickly_and_leaves_no_child(agent):

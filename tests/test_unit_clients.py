@@ -191,7 +191,7 @@ def test_first_contact_key_is_copied_to_the_pin_file_once(tmp_path):
     clients.prepare_home(DB22, t, home)
     assert open(kh).read() == "10.0.0.2 ssh-ed25519 AAAAaccepted\n"
     assert clients.host_key_known(DB22, t, home) is True
-    assert clients.find_pin(str(pins), "10.0.0.2", 2222)[0] == 1
+    assert clients.pin_line(str(pins), "10.0.0.2", 2222) == 1
     hint = clients.mismatch_hint(str(pins), "10.0.0.2", 2222)
     assert "%s line 1" % pins in hint and "sed -i 1d" in hint
 
@@ -257,7 +257,7 @@ def test_hashed_known_hosts_lines_are_read_for_dbclient(tmp_path):
     assert clients.dropbear_known_hosts(text, "10.0.0.2", 2222) == "10.0.0.2 ssh-ed25519 AAAAkey\n"
     assert clients.dropbear_known_hosts(text, "10.0.0.3", 22) == "10.0.0.3 ssh-ed25519 AAAAother\n"
     assert clients.dropbear_known_hosts(text, "10.0.0.2", 22) == ""
-    assert clients.find_pin(str(kh), "10.0.0.3", 22)[0] == 2
+    assert clients.pin_line(str(kh), "10.0.0.3", 22) == 2
     # and on python3-light (no _hashlib): the guard lets the builtin sha1 through
     import lightguard
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(clients.__file__))))

@@ -61,6 +61,12 @@ def test_word_folds_any_text_to_ascii(text, folded):
     assert identity.word(text) == folded
 
 
+def test_word_keeps_what_each_use_allows():
+    # a file name from a tunnel name (dbclient's private HOME), a UCI section name (letters, digits, _)
+    assert identity.word("", empty="tunnel") == "tunnel" and identity.word("a/b.c") == "a_b.c"
+    assert identity.word("hub-1.lan ü" * 9, limit=None, keep="_", empty="unnamed") == "hub_1_lan_u" * 9
+
+
 def test_held_message_says_who_and_since():
     msg = held_message(20022, [{"pid": 7, "box": "0123abcd", "since": 0, "host": "OpenWrt", "tunnel": "t"}], "me")
     assert msg.startswith("port 20022 on the hub is held by box 0123abcd, hostname OpenWrt, tunnel t, since ")

@@ -10,10 +10,9 @@ import time
 import pytest
 
 from agent.run import probe
-from agent.core.model import Forward
 from agent.run.probe import (
     BANNER_MISMATCH, CLOSED, OK_BANNER, OK_DATA, OK_SILENT, REFUSED, TIMEOUT,
-    is_healthy, probe_forward, probe_local, probe_tcp, probe_target,
+    is_healthy, probe_local, probe_tcp,
 )
 
 
@@ -258,19 +257,6 @@ def test_names_are_resolved_with_bytes_only(monkeypatch, peers):
 def test_unresolvable_name_is_an_error_not_a_crash():
     r = probe_local("no-such-host.invalid", 22, timeout=1)
     assert r.verdict == probe.ERROR
-
-
-def test_probe_forward_and_target(peers):
-    svc = peers("send:SSH-2.0-x\r\n")
-    lfwd = Forward("L", "localhost", svc.port, "10.0.0.1", 22, check="banner:SSH-")
-    r = probe_forward(lfwd, timeout=1)
-    assert (r.verdict, r.address) == (OK_BANNER, "127.0.0.1")
-    assert probe_forward(Forward("L", "", svc.port, "x", 22, check="none")) is None
-    rfwd = Forward("R", "", 20022, "127.0.0.1", svc.port, check="banner:SSH-")
-    assert probe_forward(rfwd) is None
-    assert probe_target(rfwd, timeout=1).verdict == OK_BANNER
-    down = Forward("R", "", 20022, "127.0.0.1", free_port())
-    assert probe_target(down, timeout=1).verdict == REFUSED
 
 
 def test_no_file_descriptor_leak(peers):

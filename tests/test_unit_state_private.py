@@ -84,16 +84,16 @@ def test_planted_state_of_another_user_is_not_acted_on(tmp_path):
         with open(path, "w") as fh:
             json.dump({"pid": 999999999, "children": [rec]}, fh)
         os.chown(path, OTHER, OTHER)
-        assert lifecycle.read_state(path) == {}
+        assert state.previous(path) == {}
         assert lifecycle.reap_previous_children(path) == []
         assert victim.poll() is None                     # before: TERMed as "our orphan"
         # a symlink to a state is not followed either
         os.chown(path, 0, 0)
         link = str(tmp_path / "link.json")
         os.symlink(path, link)
-        assert lifecycle.read_state(link) == {}
+        assert state.previous(link) == {}
         # our own state still counts
-        assert lifecycle.read_state(path)["children"] == [rec]
+        assert state.previous(path)["children"] == [rec]
     finally:
         victim.kill()
         victim.wait(5)
@@ -108,6 +108,24 @@ def test_state_write_does_not_write_through_a_planted_temp_file(tmp_path):
     assert victim.read_text() == "precious\n"
     assert json.load(open(path)) == {"pid": 1}
 
+
+
+def test_write_file_modes_and_create_once(tmp_path):
+    # the one atomic writer: the state and the hub's .prom (mode exact), dbclient's known_hosts
+    # copy (0600 under the umask), the box ID (made once: of two writers racing, the first wins)
+    path = str(tmp_path / "f")
+    old = os.umask(0o077)
+    try:
+        state.write_file(path, b"one\n", 0o644)
+        assert os.stat(path).st_mode & 0o777 == 0o644
+        os.unlink(path)
+        state.write_file(path, b"one\n", 0o644, exact_mode=False, sync=True, replace=False)
+        assert os.stat(path).st_mode & 0o777 == 0o600
+    finally:
+        os.umask(old)
+    with pytest.raises(FileExistsError):
+        state.write_file(path, b"two\n", replace=False)
+    assert open(path).read() == "one\n" and os.listdir(str(tmp_path)) == ["f"]
 
 @pytest.mark.parametrize("plant", ["symlink", "foreign"])
 def test_agent_refuses_a_planted_runtime_directory(tmp_path, plant):

@@ -21,9 +21,9 @@ import stat
 import sys
 import time
 
-from agent import errors as E
+from agent.errors import EX_CANTCREAT, EX_NOINPUT, EX_NOPERM, EX_OK, EX_UNAVAILABLE, SshkeepError, UsageError
 from agent.hub import view as hub
-from agent.run import state
+from agent.run import procs, state
 from agent.core.record import replace
 
 if False:  # annotations only
@@ -44,32 +44,20 @@ def default_state_dir() -> str:
     return os.path.join(home, ".sshkeep")
 
 
-def _read_text(path: str, limit: int = 65536) -> Optional[str]:
-    try:
-        with open(path, "rb") as fh:
-            return fh.read(limit).decode("utf-8", "replace")
-    except OSError:
-        return None
-
-
 def proc_info(pid: int, proc: str = "/proc") -> Optional[hub.Proc]:
     """What /proc says about pid now; None when it is gone."""
-    stat = _read_text("%s/%d/stat" % (proc, pid))
-    if stat is None or ")" not in stat:
-        return None
-    fields = stat.rsplit(")", 1)[1].split()
-    if len(fields) < 20:
+    fields = procs.stat_fields(pid, proc)
+    if not fields or len(fields) < 20:
         return None
     try:
         uid = os.stat("%s/%d" % (proc, pid)).st_uid
     except OSError:
         return None
-    cmdline = (_read_text("%s/%d/cmdline" % (proc, pid), 512) or "").replace("\0", " ").strip()
-    return hub.Proc(fields[0], fields[19], uid, cmdline)
+    return hub.Proc(fields[0], fields[19], uid, " ".join(procs.cmdline(pid, proc) or ()).strip())
 
 
 def boot_time(proc: str = "/proc") -> Optional[float]:
-    for line in (_read_text(proc + "/stat") or "").splitlines():
+    for line in (procs.read(proc + "/stat") or b"").decode("ascii", "replace").splitlines():
         if line.startswith("btime "):
             return float(line.split()[1])
     return None
@@ -78,18 +66,9 @@ def boot_time(proc: str = "/proc") -> Optional[float]:
 def children(proc: str = "/proc") -> Dict[int, List[int]]:
     """ppid -> [pid] for every process, from one pass over /proc/*/stat."""
     out = {}  # type: Dict[int, List[int]]
-    try:
-        names = os.listdir(proc)
-    except OSError:
-        return out
-    for name in names:
-        if not name.isdigit():
-            continue
-        stat = _read_text("%s/%s/stat" % (proc, name), 1024)
-        if stat and ")" in stat:
-            fields = stat.rsplit(")", 1)[1].split()
-            if len(fields) > 1 and fields[1].isdigit():
-                out.setdefault(int(fields[1]), []).append(int(name))
+    for pid, fields in procs.processes(proc):
+        if len(fields) > 1 and fields[1].isdigit():
+            out.setdefault(int(fields[1]), []).append(pid)
     return out
 
 
@@ -97,12 +76,7 @@ def client_of(pid: int, kids: Dict[int, List[int]], proc: str = "/proc") -> Opti
     """The client's (address, port): SSH_CONNECTION of a child of the session process that we
     may read (the session command's shell); None when no such child is readable."""
     for child in sorted(kids.get(pid, [])):
-        try:
-            with open("%s/%d/environ" % (proc, child), "rb") as fh:
-                env = fh.read(65536)
-        except OSError:
-            continue
-        for item in env.split(b"\0"):
+        for item in (procs.read("%s/%d/environ" % (proc, child)) or b"").split(b"\0"):
             if item.startswith(b"SSH_CONNECTION="):
                 found = hub.parse_ssh_connection(item[15:].decode("ascii", "replace"))
                 if found:
@@ -112,7 +86,7 @@ def client_of(pid: int, kids: Dict[int, List[int]], proc: str = "/proc") -> Opti
 
 def _open_record(path: str):
     """(text, stat) of a record file, never following a symlink or blocking on a fifo."""
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
@@ -131,15 +105,15 @@ def scan(state_dir: str, uid: int, proc: str = "/proc"):
     try:
         names = sorted(os.listdir(state_dir))
     except FileNotFoundError:
-        raise E.SshkeepError("%s does not exist: no box has recorded a session there; run this as the "
-                             "tunnel user (its $HOME/.sshkeep) or give --state-dir DIR" % state_dir, E.EX_NOINPUT)
+        raise SshkeepError("%s does not exist: no box has recorded a session there; run this as the "
+                           "tunnel user (its $HOME/.sshkeep) or give --state-dir DIR" % state_dir, EX_NOINPUT)
     except NotADirectoryError:
-        raise E.SshkeepError("%s is not a directory: give --state-dir DIR" % state_dir, E.EX_NOINPUT)
+        raise SshkeepError("%s is not a directory: give --state-dir DIR" % state_dir, EX_NOINPUT)
     except PermissionError:
-        raise E.SshkeepError("%s: permission denied: run this as the tunnel user the boxes log in as "
-                             "(e.g. su -s /bin/sh TUNNELUSER -c 'sshkeep.pyz hub')" % state_dir, E.EX_NOPERM)
+        raise SshkeepError("%s: permission denied: run this as the tunnel user the boxes log in as "
+                           "(e.g. su -s /bin/sh TUNNELUSER -c 'sshkeep.pyz hub')" % state_dir, EX_NOPERM)
     except OSError as exc:
-        raise E.SshkeepError("%s: %s" % (state_dir, exc.strerror or exc), E.EX_NOINPUT)
+        raise SshkeepError("%s: %s" % (state_dir, exc.strerror or exc), EX_NOINPUT)
     live, stale, problems = [], [], []
     for name in names:
         if hub.parse_name(name) is None:
@@ -196,10 +170,10 @@ def write_atomic(path: str, text: str) -> None:
     """tmp + rename in the same directory; node_exporter's textfile collector reads only *.prom,
     so the temp name (no .prom ending) is never read half written."""
     try:
-        state.replace_file(path, text.encode("utf-8"), 0o644)
+        state.write_file(path, text.encode("utf-8"), 0o644)
     except OSError as exc:
-        raise E.SshkeepError("cannot write %s: %s (the directory must be writable by this user)"
-                             % (path, exc.strerror or exc), E.EX_CANTCREAT)
+        raise SshkeepError("cannot write %s: %s (the directory must be writable by this user)"
+                           % (path, exc.strerror or exc), EX_CANTCREAT)
 
 
 def view(state_dir: str, timeout: float = 3.0, grace: float = 0.3, proc: str = "/proc", now=None) -> dict:
@@ -232,7 +206,7 @@ def cmd_hub(args) -> int:
     """`sshkeep hub`: the table (or --json) on stdout, problems on stderr, --prometheus FILE.
     Exit 0 when every recorded forward answers, EX_UNAVAILABLE when one does not."""
     if not 0 < args.timeout <= 60:
-        raise E.UsageError("--timeout must be more than 0 and at most 60 seconds")
+        raise UsageError("--timeout must be more than 0 and at most 60 seconds")
     state_dir = os.path.abspath(args.state_dir or default_state_dir())
     doc = view(state_dir, timeout=args.timeout)
     for p in doc["problems"]:
@@ -245,4 +219,4 @@ def cmd_hub(args) -> int:
     elif not args.prometheus:
         sys.stdout.write(hub.render(doc))
     sys.stdout.flush()
-    return E.EX_UNAVAILABLE if hub.any_down(doc) else E.EX_OK
+    return EX_UNAVAILABLE if hub.any_down(doc) else EX_OK

@@ -17,6 +17,7 @@ import subprocess
 from agent.core import values
 from agent.errors import ClientError, SshkeepError, EX_CANTCREAT, EX_NOINPUT, EX_NOPERM, EX_UNAVAILABLE
 from agent.core.record import record
+from agent.run.state import write_file
 
 if False:  # annotations only: importing typing would cost the agent 0.5 MB of memory
     from typing import FrozenSet, List, Optional, Sequence
@@ -314,23 +315,34 @@ def check_identity(info: ClientInfo, path: str) -> None:
                            "dropbearconvert dropbear openssh %s %s.openssh" % (path, path, path), 65)
 
 
+def known_hosts_entries(text: str):
+    """(line number, [names, key type, key, ...]) of each host key line of a known_hosts text:
+    comments and @cert-authority / @revoked lines are no pins, for either client."""
+    for n, line in enumerate(text.split("\n"), 1):
+        parts = line.split()
+        if len(parts) >= 3 and not parts[0].startswith(("#", "@")):
+            yield n, parts
+
+
+def _read_text(path: str) -> str:
+    with open(path, "r", encoding="utf-8", errors="replace") as fh:
+        return fh.read()
+
+
+def _names_for(host: str, port: int) -> set:
+    """The names an OpenSSH known_hosts may file host:port under."""
+    return {pin_name(host, port), "[%s]:%d" % (host, port)}
+
+
 def dropbear_known_hosts(text: str, host: str, port: int) -> str:
     """Lines of an OpenSSH known_hosts usable by dbclient for host:port.
 
     dbclient reads only $HOME/.ssh/known_hosts and keys entries by host name
     without the port; OpenSSH writes `[host]:port` for non-22 ports.
     """
-    out = []
-    wanted = {host, "[%s]:%d" % (host, port)}
-    if port == 22:
-        wanted.add("[%s]:22" % host)
-    for line in text.splitlines():
-        parts = line.split()
-        if len(parts) < 3 or line.startswith("#") or parts[0].startswith("@"):
-            continue
-        if _names_match(parts[0], wanted):
-            out.append("%s %s %s" % (host, parts[1], parts[2]))
-    return "".join(l + "\n" for l in out)
+    wanted = _names_for(host, port) | {host}
+    return "".join("%s %s %s\n" % (host, parts[1], parts[2]) for _, parts in known_hosts_entries(text)
+                   if _names_match(parts[0], wanted))
 
 
 def _names_match(field: str, wanted) -> bool:
@@ -383,41 +395,24 @@ def ensure_pin_file(path: str) -> None:
                            "persistent file system)" % (path, exc.strerror or exc), EX_CANTCREAT)
 
 
-def find_pin(path: str, host: str, port: int):
-    """(line number, line) of the first entry for host:port in an OpenSSH known_hosts, or None."""
-    wanted = {pin_name(host, port)} | ({"[%s]:22" % host} if port == 22 else set())
+def pin_line(path: str, host: str, port: int) -> Optional[int]:
+    """The line number of the first entry for host:port in an OpenSSH known_hosts, or None."""
     try:
-        with open(path, "r", encoding="utf-8", errors="replace") as fh:
-            for n, line in enumerate(fh, 1):
-                parts = line.split()
-                if len(parts) >= 3 and not line.startswith("#") and _names_match(parts[0], wanted):
-                    return n, line.rstrip("\n")
+        text = _read_text(path)
     except OSError:
-        pass
-    return None
+        return None
+    wanted = _names_for(host, port)
+    return next((n for n, parts in known_hosts_entries(text) if _names_match(parts[0], wanted)), None)
 
 
 def mismatch_hint(path: str, host: str, port: int) -> str:
     """What to remove when the server's key no longer matches its pin (dbclient only names
     its private ~/.ssh/known_hosts, which we rewrite from `path` before every connect)."""
-    pin = find_pin(path, host, port) if path else None
-    if pin is None:
+    n = pin_line(path, host, port) if path else None
+    if n is None:
         return "the host key of %s:%d changed; check known_hosts" % (host, port)
     return ("the host key of %s:%d does not match the one pinned at %s line %d: if the server's key was "
-            "changed on purpose, remove that line (sed -i %dd %s)" % (host, port, path, pin[0], pin[0], path))
-
-
-def _safe_write(path: str, text: str) -> None:
-    """Replace `path` through a fresh temp file: never follows a planted symlink."""
-    tmp = "%s.%d.tmp" % (path, os.getpid())
-    try:
-        os.unlink(tmp)
-    except FileNotFoundError:
-        pass
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
+            "changed on purpose, remove that line (sed -i %dd %s)" % (host, port, path, n, n, path))
 
 
 def prepare_home(info: ClientInfo, tunnel, home: str, host=None, port=None) -> Optional[str]:
@@ -431,8 +426,7 @@ def prepare_home(info: ClientInfo, tunnel, home: str, host=None, port=None) -> O
     host = host or tunnel.host
     port = port or tunnel.port
     try:
-        with open(tunnel.known_hosts, "r", encoding="utf-8", errors="replace") as fh:
-            text = fh.read()
+        text = _read_text(tunnel.known_hosts)
     except FileNotFoundError:
         if not tunnel.accept_new:
             raise SshkeepError("known_hosts file %s does not exist (--known-hosts); create it or use --accept-new"
@@ -440,7 +434,9 @@ def prepare_home(info: ClientInfo, tunnel, home: str, host=None, port=None) -> O
         text = ""
     sshdir = os.path.join(home, ".ssh")
     os.makedirs(sshdir, mode=0o700, exist_ok=True)
-    _safe_write(os.path.join(sshdir, "known_hosts"), dropbear_known_hosts(text, host, port))
+    # a fresh file through a temp one: never through a symlink planted in the tmpfs copy
+    write_file(os.path.join(sshdir, "known_hosts"), dropbear_known_hosts(text, host, port).encode("utf-8"),
+               0o600, exact_mode=False)
     return home
 
 
@@ -453,13 +449,13 @@ def save_learned(info: ClientInfo, tunnel, home: Optional[str], host=None, port=
         return None
     host = host or tunnel.host
     port = port or tunnel.port
-    if find_pin(tunnel.known_hosts, host, port) is not None:
+    if pin_line(tunnel.known_hosts, host, port) is not None:
         return None
     try:
-        with open(os.path.join(home, ".ssh", "known_hosts"), "r", encoding="utf-8", errors="replace") as fh:
-            learned = [l.split() for l in fh if (l.split() or [""])[0] == host and len(l.split()) >= 3]
+        text = _read_text(os.path.join(home, ".ssh", "known_hosts"))
     except OSError:
         return None
+    learned = [parts for _, parts in known_hosts_entries(text) if parts[0] == host]
     if not learned:
         return None
     line = "%s %s %s\n" % (pin_name(host, port), learned[0][1], learned[0][2])
@@ -481,16 +477,12 @@ def host_key_known(info: ClientInfo, tunnel, home: Optional[str], host=None, por
         return None
     host = host or tunnel.host
     base = home or os.environ.get("HOME") or "/"
-    path = os.path.join(base, ".ssh", "known_hosts")
     try:
-        with open(path, "r", encoding="utf-8", errors="replace") as fh:
-            for line in fh:
-                parts = line.split()
-                if len(parts) >= 3 and host in parts[0].split(","):
-                    return True
+        text = _read_text(os.path.join(base, ".ssh", "known_hosts"))
     except OSError:
         return False
-    return False
+    # plain names only: dbclient cannot read a hashed one (and takes no [host]:port)
+    return any(host in parts[0].split(",") for _, parts in known_hosts_entries(text))
 
 
 def child_env(base: dict, home: Optional[str]) -> dict:

@@ -136,22 +136,3 @@ class _RotatingFile:
 
     def flush(self):
         pass
-
-
-class NullLog(Log):
-    def __init__(self):
-        super().__init__(stream=_Null())
-
-    def emit(self, level, tunnel, message):
-        pass
-
-
-class _Null:
-    def write(self, _):
-        pass
-
-    def flush(self):
-        pass
-
-    def isatty(self):
-        return False

@@ -21,6 +21,7 @@ import os
 import stat
 import time
 
+from agent.run import procs
 from agent.errors import EX_CANTCREAT, EX_NOPERM, AlreadyRunning, SshkeepError
 
 if False:  # annotations only: importing typing would cost the agent 0.5 MB of memory
@@ -55,9 +56,9 @@ class PidFile:
         # Bounded: each round either locks the inode that is still at `path` or finds
         # that a releasing agent unlinked it in between (then it opens the new one).
         for _ in range(20):
-            fd = _open(self.path, os.O_RDWR | os.O_CREAT)
+            fd = open_own(self.path, os.O_RDWR | os.O_CREAT)
             try:
-                if not _lock(fd, fcntl.LOCK_EX, _CONTENTION_WAIT):
+                if not lock(fd, fcntl.LOCK_EX, _CONTENTION_WAIT):
                     pid = _holder_pid(self.path, fd)
                     raise AlreadyRunning(pid or 0, self.path)
                 if not _same_file(fd, self.path):
@@ -111,7 +112,9 @@ class PidFile:
         self.release()
 
 
-def _open(path, flags):
+def open_own(path, flags):
+    """An fd on the pidfile `path` (or the check lock beside it): a regular file of our own uid,
+    never through a symlink, made 0644; SshkeepError with the fix otherwise."""
     try:
         fd = os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NOCTTY, 0o644)
     except OSError as exc:
@@ -140,7 +143,7 @@ def _open(path, flags):
     return fd
 
 
-def _lock(fd, how, wait):
+def lock(fd, how, wait):
     """flock(fd, how|LOCK_NB), retried for `wait` seconds (short contention from probes)."""
     deadline = time.monotonic() + wait
     while True:
@@ -190,16 +193,26 @@ def _holder_pid(path, fd):
 
 def read_pid(path: str) -> Optional[int]:
     """The pid written in `path`, or None (missing, empty, garbage, symlink). Says nothing about liveness."""
+    fd = _open_regular(path)
+    if fd is None:
+        return None
+    try:
+        return _read_fd_pid(fd)
+    finally:
+        os.close(fd)
+
+
+def _open_regular(path):
+    """A read-only fd on `path` if it is a regular file (not through a symlink, never blocking
+    on a fifo), else None."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NOCTTY | os.O_NONBLOCK)
     except OSError:
         return None
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            return None
-        return _read_fd_pid(fd)
-    finally:
-        os.close(fd)
+    if stat.S_ISREG(os.fstat(fd).st_mode):
+        return fd
+    os.close(fd)
+    return None
 
 
 def is_locked(path: str) -> bool:
@@ -209,19 +222,15 @@ def is_locked(path: str) -> bool:
     releases it at once. Works from the holder's own process too (flock is per open
     file description). A missing file, a symlink or a non-regular file: False.
     """
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NOCTTY | os.O_NONBLOCK)
-    except OSError:
+    fd = _open_regular(path)
+    if fd is None:
         return False
     try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            return False
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except OSError as exc:
-            return exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES)
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
         fcntl.flock(fd, fcntl.LOCK_UN)
         return False
+    except OSError as exc:
+        return exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES)
     finally:
         os.close(fd)
 
@@ -235,10 +244,9 @@ def lock_holder(path: str) -> Optional[int]:
     """
     try:
         st = os.stat(path, follow_symlinks=False)
-        with open("/proc/locks", "rb") as f:
-            lines = f.read(1 << 20).splitlines()
     except OSError:
         return None
+    lines = (procs.read("/proc/locks", 1 << 20) or b"").splitlines()
     want = "%02x:%02x:%d" % (os.major(st.st_dev), os.minor(st.st_dev), st.st_ino)
     for line in lines:
         # "1: FLOCK  ADVISORY  WRITE 1234 08:01:5678 0 EOF"; blocked waiters have "->".

@@ -410,24 +410,3 @@ def probe_syn(host: str, port: int, timeout: float = 0.5) -> Optional[bool]:
     finally:
         for s_ in (raw, route, hold):
             s_.close()
-
-
-def banner_of(check: str) -> Optional[bytes]:
-    """The bytes a Forward's `check` ("connect" | "banner:TEXT" | "none") expects, or None."""
-    if check.startswith("banner:"):
-        return check[len("banner:"):].encode("utf-8", "surrogateescape")
-    return None
-
-
-def probe_forward(forward, timeout: float = 3.0, grace: float = 0.3) -> Optional[ProbeResult]:
-    """Probe a -L/-D forward's listen side on this box; None when its check is 'none' or it is -R."""
-    if forward.kind == "R" or forward.check == "none":
-        return None
-    return probe_local(forward.bind, forward.port, timeout, grace, banner_of(forward.check))
-
-
-def probe_target(forward, timeout: float = 3.0, grace: float = 0.3) -> Optional[ProbeResult]:
-    """Probe the box-side target of a -R forward (host:hostport), to tell target-down from tunnel-broken."""
-    if forward.kind != "R":
-        return None
-    return probe_local(forward.host, forward.hostport, timeout, grace, banner_of(forward.check))

@@ -18,18 +18,46 @@ _POLL = 0.02
 
 # Python options that take a value in the next word (`python3 -W ignore x.pyz`).
 _PY_OPTS_WITH_ARG = ("-W", "-X", "-Q")
+_GONE = ("Z", "X", "x")  # /proc/PID/stat states of a process that has exited (zombie, dead)
 
 
-def cmdline(pid: int) -> Optional[List[str]]:
-    """argv of `pid` from /proc/PID/cmdline; None if gone, a zombie, or a kernel thread."""
+def read(path: str, limit: int = 1 << 16) -> Optional[bytes]:
+    """Up to `limit` bytes of a /proc file (-1: all of it), or None when it cannot be read."""
     try:
-        with open("/proc/%d/cmdline" % pid, "rb") as f:
-            data = f.read(1 << 16)
+        with open(path, "rb") as f:
+            return f.read(limit)
     except (OSError, ValueError):
         return None
+
+
+def cmdline(pid: int, proc: str = "/proc") -> Optional[List[str]]:
+    """argv of `pid` from /proc/PID/cmdline; None if gone, a zombie, or a kernel thread."""
+    data = read("%s/%d/cmdline" % (proc, pid))
     if not data:
         return None
     return [a.decode("utf-8", "surrogateescape") for a in data.rstrip(b"\0").split(b"\0")]
+
+
+def stat_fields(pid: int, proc: str = "/proc") -> Optional[List[str]]:
+    """Fields of /proc/PID/stat after the `(comm)` field: [state, ppid, ...], so field N of
+    proc(5) is [N - 3] (starttime, field 22: [19]); None if gone."""
+    data = read("%s/%d/stat" % (proc, pid), 4096)
+    if not data or b")" not in data:
+        return None
+    # comm may contain spaces and parentheses: split after the last ')'.
+    return data[data.rfind(b")") + 1:].decode("ascii", "replace").split()
+
+
+def processes(proc: str = "/proc"):
+    """(pid, stat_fields) of every process now."""
+    try:
+        names = os.listdir(proc)
+    except OSError:
+        return
+    for name in names:
+        fields = stat_fields(int(name), proc) if name.isdigit() else None
+        if fields:
+            yield int(name), fields
 
 
 def starttime(pid: int) -> Optional[int]:
@@ -38,24 +66,11 @@ def starttime(pid: int) -> Optional[int]:
     Together with the pid it names one process for the life of the boot: record it
     next to pid and cmdline and `reap_orphans` will compare it too.
     """
-    stat = _stat(pid)
-    if stat is None:
-        return None
+    fields = stat_fields(pid)
     try:
-        return int(stat[19])
-    except (IndexError, ValueError):
+        return int(fields[19])
+    except (IndexError, TypeError, ValueError):
         return None
-
-
-def _stat(pid):
-    """Fields of /proc/PID/stat after the `(comm)` field: [state, ppid, ...]."""
-    try:
-        with open("/proc/%d/stat" % pid, "rb") as f:
-            data = f.read(4096)
-    except (OSError, ValueError):
-        return None
-    # comm may contain spaces and parentheses: split after the last ')'.
-    return data[data.rfind(b")") + 2:].decode("ascii", "replace").split()
 
 
 def alive(pid: int) -> bool:
@@ -65,8 +80,8 @@ def alive(pid: int) -> bool:
     """
     if pid <= 0:
         return False
-    stat = _stat(pid)
-    return bool(stat) and stat[0] not in ("Z", "X", "x")
+    fields = stat_fields(pid)
+    return bool(fields) and fields[0] not in _GONE
 
 
 def _script(argv):
@@ -139,20 +154,12 @@ def children_of(ppid: int) -> List[dict]:
     behind without trusting (or needing) its state file.
     """
     out = []
-    try:
-        names = os.listdir("/proc")
-    except OSError:
-        return out
-    for name in names:
-        if not name.isdigit():
-            continue
-        pid = int(name)
-        stat = _stat(pid)
-        if not stat or len(stat) < 20 or stat[1] != str(ppid) or stat[0] in ("Z", "X", "x"):
+    for pid, fields in processes():
+        if len(fields) < 20 or fields[1] != str(ppid) or fields[0] in _GONE:
             continue
         argv = cmdline(pid)
         if argv:
-            out.append({"pid": pid, "cmdline": argv, "starttime": int(stat[19])})
+            out.append({"pid": pid, "cmdline": argv, "starttime": int(fields[19])})
     return out
 
 

@@ -40,6 +40,11 @@ class _Compiled:
         module.__file__ = code.co_filename
         exec(code, module.__dict__)
 
+    def drop_block(self):
+        """Every module is in: the code block's memory goes back."""
+        self.block.release()
+        self.block = None
+
 
 def boot(pipe, writer):
     """`pipe`: LOADER's buffered file on FD (its read(n) returns n bytes, however the pipe
@@ -52,8 +57,7 @@ def boot(pipe, writer):
     sys.meta_path.insert(0, finder)
     for name in sorted(finder.index):  # "agent" first, each package before its modules
         __import__(name)
-    finder.block.release()
-    finder.block = None  # every module is in: the code block's memory goes back
+    finder.drop_block()
     from agent.run import serve
     return serve.main(meta)
 

@@ -11,7 +11,7 @@ import os
 import sys
 
 from agent import __version__
-from agent import errors as E
+from agent.errors import EX_UNAVAILABLE, SshkeepError, guarded
 from agent.core import record
 
 _TAG = "\0record"
@@ -44,7 +44,7 @@ def resolve(interp, script, argv, cwd):
                        cwd=cwd if cwd and os.path.isdir(cwd) else None)
     if p.returncode != 0:
         text = p.stderr.decode("utf-8", "replace").strip().replace("sshkeep: ", "")
-        raise E.SshkeepError(text or "exit %d" % p.returncode, p.returncode)
+        raise SshkeepError(text or "exit %d" % p.returncode, p.returncode)
     return decode(marshal.loads(p.stdout))
 
 
@@ -52,7 +52,7 @@ def main(payload):
     """The runtime's entry: the errors of the agent become messages and exit codes (errors.guarded)."""
     opts, interp, script, argv = payload["opts"], payload["interp"], payload["script"], payload["argv"]
     reload_fn = (lambda: resolve(interp, script, argv, opts["cwd"])) if opts["reload"] else None
-    return E.guarded(serve, decode(payload["settings"]), opts, reload_fn)
+    return guarded(serve, decode(payload["settings"]), opts, reload_fn)
 
 
 def serve(settings, opts, reload_fn):
@@ -70,7 +70,7 @@ def serve(settings, opts, reload_fn):
         from agent.run.pidfile import PidFile
         pid = PidFile(settings.pidfile)
         pid.acquire()
-    except E.SshkeepError as exc:
+    except SshkeepError as exc:
         if notifier:
             notifier.fail(str(exc), exc.code)
         raise
@@ -89,7 +89,7 @@ def serve(settings, opts, reload_fn):
         try:
             sup.prepare()
             _check_dropbear_options(sup.runners, set(opts["asked_options"]), log)
-        except E.SshkeepError as exc:
+        except SshkeepError as exc:
             if notifier:
                 notifier.fail(str(exc), exc.code)
             raise
@@ -114,19 +114,12 @@ def _check_dropbear_options(runners, asked, log):
         missing = clients.dropbear_options(r.info, r.t.extra_options)[1]
         refused = [k for k in missing if k in asked]
         if refused:
-            raise E.SshkeepError("-o %s: %s (dropbear %s) has no such option; drop it, or use OpenSSH "
-                                 "(--client openssh)" % (", ".join(refused), r.info.path, r.info.version),
-                                 E.EX_UNAVAILABLE)
+            raise SshkeepError("-o %s: %s (dropbear %s) has no such option; drop it, or use OpenSSH "
+                               "(--client openssh)" % (", ".join(refused), r.info.path, r.info.version),
+                               EX_UNAVAILABLE)
         if missing:
             log.warning(r.name, "ssh option(s) %s not passed: dbclient %s has no such option"
                         % (", ".join(missing), r.info.version))
-
-
-def previous(state_path):
-    """The state file as the agent before us left it ({} if none): read by the start-up process
-    (json is not in the runtime) and passed on, for the orphan reaping and the supervisor."""
-    from agent import lifecycle
-    return lifecycle.read_state(state_path)
 
 
 def _reap_previous(doc, log):

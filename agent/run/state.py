@@ -52,9 +52,15 @@ def owned_by_us(fd: int) -> bool:
     return os.fstat(fd).st_uid == os.geteuid()
 
 
-def replace_file(path: str, data: bytes, mode: int = 0o644) -> None:
+def write_file(path: str, data: bytes, mode: int = 0o644, exact_mode: bool = True, sync: bool = False,
+               replace: bool = True) -> None:
     """Write `data` to a fresh temp file beside `path` (never through a planted one), then rename:
-    a reader sees the old file or the new one, never half of it. OSError on failure, temp removed."""
+    a reader sees the old file or the new one, never half of it. OSError on failure, temp removed.
+
+    exact_mode: `mode` as given, not narrowed by the umask (a hub's collector runs as another user).
+    sync: fsync the file and its directory (flash: what was written survives a power cut).
+    replace=False: hard-link into place instead, so of two writers racing only one wins:
+    FileExistsError, and `path` untouched, if it exists."""
     tmp = "%s.%d.tmp" % (path, os.getpid())
     try:
         try:
@@ -66,21 +72,43 @@ def replace_file(path: str, data: bytes, mode: int = 0o644) -> None:
             view = memoryview(data)
             while view:
                 view = view[os.write(fd, view):]
-            os.fchmod(fd, mode)  # not narrowed by the umask (a hub's collector runs as another user)
+            if exact_mode:
+                os.fchmod(fd, mode)
+            if sync:
+                os.fsync(fd)
         finally:
             os.close(fd)
-        os.replace(tmp, path)
+        if replace:
+            os.replace(tmp, path)
+        else:
+            os.link(tmp, path)
+            os.unlink(tmp)
     except OSError:
         try:
             os.unlink(tmp)
         except OSError:
             pass
         raise
+    if sync:
+        _sync_dir(os.path.dirname(path) or ".")
+
+
+def _sync_dir(d: str) -> None:
+    try:
+        fd = os.open(d, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def write(path: str, doc: dict) -> None:
     try:
-        replace_file(path, (dumps(doc) + "\n").encode("utf-8"))
+        write_file(path, (dumps(doc) + "\n").encode("utf-8"))
     except OSError as exc:
         raise StateError("cannot write state file %s: %s (use --state FILE on a writable tmpfs)"
                          % (path, exc.strerror or exc))
@@ -136,15 +164,32 @@ def dumps(obj, indent=""):
     raise TypeError("not JSON: %r" % (obj,))
 
 
-def read(path: str) -> dict:
+def read(path: str, ours: bool = False):
+    """The state document at `path`; SshkeepError (EX_NOINPUT) saying why when there is none.
+
+    ours: only a file our own uid wrote, never through a symlink or a fifo (its `children` are
+    processes the reader would end: never take them from another user)."""
     import json  # not in the running agent (launch.py reads the previous state for it)
+    flags = os.O_NONBLOCK | (os.O_NOFOLLOW if ours else 0)
     try:
-        with open(path, "r") as fh:
-            return json.load(fh)
+        with open(path, "rb", opener=lambda name, how: os.open(name, how | flags)) as fh:
+            if ours and not owned_by_us(fh.fileno()):
+                raise ValueError("not written by uid %d" % os.geteuid())
+            return json.loads(fh.read(1 << 20 if ours else -1).decode("utf-8"))
     except FileNotFoundError:
         raise SshkeepError("no state file %s: is the agent running? (or give --state FILE)" % path, EX_NOINPUT)
     except (OSError, ValueError) as exc:
         raise SshkeepError("cannot read state file %s: %s" % (path, exc), EX_NOINPUT)
+
+
+def previous(path) -> dict:
+    """The state our own uid left at `path` (read(ours=True)), {} if none or not a document: what an
+    agent that starts, stops or checks acts on."""
+    try:
+        doc = read(path, ours=True) if path else {}
+    except SshkeepError:
+        return {}
+    return doc if isinstance(doc, dict) else {}
 
 
 def pid_alive(pid) -> bool:

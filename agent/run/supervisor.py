@@ -271,8 +271,7 @@ class Supervisor:
         (serve.py), so the running agent needs neither lifecycle nor json; else read here."""
         if self.previous_state is not None:
             return self.previous_state
-        from agent import lifecycle
-        return lifecycle.read_state(self.settings.state)
+        return state.previous(self.settings.state)
 
     def _box_id(self):
         """The box identity; if its file cannot be read or made, a temporary one (kept in the
