@@ -22,11 +22,11 @@ import os
 import re
 import stat
 
-from agent.core import record, values
+from agent.core import defaults, record, values
 from agent.errors import ConfigError, EX_NOINPUT, EX_NOPERM
-from agent.core.model import DEFAULT_PIDFILE, DEFAULT_STATE, Forward, Settings, Tunnel, expand_tilde
+from agent.core.model import Forward, Settings, Tunnel, expand_tilde
 
-DEFAULT_PATH = "/etc/config/sshkeep"
+DEFAULT_PATH = defaults.CONFIG
 MAX_SIZE = 1 << 20  # a config file is small; refuse to parse a log file by mistake
 
 _TUNNEL_DEFAULTS = record.defaults(Tunnel)
@@ -463,7 +463,7 @@ def _parse_sshkeep(sections, report):
         report.error(line, "section '%s' is defined twice (first at line %d)" % (sec.name, sec.line),
                      "rename one of them (uci would merge them silently)")
 
-    settings = {"state": DEFAULT_STATE, "pidfile": DEFAULT_PIDFILE, "syslog": False}
+    settings = {"state": defaults.STATE, "pidfile": defaults.PIDFILE, "syslog": defaults.SYSLOG}
     base = {f: _TUNNEL_DEFAULTS[f] for f, _ in _TUNNEL_OPTS.values()}
     if len(glob) > 1:
         report.error(glob[1].line, "second config sshkeep section (first at line %d)" % glob[0].line,
@@ -660,7 +660,7 @@ def _st_get(section, name, report):
 
 def _parse_sshtunnel(sections, report):
     glob = [s for s in sections if s.type == "sshkeep"]
-    settings = {"state": DEFAULT_STATE, "pidfile": DEFAULT_PIDFILE, "syslog": False}
+    settings = {"state": defaults.STATE, "pidfile": defaults.PIDFILE, "syslog": defaults.SYSLOG}
     base = {f: _TUNNEL_DEFAULTS[f] for f, _ in _TUNNEL_OPTS.values()}
     # sshtunnel's init script defaults StrictHostKeyChecking to accept-new.
     base["accept_new"] = True
