@@ -441,8 +441,9 @@ def _state_of(args):
 
 def cmd_config(args):
     from agent.settings import config
+    from agent.settings.render import render
     s = config.load(args.config)
-    sys.stdout.write(config.render(s))
+    sys.stdout.write(render(s))
     for w in getattr(s, "warnings", ()) or ():
         sys.stderr.write("warning: %s\n" % w)
     return EX_OK

@@ -1,0 +1,266 @@
+"""sshkeep's own dialect: `config sshkeep` (globals, and defaults for every server), `config server
+'hub'` (one ssh process) and `config tunnel 'luci'` (one forward, naming its server).
+
+`read(sections, report) -> validate.Parsed`. The `config sshkeep` section and its helpers here
+are also read in OpenWrt sshtunnel files (sshtunnel_conf), where sshkeep's own options may be added.
+"""
+
+import difflib
+
+from agent.core import defaults
+from agent.core.model import Forward, Tunnel
+from agent.core.record import defaults as record_defaults
+from agent.settings import convert
+from agent.settings.convert import Bad
+from agent.settings.uci import suggest
+from agent.settings.validate import Draft, Parsed, Placed, Server
+
+# option -> (Tunnel field, converter). Each may be set in `config sshkeep` (default for every
+# server) and in a `config server` section (that server only).
+TUNNEL_OPTS = {
+    "port": ("port", convert.port),
+    "user": ("user", convert.user),
+    "identity": ("identity", convert.path),
+    "known_hosts": ("known_hosts", convert.path),
+    "accept_new": ("accept_new", convert.boolean),
+    "keepalive": ("keepalive", convert.whole(0)),
+    "connect_timeout": ("connect_timeout", convert.whole(1)),
+    "interval": ("interval", convert.seconds(0, True)),
+    "max_backoff": ("max_backoff", convert.seconds(1)),
+    "client": ("client", convert.choice("auto", "openssh", "dropbear")),
+    "ssh": ("ssh_path", convert.path),
+    "remote_check_every": ("remote_check_every", convert.whole(0)),
+    "fail_threshold": ("fail_threshold", convert.whole(1)),
+    "failover_after": ("failover_after", convert.whole(1)),
+    "reclaim": ("reclaim", convert.boolean),
+    "loop_port": ("loop_port", convert.port_or_off),
+    "spread": ("spread", convert.seconds(0, False)),
+    "check_mode": ("check_mode", convert.choice("auto", "session", "exec")),
+}
+GLOBAL_OPTS = {"pidfile": convert.path, "state": convert.path, "syslog": convert.boolean}
+_SERVER_ONLY = ("host", "alternate", "ssh_option", "enabled")
+_TUNNEL_SECTION_OPTS = ("server", "type", "listen", "target", "check", "enabled")
+KINDS = {"remote": "R", "local": "L", "dynamic": "D"}
+_TYPES = ("sshkeep", "server", "tunnel")
+SSHTUNNEL_TYPES = ("tunnelR", "tunnelL", "tunnelD", "tunnelW")
+
+
+# --------------------------------------------------------------------------- shared with sshtunnel_conf
+
+def base_draft():
+    """The Tunnel fields an option can set, at their defaults (agent.core.defaults via Tunnel)."""
+    tunnel_defaults = record_defaults(Tunnel)
+    return Draft({field: tunnel_defaults[field] for field, _ in TUNNEL_OPTS.values()}, {})
+
+
+def single(opt, report, subject):
+    """The value of an option that takes one; a `list` of it is an error."""
+    if opt.is_list:
+        report.error(opt.line, "%s: %s takes one value, not a list" % (subject, opt.name),
+                     "write option %s '...'" % opt.name)
+        return None
+    return opt.value
+
+
+def is_enabled(section, report):
+    """Its `enabled` option: True when unset (or not a boolean: that is reported)."""
+    opt = section.opts.get("enabled")
+    if opt is None:
+        return True
+    value = single(opt, report, section.label())
+    if value is None:
+        return True
+    try:
+        return convert.boolean(value)
+    except Bad as exc:
+        report.bad(opt.line, exc, "%s option %s" % (section.label(), "enabled"))
+        return True
+
+
+def tunnel_opts(section, base, known, report):
+    """A copy of Draft `base` with the TUNNEL_OPTS of `section` over it; other options than
+    those and `known` are errors."""
+    out = base.copy()
+    for name, opt in section.opts.items():
+        if name not in TUNNEL_OPTS:
+            if name not in known:
+                report.error(opt.line, "unknown option '%s' in %s" % (name, section.label()),
+                             suggest(name, list(TUNNEL_OPTS) + list(known)))
+            continue
+        value = single(opt, report, section.label())
+        if value is None:
+            continue
+        field, conv = TUNNEL_OPTS[name]
+        try:
+            out.set(field, conv(value), opt.line)
+        except Bad as exc:
+            report.bad(opt.line, exc, "%s option %s" % (section.label(), name))
+    return out
+
+
+def read_globals(glob, base, report, lists_ok=False):
+    """The first `config sshkeep` section -> ({state, pidfile, syslog}, the Draft every server starts
+    from). `lists_ok`: a list global's last value counts (sshtunnel's config_get reads it so)."""
+    found = {"state": defaults.STATE, "pidfile": defaults.PIDFILE, "syslog": defaults.SYSLOG}
+    for g in glob[:1]:
+        base = tunnel_opts(g, base, GLOBAL_OPTS, report)
+        for name, conv in GLOBAL_OPTS.items():
+            opt = g.opts.get(name)
+            if opt is None:
+                continue
+            value = opt.value if lists_ok else single(opt, report, "config sshkeep")
+            if value is not None:
+                try:
+                    found[name] = conv(value)
+                except Bad as exc:
+                    report.bad(opt.line, exc, "config sshkeep option %s" % name)
+    return found, base
+
+
+# --------------------------------------------------------------------------- sshkeep's dialect
+
+def read(sections, report):
+    """sshkeep's sections -> validate.Parsed (problems to `report`)."""
+    glob = [s for s in sections if s.type == "sshkeep"]
+    servers = [s for s in sections if s.type == "server"]
+    for s in sections:
+        if s.type not in _TYPES and s.type not in SSHTUNNEL_TYPES:
+            close = difflib.get_close_matches(s.type, _TYPES, n=1)
+            hint = "did you mean '%s'?" % close[0] if close else "sections are: %s" % ", ".join(_TYPES)
+            report.error(s.line, "unknown section type '%s'" % s.type, hint)
+    for line, sec in report.dup_lines:
+        report.error(line, "section '%s' is defined twice (first at line %d)" % (sec.name, sec.line),
+                     "rename one of them (uci would merge them silently)")
+    if len(glob) > 1:
+        report.error(glob[1].line, "second config sshkeep section (first at line %d)" % glob[0].line,
+                     "merge them into one")
+    found, base = read_globals(glob, base_draft(), report)
+    built = {}  # name -> Server, in file order
+    for s in servers:
+        if not s.name:
+            report.error(s.line, "config server has no name", "name it, e.g. config server 'hub'")
+            continue
+        server = _server(s, base, report)
+        if server is not None:
+            built[s.name] = server
+    defined = [s.name for s in servers if s.name]
+    for t in (s for s in sections if s.type == "tunnel"):
+        _tunnel(t, defined, built, report)
+    return Parsed(servers=tuple(built.values()), **found)
+
+
+def _server(s, base, report):
+    """A named `config server` section -> Server; None when disabled or without a usable host."""
+    draft = tunnel_opts(s, base, _SERVER_ONLY, report)
+    enabled = is_enabled(s, report)
+    hostopt = s.opts.get("host")
+    host = None
+    if hostopt is None:
+        report.error(s.line, "server '%s' has no host" % s.name, "add option host 'hub.example.net'")
+    else:
+        value = single(hostopt, report, s.label())
+        if value is not None:
+            try:
+                host = convert.host(value)
+            except Bad as exc:
+                report.bad(hostopt.line, exc, "server '%s' option host" % s.name)
+    alternates, options = [], []
+    for name in ("alternate", "ssh_option"):
+        opt = s.opts.get(name)
+        if opt is None:
+            continue
+        items = [(w, ln) for v, ln in zip(opt.values, opt.lines)
+                 for w in (v.split() if name == "alternate" else [v])]
+        for item, ln in items:
+            try:
+                if name == "alternate":
+                    alternates.append(convert.alternate(item, draft.fields["port"]))
+                else:
+                    options.append(convert.ssh_option(item))
+            except Bad as exc:
+                report.bad(ln, exc, "server '%s' %s" % (s.name, name))
+    if not enabled or host is None:
+        return None
+    draft.fields["alternates"] = tuple(alternates)
+    draft.fields["extra_options"] = tuple(options)
+    return Server(s, host, draft, [])
+
+
+def _tunnel(t, defined, built, report):
+    """A `config tunnel` section: its forward goes to the Server it names (when both are enabled)."""
+    label = t.label()
+    for name, opt in t.opts.items():
+        if name not in _TUNNEL_SECTION_OPTS:
+            report.error(opt.line, "unknown option '%s' in %s" % (name, label), suggest(name, _TUNNEL_SECTION_OPTS))
+    vals = {}  # option -> (value, line)
+    for name in _TUNNEL_SECTION_OPTS:
+        opt = t.opts.get(name)
+        if opt is not None:
+            v = single(opt, report, label)
+            if v is not None:
+                vals[name] = (v, opt.line)
+    enabled = is_enabled(t, report)
+    kind = "R"
+    if "type" in vals:
+        try:
+            kind = KINDS[convert.choice(*KINDS)(vals["type"][0])]
+        except Bad as exc:
+            report.bad(vals["type"][1], exc, "%s option type" % label)
+            kind = None
+    server = vals.get("server")
+    if server is None:
+        report.error(t.line, "%s has no server" % label, "add option server 'NAME' naming a config server")
+    elif server[0] not in defined:
+        close = difflib.get_close_matches(server[0], defined, n=1)
+        fix = "did you mean '%s'?" % close[0] if close else "define config server '%s'" % server[0]
+        report.error(server[1], "%s names server '%s', which is not defined" % (label, server[0]), fix)
+        server = None
+    fwd = _forward(t, label, kind, vals, report)
+    if not enabled or server is None or fwd is None or server[0] not in built:
+        return
+    line = vals.get("listen", ("", t.line))[1]
+    if fwd.kind == "R" and fwd.bind not in ("", "localhost", "127.0.0.1", "::1"):
+        # sshd binds loopback regardless unless it allows it: the tunnel works, but not where asked
+        report.warn(line, "%s asks the server to listen on %s" % (label, fwd.bind),
+                    "the server must allow it (OpenSSH: GatewayPorts clientspecified; dropbear: -a), "
+                    "or it listens on loopback only")
+    built[server[0]].forwards.append(Placed(t, line, fwd))
+
+
+def _forward(t, label, kind, vals, report):
+    """The Forward of a tunnel section's listen, target and check; None when one is wrong."""
+    ok = kind is not None
+    listen, target = vals.get("listen"), vals.get("target")
+    bind = port = host = hostport = None
+    if listen is None:
+        report.error(t.line, "%s has no listen port" % label, "add option listen '[address:]port'")
+        ok = False
+    else:
+        try:
+            bind, port = convert.listen(listen[0], remote=kind == "R")
+        except Bad as exc:
+            report.bad(listen[1], exc, "%s option listen" % label)
+            ok = False
+    if kind == "D":
+        if target is not None:
+            report.error(target[1], "%s is dynamic (SOCKS) and takes no target" % label,
+                         "remove option target, or set type remote or local")
+            ok = False
+        host, hostport = "", 0
+    elif target is None and kind is not None:
+        report.error(t.line, "%s has no target" % label, "add option target 'host:port'")
+        ok = False
+    elif target is not None:
+        try:
+            host, hostport = convert.target(target[0])
+        except Bad as exc:
+            report.bad(target[1], exc, "%s option target" % label)
+            ok = False
+    check = defaults.CHECK
+    if "check" in vals:
+        try:
+            check = convert.check(vals["check"][0])
+        except Bad as exc:
+            report.bad(vals["check"][1], exc, "%s option check" % label)
+            ok = False
+    return Forward(kind, bind, port, host, hostport, check, t.name) if ok else None
