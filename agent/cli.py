@@ -441,7 +441,7 @@ def _state_of(args):
 
 def cmd_config(args):
     from agent.settings import config
-    from agent.settings.render import render
+    from agent.settings.sshkeep_conf import render
     s = config.load(args.config)
     sys.stdout.write(render(s))
     for w in getattr(s, "warnings", ()) or ():

@@ -41,8 +41,8 @@ types warnings zipimport
 
 START_UP_ONLY = {"argparse", "gettext", "json", "random", "shlex", "difflib", "typing", "dataclasses", "inspect",
                  "agent.cli", "agent.settings", "agent.settings.config", "agent.settings.sshconfig", "agent.launch",
-                 "agent.settings.uci", "agent.settings.convert", "agent.settings.sshkeep_conf",
-                 "agent.settings.sshtunnel_conf", "agent.settings.validate", "agent.settings.render",
+                 "agent.settings.uci", "agent.settings.sshkeep_conf", "agent.settings.sshtunnel_conf",
+                 "agent.settings.validate",
                  "agent.lifecycle", "agent.hub",
                  "agent.run.daemon", "agent.run.runtime", "runpy", "importlib.util"}
 

@@ -7,8 +7,8 @@ import os
 
 import pytest
 
-from agent.settings import config, convert, sshtunnel_conf
-from agent.settings.render import render
+from agent.settings import config, sshtunnel_conf, validate
+from agent.settings.sshkeep_conf import render
 from agent.errors import EX_CONFIG, EX_NOINPUT, ConfigError
 from agent.core.model import Forward, Settings, Tunnel
 
@@ -567,6 +567,6 @@ def test_allowed_ssh_option_passes_with_its_canonical_name():
     from agent.core.values import ALLOWED_SSH_OPTIONS
     assert "LocalCommand" not in ALLOWED_SSH_OPTIONS and "ClearAllForwardings" not in ALLOWED_SSH_OPTIONS
     text = MINI.replace("option host 'hub.example.net'", "option host h\n\tlist ssh_option 'compression=yes'")
-    assert convert.ssh_option("compression=yes") == ("Compression", "yes")
+    assert validate.ssh_option("compression=yes") == ("Compression", "yes")
     t = config.parse_text(text, "t.conf").tunnels[0]
     assert t.extra_options == (("Compression", "yes"),)

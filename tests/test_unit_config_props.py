@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 from agent.settings import config  # noqa: E402
-from agent.settings.render import number, render  # noqa: E402
+from agent.settings.sshkeep_conf import number, render  # noqa: E402
 from agent.errors import ConfigError  # noqa: E402
 from agent.core.model import Forward, Settings, Tunnel  # noqa: E402
 

@@ -10,7 +10,7 @@ fields of each server and its forwards, as validate's records), validate (the ch
 sections and on disk -> Settings). One `config server` section and its enabled tunnels become one
 `Tunnel` (one ssh process). Every problem is collected, not just the first: `load` and
 `parse_text` raise one ConfigError whose `errors` list holds each as `FILE:LINE: what is wrong —
-how to fix it`. `sshkeep config` writes the result back out with agent.settings.render.
+how to fix it`. `sshkeep config` writes the result back out with sshkeep_conf.render.
 """
 
 import os

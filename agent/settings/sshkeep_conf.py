@@ -1,43 +1,44 @@
 """sshkeep's own dialect: `config sshkeep` (globals, and defaults for every server), `config server
 'hub'` (one ssh process) and `config tunnel 'luci'` (one forward, naming its server).
 
-`read(sections, report) -> validate.Parsed`. The `config sshkeep` section and its helpers here
-are also read in OpenWrt sshtunnel files (sshtunnel_conf), where sshkeep's own options may be added.
+`read(sections, report) -> validate.Parsed`; `render(settings)` writes Settings in this dialect
+(`sshkeep config -c FILE`, whatever dialect FILE is in). The `config sshkeep` section and the
+helpers that read it are also used for OpenWrt sshtunnel files (sshtunnel_conf), where sshkeep's
+own options may be added.
 """
 
 import difflib
 
 from agent.core import defaults
-from agent.core.model import Forward, Tunnel
+from agent.core.model import Forward, Tunnel, hostport
 from agent.core.record import defaults as record_defaults
-from agent.settings import convert
-from agent.settings.convert import Bad
-from agent.settings.uci import suggest
-from agent.settings.validate import Draft, Parsed, Placed, Server
+from agent.settings import validate
+from agent.settings.uci import sanitize, suggest
+from agent.settings.validate import Bad, Draft, Parsed, Placed, Server
 
 # option -> (Tunnel field, converter). Each may be set in `config sshkeep` (default for every
 # server) and in a `config server` section (that server only).
 TUNNEL_OPTS = {
-    "port": ("port", convert.port),
-    "user": ("user", convert.user),
-    "identity": ("identity", convert.path),
-    "known_hosts": ("known_hosts", convert.path),
-    "accept_new": ("accept_new", convert.boolean),
-    "keepalive": ("keepalive", convert.whole(0)),
-    "connect_timeout": ("connect_timeout", convert.whole(1)),
-    "interval": ("interval", convert.seconds(0, True)),
-    "max_backoff": ("max_backoff", convert.seconds(1)),
-    "client": ("client", convert.choice("auto", "openssh", "dropbear")),
-    "ssh": ("ssh_path", convert.path),
-    "remote_check_every": ("remote_check_every", convert.whole(0)),
-    "fail_threshold": ("fail_threshold", convert.whole(1)),
-    "failover_after": ("failover_after", convert.whole(1)),
-    "reclaim": ("reclaim", convert.boolean),
-    "loop_port": ("loop_port", convert.port_or_off),
-    "spread": ("spread", convert.seconds(0, False)),
-    "check_mode": ("check_mode", convert.choice("auto", "session", "exec")),
+    "port": ("port", validate.port),
+    "user": ("user", validate.user),
+    "identity": ("identity", validate.path),
+    "known_hosts": ("known_hosts", validate.path),
+    "accept_new": ("accept_new", validate.boolean),
+    "keepalive": ("keepalive", validate.whole(0)),
+    "connect_timeout": ("connect_timeout", validate.whole(1)),
+    "interval": ("interval", validate.seconds(0, True)),
+    "max_backoff": ("max_backoff", validate.seconds(1)),
+    "client": ("client", validate.choice("auto", "openssh", "dropbear")),
+    "ssh": ("ssh_path", validate.path),
+    "remote_check_every": ("remote_check_every", validate.whole(0)),
+    "fail_threshold": ("fail_threshold", validate.whole(1)),
+    "failover_after": ("failover_after", validate.whole(1)),
+    "reclaim": ("reclaim", validate.boolean),
+    "loop_port": ("loop_port", validate.port_or_off),
+    "spread": ("spread", validate.seconds(0, False)),
+    "check_mode": ("check_mode", validate.choice("auto", "session", "exec")),
 }
-GLOBAL_OPTS = {"pidfile": convert.path, "state": convert.path, "syslog": convert.boolean}
+GLOBAL_OPTS = {"pidfile": validate.path, "state": validate.path, "syslog": validate.boolean}
 _SERVER_ONLY = ("host", "alternate", "ssh_option", "enabled")
 _TUNNEL_SECTION_OPTS = ("server", "type", "listen", "target", "check", "enabled")
 KINDS = {"remote": "R", "local": "L", "dynamic": "D"}
@@ -71,7 +72,7 @@ def is_enabled(section, report):
     if value is None:
         return True
     try:
-        return convert.boolean(value)
+        return validate.boolean(value)
     except Bad as exc:
         report.bad(opt.line, exc, "%s option %s" % (section.label(), "enabled"))
         return True
@@ -161,7 +162,7 @@ def _server(s, base, report):
         value = single(hostopt, report, s.label())
         if value is not None:
             try:
-                host = convert.host(value)
+                host = validate.host(value)
             except Bad as exc:
                 report.bad(hostopt.line, exc, "server '%s' option host" % s.name)
     alternates, options = [], []
@@ -174,9 +175,9 @@ def _server(s, base, report):
         for item, ln in items:
             try:
                 if name == "alternate":
-                    alternates.append(convert.alternate(item, draft.fields["port"]))
+                    alternates.append(validate.alternate(item, draft.fields["port"]))
                 else:
-                    options.append(convert.ssh_option(item))
+                    options.append(validate.ssh_option(item))
             except Bad as exc:
                 report.bad(ln, exc, "server '%s' %s" % (s.name, name))
     if not enabled or host is None:
@@ -203,7 +204,7 @@ def _tunnel(t, defined, built, report):
     kind = "R"
     if "type" in vals:
         try:
-            kind = KINDS[convert.choice(*KINDS)(vals["type"][0])]
+            kind = KINDS[validate.choice(*KINDS)(vals["type"][0])]
         except Bad as exc:
             report.bad(vals["type"][1], exc, "%s option type" % label)
             kind = None
@@ -237,7 +238,7 @@ def _forward(t, label, kind, vals, report):
         ok = False
     else:
         try:
-            bind, port = convert.listen(listen[0], remote=kind == "R")
+            bind, port = validate.listen(listen[0], remote=kind == "R")
         except Bad as exc:
             report.bad(listen[1], exc, "%s option listen" % label)
             ok = False
@@ -252,15 +253,77 @@ def _forward(t, label, kind, vals, report):
         ok = False
     elif target is not None:
         try:
-            host, hostport = convert.target(target[0])
+            host, hostport = validate.target(target[0])
         except Bad as exc:
             report.bad(target[1], exc, "%s option target" % label)
             ok = False
     check = defaults.CHECK
     if "check" in vals:
         try:
-            check = convert.check(vals["check"][0])
+            check = validate.check(vals["check"][0])
         except Bad as exc:
             report.bad(vals["check"][1], exc, "%s option check" % label)
             ok = False
     return Forward(kind, bind, port, host, hostport, check, t.name) if ok else None
+
+
+# --------------------------------------------------------------------------- writing it: `sshkeep config -c FILE`
+# Whatever dialect a file was in, its Settings are written in this one, so that
+# parse_text(render(s)) == s: every value, written so that the parser reads it back unchanged
+# (floats to the last bit, names uci allows).
+
+def quote(value):
+    """Quote like `uci export`: single quotes, a ' written as '\\''."""
+    return "'%s'" % str(value).replace("'", "'\\''")
+
+
+def number(value):
+    """A value as the parser takes it back: booleans 1/0, whole floats without '.0', no exponents."""
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    if isinstance(value, float):
+        if value.is_integer() and abs(value) < 1e15:
+            return str(int(value))
+        text = repr(value)
+        if "e" in text:  # our parser takes plain decimals only; 30 places keep every bit of a double
+            text = ("%.30f" % value).rstrip("0")
+        return text
+    return str(value)
+
+
+def _listen(fw):
+    if not fw.bind:
+        return str(fw.port)
+    return hostport(fw.bind, fw.port)
+
+
+def render(settings):
+    """The effective configuration in sshkeep's own syntax: parse_text(render(s)) == s."""
+    out = ["# sshkeep configuration (effective values; sshkeep config -c FILE prints this)",
+           "", "config sshkeep",
+           "\toption pidfile %s" % quote(settings.pidfile),
+           "\toption state %s" % quote(settings.state),
+           "\toption syslog %s" % quote(number(settings.syslog))]
+    option_of = {field: name for name, (field, _) in TUNNEL_OPTS.items()}
+    for t in settings.tunnels:
+        out += ["", "config server %s" % quote(sanitize(t.name)), "\toption host %s" % quote(t.host)]
+        for field, name in option_of.items():
+            value = getattr(t, field)
+            if value == "" or value is None:
+                continue
+            out.append("\toption %s %s" % (name, quote(number(value))))
+        for host, port in t.alternates:
+            out.append("\tlist alternate %s" % quote(hostport(host, port)))
+        for key, value in t.extra_options:
+            out.append("\tlist ssh_option %s" % quote("%s=%s" % (key, value)))
+    type_of = {v: k for k, v in KINDS.items()}
+    for t in settings.tunnels:
+        for fw in t.forwards:
+            out += ["", "config tunnel %s" % quote(sanitize(fw.name)) if fw.name else "config tunnel",
+                    "\toption server %s" % quote(sanitize(t.name)),
+                    "\toption type %s" % quote(type_of[fw.kind]),
+                    "\toption listen %s" % quote(_listen(fw))]
+            if fw.kind != "D":
+                out.append("\toption target %s" % quote(hostport(fw.host, fw.hostport)))
+            out.append("\toption check %s" % quote(fw.check))
+    return "\n".join(out) + "\n"

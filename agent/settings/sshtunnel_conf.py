@@ -8,33 +8,32 @@ section, this reader warns and goes on; a `config sshkeep` section may add sshke
 
 from agent.core import defaults
 from agent.core.model import Forward
-from agent.settings import convert
-from agent.settings.convert import Bad
+from agent.settings import validate
 from agent.settings.sshkeep_conf import SSHTUNNEL_TYPES, base_draft, is_enabled, read_globals
 from agent.settings.uci import suggest
-from agent.settings.validate import Parsed, Placed, Server
+from agent.settings.validate import Bad, Parsed, Placed, Server
 
 # Server options that are ssh -o options: passed on (OpenSSH) as extra_options.
 PASSED = {
-    "CheckHostIP": convert.choice("yes", "no"),
-    "Compression": convert.choice("yes", "no"),
-    "TCPKeepAlive": convert.choice("yes", "no"),
-    "VerifyHostKeyDNS": convert.choice("yes", "no"),
-    "ServerAliveCountMax": lambda v: str(convert.whole(1)(v)),
-    "PKCS11Provider": convert.path,
-    "ProxyCommand": convert.printable,
+    "CheckHostIP": validate.choice("yes", "no"),
+    "Compression": validate.choice("yes", "no"),
+    "TCPKeepAlive": validate.choice("yes", "no"),
+    "VerifyHostKeyDNS": validate.choice("yes", "no"),
+    "ServerAliveCountMax": lambda v: str(validate.whole(1)(v)),
+    "PKCS11Provider": validate.path,
+    "ProxyCommand": validate.printable,
 }
 # Accepted, checked, and not used (with a warning saying why).
 IGNORED = {
-    "LogLevel": (convert.choice("QUIET", "FATAL", "ERROR", "INFO", "VERBOSE", "DEBUG", "DEBUG1", "DEBUG2",
+    "LogLevel": (validate.choice("QUIET", "FATAL", "ERROR", "INFO", "VERBOSE", "DEBUG", "DEBUG1", "DEBUG2",
                                 "DEBUG3"),
                  "sshkeep reads ssh's own error lines to classify failures"),
-    "CompressionLevel": (lambda v: str(convert.whole(1)(v)), "OpenSSH no longer has it"),
+    "CompressionLevel": (lambda v: str(validate.whole(1)(v)), "OpenSSH no longer has it"),
 }
 # Server options with a Tunnel field of their own: option -> (field, converter).
-_FIELDS = (("port", "port", convert.port), ("user", "user", convert.user),
-           ("IdentityFile", "identity", convert.path), ("retrydelay", "max_backoff", convert.seconds(1, False)),
-           ("ServerAliveInterval", "keepalive", convert.whole(0)))
+_FIELDS = (("port", "port", validate.port), ("user", "user", validate.user),
+           ("IdentityFile", "identity", validate.path), ("retrydelay", "max_backoff", validate.seconds(1, False)),
+           ("ServerAliveInterval", "keepalive", validate.whole(0)))
 SERVER_OPTS = ("hostname", "port", "user", "IdentityFile", "retrydelay", "ServerAliveInterval",
                "StrictHostKeyChecking", "enabled") + tuple(PASSED) + tuple(IGNORED)
 TUNNEL_OPTS = {
@@ -91,7 +90,7 @@ def _server(s, base, report):
         report.error(s.line, "server '%s' has no hostname" % s.name, "add option hostname 'server.example.com'")
     else:
         try:
-            host = convert.host(hostname)
+            host = validate.host(hostname)
         except Bad as exc:
             report.bad(hline, exc, "server '%s' option hostname" % s.name)
     for opt_name, field, conv in _FIELDS:
@@ -120,7 +119,7 @@ def _host_key_checking(s, draft, report):
     if value is None:
         return
     try:
-        v = convert.choice("yes", "no", "accept-new", "ask")(value)
+        v = validate.choice("yes", "no", "accept-new", "ask")(value)
         draft.fields["accept_new"] = v in ("accept-new", "no")
         if v == "no":
             report.warn(line, "StrictHostKeyChecking no is treated as accept-new",
@@ -204,21 +203,21 @@ def _forward(t, label, report):
 
     # sshtunnel leaves an absent listen address empty ('-R :9009:...') or '*': all interfaces.
     if t.type == "tunnelR":
-        bind, _ = get("remoteaddress", lambda v: convert.host(v, wildcard=True), "*")
-        port, pline = get("remoteport", convert.port)
-        host, _ = get("localaddress", convert.host)
-        hostport, _ = get("localport", convert.port)
+        bind, _ = get("remoteaddress", lambda v: validate.host(v, wildcard=True), "*")
+        port, pline = get("remoteport", validate.port)
+        host, _ = get("localaddress", validate.host)
+        hostport, _ = get("localport", validate.port)
         kind = "R"
     else:
-        bind, _ = get("localaddress", lambda v: convert.host(v, wildcard=True), "*")
-        port, pline = get("localport", convert.port)
+        bind, _ = get("localaddress", lambda v: validate.host(v, wildcard=True), "*")
+        port, pline = get("localport", validate.port)
         if t.type == "tunnelL":
-            host, _ = get("remoteaddress", convert.host)
-            hostport, _ = get("remoteport", convert.port)
+            host, _ = get("remoteaddress", validate.host)
+            hostport, _ = get("remoteport", validate.port)
             kind = "L"
         else:
             host, hostport, kind = "", 0, "D"
-    check, _ = get("check", convert.check, defaults.CHECK)
+    check, _ = get("check", validate.check, defaults.CHECK)
     if not ok:
         return None
     return Placed(t, pline, Forward(kind, bind, port, host, hostport, check, t.name))

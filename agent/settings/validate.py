@@ -1,22 +1,162 @@
-"""From what a dialect read to Settings: the typed records between them, and the checks that need
-more than one section (two tunnels on one port) or the disk (key files, the client binary).
+"""Validation: a file's option values -> field values, the typed records a dialect reader hands on,
+and the checks that need more than one section (two tunnels on one port) or the disk (key files,
+the client binary), which end in Settings.
 
-A dialect reader (sshkeep_conf, sshtunnel_conf) turns sections into a Parsed: the globals and
-each enabled server as a Server, whose Draft holds the Tunnel fields read so far with the line of
-each, and whose Placed forwards remember the section and line they came from. `settings` checks
-them, builds the Tunnels and raises one ConfigError listing every problem of the file.
+Values: the shared validators (agent.core.values) where flags, config files and ssh_config take
+the same value; here what only a file has: booleans uci's way, `[address:]port` and `host:port`
+in one word, a forward's check, an ssh_option line. Each returns the value or raises Bad(what is
+wrong, how to fix it); the caller adds FILE:LINE and the option's name.
+
+Records: a dialect reader (sshkeep_conf, sshtunnel_conf) turns sections into a Parsed: the
+globals and each enabled server as a Server, whose Draft holds the Tunnel fields read so far with
+the line of each, and whose Placed forwards remember the section and line they came from.
+`settings` checks them, builds the Tunnels and raises one ConfigError listing every problem.
 """
 
+import difflib
 import os
+import re
 import stat
 
 from agent.core import values
-from agent.core.model import Settings, Tunnel
+from agent.core.model import Settings, Tunnel, expand_tilde
 from agent.core.record import record
 from agent.errors import ConfigError
 
+_INT = re.compile(r"[0-9]+\Z")                  # ASCII only: int() also takes '٣' and '1_0'
+_TRUE = ("1", "yes", "on", "true", "enabled")
+_FALSE = ("0", "no", "off", "false", "disabled")
 _WILDCARDS = ("", "*", "0.0.0.0", "::", "localhost")
 
+
+# --------------------------------------------------------------------------- values
+
+Bad = values.Bad  # a value did not convert: `what is wrong` and `how to fix it`
+
+# The shared validators: flags, config files and ssh_config accept the same values.
+port = values.port
+port_or_off = values.port_or_off
+host = values.host
+whole = values.whole
+seconds = values.seconds
+
+
+def printable(value):
+    """Any text on one line."""
+    if any(ord(c) < 32 or ord(c) == 127 for c in value):
+        raise Bad("contains a control character or line break", "keep the value on one line")
+    return value
+
+
+def path(value):
+    """A file name; `~/` is the login user's home, as ssh has it."""
+    printable(value)
+    if value.startswith("-"):
+        raise Bad("%r starts with '-'" % value, "give a path (e.g. ./%s)" % value)
+    return expand_tilde(value) if value.startswith("~") else value
+
+
+def user(value):
+    printable(value)
+    return values.user(value)
+
+
+def boolean(value):
+    v = value.lower()
+    if v in _TRUE:
+        return True
+    if v in _FALSE:
+        return False
+    raise Bad("%r is not a boolean" % value, "write '1' or '0' (also yes/no, on/off, true/false)")
+
+
+def choice(*choices):
+    """A converter that takes one of `choices`, spelled exactly."""
+    def conv(value):
+        if value not in choices:
+            close = difflib.get_close_matches(value, choices, n=1)
+            fix = "did you mean '%s'?" % close[0] if close else "write one of them"
+            raise Bad("%r is not one of %s" % (value, ", ".join(choices)), fix)
+        return value
+    return conv
+
+
+def split_hostport(value):
+    """'host:port', '[v6]:port' -> (host, port text); no colon -> (None, value)."""
+    if value.startswith("["):
+        end = value.find("]")
+        if end < 0:
+            raise Bad("%r has an unclosed [" % value, "write IPv6 addresses as [::1]:8080")
+        rest = value[end + 1:]
+        if not rest:
+            return value[1:end], None
+        if not rest.startswith(":"):
+            raise Bad("%r has text after ]" % value, "write [address]:port")
+        return value[1:end], rest[1:]
+    if ":" not in value:
+        return None, value
+    host_, _, port_ = value.rpartition(":")
+    if ":" in host_:
+        raise Bad("%r: IPv6 address without brackets" % value, "write it as [%s]:%s" % (host_, port_))
+    return host_, port_
+
+
+def listen(value, remote=False):
+    """`[address:]port` -> (bind address or '', port); a remote forward's port 0 lets the server pick."""
+    printable(value)
+    host_, port_ = split_hostport(value)
+    if port_ is None:
+        raise Bad("%r has no port" % value, "write [address:]port, e.g. '8080' or '127.0.0.1:8080'")
+    bind = "" if host_ is None else host(host_, wildcard=True) if host_ else ""
+    if remote and port_ == "0":
+        return bind, 0  # the server picks the port (the agent shows which)
+    return bind, port(port_)
+
+
+def target(value):
+    """`host:port` -> (host, port)."""
+    printable(value)
+    host_, port_ = split_hostport(value)
+    if host_ is None or port_ is None:
+        example = "127.0.0.1:%s" % port_ if host_ is None and _INT.match(port_) else "%s:80" % (host_ or port_)
+        raise Bad("%r is not host:port" % value, "write e.g. '%s'" % example)
+    return host(host_), port(port_)
+
+
+def alternate(value, default_port):
+    """`host[:port]` of another server address -> (host, port); the server's port when none."""
+    printable(value)
+    host_, port_ = split_hostport(value)
+    if port_ is None:
+        return host(host_), default_port
+    if host_ is None:
+        return host(port_), default_port
+    return host(host_), port(port_)
+
+
+def check(value):
+    """A forward's check: connect, none or banner:TEXT."""
+    printable(value)
+    if value in ("connect", "none"):
+        return value
+    if value.startswith("banner:") and len(value) > len("banner:"):
+        return value
+    raise Bad("%r is not a check" % value, "write connect, none or banner:TEXT")
+
+
+def ssh_option(value):
+    """`Key=Value` (or `Key Value`) of an allowed ssh option -> (Key in OpenSSH's spelling, Value)."""
+    printable(value)
+    m = re.match(r"([A-Za-z][A-Za-z0-9]*)\s*(?:=|\s)\s*(\S.*)\Z", value)
+    if not m:
+        raise Bad("%r is not an ssh option" % value, "write Key=Value, e.g. 'Compression=yes'")
+    problem = values.check_ssh_option(m.group(1), m.group(2), in_config=True)
+    if problem:
+        raise Bad(problem.split(";")[0], "remove it; allowed options are listed in docs/security.md")
+    return values.canonical_ssh_option(m.group(1)), m.group(2)
+
+
+# --------------------------------------------------------------------------- records
 
 @record(frozen=False)
 class Draft:
@@ -59,7 +199,9 @@ class Parsed:
     servers: tuple
 
 
-def settings(parsed, report, path, check_files=True):
+# --------------------------------------------------------------------------- checks -> Settings
+
+def settings(parsed, report, config_path, check_files=True):
     """Parsed -> Settings; raise ConfigError listing every problem the report holds by then."""
     _check_conflicts(parsed.servers, report)
     if check_files:
@@ -84,7 +226,7 @@ def settings(parsed, report, path, check_files=True):
         errors = [text for _, text in sorted(report.errors, key=lambda e: e[0])]
         raise ConfigError("\n".join(errors), errors=errors)
     return Settings(tunnels=tuple(tunnels), state=parsed.state, pidfile=parsed.pidfile, syslog=parsed.syslog,
-                    config_path=path, warnings=tuple(text for _, text in sorted(report.warnings, key=lambda e: e[0])))
+                    config_path=config_path, warnings=tuple(text for _, text in sorted(report.warnings, key=lambda e: e[0])))
 
 
 def _check_conflicts(servers, report):
@@ -106,16 +248,16 @@ def _check_conflicts(servers, report):
             seen.setdefault((side, fw.port), []).append((fw.bind, label, line))
 
 
-def _executable(path):
+def _executable(file):
     try:
-        return os.path.isfile(path) and os.access(path, os.X_OK)
+        return os.path.isfile(file) and os.access(file, os.X_OK)
     except (OSError, ValueError):
         return False
 
 
-def _is_public(path):
+def _is_public(file):
     try:
-        with open(path, "rb") as fh:
+        with open(file, "rb") as fh:
             return values.is_public_key(fh.read(64))
     except OSError:
         return False  # unreadable: the client says so at start, with the uid
