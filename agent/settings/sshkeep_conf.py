@@ -14,7 +14,7 @@ from agent.core.model import Forward, Tunnel, hostport
 from agent.core.record import defaults as record_defaults
 from agent.settings import validate
 from agent.settings.uci import sanitize, suggest
-from agent.settings.validate import Bad, Draft, Parsed, Placed, Server
+from agent.settings.validate import Draft, Parsed, Placed, Server
 
 # option -> (Tunnel field, converter). Each may be set in `config sshkeep` (default for every
 # server) and in a `config server` section (that server only).
@@ -71,11 +71,7 @@ def is_enabled(section, report):
     value = single(opt, report, section.label())
     if value is None:
         return True
-    try:
-        return validate.boolean(value)
-    except Bad as exc:
-        report.bad(opt.line, exc, "%s option %s" % (section.label(), "enabled"))
-        return True
+    return report.convert(validate.boolean, value, opt.line, "%s option enabled" % section.label(), True)
 
 
 def tunnel_opts(section, base, known, report):
@@ -92,10 +88,9 @@ def tunnel_opts(section, base, known, report):
         if value is None:
             continue
         field, conv = TUNNEL_OPTS[name]
-        try:
-            out.set(field, conv(value), opt.line)
-        except Bad as exc:
-            report.bad(opt.line, exc, "%s option %s" % (section.label(), name))
+        value = report.convert(conv, value, opt.line, "%s option %s" % (section.label(), name))
+        if value is not None:
+            out.set(field, value, opt.line)
     return out
 
 
@@ -111,10 +106,9 @@ def read_globals(glob, base, report, lists_ok=False):
                 continue
             value = opt.value if lists_ok else single(opt, report, "config sshkeep")
             if value is not None:
-                try:
-                    found[name] = conv(value)
-                except Bad as exc:
-                    report.bad(opt.line, exc, "config sshkeep option %s" % name)
+                value = report.convert(conv, value, opt.line, "config sshkeep option %s" % name)
+            if value is not None:
+                found[name] = value
     return found, base
 
 
@@ -161,30 +155,25 @@ def _server(s, base, report):
     else:
         value = single(hostopt, report, s.label())
         if value is not None:
-            try:
-                host = validate.host(value)
-            except Bad as exc:
-                report.bad(hostopt.line, exc, "server '%s' option host" % s.name)
-    alternates, options = [], []
-    for name in ("alternate", "ssh_option"):
-        opt = s.opts.get(name)
-        if opt is None:
-            continue
-        items = [(w, ln) for v, ln in zip(opt.values, opt.lines)
-                 for w in (v.split() if name == "alternate" else [v])]
-        for item, ln in items:
-            try:
-                if name == "alternate":
-                    alternates.append(validate.alternate(item, draft.fields["port"]))
-                else:
-                    options.append(validate.ssh_option(item))
-            except Bad as exc:
-                report.bad(ln, exc, "server '%s' %s" % (s.name, name))
+            host = report.convert(validate.host, value, hostopt.line, "server '%s' option host" % s.name)
+    port = draft.fields["port"]
+    alternates = _items(s, "alternate", lambda v: validate.alternate(v, port), report)
+    options = _items(s, "ssh_option", validate.ssh_option, report)
     if not enabled or host is None:
         return None
-    draft.fields["alternates"] = tuple(alternates)
-    draft.fields["extra_options"] = tuple(options)
+    draft.fields["alternates"] = alternates
+    draft.fields["extra_options"] = options
     return Server(s, host, draft, [])
+
+
+def _items(s, name, conv, report):
+    """The converted items of a server's list `name`; an `alternate` item may hold several, space-separated."""
+    opt = s.opts.get(name)
+    if opt is None:
+        return ()
+    items = [(w, ln) for v, ln in zip(opt.values, opt.lines) for w in (v.split() if name == "alternate" else [v])]
+    got = [report.convert(conv, item, ln, "server '%s' %s" % (s.name, name)) for item, ln in items]
+    return tuple(g for g in got if g is not None)
 
 
 def _tunnel(t, defined, built, report):
@@ -203,11 +192,7 @@ def _tunnel(t, defined, built, report):
     enabled = is_enabled(t, report)
     kind = "R"
     if "type" in vals:
-        try:
-            kind = KINDS[validate.choice(*KINDS)(vals["type"][0])]
-        except Bad as exc:
-            report.bad(vals["type"][1], exc, "%s option type" % label)
-            kind = None
+        kind = KINDS.get(report.convert(validate.choice(*KINDS), *vals["type"], "%s option type" % label))
     server = vals.get("server")
     if server is None:
         report.error(t.line, "%s has no server" % label, "add option server 'NAME' naming a config server")
@@ -237,11 +222,9 @@ def _forward(t, label, kind, vals, report):
         report.error(t.line, "%s has no listen port" % label, "add option listen '[address:]port'")
         ok = False
     else:
-        try:
-            bind, port = validate.listen(listen[0], remote=kind == "R")
-        except Bad as exc:
-            report.bad(listen[1], exc, "%s option listen" % label)
-            ok = False
+        got = report.convert(lambda v: validate.listen(v, remote=kind == "R"), *listen, "%s option listen" % label)
+        ok = ok and got is not None
+        bind, port = got or (None, None)
     if kind == "D":
         if target is not None:
             report.error(target[1], "%s is dynamic (SOCKS) and takes no target" % label,
@@ -252,18 +235,13 @@ def _forward(t, label, kind, vals, report):
         report.error(t.line, "%s has no target" % label, "add option target 'host:port'")
         ok = False
     elif target is not None:
-        try:
-            host, hostport = validate.target(target[0])
-        except Bad as exc:
-            report.bad(target[1], exc, "%s option target" % label)
-            ok = False
+        got = report.convert(validate.target, *target, "%s option target" % label)
+        ok = ok and got is not None
+        host, hostport = got or (None, None)
     check = defaults.CHECK
     if "check" in vals:
-        try:
-            check = validate.check(vals["check"][0])
-        except Bad as exc:
-            report.bad(vals["check"][1], exc, "%s option check" % label)
-            ok = False
+        check = report.convert(validate.check, *vals["check"], "%s option check" % label)
+        ok = ok and check is not None
     return Forward(kind, bind, port, host, hostport, check, t.name) if ok else None
 
 

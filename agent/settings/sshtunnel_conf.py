@@ -11,7 +11,7 @@ from agent.core.model import Forward
 from agent.settings import validate
 from agent.settings.sshkeep_conf import SSHTUNNEL_TYPES, base_draft, is_enabled, read_globals
 from agent.settings.uci import suggest
-from agent.settings.validate import Bad, Parsed, Placed, Server
+from agent.settings.validate import Parsed, Placed, Server
 
 # Server options that are ssh -o options: passed on (OpenSSH) as extra_options.
 PASSED = {
@@ -89,17 +89,13 @@ def _server(s, base, report):
     if hostname is None:
         report.error(s.line, "server '%s' has no hostname" % s.name, "add option hostname 'server.example.com'")
     else:
-        try:
-            host = validate.host(hostname)
-        except Bad as exc:
-            report.bad(hline, exc, "server '%s' option hostname" % s.name)
+        host = report.convert(validate.host, hostname, hline, "server '%s' option hostname" % s.name)
     for opt_name, field, conv in _FIELDS:
         value, line = _get(s, opt_name)
         if value is not None:
-            try:
-                draft.set(field, conv(value), line)
-            except Bad as exc:
-                report.bad(line, exc, "server '%s' option %s" % (s.name, opt_name))
+            value = report.convert(conv, value, line, "server '%s' option %s" % (s.name, opt_name))
+        if value is not None:
+            draft.set(field, value, line)
     _host_key_checking(s, draft, report)
     options = _ssh_options(s, report)
     count = dict(options).get("ServerAliveCountMax")
@@ -116,16 +112,14 @@ def _server(s, base, report):
 
 def _host_key_checking(s, draft, report):
     value, line = _get(s, "StrictHostKeyChecking")
-    if value is None:
-        return
-    try:
-        v = validate.choice("yes", "no", "accept-new", "ask")(value)
-        draft.fields["accept_new"] = v in ("accept-new", "no")
-        if v == "no":
+    if value is not None:
+        value = report.convert(validate.choice("yes", "no", "accept-new", "ask"), value, line,
+                               "server '%s' option StrictHostKeyChecking" % s.name)
+    if value is not None:
+        draft.fields["accept_new"] = value in ("accept-new", "no")
+        if value == "no":
             report.warn(line, "StrictHostKeyChecking no is treated as accept-new",
                         "sshkeep never connects to a server whose key changed")
-    except Bad as exc:
-        report.bad(line, exc, "server '%s' option StrictHostKeyChecking" % s.name)
 
 
 def _ssh_options(s, report):
@@ -134,18 +128,15 @@ def _ssh_options(s, report):
     for opt_name, conv in PASSED.items():
         value, line = _get(s, opt_name)
         if value is not None:
-            try:
-                options.append((opt_name, conv(value)))
-            except Bad as exc:
-                report.bad(line, exc, "server '%s' option %s" % (s.name, opt_name))
+            value = report.convert(conv, value, line, "server '%s' option %s" % (s.name, opt_name))
+        if value is not None:
+            options.append((opt_name, value))
     for opt_name, (conv, why) in IGNORED.items():
         value, line = _get(s, opt_name)
         if value is not None:
-            try:
-                conv(value)
-                report.warn(line, "%s is ignored: %s" % (opt_name, why), None)
-            except Bad as exc:
-                report.bad(line, exc, "server '%s' option %s" % (s.name, opt_name))
+            value = report.convert(conv, value, line, "server '%s' option %s" % (s.name, opt_name))
+        if value is not None:
+            report.warn(line, "%s is ignored: %s" % (opt_name, why), None)
     return options
 
 
@@ -194,12 +185,9 @@ def _forward(t, label, report):
                 report.error(t.line, "%s has no %s" % (label, name), "add option %s" % name)
                 ok = False
             return default, t.line
-        try:
-            return conv(value), line
-        except Bad as exc:
-            report.bad(line, exc, "%s option %s" % (label, name))
-            ok = False
-            return None, line
+        value = report.convert(conv, value, line, "%s option %s" % (label, name))
+        ok = ok and value is not None
+        return value, line
 
     # sshtunnel leaves an absent listen address empty ('-R :9009:...') or '*': all interfaces.
     if t.type == "tunnelR":

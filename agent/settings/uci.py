@@ -14,6 +14,7 @@ import difflib
 import re
 
 from agent.core.record import record
+from agent.core.values import Bad
 
 _NAME = re.compile(r"[A-Za-z0-9_]+\Z")          # uci section and option names
 _TYPE = re.compile(r"[A-Za-z0-9_-]+\Z")         # uci section types
@@ -79,6 +80,14 @@ class Report:
     def bad(self, line, exc, subject):
         """A value that did not convert (agent.core.values.Bad)."""
         self.error(line, "%s: %s" % (subject, exc.what), exc.fix)
+
+    def convert(self, conv, value, line, subject, failed=None):
+        """conv(value); or `failed`, when it raises Bad: reported at `line` as `subject: what — fix`."""
+        try:
+            return conv(value)
+        except Bad as exc:
+            self.bad(line, exc, subject)
+            return failed
 
 
 def suggest(name, known):
