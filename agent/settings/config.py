@@ -27,12 +27,12 @@ MAX_SIZE = 1 << 20  # a config file is small; refuse to parse a log file by mist
 def _dialect(sections, package, path, report):
     """sshtunnel_conf or sshkeep_conf: which reader the file's sections are for."""
     types = {s.type for s in sections}
-    st = bool(types & set(SSHTUNNEL_TYPES)) or package == "sshtunnel"
-    if not st and "tunnel" not in types and os.path.basename(path or "") == "sshtunnel":
-        st = True
-    if not st and "tunnel" not in types:
+    sshtunnel = bool(types & set(SSHTUNNEL_TYPES)) or package == "sshtunnel"
+    if not sshtunnel and "tunnel" not in types and os.path.basename(path or "") == "sshtunnel":
+        sshtunnel = True
+    if not sshtunnel and "tunnel" not in types:
         servers = [s for s in sections if s.type == "server"]
-        st = bool(servers) and any("hostname" in s.opts for s in servers) and \
+        sshtunnel = bool(servers) and any("hostname" in s.opts for s in servers) and \
             not any("host" in s.opts for s in servers)
     if "tunnel" in types and types & set(SSHTUNNEL_TYPES):
         for s in sections:
@@ -40,7 +40,7 @@ def _dialect(sections, package, path, report):
                 report.error(s.line, "sshtunnel section %s in a file of sshkeep's config tunnel sections"
                              % s.type, "use one format per file: write it as a config tunnel")
         return sshkeep_conf
-    return sshtunnel_conf if st else sshkeep_conf
+    return sshtunnel_conf if sshtunnel else sshkeep_conf
 
 
 def parse_text(text, path="<string>", check_files=True):

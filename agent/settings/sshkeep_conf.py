@@ -94,14 +94,14 @@ def tunnel_opts(section, base, known, report):
     return out
 
 
-def read_globals(glob, base, report, lists_ok=False):
+def read_globals(sshkeep_sections, base, report, lists_ok=False):
     """The first `config sshkeep` section -> ({state, pidfile, syslog}, the Draft every server starts
     from). `lists_ok`: a list global's last value counts (sshtunnel's config_get reads it so)."""
     found = {"state": defaults.STATE, "pidfile": defaults.PIDFILE, "syslog": defaults.SYSLOG}
-    for g in glob[:1]:
-        base = tunnel_opts(g, base, GLOBAL_OPTS, report)
+    for section in sshkeep_sections[:1]:
+        base = tunnel_opts(section, base, GLOBAL_OPTS, report)
         for name, conv in GLOBAL_OPTS.items():
-            opt = g.opts.get(name)
+            opt = section.opts.get(name)
             if opt is None:
                 continue
             value = opt.value if lists_ok else single(opt, report, "config sshkeep")
@@ -116,7 +116,7 @@ def read_globals(glob, base, report, lists_ok=False):
 
 def read(sections, report):
     """sshkeep's sections -> validate.Parsed (problems to `report`)."""
-    glob = [s for s in sections if s.type == "sshkeep"]
+    sshkeep_sections = [s for s in sections if s.type == "sshkeep"]
     servers = [s for s in sections if s.type == "server"]
     for s in sections:
         if s.type not in _TYPES and s.type not in SSHTUNNEL_TYPES:
@@ -126,10 +126,11 @@ def read(sections, report):
     for line, sec in report.dup_lines:
         report.error(line, "section '%s' is defined twice (first at line %d)" % (sec.name, sec.line),
                      "rename one of them (uci would merge them silently)")
-    if len(glob) > 1:
-        report.error(glob[1].line, "second config sshkeep section (first at line %d)" % glob[0].line,
+    if len(sshkeep_sections) > 1:
+        first, second = sshkeep_sections[:2]
+        report.error(second.line, "second config sshkeep section (first at line %d)" % first.line,
                      "merge them into one")
-    found, base = read_globals(glob, base_draft(), report)
+    found, base = read_globals(sshkeep_sections, base_draft(), report)
     built = {}  # name -> Server, in file order
     for s in servers:
         if not s.name:
