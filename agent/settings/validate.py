@@ -225,8 +225,9 @@ def settings(parsed, report, config_path, check_files=True):
     if report.errors:
         errors = [text for _, text in sorted(report.errors, key=lambda e: e[0])]
         raise ConfigError("\n".join(errors), errors=errors)
+    warnings = tuple(text for _, text in sorted(report.warnings, key=lambda e: e[0]))
     return Settings(tunnels=tuple(tunnels), state=parsed.state, pidfile=parsed.pidfile, syslog=parsed.syslog,
-                    config_path=config_path, warnings=tuple(text for _, text in sorted(report.warnings, key=lambda e: e[0])))
+                    config_path=config_path, warnings=warnings)
 
 
 def _check_conflicts(servers, report):
