@@ -5,8 +5,9 @@ import os
 import sys
 
 from agent import __version__
-from agent import errors as E
-from agent.core import values
+from agent.core import defaults, values
+from agent.errors import (ConfigError, EX_DATAERR, EX_OK, EX_STATUS_HUNG, EX_STATUS_NOT_RUNNING, EX_USAGE,
+                          SshkeepError, UsageError, guarded)
 
 USAGE_EXAMPLE = "sshkeep run -R 127.0.0.1:20022:127.0.0.1:22 -i /etc/sshkeep/id -p 2222 tunnel@hub.example.com"
 
@@ -39,17 +40,17 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message):
         # argparse would exit(2); we use the documented usage code.
-        raise E.UsageError("%s (try: %s --help)" % (message, self.prog))
+        raise UsageError("%s (try: %s --help)" % (message, self.prog))
 
 
-def _checked(conv, flag, code=E.EX_USAGE):
+def _checked(conv, flag, code=EX_USAGE):
     """An argparse type: the shared validator (agent.core.values), its message and exit code kept
     (argparse would say only "invalid value" and exit 2)."""
     def parse(text):
         try:
             return conv(text)
         except values.Bad as exc:
-            raise E.SshkeepError("%s: %s — %s" % (flag, exc.what, exc.fix), code)
+            raise SshkeepError("%s: %s — %s" % (flag, exc.what, exc.fix), code)
     return parse
 
 
@@ -62,11 +63,11 @@ def _add_tunnel_options(p):
                    help="local forward (repeatable)")
     p.add_argument("-D", dest="dynamic", action="append", default=[], metavar="[bind:]port",
                    help="dynamic (SOCKS) forward (repeatable)")
-    p.add_argument("-p", "--port", type=_checked(values.port, "-p", E.EX_DATAERR), default=None,
-                   help="server port (default 22)")
+    p.add_argument("-p", "--port", type=_checked(values.port, "-p", EX_DATAERR), default=None,
+                   help="server port (default %d)" % defaults.PORT)
     p.add_argument("-l", "--user", default=None, help="user on the server")
     p.add_argument("-i", "--identity", default=None, metavar="KEYFILE", help="private key")
-    p.add_argument("--client", choices=("auto", "openssh", "dropbear"), default="auto", help="which client")
+    p.add_argument("--client", choices=("auto", "openssh", "dropbear"), default=defaults.CLIENT, help="which client")
     p.add_argument("--ssh", default="", metavar="PATH",
                    help="the client binary (default: ssh, then dbclient on PATH; --client dropbear: dbclient first)")
     p.add_argument("--ssh-config", metavar="FILE", help="take host, user, port, key, forwards from this ssh_config")
@@ -75,35 +76,40 @@ def _add_tunnel_options(p):
     p.add_argument("-o", dest="ssh_options", action="append", default=[], metavar="Option=value",
                    help="an ssh option, as ssh -o takes it (repeatable; see docs/cli.md for the ones allowed)")
     p.add_argument("--keepalive", type=_checked(values.whole(0), "--keepalive"), default=None,
-                   metavar="SECONDS", help="server-alive interval; 0 = off (default: 15)")
+                   metavar="SECONDS", help="server-alive interval; 0 = off (default: %d)" % defaults.KEEPALIVE)
     p.add_argument("--connect-timeout", type=_checked(values.whole(1), "--connect-timeout"), default=None,
-                   metavar="SECONDS", help="per connect (default: 15)")
-    p.add_argument("--interval", type=_checked(values.seconds(1), "--interval"), default=30,
+                   metavar="SECONDS", help="per connect (default: %d)" % defaults.CONNECT_TIMEOUT)
+    p.add_argument("--interval", type=_checked(values.seconds(1), "--interval"), default=defaults.INTERVAL,
                    metavar="SECONDS", help="health-check period")
-    p.add_argument("--remote-check-every", type=_checked(values.whole(0), "--remote-check-every"), default=4,
+    p.add_argument("--remote-check-every", type=_checked(values.whole(0), "--remote-check-every"),
+                   default=defaults.REMOTE_CHECK_EVERY,
                    metavar="N",
                    help="run the ssh-exec check of -R forwards every Nth interval (and after any failure)")
-    p.add_argument("--loop-port", type=_checked(values.port_or_off, "--loop-port", E.EX_DATAERR), default=0,
+    p.add_argument("--loop-port", type=_checked(values.port_or_off, "--loop-port", EX_DATAERR),
+                   default=defaults.LOOP_PORT,
                    metavar="PORT",
                    help="in-band loop check through this server-side port (a -R/-L pair on the same "
                         "connection, checked every interval; the ssh-exec check then runs every Nth)")
-    p.add_argument("--check-mode", choices=("auto", "session", "exec"), default="auto",
+    p.add_argument("--check-mode", choices=("auto", "session", "exec"), default=defaults.CHECK_MODE,
                    help="-R checks: in the tunnel's own session (no new login), by a new ssh login each, "
                         "or auto (in the session where the hub allows it, else exec)")
-    p.add_argument("--fail-threshold", type=_checked(values.whole(1), "--fail-threshold"), default=2,
+    p.add_argument("--fail-threshold", type=_checked(values.whole(1), "--fail-threshold"),
+                   default=defaults.FAIL_THRESHOLD,
                    metavar="N",
                    help="consecutive failed checks before ssh is restarted")
-    p.add_argument("--max-backoff", type=_checked(values.seconds(1), "--max-backoff"), default=60,
+    p.add_argument("--max-backoff", type=_checked(values.seconds(1), "--max-backoff"), default=defaults.MAX_BACKOFF,
                    metavar="SECONDS", help="longest wait between reconnects")
-    p.add_argument("--spread", type=_checked(values.seconds(0), "--spread"), default=0, metavar="SECONDS",
+    p.add_argument("--spread", type=_checked(values.seconds(0), "--spread"), default=defaults.SPREAD,
+                   metavar="SECONDS",
                    help="fleet spreading: a per-box offset in [0, SECONDS) added to the first connect, "
-                        "to backoff and to the reconnect after the server comes back (0 = off)")
+                        "to backoff and to the reconnect after the server comes back (0 = off) (default: %g)"
+                        % defaults.SPREAD)
     p.add_argument("--no-reclaim", action="store_true",
                    help="run ssh with -N; never reclaim a stale listener on the server")
     p.add_argument("--no-checks", action="store_true", help="no health checks (keepalive only)")
     p.add_argument("--name", default=None, help="the tunnel's name in logs and status (default: the host)")
-    p.add_argument("--state", default=None, metavar="FILE", help="run-state JSON (default /var/run/sshkeep.json)")
-    p.add_argument("--pidfile", default=None, metavar="FILE", help="default /var/run/sshkeep.pid")
+    p.add_argument("--state", default=None, metavar="FILE", help="run-state JSON (default %s)" % defaults.STATE)
+    p.add_argument("--pidfile", default=None, metavar="FILE", help="default %s" % defaults.PIDFILE)
     p.add_argument("--box-id-file", default=None, metavar="FILE",
                    help="this box's identity on the hub, made once (default /etc/sshkeep/box-id as root, "
                         "else ~/.config/sshkeep/box-id)")
@@ -138,7 +144,7 @@ def build_parser():
     rl.add_argument("--pidfile", default=None)
     rl.add_argument("-c", "--config", metavar="FILE")
     cf = sub.add_parser("config", help="print the effective configuration, or every error in it")
-    cf.add_argument("-c", "--config", metavar="FILE", default="/etc/config/sshkeep")
+    cf.add_argument("-c", "--config", metavar="FILE", default=defaults.CONFIG)
     hb = sub.add_parser("hub", help="on the hub, as the tunnel user: the boxes connected now, their ports, "
                                     "whether each forward answers (docs/hub.md)")
     hb.add_argument("--json", action="store_true", help="one JSON document instead of the table")
@@ -146,7 +152,8 @@ def build_parser():
                     help="where the sessions record themselves (default $HOME/.sshkeep)")
     hb.add_argument("--prometheus", metavar="FILE", default=None,
                     help="write Prometheus text (node_exporter textfile collector) atomically to FILE")
-    hb.add_argument("--timeout", type=float, default=3.0, metavar="SECONDS", help="bound of the probes")
+    hb.add_argument("--timeout", type=float, default=defaults.HUB_PROBE_TIMEOUT, metavar="SECONDS",
+                    help="bound of the probes")
     return p
 
 
@@ -157,7 +164,7 @@ def _default_state():
 
 def _default_pidfile():
     from agent.run.state import default_dir
-    return os.path.join(default_dir(), "sshkeep.pid")
+    return os.path.join(default_dir(), defaults.PIDFILE_NAME)
 
 
 def settings_from_args(args):
@@ -165,8 +172,8 @@ def settings_from_args(args):
     # Imported here, not at the top: `--version` and `--help` stay cheap on a slow CPU
     # (the records + typing cost more than the rest of start-up under emulation).
     from agent.core.model import Tunnel, parse_destination
-    if not (args.config or args.destination or args.ssh_config) and os.path.exists("/etc/config/sshkeep"):
-        args.config = "/etc/config/sshkeep"  # the default file, when nothing else is given
+    if not (args.config or args.destination or args.ssh_config) and os.path.exists(defaults.CONFIG):
+        args.config = defaults.CONFIG  # the default file, when nothing else is given
     if args.config:
         from agent.settings import config
         args.config = os.path.abspath(args.config)  # reload after --daemon's chdir /
@@ -176,14 +183,14 @@ def settings_from_args(args):
         odd += [o for o, v in (("-p", args.port), ("-l", args.user), ("--name", args.name),
                                ("--ssh-config", args.ssh_config), ("-o", args.ssh_options)) if v]
         if odd or _forwards(args) or args.destination:
-            raise E.UsageError("with -c the tunnels and their settings come from the file; set %s there "
-                               "instead of on the command line" % (", ".join(odd) or "the forwards and host"))
+            raise UsageError("with -c the tunnels and their settings come from the file; set %s there "
+                             "instead of on the command line" % (", ".join(odd) or "the forwards and host"))
         s = config.load(args.config)
         return _override_globals(s, args)
     if args.ssh_config:
         from agent.settings import sshconfig
         if not args.destination:
-            raise E.UsageError("--ssh-config needs a Host alias as destination")
+            raise UsageError("--ssh-config needs a Host alias as destination")
         warned = []
         kw, given = _tunnel_kwargs(args), _given(args)
         if args.port:
@@ -199,28 +206,28 @@ def settings_from_args(args):
         if extra:
             t = _replace(t, forwards=tuple(t.forwards) + tuple(extra))
         if not t.forwards:
-            raise E.UsageError("Host %s in %s has no forwards; add -R/-L/-D" % (args.destination, args.ssh_config))
+            raise UsageError("Host %s in %s has no forwards; add -R/-L/-D" % (args.destination, args.ssh_config))
         return _settings((t,), args, warned)
     if not args.destination:
-        raise E.UsageError("a destination [user@]host is required (e.g. %s), or -c FILE "
-                           "(/etc/config/sshkeep is read when it exists)" % USAGE_EXAMPLE)
+        raise UsageError("a destination [user@]host is required (e.g. %s), or -c FILE "
+                         "(%s is read when it exists)" % (USAGE_EXAMPLE, defaults.CONFIG))
     forwards = _forwards(args)
     if not forwards:
-        raise E.UsageError("nothing to keep up: give at least one -R, -L or -D")
+        raise UsageError("nothing to keep up: give at least one -R, -L or -D")
     user, host = parse_destination(args.destination)
     if not host:
-        raise E.UsageError("destination %r has no host" % args.destination)
+        raise UsageError("destination %r has no host" % args.destination)
     try:
         host = values.host(host)
     except values.Bad as exc:
-        raise E.SshkeepError("destination: %s — %s" % (exc.what, exc.fix), E.EX_DATAERR)
+        raise SshkeepError("destination: %s — %s" % (exc.what, exc.fix), EX_DATAERR)
     kw = _tunnel_kwargs(args)
     kw.update(_given(args))
     if args.user is not None:
         kw["user"] = _check_user(args.user, "-l")
     elif user or "user" not in kw:
         kw["user"] = _check_user(user, "destination %s" % args.destination) if user else ""
-    kw["port"] = args.port or kw.get("port", 22)
+    kw["port"] = args.port or kw.get("port", defaults.PORT)
     t = Tunnel(name=args.name or host, host=host, forwards=tuple(forwards), **kw)
     return _settings((t,), args)
 
@@ -229,20 +236,20 @@ def _check_user(user, where):
     try:
         return values.user(user)
     except values.Bad as exc:
-        raise E.SshkeepError("%s: %s — %s" % (where, exc.what, exc.fix), E.EX_DATAERR)
+        raise SshkeepError("%s: %s — %s" % (where, exc.what, exc.fix), EX_DATAERR)
 
 
 def _forwards(args):
     from agent.core.model import parse_forward
     out = []
-    for kind, values in (("R", args.remote), ("L", args.local), ("D", args.dynamic)):
-        for v in values:
-            out.append(parse_forward(kind, v))
+    for kind, specs in (("R", args.remote), ("L", args.local), ("D", args.dynamic)):
+        for spec in specs:
+            out.append(parse_forward(kind, spec))
     seen = set()
     for f in out:
         key = (f.kind == "R", f.bind, f.port)
         if key in seen and f.port:
-            raise E.ConfigError("two forwards listen on port %d on the same side" % f.port, E.EX_DATAERR)
+            raise ConfigError("two forwards listen on port %d on the same side" % f.port, EX_DATAERR)
         seen.add(key)
     return out
 
@@ -252,8 +259,8 @@ def _tunnel_kwargs(args):
     agent.core.values through _checked)."""
     return dict(identity=_abs(args.identity), client=args.client, ssh_path=_abs(args.ssh),
                 known_hosts=_abs(args.known_hosts), accept_new=args.accept_new,
-                keepalive=15 if args.keepalive is None else args.keepalive,
-                connect_timeout=15 if args.connect_timeout is None else args.connect_timeout,
+                keepalive=defaults.KEEPALIVE if args.keepalive is None else args.keepalive,
+                connect_timeout=defaults.CONNECT_TIMEOUT if args.connect_timeout is None else args.connect_timeout,
                 interval=args.interval, max_backoff=args.max_backoff,
                 remote_check_every=max(1, args.remote_check_every), fail_threshold=args.fail_threshold,
                 reclaim=not args.no_reclaim, loop_port=args.loop_port, spread=args.spread,
@@ -290,10 +297,10 @@ def _ssh_options(items):
         try:
             key, value = values.split_ssh_option(text)
         except values.Bad as exc:
-            raise E.UsageError("-o %s: %s — %s" % (text, exc.what, exc.fix))
+            raise UsageError("-o %s: %s — %s" % (text, exc.what, exc.fix))
         problem = values.check_ssh_option(key, value)
         if problem:
-            raise E.UsageError("-o %s: %s" % (text, problem))
+            raise UsageError("-o %s: %s" % (text, problem))
         key = values.canonical_ssh_option(key)
         if key in values.REQUIRED_VALUES or key in [k for k, _ in extra]:
             continue  # already set that way by sshkeep / a later repeat: ssh keeps the first
@@ -306,16 +313,16 @@ def _ssh_options(items):
         if key == "StrictHostKeyChecking":
             low = value.lower()
             if low not in ("yes", "accept-new", "no", "off", "ask"):
-                raise E.UsageError("-o %s: StrictHostKeyChecking is yes, accept-new or no" % text)
+                raise UsageError("-o %s: StrictHostKeyChecking is yes, accept-new or no" % text)
             value = low in ("accept-new", "no", "off")  # no: accept-new (sshkeep never takes a changed key)
         elif conv is not None:
             try:
                 value = conv(value)
             except values.Bad as exc:
-                raise E.SshkeepError("-o %s: %s — %s" % (text, exc.what, exc.fix), E.EX_DATAERR)
+                raise SshkeepError("-o %s: %s — %s" % (text, exc.what, exc.fix), EX_DATAERR)
         else:
             if key == "UserKnownHostsFile" and len(value.split()) > 1:
-                raise E.UsageError("-o %s: give one known_hosts file (sshkeep passes one to either client)" % text)
+                raise UsageError("-o %s: give one known_hosts file (sshkeep passes one to either client)" % text)
             from agent.core.model import expand_tilde
             value = _abs(expand_tilde(value))
         out[field] = value
@@ -388,7 +395,7 @@ def resolve_main(argv):
     settings = settings_from_args(build_parser().parse_args(argv))
     sys.stdout.buffer.write(marshal.dumps(serve.encode(settings)))
     sys.stdout.flush()
-    return E.EX_OK
+    return EX_OK
 
 
 def cmd_status(args):
@@ -410,8 +417,8 @@ def cmd_status(args):
     else:
         sys.stdout.write(state.render(doc))
     if not running:
-        return E.EX_STATUS_NOT_RUNNING
-    return E.EX_OK if state.updating(doc) else E.EX_STATUS_HUNG
+        return EX_STATUS_NOT_RUNNING
+    return EX_OK if state.updating(doc) else EX_STATUS_HUNG
 
 
 def _pidfile_of(args):
@@ -434,19 +441,20 @@ def _state_of(args):
 
 def cmd_config(args):
     from agent.settings import config
+    from agent.settings.sshkeep_conf import render
     s = config.load(args.config)
-    sys.stdout.write(config.render(s))
+    sys.stdout.write(render(s))
     for w in getattr(s, "warnings", ()) or ():
         sys.stderr.write("warning: %s\n" % w)
-    return E.EX_OK
+    return EX_OK
 
 
 def main(argv=None):
     """The one entry (python -m agent, the pyz): a command's exit status (errors.guarded)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["_resolve"]:  # a reload's config parse (agent.run.serve.resolve)
-        return E.guarded(resolve_main, argv[1:])
-    return E.guarded(_command, argv)
+        return guarded(resolve_main, argv[1:])
+    return guarded(_command, argv)
 
 
 def _command(argv):
@@ -454,7 +462,7 @@ def _command(argv):
     args = parser.parse_args(argv)
     if not args.command:
         parser.print_help()
-        return E.EX_USAGE
+        return EX_USAGE
     if args.command == "run":
         return cmd_run(args, argv)
     if args.command == "status":
@@ -479,8 +487,8 @@ def _command(argv):
         if not args.state:
             run_argv += ["--state", s.state]
         from agent.run.state import digest
-        return lifecycle.cmd_check(s.pidfile, s.state, run_argv, stale_after=max(120.0, 4 * min(
+        return lifecycle.cmd_check(s.pidfile, s.state, run_argv, stale_after=max(defaults.STALE_AFTER, 4 * min(
             t.interval for t in s.tunnels)), digest=digest(s), config=s.config_path)
-    raise E.UsageError("unknown command %s" % args.command)
+    raise UsageError("unknown command %s" % args.command)
 
 

@@ -27,7 +27,7 @@ RUNTIME_MODULES = set("""
 __future__ __main__ _abc _codecs _collections _collections_abc _frozen_importlib _frozen_importlib_external
 _functools _imp _io _locale _operator _posixsubprocess _signal _sitebuiltins _socket _sre _stat _thread
 _warnings _weakref _weakrefset abc agent agent.errors
-agent.core agent.core.classify agent.core.machine agent.core.model agent.core.record agent.core.session
+agent.core agent.core.classify agent.core.defaults agent.core.machine agent.core.model agent.core.record agent.core.session
 agent.core.spread agent.core.values
 agent.hubside agent.hubside.payload agent.hubside.remote
 agent.run agent.run.checks agent.run.child agent.run.clients agent.run.identity agent.run.log agent.run.loop agent.run.pidfile
@@ -41,6 +41,8 @@ types warnings zipimport
 
 START_UP_ONLY = {"argparse", "gettext", "json", "random", "shlex", "difflib", "typing", "dataclasses", "inspect",
                  "agent.cli", "agent.settings", "agent.settings.config", "agent.settings.sshconfig", "agent.launch",
+                 "agent.settings.uci", "agent.settings.sshkeep_conf", "agent.settings.sshtunnel_conf",
+                 "agent.settings.validate",
                  "agent.lifecycle", "agent.hub",
                  "agent.run.daemon", "agent.run.runtime", "runpy", "importlib.util"}
 

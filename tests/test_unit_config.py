@@ -7,7 +7,8 @@ import os
 
 import pytest
 
-from agent.settings import config
+from agent.settings import config, sshtunnel_conf, validate
+from agent.settings.sshkeep_conf import render
 from agent.errors import EX_CONFIG, EX_NOINPUT, ConfigError
 from agent.core.model import Forward, Settings, Tunnel
 
@@ -229,7 +230,7 @@ def test_quote_escapes_in_values():
                   "\toption pidfile \"/tmp/a\\\"b.pid\"\n"
     s = config.parse_text(text)
     assert s.state == "/tmp/it's.json" and s.pidfile == '/tmp/a"b.pid'
-    assert config.parse_text(config.render(s), "<string>") == s
+    assert config.parse_text(render(s), "<string>") == s
 
 
 def test_empty_option_unsets_and_later_option_wins():
@@ -296,9 +297,9 @@ def test_render_roundtrip_of_every_example(keydir, tmp_path):
                  "sshtunnel-two-servers.conf", "sshtunnel-luci.conf"):
         path = copy_config(name, keydir, tmp_path)
         s = config.load(path)
-        again = config.parse_text(config.render(s), path)
+        again = config.parse_text(render(s), path)
         assert again == s, name
-        assert config.render(again) == config.render(s)
+        assert render(again) == render(s)
 
 
 # --------------------------------------------------------------------------- errors
@@ -520,7 +521,7 @@ def test_sshtunnel_warnings_not_errors():
     assert s.tunnels[0].forwards[0].bind == "*"
     assert list(s.warnings) == [
         "/etc/config/sshtunnel:3: unknown sshtunnel option 'Foo' in server 's'; ignored — known options: "
-        + ", ".join(sorted(config._ST_SERVER)),
+        + ", ".join(sorted(sshtunnel_conf.SERVER_OPTS)),
         "/etc/config/sshtunnel:10: unknown sshtunnel option 'remoteadress' in tunnelR 'r'; ignored — did you "
         "mean 'remoteaddress'?",
         "/etc/config/sshtunnel:12: tunnelR 'gone' names server 'nothere', which is not defined; ignored — "
@@ -543,7 +544,7 @@ def test_huge_file_refused():
 def test_render_sanitizes_names_from_the_command_line():
     s = Settings(tunnels=(Tunnel(name="box@hub.example.net", host="hub.example.net",
                                  forwards=(Forward("R", "", 1, "h", 2),)),))
-    text = config.render(s)
+    text = render(s)
     assert "config server 'box_hub_example_net'" in text
     assert config.parse_text(text).tunnels[0].forwards == s.tunnels[0].forwards
 
@@ -563,10 +564,9 @@ def test_ssh_option_outside_the_allow_list_is_refused_with_its_line(option):
 
 
 def test_allowed_ssh_option_passes_with_its_canonical_name():
-    from agent.settings import config
     from agent.core.values import ALLOWED_SSH_OPTIONS
     assert "LocalCommand" not in ALLOWED_SSH_OPTIONS and "ClearAllForwardings" not in ALLOWED_SSH_OPTIONS
     text = MINI.replace("option host 'hub.example.net'", "option host h\n\tlist ssh_option 'compression=yes'")
-    assert config._conv_option("compression=yes") == ("Compression", "yes")
+    assert validate.ssh_option("compression=yes") == ("Compression", "yes")
     t = config.parse_text(text, "t.conf").tunnels[0]
     assert t.extra_options == (("Compression", "yes"),)

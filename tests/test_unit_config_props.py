@@ -10,6 +10,7 @@ from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 from agent.settings import config  # noqa: E402
+from agent.settings.sshkeep_conf import number, render  # noqa: E402
 from agent.errors import ConfigError  # noqa: E402
 from agent.core.model import Forward, Settings, Tunnel  # noqa: E402
 
@@ -26,7 +27,7 @@ def parse_or_config_error(text, **kw):
         return None
     assert isinstance(s, Settings) and s.tunnels
     # whatever parses renders, and the rendering parses to the same settings
-    assert config.parse_text(config.render(s), "fuzz.conf", check_files=False) == s
+    assert config.parse_text(render(s), "fuzz.conf", check_files=False) == s
     return s
 
 
@@ -197,16 +198,16 @@ def all_settings(draw):
 @FAST
 @given(all_settings())
 def test_generated_settings_round_trip(s):
-    text = config.render(s)
+    text = render(s)
     again = config.parse_text(text, "gen.conf", check_files=False)
     assert again == s
-    assert config.render(again) == text
+    assert render(again) == text
 
 
 @FAST
 @given(seconds)
 def test_seconds_render_as_plain_decimals(value):
-    text = config._num(value)
+    text = number(value)
     assert "e" not in text and float(text) == value
 
 

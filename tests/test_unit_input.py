@@ -13,7 +13,7 @@ from agent import cli
 
 from agent.run import clients
 
-from agent.settings import config, sshconfig
+from agent.settings import config, sshconfig, validate
 
 from agent.core import values
 from agent.errors import ConfigError, SshkeepError
@@ -165,7 +165,7 @@ def test_forward_hosts_checked_like_any_host(spec):
 
 
 def test_the_shared_validators_are_the_ones_config_uses():
-    assert config._conv_port is values.port and config._conv_host is values.host
+    assert validate.port is values.port and validate.host is values.host
     assert parse_forward("R", "20022:127.0.0.1:22").port == 20022
 
 

@@ -8,15 +8,12 @@ from __future__ import annotations
 
 import os
 
-from agent.core import values
+from agent.core import defaults, values
 from agent.errors import ConfigError, EX_DATAERR
 from agent.core.record import field, record
 
 if False:  # annotations only: importing typing would cost the agent 0.5 MB of memory
     from typing import Optional, Tuple
-
-DEFAULT_STATE = "/var/run/sshkeep.json"
-DEFAULT_PIDFILE = "/var/run/sshkeep.pid"
 
 
 @record
@@ -28,7 +25,7 @@ class Forward:
     port: int
     host: str = ""     # empty for D
     hostport: int = 0  # 0 for D
-    check: str = "connect"  # connect | banner:TEXT | none
+    check: str = defaults.CHECK  # connect | banner:TEXT | none
     name: str = ""
 
     def spec(self) -> str:
@@ -50,36 +47,36 @@ class Forward:
 class Tunnel:
     name: str
     host: str
-    port: int = 22
+    port: int = defaults.PORT
     user: str = ""
     identity: str = ""
     forwards: Tuple[Forward, ...] = ()
-    client: str = "auto"          # auto | openssh | dropbear
-    ssh_path: str = ""            # '' = search PATH for ssh, then dbclient
+    client: str = defaults.CLIENT            # auto | openssh | dropbear
+    ssh_path: str = ""                       # '' = search PATH for ssh, then dbclient
     known_hosts: str = ""
-    accept_new: bool = False
-    keepalive: int = 15
-    connect_timeout: int = 15
-    interval: float = 30
-    max_backoff: float = 60
+    accept_new: bool = defaults.ACCEPT_NEW
+    keepalive: int = defaults.KEEPALIVE
+    connect_timeout: int = defaults.CONNECT_TIMEOUT
+    interval: float = defaults.INTERVAL
+    max_backoff: float = defaults.MAX_BACKOFF
     alternates: Tuple[Tuple[str, int], ...] = ()
-    remote_check_every: int = 4   # run the ssh-exec check every Nth interval
-    fail_threshold: int = 2       # consecutive failed checks before a restart
-    reclaim: bool = True          # reclaim stale listeners on the server
+    remote_check_every: int = defaults.REMOTE_CHECK_EVERY  # run the ssh-exec check every Nth interval
+    fail_threshold: int = defaults.FAIL_THRESHOLD          # consecutive failed checks before a restart
+    reclaim: bool = defaults.RECLAIM                       # reclaim stale listeners on the server
     extra_options: Tuple[Tuple[str, str], ...] = ()
     # Added for config files (issue 5):
-    spread: float = 0.0           # span (s) of the per-box offset on first connect and backoff; 0 = off
-    failover_after: int = 3       # consecutive failed connects before trying `alternates` in order
-    loop_port: int = 0            # server-side port for the in-band loop check; 0 = off
-    check_mode: str = "auto"      # -R checks: auto | session (in the tunnel's session) | exec (own login)
+    spread: float = defaults.SPREAD          # span (s) of the per-box offset on first connect, backoff; 0 = off
+    failover_after: int = defaults.FAILOVER_AFTER  # consecutive failed connects before trying `alternates`
+    loop_port: int = defaults.LOOP_PORT      # server-side port for the in-band loop check; 0 = off
+    check_mode: str = defaults.CHECK_MODE    # -R checks: auto | session (in the tunnel's session) | exec
 
 
 @record
 class Settings:
     tunnels: Tuple[Tunnel, ...]
-    state: str = DEFAULT_STATE
-    pidfile: str = DEFAULT_PIDFILE
-    syslog: bool = False
+    state: str = defaults.STATE
+    pidfile: str = defaults.PIDFILE
+    syslog: bool = defaults.SYSLOG
     config_path: Optional[str] = None
     argv: Tuple[str, ...] = ()
     box_id_file: str = ""           # agent.run.identity: "" = the default beside the host-key pins

@@ -1,6 +1,6 @@
 """The value validators: one port, host, number and ssh-option check for every source.
 
-Flags (agent.cli), config files (agent.settings.config), ssh_config (agent.settings.sshconfig) and forward
+Flags (agent.cli), config files (agent.settings.validate), ssh_config (agent.settings.sshconfig) and forward
 specs (agent.core.model) all call these, so a value accepted in one place is accepted in all.
 Each returns the converted value or raises Bad(what is wrong, how to fix it); the caller adds
 where it came from (flag, FILE:LINE) and the exit code.

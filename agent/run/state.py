@@ -17,14 +17,18 @@ def default_dir() -> str:
     Not /tmp itself: another local user could plant a state file there (whose `children`
     the agent would kill) or a symlink the agent would follow.
     """
-    if os.geteuid() == 0 or os.access("/var/run", os.W_OK):
-        return "/var/run"
+    from agent.core import defaults
+    if os.geteuid() == 0 or os.access(defaults.RUN_DIR, os.W_OK):
+        return defaults.RUN_DIR
     base = os.environ.get("XDG_RUNTIME_DIR") or "/tmp"
     return private_dir(os.path.join(base, "sshkeep-%d" % os.geteuid()))
 
 
 def default_state_path() -> str:
-    return os.path.join(default_dir(), "sshkeep.json")
+    """The run state's default path for flags (a config file's default is defaults.STATE: the same
+    file as root, whom the init scripts run it as)."""
+    from agent.core import defaults
+    return os.path.join(default_dir(), defaults.STATE_NAME)
 
 
 def private_dir(path: str) -> str:

@@ -14,7 +14,7 @@ import difflib
 import os
 import re
 
-from agent.core import values
+from agent.core import defaults, values
 from agent.errors import ConfigError, EX_NOINPUT, EX_NOPERM
 from agent.core.model import Tunnel, expand_tilde, parse_forward
 
@@ -208,7 +208,7 @@ def _int(got, lines, key, path, low):
 
 
 def _result(path, alias, got, lines, options, warnings):
-    out = {"HostName": alias, "User": "", "Port": 22, "IdentityFile": [], "LocalForward": [],
+    out = {"HostName": alias, "User": "", "Port": defaults.PORT, "IdentityFile": [], "LocalForward": [],
            "RemoteForward": [], "DynamicForward": [], "ServerAliveInterval": None, "ConnectTimeout": None,
            "StrictHostKeyChecking": "", "UserKnownHostsFile": "", "Options": options, "Warnings": warnings}
     if "HostName" in got:
