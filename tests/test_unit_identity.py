@@ -69,12 +69,13 @@ def test_held_message_says_who_and_since():
 
 
 def _sup(tmp_path, box="0123abcd"):
-    from types import SimpleNamespace
-    from agent.core.model import Settings
+    from agent.core import machine
+    from agent.core.model import Settings, Tunnel
     from agent.run.supervisor import Supervisor
+    from agent.run.tunnel import Runner
     sup = Supervisor(Settings(tunnels=(), state=str(tmp_path / "state.json")), log=None)
     sup.box = box
-    sup.runners = [SimpleNamespace(name="t", session=None), SimpleNamespace(name="u", session=None)]
+    sup.runners = [Runner(Tunnel(name, "hub"), None, machine.Machine(machine.Policy())) for name in ("t", "u")]
     return sup
 
 

@@ -111,7 +111,7 @@ def _check_dropbear_options(runners, asked, log):
     for r in runners:
         if r.info.kind != clients.DROPBEAR:
             continue
-        missing = clients.dropbear_options(r.info, r.t.extra_options)[1]
+        missing = clients.dropbear_options(r.info, r.config.extra_options)[1]
         refused = [k for k in missing if k in asked]
         if refused:
             raise E.SshkeepError("-o %s: %s (dropbear %s) has no such option; drop it, or use OpenSSH "
