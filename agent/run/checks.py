@@ -108,6 +108,7 @@ def skipped(f):
 
 
 class Checks:
+    Verdict, ExecCheck = Verdict, ExecCheck
     invalid = staticmethod(invalid)
     skipped = staticmethod(skipped)
 
@@ -126,6 +127,33 @@ class Checks:
         self.memory(name).greetings.clear()
 
     # -- a round ---------------------------------------------------------------
+    def round(self, r, rnd, clock, signals):
+        """Round `rnd` of r's checks, step by step: each Verdict as soon as it is known (the
+        caller reports it before it asks for the next step, so r's machine counts it), then
+        the requests for the session's responder (a list of Request) or one ExecCheck.
+        `signals`: the caller's pending signals, only looked at: local probes stop for them."""
+        loop_ok = None
+        if r.loop is not None:
+            v = self.loop(r)
+            loop_ok = v.ok
+            yield v
+        local, remote_due = self.plan(r, rnd, loop_ok, r.machine.failures)
+        probes = self.locals(r.name, local, clock)
+        while not signals:   # local probes run inline: a signal is never held up for long
+            v = next(probes, None)
+            if v is None:
+                break
+            yield v
+        if not remote_due:
+            return
+        if r.in_session():
+            yield self.session_requests(r, remote_due, bool(signals))
+        elif r.config.check_mode != "session":
+            bad, plan = self.exec_check(r, remote_due, bool(signals))
+            yield from bad
+            if plan is not None:
+                yield plan
+
     def loop(self, r):
         """A nonce through -L -> server -> -R -> us, on the tunnel's own connection."""
         res = r.loop.check(r.loop_box_port, timeout=LOCAL_TIMEOUT + 1.0)

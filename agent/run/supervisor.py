@@ -15,13 +15,12 @@ import sys
 import time
 
 from agent import __version__
-from agent.core import classify, machine, spread, timing
-from agent.core.model import hostport
+from agent.core import classify, machine
 from agent.errors import SshkeepError
 from agent.hubside import remote
 from agent.run import clients, identity, probe, state
 from agent.run.child import Child, Job
-from agent.run.tunnel import Runner, check_files, remote_checked, session_command
+from agent.run.tunnel import NotStarted, make_runner, resume_sessions
 
 TERM_TIMEOUT = 2.0          # TERM -> KILL for ssh children (procd gives us 5 s in all)
 
@@ -44,70 +43,29 @@ class Supervisor:
         self.previous_state = None      # dict: the state file at start, if the caller read it
         self.half_open = prober.half_open_available()  # SYN probes: no noauth on 9.8+ hubs
         self.runners = []
-        self.sel = None
-        self._sig_r = None
+        self.sel = self._sig_r = None
         self.fd_owner = {}              # fd -> (runner, one of its jobs or None for its ssh child)
         self.signals = []
-        self.stopping = False
-        self.exit_code = 0
+        self.stopping, self.exit_code = False, 0
         self.started_wall = wall()
-        self._state_dirty = True
-        self._last_state_write = 0.0
-        self._state_error = ""
+        self._state_dirty, self._last_state_write, self._state_error = True, 0.0, ""
         self.runtime_dir = settings.state + ".d"
         self._digest_of = (None, "")    # (settings, state.digest(settings))
         self.box = None                 # agent.run.identity.box_id, read (or made) by prepare()
 
     # -- setup ------------------------------------------------------------
-    def _policy(self, t):
-        checks_on = self.checks is not None
-        return machine.Policy(connect_timeout=float(t.connect_timeout),
-                              use_marker=t.reclaim,
-                              stable_after=max(30.0, float(t.interval)),
-                              fail_threshold=t.fail_threshold,
-                              max_backoff=float(t.max_backoff),
-                              reclaim=t.reclaim,
-                              half_open_probe=self.half_open,
-                              proof_by_check=checks_on and bool(
-                                  t.loop_port or any(f.check != "none" for f in t.forwards)),
-                              checks=checks_on,
-                              interval=float(t.interval),
-                              addresses=1 + len(t.alternates),
-                              failover_after=t.failover_after)
-
     def _make_runner(self, t):
-        info = self.detect(t.ssh_path, t.client)
-        clients.check_forwards(info, t)
-        if t.identity:
-            clients.check_identity(info, t.identity)
-        check_files(t)
-        pins = ""
-        if t.accept_new:
-            # Trust on first use pins to a persistent file (tmpfs HOME would forget at boot).
-            # Every ssh of this tunnel (its own, checks, reclaims) checks against the pins.
-            pins = t.known_hosts or clients.default_known_hosts()
-            clients.ensure_pin_file(pins)
-        # The per-box offset (fleet spreading): same box, same offset, every time.
-        backoff = timing.Backoff(cap=t.max_backoff, offset=spread.tunnel_offset(t))
-        r = Runner(t, info, machine.Machine(self._policy(t), backoff), pins)
-        self.log.info(t.name, "using %s %s (%s) for %s" % (info.kind, info.version, info.path, r.server_label()))
-        return r
+        return make_runner(t, self.detect(t.ssh_path, t.client), self.checks is not None, self.half_open, self.log)
 
     def _signal_setup(self):
         rfd, wfd = os.pipe()
-        os.set_blocking(rfd, False)
-        os.set_blocking(wfd, False)
-        os.set_inheritable(rfd, False)
-        os.set_inheritable(wfd, False)
+        for fd in (rfd, wfd):
+            os.set_blocking(fd, False)
+            os.set_inheritable(fd, False)
         self._sig_r = rfd
         signal.set_wakeup_fd(wfd)
-        self._sig_w = wfd
-
-        def handler(signum, frame):
-            self.signals.append(signum)
-
         for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1, signal.SIGCHLD):
-            signal.signal(s, handler)
+            signal.signal(s, lambda signum, frame: self.signals.append(signum))
         self.sel.register(rfd, selectors.EVENT_READ, None)
 
     # -- main loop --------------------------------------------------------
@@ -117,7 +75,7 @@ class Supervisor:
             self.box = self._box_id()
         if not self.runners:
             self.runners = [self._make_runner(t) for t in self.settings.tunnels]
-            self._seed_sessions(self._previous_state())
+            resume_sessions(self.runners, self._previous_state(), self.box)
         try:
             state.private_dir(self.runtime_dir)  # dbclient's private HOMEs
         except (OSError, SshkeepError) as exc:
@@ -145,17 +103,6 @@ class Supervisor:
                            % (exc, box))
             return box
 
-    def _seed_sessions(self, doc):
-        """Keep the last sessions a previous run of this agent announced (state on tmpfs: lost
-        at reboot), so a restarted agent can still reclaim its own stale session. Not from a
-        live agent's state (its sessions are not stale), not under another box identity."""
-        prev = doc.get("pid")
-        if prev != os.getpid() and state.pid_alive(prev) or doc.get("box_id") != self.box:
-            return
-        by_name = {t.get("name"): t for t in doc.get("tunnels") or [] if isinstance(t, dict)}
-        for r in self.runners:
-            r.resume((by_name.get(r.name) or {}).get("session"), self.box)
-
     def run(self) -> int:
         self.prepare()
         self.sel = self.selector()
@@ -182,18 +129,12 @@ class Supervisor:
         self._write_state(force=True)
 
     def _next_timeout(self):
-        now = self.clock()
         deadlines = []
         for r in self.runners:
-            deadlines += r.machine.wakeups()
-            deadlines += [job.deadline for job, _, _ in r.jobs]
-            if r.requests.deadline() is not None:
-                deadlines.append(r.requests.deadline())
-            if r.stopping_child():
-                deadlines.append(r.child.term_sent + TERM_TIMEOUT)
+            deadlines += r.wakeups(TERM_TIMEOUT)
         interval = min([r.config.interval for r in self.runners] or [30])
         deadlines.append(self._last_state_write + max(1.0, interval / 2.0))
-        return max(0.0, min(5.0, min(deadlines) - now))
+        return max(0.0, min(5.0, min(deadlines) - self.clock()))
 
     def turn(self):
         """One turn of the loop: read what is there, then let every machine say what is due."""
@@ -221,10 +162,7 @@ class Supervisor:
             return
         owner = self.fd_owner.get(fd)
         if owner is None:
-            try:
-                self.sel.unregister(fd)
-            except (KeyError, ValueError):
-                pass
+            self._unwatch(fd)
             return
         r, job = owner
         if job is None:
@@ -247,31 +185,14 @@ class Supervisor:
             pass
 
     def _spawn(self, r):
-        host, port = r.address
-        t = r.ssh_tunnel
-        command = (session_command(t, self.box, responder=self._wants_responder(r))
-                   if t.reclaim and not r.machine.no_command else None)
-        home_dir = os.path.join(self.runtime_dir, "home-" + identity.word(t.name))
         try:
-            home = r.use_home(clients.prepare_home(r.info, t, home_dir, host, port))
-            known = clients.host_key_known(r.info, t, home, host, port)
-            learn = known is False and t.accept_new
-            argv = clients.build_argv(r.info, t, command=command, host=host, port=port, learn=learn)
-        except Exception as exc:  # SshkeepError mostly: configuration the operator must fix
-            self.log.error(t.name, "cannot start ssh: %s" % exc)
-            self._carry(r, r.machine.on_exit(self.clock(), classify.Outcome(classify.SETUP, classify.RETRY_SLOW,
-                                                                            str(exc))))
+            argv, with_command, learn = r.ssh_argv(self.box, r.wants_responder(self.checks is not None), self.runtime_dir)
+        except NotStarted as exc:  # configuration the operator must fix
+            self.log.error(r.name, str(exc))
+            self._carry(r, r.machine.on_exit(self.clock(), exc.outcome))
             return
-        if known is False and not learn:
-            # dbclient without BatchMode would sit at a y/n prompt for ever.
-            # Name the user's file, not the private copy sshkeep gives dbclient (prepare_home).
-            where = t.known_hosts or os.path.join(os.environ.get("HOME", "/"), ".ssh", "known_hosts")
-            msg = "host key of %s is not in %s and --accept-new is off" % (hostport(host, port), where)
-            self.log.error(t.name, msg + "; " + classify.HINTS[classify.HOSTKEY_UNKNOWN])
-            self._carry(r, r.machine.on_exit(self.clock(), classify.Outcome(classify.HOSTKEY_UNKNOWN,
-                                                                            classify.RETRY_SLOW, msg)))
-            return
-        child = self.spawner(argv, clients.child_env(os.environ, home), self.clock)
+        t = r.ssh_tunnel
+        child = self.spawner(argv, clients.child_env(os.environ, r.home), self.clock)
         if not child.start():
             self.log.error(t.name, "cannot run %s: %s" % (argv[0], child.spawn_error))
             self._carry(r, r.machine.on_exit(self.clock(), classify.classify(None, [child.spawn_error])))
@@ -282,7 +203,7 @@ class Supervisor:
             child.send(b"y\n")
             self.log.warning(t.name, "first contact with %s: accepting its host key and pinning it in %s"
                              % (r.server_label(), t.known_hosts))
-        r.started(child, command is not None)
+        r.started(child, with_command)
         for fd in child.fds():
             self._watch(fd, r)
         self.log.info(t.name, "connecting to %s (ssh pid %d)" % (r.server_label(), child.pid))
@@ -312,7 +233,8 @@ class Supervisor:
             else:
                 ready = remote.parse_ready(line)
                 if ready is not None:
-                    self._start_responder(r, remote.ready_responder(line))
+                    r.responder_named(remote.ready_responder(line), self.checks is not None)
+                    self._maybe_start_responder(r)
                     r.ready(ready, self.box)
                     self._carry(r, r.machine.on_ready(self.clock()))
         if eof:
@@ -320,13 +242,8 @@ class Supervisor:
             child.close_fd(fd)
 
     def _ssh_said(self, r, line):
-        """Log a line of ssh's stderr once per change: OpenSSH writes `connect_to ... failed`
-        for every connection to a target that is down, i.e. on every check."""
-        text = line if line.startswith(("ssh:", "dbclient:")) else "ssh: " + line
-        # `channel 7: open failed: connect failed: ...` (-L to a target that is down): one line
-        # whatever the channel number.
-        key = line.split(":", 1)[-1] if line.startswith("channel ") else line
-        (self.log.info if r.said(key) else self.log.debug)(r.name, text)
+        text, news = r.said(line)
+        (self.log.info if news else self.log.debug)(r.name, text)
 
     def _transition(self, r):
         """Side effects of entering a state (logging, the pin, what the checks learnt)."""
@@ -336,10 +253,7 @@ class Supervisor:
             self._save_pin(r)
             if self.checks is not None:
                 self.checks.session_up(r.name)
-            n = len(r.config.forwards)
-            self.log.info(r.name, "up via %s (%d forward%s: %s)%s" % (
-                r.server_label(), n, "" if n == 1 else "s", r.forward_names(),
-                "" if r.ready_pid is None else ", server session pid %d" % r.ready_pid))
+            self.log.info(r.name, r.up_line())
         elif m.state == machine.BACKOFF and m.deadline is not None:
             self.log.info(r.name, "retrying in %.1fs" % (m.deadline - self.clock()))
 
@@ -356,17 +270,10 @@ class Supervisor:
         child.close()
         r.ended()
         self._save_pin(r)
-        m = r.machine
-        outcome = classify.classify(child.returncode, child.stderr_tail, m.kill_reason, r.info.kind)
-        if outcome.reason == classify.HOSTKEY_MISMATCH:
-            self.log.error(r.name, clients.mismatch_hint(r.ssh_tunnel.known_hosts, *r.address))
-        quiet = outcome.action == classify.NONE or outcome.reason == classify.RECONNECT  # we asked for it
-        level = self.log.info if quiet else self.log.warning
-        level(r.name, "ssh exited after %.1fs: %s%s%s" % (
-            child.uptime(), outcome.reason, " (%s)" % outcome.detail if outcome.detail else "",
-            "; " + outcome.hint if outcome.hint and not quiet else ""))
-        ran = classify.session_ran(r.info.kind, child.returncode, child.stdout_tail)
-        self._carry(r, m.on_exit(now, outcome, ran))
+        outcome, ran, said = r.exit_report(child)
+        for level, text in said:
+            getattr(self.log, level)(r.name, text)
+        self._carry(r, r.machine.on_exit(now, outcome, ran))
         self._state_dirty = True
 
     def _save_pin(self, r):
@@ -417,33 +324,13 @@ class Supervisor:
             r.responder_lost()
             self.log.warning(r.name, "%s: the session is dead or its flow is lost; restarting" % cmd.what)
         else:
-            self._say(r, cmd)
-
-    def _say(self, r, cmd):
-        """The machine's decisions that the driver only reports."""
-        if isinstance(cmd, machine.Failover):
-            self.log.warning(r.name, "failover: %s failed %d times, trying %s" % (
-                r.server_label(cmd.old), r.config.failover_after, r.server_label(cmd.new)))
-        elif isinstance(cmd, machine.Failback):
-            self.log.info(r.name, "primary %s answers again: moving back from %s" % (
-                r.server_label(0), r.server_label(cmd.old)))
-        elif isinstance(cmd, machine.UseN):
-            self.log.warning(r.name, "no ready line from the server's session command (forced command or no "
-                                     "shell?): using -N from now on; stale listeners cannot be reclaimed")
-        elif isinstance(cmd, machine.ServerBack) and cmd.stuck:
-            self.log.info(r.name, "server %s answers again while ssh is still stuck connecting; "
-                                  "starting a fresh connect" % r.server_label())
-        elif isinstance(cmd, machine.ServerBack):
-            self.log.info(r.name, "server %s answers again; reconnecting %s" % (
-                r.server_label(), "now" if cmd.delay <= 0 else "in %.1fs (fleet spread)" % cmd.delay))
+            level, text = r.describe(cmd)
+            getattr(self.log, level)(r.name, text)
 
     def _server_answers(self, host, port, timeout):
-        """Does the server listen? A half-open SYN probe when we may (root), else a bare connect.
-
-        The SYN probe (probe.probe_syn): the server never sees a connection. A bare connect
-        costs our source address a `noauth` PerSourcePenalties second on OpenSSH 9.8+ each
-        time it gets through (measured on 10.0p2: also when we read its banner and send a
-        version line first, and mostly even with an RST): the machine probes sparingly."""
+        """Does the server listen? A half-open SYN probe when we may (root): the server never sees
+        a connection; else a bare connect, which costs our source address a `noauth` second on
+        OpenSSH 9.8+ (PerSourcePenalties): the machine probes sparingly (wants_server_probe)."""
         if self.half_open:
             answer = self.prober.probe_syn(host, port, timeout)
             if answer is not None:
@@ -451,11 +338,8 @@ class Supervisor:
         return self.prober.probe_tcp(host, port, timeout=timeout)
 
     def _reclaim(self, r):
-        if self.checks is None:
-            self._carry(r, r.machine.on_reclaimed(self.clock(), False))
-            return
-        plan = self.checks.reclaim(r, self.box)
-        if plan is None:
+        plan = self.checks.reclaim(r, self.box) if self.checks is not None else None
+        if plan is None:   # no checks (the hub is not asked), or no port to ask about
             self._reclaimed(r, False)
         else:
             self._start_job(r, "reclaim", plan)
@@ -469,30 +353,14 @@ class Supervisor:
 
     # -- checks -------------------------------------------------------------
     def _run_checks(self, r, rnd):
-        """Round `rnd` of r's checks: what agent.run.checks plans, carried out; every verdict
-        goes to the machine (_report)."""
-        loop_ok = None
-        if r.loop is not None:
-            v = self.checks.loop(r)
-            self._report(r, v)
-            loop_ok = v.ok
-        local, remote_due = self.checks.plan(r, rnd, loop_ok, r.machine.failures)
-        probes = self.checks.locals(r.name, local, self.clock)
-        while not self.signals:   # local probes run inline: a signal is never held up for long
-            v = next(probes, None)
-            if v is None:
-                break
-            self._report(r, v)
-        if not remote_due:
-            return
-        if r.in_session():
-            self._send_checks(r, self.checks.session_requests(r, remote_due, bool(self.signals)))
-        elif r.config.check_mode != "session":
-            bad, plan = self.checks.exec_check(r, remote_due, bool(self.signals))
-            for v in bad:
-                self._report(r, v)
-            if plan is not None:
-                self._start_job(r, "check", plan)
+        """Round `rnd` of r's checks, carried out step by step as agent.run.checks plans it."""
+        for step in self.checks.round(r, rnd, self.clock, self.signals):
+            if isinstance(step, self.checks.Verdict):
+                self._report(r, step)
+            elif isinstance(step, self.checks.ExecCheck):
+                self._start_job(r, "check", step)
+            else:
+                self._send_checks(r, step)
 
     def _report(self, r, v):
         """A check's Verdict: logged when it changed, then the machine's event."""
@@ -504,25 +372,11 @@ class Supervisor:
         self._carry(r, r.machine.on_check(self.clock(), v.name, v.verdict, v.ok))
         self._state_dirty = True
 
-    def _judged(self, r, verdicts):
-        for v in verdicts:
-            self._report(r, v)
-
     # -- in-session checks (the responder in the tunnel's own session) ----
-    def _wants_responder(self, r):
-        return (self.checks is not None and r.config.check_mode != "exec" and not r.machine.responder_broken
-                and remote_checked(r.config))
-
-    def _start_responder(self, r, name):
-        """The ready line named the responder the session will run: start it once every
-        hub-picked port is recorded (the session reads `port N` lines until then)."""
-        if name is not None and self._wants_responder(r):
-            r.responder_named(name)
-            self._maybe_start_responder(r)
-
     def _maybe_start_responder(self, r):
-        name = r.responder_pending
-        if name is None or r.child is None or r.ports_pending():
+        """Hand the session's responder its program, once it is due (Runner.responder_due)."""
+        name = r.responder_due()
+        if name is None:
             return
         if not r.child.send_nowait(remote.responder_source(name)):
             r.responder_started(None)
@@ -555,23 +409,21 @@ class Supervisor:
         return r.requests.add(q.verb, q.budget, now, q.forward)
 
     def _answer(self, r, line):
-        parsed = remote.parse_answer(line)
-        if parsed is None:
-            return
-        hit, skipped = r.requests.answer(parsed[0], self.clock())
-        if hit is None:
+        settled = r.settled_by(line, self.clock())
+        if settled is None:
             self.log.debug(r.name, "ignored an answer no request is waiting for: %s" % line[:120])
             return
-        r.machine.on_answered()
-        for p in skipped + [hit]:
-            self._answered(r, p, parsed[1] if p is hit else None)
+        if settled:
+            r.machine.on_answered()
+        for about, words in settled:
+            self._answered(r, about, words)
 
-    def _answered(self, r, p, words):
-        """The answer to request p (words None: the responder skipped it)."""
-        if p.about is None:
+    def _answered(self, r, about, words):
+        """The answer to a request about a forward (words None: the responder skipped it)."""
+        if about is None:
             return   # the ping: an answer is all it asks for
         try:
-            self._report(r, self.checks.judge_answer(r, p.about, words))
+            self._report(r, self.checks.judge_answer(r, about, words))
         except Exception as exc:  # a check must never kill the agent
             self.log.error(r.name, "check failed internally: %r" % (exc,))
 
@@ -590,7 +442,7 @@ class Supervisor:
             return
         r.machine.on_responder_gone(why)
         for p in r.responder_lost():
-            self._answered(r, p, None)
+            self._answered(r, p.about, None)
         self.log.warning(r.name, r.machine.responder_broken + ": exec checks from now on")
         self._state_dirty = True
 
@@ -607,16 +459,16 @@ class Supervisor:
     def _poll_jobs(self, r):
         for job, kind, plan in list(r.jobs):
             if job.check():
-                for fd in list(self.fd_owner):
-                    if self.fd_owner[fd][1] is job:
-                        self._unwatch(fd)
+                for fd in [fd for fd, owner in self.fd_owner.items() if owner[1] is job]:
+                    self._unwatch(fd)
                 r.drop_job(job)
                 self._job_done(r, kind, plan, job)
 
     def _job_done(self, r, kind, plan, job):
         try:
             if kind == "check":
-                self._judged(r, self.checks.judge_exec(r, plan, job))
+                for v in self.checks.judge_exec(r, plan, job):
+                    self._report(r, v)
             else:
                 found = self.checks.judge_reclaim(r, plan, job, self.box)
                 self._reclaimed(r, found.freed, found.nothing, found.held)
@@ -659,9 +511,7 @@ class Supervisor:
         except Exception as exc:
             self.log.error("", "reload failed, keeping the running configuration: %s" % exc)
             return
-        old = {r.name: r for r in self.runners}
-        keep = []
-        now = self.clock()
+        old, keep, now = {r.name: r for r in self.runners}, [], self.clock()
         for t in new.tunnels:
             r = old.pop(t.name, None)
             if r is not None and r.config == t:
@@ -746,5 +596,4 @@ class Supervisor:
                 os.utime(self.settings.pidfile, follow_symlinks=False)
             except OSError:
                 pass
-        self._last_state_write = now
-        self._state_dirty = False
+        self._last_state_write, self._state_dirty = now, False

@@ -8,12 +8,11 @@ tunnel is kept once, as configured (what a reload compares); what ssh is started
 import os
 import socket
 
-from agent.core import record, session
-from agent.core.machine import BACKOFF
+from agent.core import classify, machine, record, session, spread, timing
 from agent.core.model import check_key, hostport
 from agent.errors import EX_NOINPUT, SshkeepError
 from agent.hubside import remote
-from agent.run import clients
+from agent.run import clients, identity, state
 
 
 def session_command(tunnel, box, responder=False):
@@ -47,6 +46,42 @@ def check_files(t):
                            "--accept-new" % (t.name, t.known_hosts), EX_NOINPUT)
 
 
+def policy(t, checks_on, half_open):
+    """The machine's policy for tunnel t (checks_on: --no-checks not given; half_open: the
+    server probe is a half-open SYN)."""
+    return machine.Policy(connect_timeout=float(t.connect_timeout),
+                          use_marker=t.reclaim,
+                          stable_after=max(30.0, float(t.interval)),
+                          fail_threshold=t.fail_threshold,
+                          max_backoff=float(t.max_backoff),
+                          reclaim=t.reclaim,
+                          half_open_probe=half_open,
+                          proof_by_check=checks_on and bool(t.loop_port or any(f.check != "none" for f in t.forwards)),
+                          checks=checks_on,
+                          interval=float(t.interval),
+                          addresses=1 + len(t.alternates),
+                          failover_after=t.failover_after)
+
+
+def make_runner(t, info, checks_on, half_open, log):
+    """A Runner for tunnel t and its client `info`, after the checks that can fail at start."""
+    clients.check_forwards(info, t)
+    if t.identity:
+        clients.check_identity(info, t.identity)
+    check_files(t)
+    pins = ""
+    if t.accept_new:
+        # Trust on first use pins to a persistent file (tmpfs HOME would forget at boot).
+        # Every ssh of this tunnel (its own, checks, reclaims) checks against the pins.
+        pins = t.known_hosts or clients.default_known_hosts()
+        clients.ensure_pin_file(pins)
+    # The per-box offset (fleet spreading): same box, same offset, every time.
+    backoff = timing.Backoff(cap=t.max_backoff, offset=spread.tunnel_offset(t))
+    r = Runner(t, info, machine.Machine(policy(t, checks_on, half_open), backoff), pins)
+    log.info(t.name, "using %s %s (%s) for %s" % (info.kind, info.version, info.path, r.server_label()))
+    return r
+
+
 def session_record(value):
     """A `session` entry of a previous run's state, checked: {pid, start, server, box} or None."""
     if not isinstance(value, dict):
@@ -56,6 +91,26 @@ def session_record(value):
             and start.isdigit() and isinstance(server, str) and isinstance(box, str)):
         return {"pid": pid, "start": start, "server": server, "box": box}
     return None
+
+
+def resume_sessions(runners, doc, box):
+    """Keep the last sessions a previous run of this agent announced (state on tmpfs: lost
+    at reboot), so a restarted agent can still reclaim its own stale session. Not from a
+    live agent's state (its sessions are not stale), not under another box identity."""
+    prev = doc.get("pid")
+    if prev != os.getpid() and state.pid_alive(prev) or doc.get("box_id") != box:
+        return
+    by_name = {t.get("name"): t for t in doc.get("tunnels") or [] if isinstance(t, dict)}
+    for r in runners:
+        r.resume((by_name.get(r.name) or {}).get("session"), box)
+
+
+class NotStarted(Exception):
+    """ssh cannot be started as configured (the message says what to fix): `outcome` for the machine."""
+
+    def __init__(self, message, outcome):
+        Exception.__init__(self, message)
+        self.outcome = outcome
 
 
 class Runner:
@@ -116,6 +171,29 @@ class Runner:
     def server_label(self, index=None):
         return hostport(*(self.address if index is None else self.addresses[index]))
 
+    def up_line(self):
+        n = len(self.config.forwards)
+        return "up via %s (%d forward%s: %s)%s" % (
+            self.server_label(), n, "" if n == 1 else "s", self.forward_names(),
+            "" if self.ready_pid is None else ", server session pid %d" % self.ready_pid)
+
+    def describe(self, cmd):
+        """(level, log line) for a decision of the machine the driver only reports."""
+        if isinstance(cmd, machine.Failover):
+            return "warning", "failover: %s failed %d times, trying %s" % (
+                self.server_label(cmd.old), self.config.failover_after, self.server_label(cmd.new))
+        if isinstance(cmd, machine.Failback):
+            return "info", "primary %s answers again: moving back from %s" % (
+                self.server_label(0), self.server_label(cmd.old))
+        if isinstance(cmd, machine.UseN):
+            return "warning", ("no ready line from the server's session command (forced command or no shell?): "
+                               "using -N from now on; stale listeners cannot be reclaimed")
+        if cmd.stuck:  # machine.ServerBack
+            return "info", ("server %s answers again while ssh is still stuck connecting; starting a fresh "
+                            "connect" % self.server_label())
+        return "info", "server %s answers again; reconnecting %s" % (
+            self.server_label(), "now" if cmd.delay <= 0 else "in %.1fs (fleet spread)" % cmd.delay)
+
     def forward_names(self):
         """The configured names (or `-R SPEC` where none was given), for logs."""
         return ", ".join(f.label() for f in self.config.forwards)
@@ -141,6 +219,20 @@ class Runner:
         """Is a hub-picked port (-R 0:...) not reported yet?"""
         return any(f.kind == "R" and f.port == 0 and i not in self.allocated for i, f in enumerate(self.config.forwards))
 
+    def wakeups(self, term_timeout):
+        """When the driver has something to do for this tunnel (the first of these)."""
+        due = self.machine.wakeups() + [job.deadline for job, _, _ in self.jobs]
+        if self.requests.deadline() is not None:
+            due.append(self.requests.deadline())
+        if self.stopping_child():
+            due.append(self.child.term_sent + term_timeout)
+        return due
+
+    def wants_responder(self, checks_on):
+        """Should the next session run the hub's responder (in-session -R checks)?"""
+        return (checks_on and self.config.check_mode != "exec" and not self.machine.responder_broken
+                and remote_checked(self.config))
+
     def checking(self):
         """Is a check round still in flight (an exec check, requests to the responder)?"""
         return bool(self.requests.pending) or any(kind == "check" for _, kind, _ in self.jobs)
@@ -158,6 +250,43 @@ class Runner:
         m = self.machine
         return session.check_mode(self.config.check_mode, checks_on, remote_checked(self.config), self.config.reclaim,
                                   m.no_command, m.responder_broken, self.responder)
+
+    def exit_report(self, child):
+        """(outcome, did the server run a session command of its own?, [(log level, line)])
+        for the tunnel's ssh that ended."""
+        outcome = classify.classify(child.returncode, child.stderr_tail, self.machine.kill_reason, self.info.kind)
+        said = []
+        if outcome.reason == classify.HOSTKEY_MISMATCH:
+            said.append(("error", clients.mismatch_hint(self.ssh_tunnel.known_hosts, *self.address)))
+        quiet = outcome.action == classify.NONE or outcome.reason == classify.RECONNECT  # we asked for it
+        said.append(("info" if quiet else "warning", "ssh exited after %.1fs: %s%s%s" % (
+            child.uptime(), outcome.reason, " (%s)" % outcome.detail if outcome.detail else "",
+            "; " + outcome.hint if outcome.hint and not quiet else "")))
+        return outcome, classify.session_ran(self.info.kind, child.returncode, child.stdout_tail), said
+
+    def ssh_argv(self, box, responder, runtime_dir):
+        """(argv, runs our session command?, learns the host key?) of the tunnel's next ssh;
+        NotStarted if it cannot be started as configured. `responder`: the session runs one."""
+        host, port = self.address
+        t = self.ssh_tunnel
+        command = session_command(t, box, responder=responder) if t.reclaim and not self.machine.no_command else None
+        home_dir = os.path.join(runtime_dir, "home-" + identity.word(t.name))
+        try:
+            home = self.use_home(clients.prepare_home(self.info, t, home_dir, host, port))
+            known = clients.host_key_known(self.info, t, home, host, port)
+            learn = known is False and t.accept_new
+            argv = clients.build_argv(self.info, t, command=command, host=host, port=port, learn=learn)
+        except Exception as exc:  # SshkeepError mostly: configuration the operator must fix
+            raise NotStarted("cannot start ssh: %s" % exc, classify.Outcome(classify.SETUP, classify.RETRY_SLOW,
+                                                                            str(exc)))
+        if known is False and not learn:
+            # dbclient without BatchMode would sit at a y/n prompt for ever.
+            # Name the user's file, not the private copy sshkeep gives dbclient (prepare_home).
+            where = t.known_hosts or os.path.join(os.environ.get("HOME", "/"), ".ssh", "known_hosts")
+            msg = "host key of %s is not in %s and --accept-new is off" % (hostport(host, port), where)
+            raise NotStarted(msg + "; " + classify.HINTS[classify.HOSTKEY_UNKNOWN],
+                             classify.Outcome(classify.HOSTKEY_UNKNOWN, classify.RETRY_SLOW, msg))
+        return argv, command is not None, learn
 
     # -- changes --------------------------------------------------------------
     def note_allocated(self, line):
@@ -215,25 +344,52 @@ class Runner:
             self.session = None
         self.held = held
 
-    def said(self, key):
-        """Is this ssh stderr line news (not logged since the last change)?"""
+    def said(self, line):
+        """(text for the log, news?) of a line of ssh's stderr: news once per change, since
+        OpenSSH writes `connect_to ... failed` for every connection to a target that is down,
+        i.e. on every check."""
+        text = line if line.startswith(("ssh:", "dbclient:")) else "ssh: " + line
+        # `channel 7: open failed: connect failed: ...` (-L to a target that is down): one line
+        # whatever the channel number.
+        key = line.split(":", 1)[-1] if line.startswith("channel ") else line
         if key in self.ssh_said:
-            return False
+            return text, False
         if len(self.ssh_said) >= 64:
             self.ssh_said.clear()
         self.ssh_said.add(key)
-        return True
+        return text, True
 
     def healthy_again(self):
         self.ssh_said.clear()  # the next connect_to line is news (a new outage)
 
-    def responder_named(self, name):
-        self.responder_pending = name
+    def responder_named(self, name, checks_on):
+        """The ready line named the responder the session will run (None: none)."""
+        if name is not None and self.wants_responder(checks_on):
+            self.responder_pending = name
+
+    def responder_due(self):
+        """The responder to hand its program now: named by the ready line, once every hub-picked
+        port is recorded (the session reads `port N` lines until then)."""
+        if self.child is None or self.ports_pending():
+            return None
+        return self.responder_pending
 
     def responder_started(self, name):
         """The responder got its program (name), or could not (None)."""
         self.responder_pending = None
         self.responder = name
+
+    def settled_by(self, line, now):
+        """The requests a responder's answer line settles: [(what the request was about, the
+        answer's words, or None for one it skipped)]; None for a stray answer (ids are never
+        reused, so a late answer is never taken for another request)."""
+        parsed = remote.parse_answer(line)
+        if parsed is None:
+            return []
+        hit, skipped = self.requests.answer(parsed[0], now)
+        if hit is None:
+            return None
+        return [(p.about, parsed[1] if p is hit else None) for p in skipped + [hit]]
 
     def responder_lost(self):
         """The responder exited, or went silent: its requests are dropped (returned)."""
@@ -277,7 +433,7 @@ class Runner:
             "consecutive_failures": m.failures,
             "last_check": round(wall_now - (mono_now - m.last_check), 3) if m.last_check else None,
             "last_heal": m.last_heal,
-            "next_attempt_in": round(m.deadline - mono_now, 1) if m.state == BACKOFF and m.deadline else None,
+            "next_attempt_in": round(m.deadline - mono_now, 1) if m.state == machine.BACKOFF and m.deadline else None,
             # One shape in every mode (docs/status-and-logs.md): name is the configured
             # name, or `-R SPEC` when none was given.
             "forwards": [{"name": f.label(), "kind": f.kind, "spec": f.spec(),
