@@ -423,3 +423,19 @@ def test_a_server_that_answers_the_first_probe_is_not_probed_again_in_that_backo
     for a, b in zip(starts[1:], starts[2:]):   # the backoffs of 1, 2, 4 ... 16 s (the loop turns within those)
         assert len([t for t in probes if a < t < b]) == 1, (a, b, probes)
     assert not h.log.said("answers again")
+
+
+def test_a_connect_stuck_in_an_outage_is_restarted_when_the_server_answers_again(tmp_path):
+    # The loop looks at a connect on its next turn after STUCK_CONNECT (here the 5 s turn),
+    # then probes every 0.25 s until the server answers.
+    back_at = T0 + 6.0
+
+    def behave(argv, w):   # the first connect hangs (its SYN went into the outage); later ones work
+        return FakeChild(w, argv, [] if not w.children else [(0.1, "out", ready_line())])
+    h = Harness(tmp_path, tunnel(connect_timeout=2), behave, answers=lambda host, now: now >= back_at)
+    h.run_until(lambda: h.m.state == machine.UP)
+    assert h.log.said("server hub:22 answers again while ssh is still stuck connecting; starting a fresh connect")
+    second = h.world.children[1].started_at
+    assert back_at <= second < back_at + 0.5, second - T0    # not the watchdog's 9 s
+    assert min(t for t, _, _ in h.prober.calls) >= T0 + 2.0   # probed only once the connect took 2 s
+    assert not h.m.last_error   # a fresh connect we asked for is no error

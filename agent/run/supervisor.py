@@ -28,7 +28,7 @@ TERM_TIMEOUT = 2.0          # TERM -> KILL for ssh children (procd gives us 5 s 
 class Supervisor:
     def __init__(self, settings, log, clock=time.monotonic, wall=time.time, detect=clients.detect,
                  reload_settings=None, checks=None, spawner=Child, job=Job, prober=probe,
-                 selector=selectors.DefaultSelector):
+                 selector=selectors.DefaultSelector, previous_state=None):
         self.settings = settings
         self.log = log
         self.clock = clock
@@ -40,7 +40,7 @@ class Supervisor:
         self.job = job                  # Job(argv, env, timeout, clock): an ssh exec (check, reclaim)
         self.prober = prober            # probe_syn / probe_tcp of the server (agent.run.probe)
         self.selector = selector
-        self.previous_state = None      # dict: the state file at start, if the caller read it
+        self.previous_state = previous_state  # dict: the state file at start, if the caller read it
         self.half_open = prober.half_open_available()  # SYN probes: no noauth on 9.8+ hubs
         self.runners = []
         self.sel = self._sig_r = None
@@ -567,7 +567,7 @@ class Supervisor:
                 # `status` calls the agent hung after STALE_INTERVALS of these without a write
                 "interval": min([r.config.interval for r in self.runners] or [30]),
                 "settings": self._digest(), "config": self.settings.config_path,
-                "children": children, "warnings": list(getattr(self.settings, "warnings", ()) or ()),
+                "children": children, "warnings": list(self.settings.warnings or ()),
                 # --debug: what the long-running process holds (a test pins it: tests/test_memory.py)
                 **({"modules": sorted(sys.modules)} if self.log.debug_on else {})}
 
