@@ -1,9 +1,11 @@
-"""Shrink Python source for the pyz: drop comments, empty the docstrings, keep every line number.
+"""Shrink Python source for the pyz: drop comments, docstring text and parameter annotations, indent
+by one space a level, keep every line number.
 
 The pyz budget is 96 KB and zipimport only knows deflate; comments and docstrings are about a
 quarter of agent/ after compression. Code lines stay byte-for-byte where they were, so a
 traceback from the box names the same file:line as the repository, and `verify` proves the
-result is the same program: equal ASTs once docstrings are blanked on both sides.
+result is the same program: equal ASTs once docstrings and parameter annotations are blanked on
+both sides.
 Keep the docstrings (docstrings=False) when any module reads __doc__ (stage.py checks).
 Build-time only (runs in the build venv).
 """
@@ -62,9 +64,71 @@ def strip_docstrings(text):
     return "".join(lines)
 
 
+def reindent(text):
+    """One space per block level instead of four: the indentation is about 6 % of the compressed
+    archive. A line that begins inside a string keeps every byte; a continuation line (inside
+    brackets, after a backslash) gets its statement's depth, which Python ignores there."""
+    lines = _lines(text)
+    depth, keep, first = 0, set(), {}
+    for tok in tokenize.generate_tokens(io.StringIO(text).readline):
+        if tok.type == tokenize.INDENT:
+            depth += 1
+            continue
+        if tok.type == tokenize.DEDENT:
+            depth -= 1
+            continue
+        if tok.type in (tokenize.NL, tokenize.NEWLINE, tokenize.COMMENT, tokenize.ENDMARKER):
+            continue
+        if tok.start[0] not in first:
+            first[tok.start[0]] = depth
+        keep.update(range(tok.start[0] + 1, tok.end[0] + 1))  # rows that begin inside this token
+    for row, level in first.items():
+        if row in keep:
+            continue
+        line = lines[row - 1]
+        lines[row - 1] = " " * level + line.lstrip(" \t")
+    return "".join(lines)
+
+
+def _functions(tree):
+    return [n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda))]
+
+
+def _arguments(fn):
+    a = fn.args
+    return [x for x in a.posonlyargs + a.args + a.kwonlyargs + [a.vararg, a.kwarg] if x is not None]
+
+
+def strip_annotations(text):
+    """Parameter and return annotations out (nothing reads them: the pyz has no typing); a
+    class body's field annotations stay (core/record.py builds records from them)."""
+    lines = [l.encode("utf-8") for l in _lines(text)]
+    spans = []
+    for fn in _functions(ast.parse(text)):
+        for arg in _arguments(fn):
+            ann = getattr(arg, "annotation", None)
+            if ann is not None and arg.lineno == ann.end_lineno:
+                spans.append((arg.lineno, arg.col_offset + len(arg.arg.encode("utf-8")), ann.end_col_offset))
+        ret = getattr(fn, "returns", None)
+        if ret is not None and ret.lineno == ret.end_lineno:
+            line = lines[ret.lineno - 1]
+            arrow = line.rfind(b"->", 0, ret.col_offset)
+            if arrow >= 0:
+                spans.append((ret.lineno, len(line[:arrow].rstrip()), ret.end_col_offset))
+    for row, c1, c2 in sorted(spans, reverse=True):
+        line = lines[row - 1]
+        lines[row - 1] = line[:c1] + line[c2:]
+    return b"".join(lines).decode("utf-8")
+
+
 def _normalised(tree):
     for d in _docstring_nodes(tree):
         d.value.value = ""
+    for fn in _functions(tree):
+        for arg in _arguments(fn):
+            arg.annotation = None
+        if hasattr(fn, "returns"):
+            fn.returns = None
     return ast.dump(tree)
 
 
@@ -82,5 +146,6 @@ def slim(text, name="<source>", docstrings=True):
     out = strip_comments(text)
     if docstrings:
         out = strip_docstrings(out)
+    out = reindent(strip_annotations(out))
     verify(text, out, name)
     return out

@@ -27,11 +27,11 @@ RUNTIME_MODULES = set("""
 __future__ __main__ _abc _codecs _collections _collections_abc _frozen_importlib _frozen_importlib_external
 _functools _imp _io _locale _operator _posixsubprocess _signal _sitebuiltins _socket _sre _stat _thread
 _warnings _weakref _weakrefset abc agent agent.errors
-agent.core agent.core.classify agent.core.defaults agent.core.machine agent.core.model agent.core.record agent.core.session
-agent.core.spread agent.core.values
+agent.core agent.core.classify agent.core.defaults agent.core.machine agent.core.model agent.core.record
+agent.core.session agent.core.spread agent.core.timing agent.core.values
 agent.hubside agent.hubside.payload agent.hubside.remote
-agent.run agent.run.checks agent.run.child agent.run.clients agent.run.identity agent.run.log agent.run.loop agent.run.pidfile
-agent.run.probe agent.run.procs agent.run.serve agent.run.state agent.run.supervisor
+agent.run agent.run.checks agent.run.child agent.run.clients agent.run.identity agent.run.log agent.run.loop
+agent.run.pidfile agent.run.probe agent.run.procs agent.run.serve agent.run.state agent.run.supervisor agent.run.tunnel
 array builtins codecs collections collections.abc
 contextlib copyreg encodings encodings.aliases encodings.utf_8 enum errno fcntl functools genericpath io
 itertools keyword locale marshal math operator os os.path posix posixpath re re._casefix re._compiler

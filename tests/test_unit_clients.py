@@ -272,7 +272,7 @@ def test_hashed_known_hosts_lines_are_read_for_dbclient(tmp_path):
 
 def test_checks_and_reclaims_use_the_pin_file_too_and_reload_keeps_the_runner(tmp_path, monkeypatch):
     # The default pin file is added to the runner's tunnel, so the ssh execs of checks and
-    # reclaims (built from r.t) are checked against it as well; a reload of the same config
+    # reclaims (built from r.tunnel) are checked against it as well; a reload of the same config
     # (known_hosts "" there) must not see a change.
     from agent.core import record
     from agent.run import supervisor
@@ -285,7 +285,8 @@ def test_checks_and_reclaims_use_the_pin_file_too_and_reload_keeps_the_runner(tm
     sup = supervisor.Supervisor(s, Log(), detect=lambda path, client: OSSH, reload_settings=lambda: s)
     sup.prepare()
     r = sup.runners[0]
-    assert os.path.exists(pins) and r.t.known_hosts == pins and r.ssh_tunnel.known_hosts == pins
-    assert "UserKnownHostsFile=%s" % pins in clients.build_exec_argv(OSSH, r.t, "true")
+    assert os.path.exists(pins) and r.tunnel.known_hosts == pins and r.ssh_tunnel.known_hosts == pins
+    assert r.config == t   # kept as configured: what a reload compares
+    assert "UserKnownHostsFile=%s" % pins in clients.build_exec_argv(OSSH, r.tunnel, "true")
     sup._reload()
     assert sup.runners[0] is r

@@ -8,6 +8,7 @@ import pytest
 from agent import errors as E
 from agent.run import identity
 from agent.run.checks import held_message
+from agent.run.tunnel import resume_sessions
 
 
 def test_made_once_then_kept(tmp_path):
@@ -75,12 +76,13 @@ def test_held_message_says_who_and_since():
 
 
 def _sup(tmp_path, box="0123abcd"):
-    from types import SimpleNamespace
-    from agent.core.model import Settings
+    from agent.core import machine
+    from agent.core.model import Settings, Tunnel
     from agent.run.supervisor import Supervisor
+    from agent.run.tunnel import Runner
     sup = Supervisor(Settings(tunnels=(), state=str(tmp_path / "state.json")), log=None)
     sup.box = box
-    sup.runners = [SimpleNamespace(name="t", session=None), SimpleNamespace(name="u", session=None)]
+    sup.runners = [Runner(Tunnel(name, "hub"), None, machine.Machine(machine.Policy())) for name in ("t", "u")]
     return sup
 
 
@@ -92,7 +94,7 @@ def _doc(pid, box="0123abcd", session=None):
 def test_a_restarted_agent_keeps_its_own_last_session(tmp_path):
     dead = 2 ** 22 + 17  # above pid_max on this kind of machine: never alive
     sup = _sup(tmp_path)
-    sup._seed_sessions(_doc(dead))
+    resume_sessions(sup.runners, _doc(dead), sup.box)
     assert sup.runners[0].session == {"pid": 4242, "start": "987654", "server": "hub:22", "box": "0123abcd"}
     assert sup.runners[1].session is None
 
@@ -107,7 +109,7 @@ def test_a_restarted_agent_keeps_its_own_last_session(tmp_path):
 ])
 def test_no_session_is_taken_from_a_state_that_does_not_prove_it(tmp_path, doc):
     sup = _sup(tmp_path)
-    sup._seed_sessions(doc)
+    resume_sessions(sup.runners, doc, sup.box)
     assert [r.session for r in sup.runners] == [None, None]
 
 

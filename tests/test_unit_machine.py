@@ -4,11 +4,12 @@ import random
 
 from agent.core import classify as C
 from agent.core import machine as M
+from agent.core import timing
 
 
 def make(**kw):
     policy = M.Policy(**kw)
-    return M.Machine(policy, M.Backoff(cap=policy.max_backoff, jitter=0, rng=random.Random(1)))
+    return M.Machine(policy, timing.Backoff(cap=policy.max_backoff, jitter=0, rng=random.Random(1)))
 
 
 REFUSED = C.Outcome(C.REFUSED, C.RETRY, "refused")
@@ -16,21 +17,21 @@ TIMEOUT = C.Outcome(C.TIMEOUT, C.RETRY, "timed out")
 
 
 def test_backoff_sequence_and_cap():
-    b = M.Backoff(cap=10, jitter=0)
+    b = timing.Backoff(cap=10, jitter=0)
     assert [b.next() for _ in range(7)] == [0, 1, 2, 4, 8, 10, 10]
     b.reset()
     assert b.next() == 0
 
 
 def test_backoff_jitter_bounded():
-    b = M.Backoff(cap=60, jitter=0.25, rng=random.Random(7))
+    b = timing.Backoff(cap=60, jitter=0.25, rng=random.Random(7))
     delays = [b.next() for _ in range(30)]
     assert all(0 <= d <= 60 for d in delays)
     assert 0.75 * 8 <= delays[4] <= 1.25 * 8
 
 
 def test_backoff_offset_spreads():
-    b = M.Backoff(cap=10, jitter=0, offset=2.5)
+    b = timing.Backoff(cap=10, jitter=0, offset=2.5)
     assert [b.next() for _ in range(3)] == [0, 3.5, 4.5]
 
 
@@ -276,7 +277,7 @@ def test_busy_delay_table():
         ((3, 1.0, 5), 5.0),
     ]
     for args, want in cases:
-        assert abs(M.busy_delay(*args) - want) < 1e-3, (args, M.busy_delay(*args), want)
+        assert abs(timing.busy_delay(*args) - want) < 1e-3, (args, timing.busy_delay(*args), want)
     m = make(max_backoff=60)
     m.start(0)
     m.on_exit(0, C.Outcome(C.SERVER_BUSY, C.RETRY, "kex"))
@@ -309,7 +310,7 @@ def _delay(m, now, cmds):
 
 def test_session_cut_after_a_passing_check_retries_within_a_quarter_second_every_time():
     # A hub that ends the session ~5 s after each reconnect: the path works, so never escalate.
-    m = M.Machine(M.Policy(), M.Backoff(cap=60, rng=random.Random(3)))
+    m = M.Machine(M.Policy(), timing.Backoff(cap=60, rng=random.Random(3)))
     m.start(0)
     now, delays = 0.0, []
     for _ in range(12):
@@ -372,7 +373,7 @@ def test_a_failing_check_does_not_prove_and_a_later_pass_does():
 
 
 def test_without_checks_the_ready_line_proves_the_session():
-    m = M.Machine(M.Policy(proof_by_check=False), M.Backoff(cap=60, rng=random.Random(1)))
+    m = M.Machine(M.Policy(proof_by_check=False), timing.Backoff(cap=60, rng=random.Random(1)))
     m.start(0)
     m.on_exit(0.5, REFUSED)                      # at once
     m.on_exit(1, REFUSED)                        # backing off
@@ -391,7 +392,7 @@ def test_reconnect_request_stays_immediate_for_a_proven_session():
 
 
 def test_quick_retry_keeps_the_fleet_offset():
-    b = M.Backoff(offset=2.0, rng=random.Random(5))
+    b = timing.Backoff(offset=2.0, rng=random.Random(5))
     assert 2.0 <= b.quick() <= 2.25 and b.attempt == 1
 
 

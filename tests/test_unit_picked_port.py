@@ -17,7 +17,8 @@ from agent.hub import view as hub
 from agent.errors import ConfigError
 from agent.core.model import Forward, Tunnel, parse_forward
 from agent.hubside.remote import session_command
-from agent.run.supervisor import Runner
+from agent.core import machine
+from agent.run.tunnel import Runner
 
 
 def test_parse_forward_port_zero_only_for_R():
@@ -39,9 +40,7 @@ def test_allocated_port_lines(line, want):
 
 
 def runner(*forwards):
-    r = Runner.__new__(Runner)  # only the forwards bookkeeping, no machine or client
-    r.t, r.allocated = Tunnel("t", "h", forwards=tuple(forwards)), {}
-    return r
+    return Runner(Tunnel("t", "h", forwards=tuple(forwards)), None, machine.Machine(machine.Policy()))
 
 
 def test_allocations_go_to_port_zero_forwards_in_order():

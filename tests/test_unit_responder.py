@@ -370,45 +370,30 @@ def test_check_mode(args, mode):
 
 
 # ----------------------------------------------------------------------------- agent.run.checks, in session
-class SessionSup:
-    """In session: records each request; answers checks with `code` (None: the request was skipped)."""
-
-    def __init__(self, code):
-        self.code, self.sent, self.reports, self.signals = code, [], [], []
-
-    def in_session(self, r):
-        return True
-
-    def clock(self):
-        return 0.0
-
-    def start_job(self, *a, **kw):
-        raise AssertionError("no exec login in session mode")
-
-    def session_request(self, r, verb, budget, on_answer, **words):
-        line = remote.request_line(len(self.sent) + 1, verb, **words)   # validated as the supervisor does
-        self.sent.append((verb, budget, line))
-        if verb == "check":
-            on_answer(None if self.code is None else ["check", str(self.code), "python3", "127.0.0.1"])
-        return len(self.sent)
-
-    def report_check(self, r, name, verdict, ok, detail=""):
-        self.reports.append((name, verdict, ok))
-
-
 class R:
     def forwards_now(self):
-        return list(self.t.forwards)
+        return list(self.config.forwards)
 
     def __init__(self, fwds):
         from agent.core.model import Tunnel
-        self.t = Tunnel("t", "127.0.0.1", 22, forwards=tuple(fwds), remote_check_every=1)
-        self.loop, self.greetings, self.check_round, self.name = None, {}, 1, "t"
+        self.config = Tunnel("t", "127.0.0.1", 22, forwards=tuple(fwds), remote_check_every=1)
+        self.loop, self.name = None, "t"
         self.requests = session.Requests()
 
-        class M:
-            failures = 0
-        self.m = M()
+
+def in_session_round(checks, r, code):
+    """The -R part of one round in session, as the supervisor carries it out: each request's
+    line (validated as the supervisor does), its budget, and each answer's verdict. `code`:
+    the responder's answer to every check (None: it skipped them)."""
+    _, remote_due = checks.plan(r, 1, None, 0)
+    sent, reports = [], []
+    for q in checks.session_requests(r, remote_due):
+        sent.append((q.verb, q.budget, remote.request_line(len(sent) + 1, q.verb, **(q.words or {}))))
+        if q.verb == "check":
+            words = None if code is None else ["check", str(code), "python3", "127.0.0.1"]
+            v = checks.judge_answer(r, q.forward, words)
+            reports.append((v.name, v.verdict, v.ok))
+    return sent, reports
 
 
 @pytest.mark.parametrize("code, verdict, ok", [(80, OK, True), (81, REFUSED, False), (84, MISMATCH, False),
@@ -417,13 +402,12 @@ def test_a_round_in_session_is_a_ping_then_one_request_per_forward(code, verdict
     from agent.run import checks as health
     from agent.core.model import Forward
     fwds = [Forward("R", "127.0.0.1", p, "127.0.0.1", 1, check="banner:SSH-") for p in (20022, 20023)]
-    sup, r = SessionSup(code), R(fwds)
-    health.Checks(None).run(sup, r, 0.0)
-    assert [v for v, _, _ in sup.sent] == ["ping", "check", "check"]
-    assert sup.sent[0][1] == session.PING_BUDGET
-    assert sup.sent[1][2].split()[1:5] == [b"check", b"127.0.0.1", b"20022", b"5353482d"]
-    assert sup.sent[1][1] == remote.check_budget("127.0.0.1", health.CHECK_TIMEOUT) + session.SLACK
-    assert sup.reports == [("R:20022", verdict, ok), ("R:20023", verdict, ok)]
+    sent, reports = in_session_round(health.Checks(None), R(fwds), code)
+    assert [v for v, _, _ in sent] == ["ping", "check", "check"]
+    assert sent[0][1] == session.PING_BUDGET
+    assert sent[1][2].split()[1:5] == [b"check", b"127.0.0.1", b"20022", b"5353482d"]
+    assert sent[1][1] == remote.check_budget("127.0.0.1", health.CHECK_TIMEOUT) + session.SLACK
+    assert reports == [("R:20022", verdict, ok), ("R:20023", verdict, ok)]
 
 
 def test_machine_restarts_at_once_on_a_silent_session():

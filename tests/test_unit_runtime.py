@@ -1,5 +1,5 @@
 """The start-up/runtime split (agent.launch, agent.run.runtime, agent.run.serve): what crosses the exec,
-and the stdlib stand-ins the runtime uses to stay small (state.dumps, remote.quote, machine.Jitter)."""
+and the stdlib stand-ins the runtime uses to stay small (state.dumps, remote.quote, timing.Jitter)."""
 
 import json
 import marshal
@@ -11,7 +11,7 @@ from agent.settings import config
 
 from agent import launch
 
-from agent.core import machine
+from agent.core import timing
 
 from agent.run import procs, serve, state
 
@@ -52,7 +52,7 @@ def test_quote_is_shlex_quote(text):
 
 
 def test_jitter_is_uniform_enough():
-    j = machine.Jitter()
+    j = timing.Jitter()
     xs = [j.uniform(2.0, 3.0) for _ in range(2000)]
     assert all(2.0 <= x < 3.0 for x in xs)
     assert 2.4 < sum(xs) / len(xs) < 2.6 and max(xs) > 2.9 and min(xs) < 2.1

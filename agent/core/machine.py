@@ -1,7 +1,8 @@
 """The supervision state machine and backoff: decisions only, no I/O.
 
 The driver (agent.run.supervisor) feeds events with the current monotonic time and
-carries out the commands returned. Tests drive it with plain numbers.
+carries out the commands returned; nothing here holds a reference to the driver.
+Tests drive it with plain numbers.
 
     connecting --ready--> up --exit/health--> (reconnect at once, or backoff)
         |                                          |
@@ -11,14 +12,22 @@ A session that came up and passed a check proved the path works: losing it later
 (a hub that cuts sessions, a NAT that forgets them) retries within a second and
 starts the backoff over. Only sessions that die before that escalate, so a crash
 loop (dies before ready, or fails its checks) still backs off.
+
+Besides the states, the machine makes every timing decision of its tunnel: when the
+next check round is due (and the recheck after a failure), when to probe the server
+during a backoff or a hung connect, when to try the primary again from an alternate,
+when to fail over, when to give up on our session command (-N), and when the hub's
+responder counts as mute. The driver asks with on_tick and reports with on_probed.
 """
 
 from __future__ import annotations
 
-import os
 
-from agent.core import classify as C
+from agent.core import classify
 from agent.core.record import record
+from agent.core.timing import (FIRST_CHECK_AFTER, PRIMARY_PROBE_TIMEOUT, SERVER_PROBE_FAST, SERVER_PROBE_FAST_FOR,
+                               SERVER_PROBE_SLOW, SERVER_PROBE_TIMEOUT, SLOW_PROBE, SLOW_PROBE_PAUSE,
+                               MUTE_SESSIONS, STUCK_CONNECT, Backoff, recheck_delay)
 
 if False:  # annotations only: importing typing would cost the agent 0.5 MB of memory
     from typing import List, Optional
@@ -51,84 +60,51 @@ class Fatal:
     message: str
 
 
-BUSY_LOW, BUSY_HIGH = 0.5, 3.0
+# Commands that ask the driver for a fact (it answers with on_probed) or to run the checks.
+SERVER = "server"     # during a backoff after the host did not answer, or a connect that hangs
+PRIMARY = "primary"   # on an alternate: is the configured server back?
 
 
-def busy_delay(drops: int, u: float, cap: float) -> float:
-    """The wait after the `drops`-th server-busy drop in a row (1, 2, ...); u in [0, 1) spreads a fleet.
-
-    A random 0.5-3 s at first (MaxStartups sheds load at random: soon is fine), doubling with each
-    further drop up to `cap`: a server that keeps closing us before the key exchange (a port that
-    accepts and closes, a PerSourcePenalties refusal that each retry would renew) is not asked again
-    every couple of seconds for ever."""
-    scale = 2.0 ** min(max(drops, 1) - 1, 16)
-    return min(cap, (BUSY_LOW + (BUSY_HIGH - BUSY_LOW) * u) * scale)
+@record
+class Probe:
+    what: str            # SERVER or PRIMARY
+    index: int           # the address: 0 the configured server, 1.. its alternates in order
+    timeout: float
+    at: float            # when it was asked for (the answer counts from then)
 
 
-class Jitter:
-    """random() and uniform() from os.urandom: the `random` module would cost the resident
-    agent ~0.1 MB (random, math, bisect, _sha512) for a few jittered delays."""
-
-    def random(self) -> float:
-        return int.from_bytes(os.urandom(7), "big") / 72057594037927936.0  # [0, 1), 56 bits
-
-    def uniform(self, a: float, b: float) -> float:
-        return a + (b - a) * self.random()
+@record
+class RunChecks:
+    round: int           # 1, 2, ... in this session
 
 
-class Backoff:
-    """Exponential backoff with jitter; attempt 0 is immediate.
+# Commands that report a decision: the driver logs them (and acts on them where it says so).
+@record
+class Failover:
+    old: int             # address index given up (after Policy.failover_after failed connects)
+    new: int
 
-    Sequence (before jitter): 0, base, 2*base, 4*base ... capped at `cap`.
-    `offset` spreads a fleet: a per-box constant added to every non-zero delay.
-    """
 
-    def __init__(self, cap=60.0, base=1.0, factor=2.0, jitter=0.25, offset=0.0, rng=None):
-        self.cap = float(cap)
-        self.base = float(base)
-        self.factor = float(factor)
-        self.jitter = float(jitter)
-        self.offset = float(offset)
-        self.rng = rng or Jitter()
-        self.attempt = 0
-        self.busy_drops = 0
-        # The exponent stops growing once base * factor**e passes the cap: factor**(n-1) itself
-        # raises OverflowError at n = 1025 (2.0), about 16 h into an outage at a 60 s cap.
-        self._top = 0
-        try:
-            while self.factor > 1 and self.base * self.factor ** self._top < self.cap and self._top < 1000:
-                self._top += 1
-        except OverflowError:  # an infinite cap: factor**_top is then the largest finite step
-            self._top -= 1
+@record
+class Failback:
+    old: int             # the alternate left: the primary (index 0) answers again
 
-    def next(self) -> float:
-        n = self.attempt
-        self.attempt += 1
-        if n == 0:
-            return 0.0
-        raw = min(self.cap, self.base * (self.factor ** min(n - 1, self._top)))
-        spread = raw * self.jitter * (2 * self.rng.random() - 1)
-        return max(0.0, min(self.cap, raw + spread) + self.offset)
 
-    def quick(self) -> float:
-        """After losing a proven session: back within a quarter second, jittered (a hub that cut
-        every box at once does not get them back in step); escalation starts over."""
-        self.attempt = 1
-        return self.rng.uniform(0.0, 0.25) + self.offset
+@record
+class UseN:
+    pass                 # the server never runs our session command: ssh runs -N from now on
 
-    def busy(self) -> float:
-        """A server shedding load: a random delay (so a fleet does not retry in step) that grows
-        with each drop in a row (busy_delay)."""
-        self.busy_drops += 1
-        return busy_delay(self.busy_drops, self.rng.random(), max(self.cap, BUSY_HIGH)) + self.offset
 
-    def longest(self) -> float:
-        self.attempt += 1
-        return self.cap + self.offset
+@record
+class ServerBack:
+    delay: float         # the server answers a probe again: reconnecting after this
+    stuck: bool          # ...while a connect hangs: a fresh connect now
 
-    def reset(self):
-        self.attempt = 0
-        self.busy_drops = 0
+
+@record
+class Silent:
+    what: str            # a request the session's responder left unanswered
+    broken: str          # why its responder is no longer used (exec checks), if that is new
 
 
 @record(frozen=False)
@@ -144,6 +120,10 @@ class Policy:
     reclaim: bool = True
     reclaim_limit: int = 3          # reclaims in a row before we give up and back off
     half_open_probe: bool = False   # the driver's server probe is a half-open SYN (costs the hub nothing)
+    checks: bool = True             # health checks run (--no-checks: never due)
+    interval: float = 30.0          # between check rounds, and between failback probes
+    addresses: int = 1              # the server and its alternates
+    failover_after: int = 3         # failed connects in a row before the next address
 
 
 class Machine:
@@ -170,16 +150,34 @@ class Machine:
         self.proven = False             # this session came up and passed a check
         self._kill_reason = None
         self._wait_for_server = False   # backoff may end early when the server answers
+        self.addr = 0                   # index of the server in use (0: the configured one)
+        self.connect_failures = 0       # in a row, before a session came up: failover counts them
+        self.next_failback = 0.0        # on an alternate: when to ask the primary again
+        self.watchdogs = 0              # consecutive "no ready line" (in time, or the session ended first)
+        self.no_command = False         # the server runs no command of ours: ssh runs -N
+        self.next_check = None          # when the next check round is due (while up)
+        self.check_round = 0
+        self.check_began = None         # when the current round began
+        self.next_probe = None          # when the next server probe is due
+        self.probe_failed = False       # a server probe went unanswered in this state
+        self.probe_answered = False     # one answer ends the probing until the state changes
+        self.mute_sessions = 0          # sessions in a row whose responder never answered
+        self.responder_broken = ""      # why the hub's responder is not used (then: exec checks)
 
     # -- helpers
     def _go(self, state, now, deadline=None):
+        if (state, now) != (self.state, self.since):
+            self.probe_failed = False   # a probe failure counts within one state only
+            self.probe_answered = False
         self.state = state
         self.since = now
         self.deadline = deadline
 
     # -- events
-    def start(self, now: float, first_delay: float = 0.0) -> List:
-        """Begin supervising; `first_delay` spreads a fleet's first connect."""
+    def start(self, now: float, first_delay: Optional[float] = None) -> List:
+        """Begin supervising; `first_delay` (default: the backoff's offset) spreads a fleet's first connect."""
+        if first_delay is None:
+            first_delay = self.backoff.offset
         if first_delay > 0:
             self._go(BACKOFF, now, now + first_delay)
             return []
@@ -206,6 +204,11 @@ class Machine:
         self._go(UP, now, now + self.p.stable_after)
         self.up_since = now
         self.proven = not self.p.proof_by_check
+        self.connect_failures = 0
+        # Soon after up: a passing check proves the session, so that losing it even a few
+        # seconds later retries at once instead of escalating.
+        self.next_check = now + min(self.p.interval, FIRST_CHECK_AFTER) if self.p.checks else None
+        self.check_round = 0
         return []  # last_error stays: status shows what the previous session died of
 
     def on_timer(self, now: float) -> List:
@@ -214,7 +217,7 @@ class Machine:
         if self.state == CONNECTING:
             if self.p.use_marker:
                 self.deadline = None
-                return self._kill(C.WATCHDOG)
+                return self._kill(classify.WATCHDOG)
             return self.on_ready(now)
         if self.state == UP:
             # Stayed up long enough: the next failure reconnects at once.
@@ -230,35 +233,63 @@ class Machine:
         self._kill_reason = reason
         return [Kill(reason)]
 
-    def on_exit(self, now: float, outcome: C.Outcome) -> List:
-        """The ssh child is gone (reaped). Decide what next."""
-        if self.state == STOPPING or outcome.reason == C.STOPPED:
+    def on_exit(self, now: float, outcome: classify.Outcome, ran: Optional[bool] = None) -> List:
+        """The ssh child is gone (reaped), or could not be started (`ran` None). Decide what next.
+
+        ran: the server ran a session command of its own and ended it (classify.session_ran)."""
+        if self.state == STOPPING or outcome.reason == classify.STOPPED:
             self._go(STOPPED, now)
             return []
-        if outcome.reason != C.RECONNECT:
+        told = [] if ran is None else self._count_failed_connect(outcome, ran)
+        return told + self._after_exit(now, outcome)
+
+    def _count_failed_connect(self, outcome, ran):
+        """The -N fallback and failover, decided before the next connect: [UseN], [Failover]."""
+        told = []
+        # A forced command (`command="echo tunnels only"` in authorized_keys) runs instead of
+        # ours and ends the session before our ready line: as telling as a watchdog kill.
+        ended_first = (ran and self.state == CONNECTING and self._kill_reason is None and not self.no_command
+                       and outcome.reason in (classify.CLOSED, classify.EXITED))
+        self.watchdogs = self.watchdogs + 1 if outcome.reason == classify.WATCHDOG or ended_first else 0
+        if self.watchdogs >= 2 and self.p.reclaim and not self.no_command:
+            # Logged in but our session command never said ready: a forced command
+            # (restricted key) or no shell. Fall back to -N; reclaim cannot work there.
+            self.no_command = True
+            self.p.use_marker = False
+            told.append(UseN())
+        if self.state != UP and outcome.reason in classify.NETWORK_REASONS | {classify.WATCHDOG}:
+            self.connect_failures += 1
+            if self.p.addresses > 1 and self.connect_failures >= self.p.failover_after:
+                old, self.addr = self.addr, (self.addr + 1) % self.p.addresses
+                self.connect_failures = 0
+                told.append(Failover(old, self.addr))
+        return told
+
+    def _after_exit(self, now, outcome):
+        if outcome.reason != classify.RECONNECT:
             # A reconnect someone asked for (SIGUSR1, failback) is no error: keep the last real one.
             self.last_outcome = outcome
             self.last_error = outcome.reason + (": " + outcome.detail if outcome.detail else "")
         self.up_since = None
         self._wait_for_server = False
-        if outcome.action == C.FATAL:
+        if outcome.action == classify.FATAL:
             self._go(STOPPED, now)
             return [Fatal(outcome.detail or outcome.reason)]
-        if outcome.action == C.RECLAIM and self.p.reclaim and self.reclaims_in_row < self.p.reclaim_limit:
+        if outcome.action == classify.RECLAIM and self.p.reclaim and self.reclaims_in_row < self.p.reclaim_limit:
             self.reclaims_in_row += 1
             self._go(BACKOFF, now, None)   # the driver reports back with on_reclaimed
             return [Reclaim()]
-        if outcome.action == C.RETRY_SLOW:
+        if outcome.action == classify.RETRY_SLOW:
             delay = self.backoff.longest()
-        elif outcome.reason == C.SERVER_BUSY:
+        elif outcome.reason == classify.SERVER_BUSY:
             # sshd shed us (MaxStartups): come back soon, but not in step with the others.
             delay = self.backoff.busy()
-        elif self.proven and outcome.reason != C.RECONNECT:
+        elif self.proven and outcome.reason != classify.RECONNECT:
             self.reclaims_in_row = 0
             delay = self.backoff.quick()
         else:
             delay = self.backoff.next()
-            self._wait_for_server = outcome.reason in C.NETWORK_REASONS
+            self._wait_for_server = outcome.reason in classify.NETWORK_REASONS
         if delay <= 0:
             return self._spawn(now)
         self._go(BACKOFF, now, now + delay)
@@ -275,7 +306,7 @@ class Machine:
             self.last_heal = "reclaimed stale listener"
             return self._spawn(now)
         if held:
-            self.last_error = C.PORT_HELD + ": " + held
+            self.last_error = classify.PORT_HELD + ": " + held
             self._go(BACKOFF, now, now + self.backoff.longest())
             return []
         delay = 0.4 if soon else max(self.backoff.next(), 1.0)
@@ -290,9 +321,9 @@ class Machine:
         network reason. Never after a DNS failure: the probe would resolve the same name in the
         agent's one loop, and a resolver out of reach blocks for its whole timeout every time."""
         out = self.last_outcome
-        reasons = C.NETWORK_REASONS if self.p.half_open_probe else C.PROBE_REASONS
+        reasons = classify.NETWORK_REASONS if self.p.half_open_probe else classify.PROBE_REASONS
         return (self.state == BACKOFF and self._wait_for_server and self.deadline is not None
-                and bool(out) and out.reason in reasons and out.reason != C.DNS)
+                and bool(out) and out.reason in reasons and out.reason != classify.DNS)
 
     def wants_connect_probe(self, now: float, after: float) -> bool:
         """A connect going on for `after` s: the driver may probe whether it is stuck."""
@@ -313,6 +344,16 @@ class Machine:
 
     def on_check(self, now: float, name: str, verdict: str, ok: Optional[bool]) -> List:
         """A health check finished. ok: True healthy, False failed, None neutral (target down)."""
+        cmds = self._judge_check(now, name, verdict, ok)
+        if ok is False and self.state == UP and self.next_check is not None:
+            # A failure is confirmed (or cleared) soon, not a whole interval later: a dead
+            # forward is healed within about one interval, a blip still needs two checks.
+            # Counted from when the round began: a no-answer has already waited its timeout.
+            began = now if self.check_began is None else self.check_began
+            self.next_check = min(self.next_check, max(now, began + recheck_delay(self.p.interval)))
+        return cmds
+
+    def _judge_check(self, now, name, verdict, ok):
         self.last_check = now
         self.verdicts[name] = verdict
         if self.state != UP:
@@ -334,8 +375,28 @@ class Machine:
         self.health = "failing"
         if self.failures >= self.p.fail_threshold:
             self.last_heal = "restart after %d failed checks (%s: %s)" % (self.failures, name, verdict)
-            return self._kill(C.HEALTH)
+            return self._kill(classify.HEALTH)
         return []
+
+    def on_silent(self, now: float, what: str, answered: int, responder: str) -> List:
+        """A request to the session's responder went unanswered within its budget. `answered`:
+        how many of its requests this session did answer. A responder that never answers in
+        MUTE_SESSIONS sessions in a row is not used again: exec checks."""
+        broken = ""
+        if answered == 0:
+            self.mute_sessions += 1
+            if self.mute_sessions >= MUTE_SESSIONS and not self.responder_broken:
+                broken = self.responder_broken = "the hub's %s responder never answered (%d sessions)" % (
+                    responder, MUTE_SESSIONS)
+        return [Silent(what, broken)] + self.on_session_silent(now, what)
+
+    def on_answered(self) -> None:
+        """The session's responder answered a request: it is not mute."""
+        self.mute_sessions = 0
+
+    def on_responder_gone(self, why: str) -> None:
+        """The session's responder exited (too old an interpreter, killed): exec checks from now on."""
+        self.responder_broken = "the hub's responder failed (%s)" % why
 
     def on_session_silent(self, now: float, detail: str) -> List:
         """A request to the session's responder went unanswered within its budget: the
@@ -343,14 +404,89 @@ class Machine:
         if self.state != UP:
             return []
         self.last_heal = "restart: " + detail
-        return self._kill(C.HEALTH)
+        return self._kill(classify.HEALTH)
+
+    def on_tick(self, now: float, busy: bool = False, killing: bool = False) -> List:
+        """The driver's turn: the state's own deadline, then what is due (a check round, a
+        failback probe, a server probe). busy: the last round is still in flight (an exec
+        check, session requests); killing: the driver is stopping ssh."""
+        return self.on_timer(now) + self._check_due(now, busy, killing) + self._failback_due(now) + \
+            self._probe_due(now)
+
+    def wakeups(self) -> List[float]:
+        """The times on_tick has something to do at (the driver sleeps until the first)."""
+        due = [self.deadline, self.next_check if self.state == UP else None, self.next_probe]
+        return [t for t in due if t is not None]
+
+    def _check_due(self, now, busy, killing):
+        if not self.p.checks or self.state != UP or self.next_check is None or now < self.next_check:
+            return []
+        if killing:
+            return []   # being restarted: a check now would only log in for nothing
+        if busy:
+            self.next_check = now + 1.0
+            return []
+        self.next_check = now + self.p.interval
+        self.check_began = now
+        self.check_round += 1
+        return [RunChecks(self.check_round)]
+
+    def _failback_due(self, now):
+        """On an alternate: once per interval, is the primary back?"""
+        if self.addr == 0 or self.state != UP or now < self.next_failback:
+            return []
+        self.next_failback = now + self.p.interval
+        return [Probe(PRIMARY, 0, PRIMARY_PROBE_TIMEOUT, now)]
+
+    def _probe_due(self, now):
+        """Cheap TCP probes of the server: during a backoff after the server's host did not answer
+        at all (wants_server_probe), and during a connect that hangs (a SYN sent into an outage
+        waits out the kernel's retransmits, seconds after the link is back: dbclient has no
+        connect timeout at all). The first probe that is answered is the last one in this
+        state: a live server is never poked twice; ssh itself connects next."""
+        if not (self.wants_server_probe() or self.wants_connect_probe(now, STUCK_CONNECT)) or self.probe_answered:
+            self.next_probe = None
+            self.probe_failed = False
+            return []
+        if self.next_probe is None:
+            self.next_probe = now
+        if now < self.next_probe:
+            return []
+        period = SERVER_PROBE_FAST if now - self.since < SERVER_PROBE_FAST_FOR else SERVER_PROBE_SLOW
+        self.next_probe = now + period * self.backoff.rng.uniform(0.8, 1.2)
+        return [Probe(SERVER, self.addr, SERVER_PROBE_TIMEOUT, now)]
+
+    def on_probed(self, probe: Probe, answered: bool, took: float = 0.0) -> List:
+        """What a Probe found (it took `took` s): did the server answer?"""
+        now = probe.at
+        if probe.what == PRIMARY:
+            if not answered:
+                return []
+            old, self.addr = self.addr, 0
+            return [Failback(old)] + self.on_reconnect_request(now)
+        backoff, stuck = self.wants_server_probe(), self.wants_connect_probe(now, STUCK_CONNECT)
+        if took > SLOW_PROBE:
+            self.next_probe = now + took + SLOW_PROBE_PAUSE
+        if not answered:
+            self.probe_failed = True
+            return []
+        self.probe_answered = True
+        self.next_probe = None
+        if self.probe_failed and backoff:
+            # Down, now up again: do not wait out the backoff (but keep the fleet spread).
+            delay = self.backoff.offset
+            return [ServerBack(delay, False)] + self.on_server_answers(now, delay)
+        if self.probe_failed and stuck:
+            self.probe_failed = False
+            return [ServerBack(0.0, True)] + self.on_reconnect_request(now)
+        return []
 
     def on_reconnect_request(self, now: float) -> List:
         """SIGUSR1 (e.g. an ifup hook): reset backoff, reconnect now."""
         self.backoff.reset()
         self.reclaims_in_row = 0
         if self.state in (CONNECTING, UP):
-            return self._kill(C.RECONNECT)
+            return self._kill(classify.RECONNECT)
         if self.state == BACKOFF:
             return self._spawn(now)
         return []
@@ -359,7 +495,7 @@ class Machine:
         prev = self.state
         self._go(STOPPING, now)
         if prev in (CONNECTING, UP):
-            return self._kill(C.STOPPED)
+            return self._kill(classify.STOPPED)
         self._go(STOPPED, now)
         return []
 

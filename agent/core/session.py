@@ -12,7 +12,7 @@ flow is lost: the caller restarts the tunnel at once.
 from __future__ import annotations
 
 if False:  # annotations only: importing typing would cost the agent 0.5 MB of memory
-    from typing import Callable, List, Optional, Tuple
+    from typing import List, Optional, Tuple
 
 IN_SESSION = "in-session"
 EXEC = "exec"
@@ -27,10 +27,10 @@ SLACK = 1.0             # on top of a check's own budget: transport and scheduli
 
 
 class Pending:
-    __slots__ = ("rid", "what", "budget", "on_answer", "sent", "turn")
+    __slots__ = ("rid", "what", "budget", "about", "sent", "turn")
 
-    def __init__(self, rid, what, budget, on_answer, sent):
-        self.rid, self.what, self.budget, self.on_answer, self.sent = rid, what, budget, on_answer, sent
+    def __init__(self, rid, what, budget, about, sent):
+        self.rid, self.what, self.budget, self.about, self.sent = rid, what, budget, about, sent
         self.turn = None        # when the responder began on it (the one before was answered)
 
     @property
@@ -48,11 +48,12 @@ class Requests:
         self.strays = 0          # answers matching no pending request (ignored)
         self.rtts = []           # the last few ping round trips (s)
 
-    def add(self, what: str, budget: float, now: float, on_answer: Callable) -> int:
-        """Register a request; returns its id (the caller builds and sends the line)."""
+    def add(self, what: str, budget: float, now: float, about: object = None) -> int:
+        """Register a request; returns its id (the caller builds and sends the line). `about`:
+        the caller's note of what it asked (handed back with the answer)."""
         rid = self.next_id
         self.next_id += 1
-        p = Pending(rid, what, float(budget), on_answer, now)
+        p = Pending(rid, what, float(budget), about, now)
         if not self.pending:
             p.turn = now
         self.pending.append(p)

@@ -84,8 +84,7 @@ def serve(settings, opts, reload_fn):
         if not opts["no_checks"]:
             from agent.run.checks import Checks
             checks = Checks(log)
-        sup = Supervisor(settings, log, reload_settings=reload_fn, checks=checks)
-        sup.previous_state = opts["previous"]
+        sup = Supervisor(settings, log, reload_settings=reload_fn, checks=checks, previous_state=opts["previous"])
         try:
             sup.prepare()
             _check_dropbear_options(sup.runners, set(opts["asked_options"]), log)
@@ -111,7 +110,7 @@ def _check_dropbear_options(runners, asked, log):
     for r in runners:
         if r.info.kind != clients.DROPBEAR:
             continue
-        missing = clients.dropbear_options(r.info, r.t.extra_options)[1]
+        missing = clients.dropbear_options(r.info, r.config.extra_options)[1]
         refused = [k for k in missing if k in asked]
         if refused:
             raise SshkeepError("-o %s: %s (dropbear %s) has no such option; drop it, or use OpenSSH "
