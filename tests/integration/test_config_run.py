@@ -4,12 +4,12 @@ import json
 import os
 import signal
 import subprocess
-import time
 
 import pytest
 
 import lightguard
 from agentrun import alive, require_pyz
+from polling import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -61,15 +61,14 @@ class ConfigAgent:
             return fh.read().decode(errors="replace")
 
     def wait(self, pred, timeout, what):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        def ready():
             assert self.proc.poll() is None, "agent exited: " + self.text()[-2000:]
             try:
-                if pred(self.tunnels()):
-                    return
+                return pred(self.tunnels())
             except (KeyError, TypeError):
-                pass
-            time.sleep(0.1)
+                return False
+        if wait_for(ready, timeout, 0.1):
+            return
         raise AssertionError("timed out waiting for %s: %s\n%s" % (what, self.tunnels(), self.text()[-3000:]))
 
     def stop(self):

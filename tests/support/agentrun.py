@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
@@ -16,6 +15,7 @@ PYZ = os.path.join(ROOT, "build", "sshkeep.pyz")
 sys.path.insert(0, HERE)
 
 import lightguard  # noqa: E402
+from polling import wait_for  # noqa: E402
 
 
 def require_pyz(path=PYZ):
@@ -80,17 +80,16 @@ class Agent:
             return ""
 
     def wait(self, pred, timeout, what):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        def ready():
             if self.proc is not None and self.proc.poll() is not None:
                 raise AssertionError("agent exited (%s) while waiting for %s; log:\n%s" % (
                     self.proc.returncode, what, self.log()[-3000:]))
             try:
-                if pred():
-                    return
+                return pred()
             except (KeyError, TypeError, IndexError):
-                pass
-            time.sleep(0.1)
+                return False
+        if wait_for(ready, timeout, 0.1):
+            return
         raise AssertionError("timed out after %ss waiting for %s; status %s; log:\n%s" % (
             timeout, what, json.dumps(self.tunnel()), self.log()[-3000:]))
 

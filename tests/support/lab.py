@@ -42,7 +42,7 @@ import time
 from typing import Callable, Dict, List, Optional, Sequence
 
 import hubroot
-from polling import wait_until  # noqa: F401  (re-exported: tests import it from lab)
+from polling import wait_for, wait_until  # noqa: F401  (wait_until re-exported: tests import it from lab)
 
 TUNNEL_USER = "sktunnel"
 TUNNEL_HOME = "/var/tmp/sktunnel"  # the global home; each lab overrides it in its server namespace
@@ -153,9 +153,7 @@ def stop_processes(procs: Sequence[subprocess.Popen], timeout: float = 3.0) -> N
             p.send_signal(signal.SIGTERM)
         except ProcessLookupError:
             pass
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and any(p.poll() is None for p in live):
-        time.sleep(0.02)
+    wait_for(lambda: all(p.poll() is not None for p in live), timeout, 0.02)
     for p in live:
         stop_process(p, timeout=1.0)
 
@@ -167,9 +165,7 @@ def kill_pids(pids: Sequence[int], sig: int = signal.SIGKILL, timeout: float = 3
             os.kill(pid, sig)
         except ProcessLookupError:
             pass
-    deadline = time.monotonic() + timeout
-    while any(alive(p) for p in pids) and time.monotonic() < deadline:
-        time.sleep(0.02)
+    wait_for(lambda: not any(alive(p) for p in pids), timeout, 0.02)
 
 
 _libc = None

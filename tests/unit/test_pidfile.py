@@ -195,10 +195,7 @@ def test_ten_racers_exactly_one_wins(tmp):
                                stdout=subprocess.PIPE) for _ in range(10)]
     try:
         # every racer has started and waits at the barrier; the go file releases them together
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline and \
-                len([n for n in os.listdir(tmp) if n.startswith("go.ready-")]) < len(racers):
-            time.sleep(0.02)
+        wait_for(lambda: len([n for n in os.listdir(tmp) if n.startswith("go.ready-")]) >= len(racers), 20, 0.02)
         open(go, "w").close()
         outs = [(p.communicate(timeout=20)[0].decode().split(), p.returncode) for p in racers]
     finally:

@@ -9,6 +9,8 @@ import time
 
 import pytest
 
+from polling import wait_for
+
 from agent.run import probe
 from agent.core.model import Forward
 from agent.run.probe import (
@@ -281,9 +283,7 @@ def test_no_file_descriptor_leak(peers):
         probe_local("localhost", p.port, timeout=0.5, grace=0.01)
         probe_tcp("127.0.0.1", p.port, 0.5)
     # the peer thread closes its ends on its own time: poll, bounded
-    deadline = time.monotonic() + 5
-    while len(os.listdir("/proc/self/fd")) > before + 2 and time.monotonic() < deadline:
-        time.sleep(0.02)
+    wait_for(lambda: len(os.listdir("/proc/self/fd")) <= before + 2, 5, 0.02)
     assert len(os.listdir("/proc/self/fd")) <= before + 2
 
 
