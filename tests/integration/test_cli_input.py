@@ -3,13 +3,12 @@ wrong input at start with the documented exit code and a message naming the fix;
 traceback (70), no retry loop. Scripted clients (tests/support/fakes/fakessh), no network."""
 
 import os
-import signal
 import subprocess
 
 import pytest
 
 import lightguard
-from agentrun import require_pyz
+from agentrun import FakeSshAgent, require_pyz
 from polling import wait_until
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -82,24 +81,9 @@ def test_o_option_dbclient_lacks_is_refused(tmp_path):
 
 
 def _start(tmp_path, argv, env):
-    err = open(str(tmp_path / "err"), "w")
-    e = lightguard.guard_env(dict(os.environ, FAKESSH_MODE="ready", FAKESSH_LOG=str(tmp_path / "fake.log"), **env))
-    p = subprocess.Popen([PY, require_pyz(), "run", "--no-checks", "--state", str(tmp_path / "s.json"),
-                          "--pidfile", str(tmp_path / "pid")] + argv, env=e, stdin=subprocess.DEVNULL,
-                         stdout=subprocess.DEVNULL, stderr=err)
-    err.close()
-    return p
-
-
-def _stop(p):
-    if p.poll() is None:
-        p.send_signal(signal.SIGTERM)
-    try:
-        return p.wait(10)
-    finally:
-        if p.poll() is None:
-            p.kill()
-            p.wait(5)
+    e = lightguard.guard_env(dict(os.environ, **env))
+    return FakeSshAgent(str(tmp_path), "ready", ["--no-checks"] + argv, pyz=require_pyz(), python=PY, env=e,
+                        ssh=None).start()
 
 
 def test_client_dropbear_without_ssh_finds_dbclient_and_o_reaches_it(tmp_path):
@@ -117,14 +101,14 @@ def test_client_dropbear_without_ssh_finds_dbclient_and_o_reaches_it(tmp_path):
                           "--known-hosts", str(tmp_path / "known_hosts"), "-R", "1:127.0.0.1:2",
                           "tunnel@127.0.0.1"], {"PATH": "%s:%s" % (bindir, os.environ["PATH"])})
     try:
-        state = tmp_path / "s.json"
+        state = tmp_path / "state.json"
         wait_until(lambda: state.exists() and '"up"' in state.read_text(), 20, 0.05, what="tunnel up")
-        err = (tmp_path / "err").read_text()
+        err = (tmp_path / "agent.run.log").read_text()
         assert "using dropbear 2022.83 (%s)" % db in err, err
         argv = [l for l in (tmp_path / "argv").read_text().splitlines() if "-R" in l][-1].split()
         assert argv[argv.index("-K") + 1] == "5", argv
     finally:
-        assert _stop(p) == 0
+        assert p.stop(10) == 0
 
 
 def test_ssh_config_loses_to_flags(tmp_path):
@@ -139,12 +123,12 @@ def test_ssh_config_loses_to_flags(tmp_path):
     os.chmod(str(wrapper), 0o755)
     p = _start(tmp_path, ["--ssh-config", str(conf), "-p", "2222", "-i", str(key), "--ssh", str(wrapper), "hub"], {})
     try:
-        state = tmp_path / "s.json"
+        state = tmp_path / "state.json"
         wait_until(lambda: state.exists() and '"up"' in state.read_text(), 20, 0.05, what="tunnel up")
         argv = [l for l in (tmp_path / "argv").read_text().splitlines() if "-R" in l][-1].split()
         assert argv[argv.index("-p") + 1] == "2222" and argv[argv.index("-i") + 1] == str(key), argv
     finally:
-        assert _stop(p) == 0
+        assert p.stop(10) == 0
 
 
 @pytest.mark.integration

@@ -3,13 +3,11 @@
 import json
 import os
 import signal
-import subprocess
 
 import pytest
 
 import lightguard
-from agentrun import alive, require_pyz
-from polling import wait_for
+from agentrun import AgentProcess, alive, require_pyz
 
 pytestmark = pytest.mark.integration
 
@@ -39,43 +37,10 @@ def write_config(lab, path, servers, tunnels, interval=2):
         fh.write("\n".join(lines))
 
 
-class ConfigAgent:
-    def __init__(self, lab, config):
-        self.lab = lab
-        self.state = os.path.join(lab.dir, "state.json")
-        self.log = os.path.join(lab.dir, "agent.run.log")
-        with open(self.log, "ab") as log:
-            self.proc = lab.box_popen(["/usr/bin/python3", require_pyz(), "run", "-c", config],
-                                      stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                                      env=lightguard.guard_env(dict(os.environ, HOME=lab.dir)))
-
-    def tunnels(self):
-        try:
-            with open(self.state) as fh:
-                return {t["name"]: t for t in json.load(fh)["tunnels"]}
-        except (OSError, ValueError, KeyError):
-            return {}
-
-    def text(self):
-        with open(self.log, "rb") as fh:
-            return fh.read().decode(errors="replace")
-
-    def wait(self, pred, timeout, what):
-        def ready():
-            assert self.proc.poll() is None, "agent exited: " + self.text()[-2000:]
-            try:
-                return pred(self.tunnels())
-            except (KeyError, TypeError):
-                return False
-        if wait_for(ready, timeout, 0.1):
-            return
-        raise AssertionError("timed out waiting for %s: %s\n%s" % (what, self.tunnels(), self.text()[-3000:]))
-
-    def stop(self):
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            self.proc.wait(8)
-        return self.proc.returncode
+def box_agent(lab, *args):
+    """`run ARGS` of the built pyz in the lab's box namespace, in lab.dir (its state: lab.dir/state.json)."""
+    return AgentProcess(["/usr/bin/python3", require_pyz(), "run"] + list(args), lab.dir, lab=lab,
+                        env=lightguard.guard_env(dict(os.environ, HOME=lab.dir))).start()
 
 
 def test_failover_to_alternate_and_back(lab):
@@ -94,16 +59,16 @@ def test_failover_to_alternate_and_back(lab):
                    ["%s:2200" % lab.srv_ip])],
                  [("rev", {"server": "hub", "type": "remote", "listen": "127.0.0.1:20022",
                            "target": "127.0.0.1:%d" % svc.port})])
-    a = ConfigAgent(lab, cfg)
+    a = box_agent(lab, "-c", cfg)
     try:
-        a.wait(lambda t: t["hub"]["state"] == "up" and t["hub"]["server"].endswith(":2200"), 60,
+        a.wait_tunnels(lambda t: t["hub"]["state"] == "up" and t["hub"]["server"].endswith(":2200"), 60,
                "up on the alternate")
         lab.wait_until(lambda: lab.probe_from(lab.srv_ns, "127.0.0.1", 20022) == BANNER, 10,
                        what="forward via the alternate")
         primary.start()
-        a.wait(lambda t: t["hub"]["state"] == "up" and t["hub"]["server"].endswith(":22"), 30,
+        a.wait_tunnels(lambda t: t["hub"]["state"] == "up" and t["hub"]["server"].endswith(":22"), 30,
                "moved back to the primary")
-        assert "moving back" in a.text()
+        assert "moving back" in a.log()
         lab.wait_until(lambda: lab.probe_from(lab.srv_ns, "127.0.0.1", 20022) == BANNER, 10,
                        what="forward via the primary")
     finally:
@@ -126,14 +91,14 @@ def test_sighup_keeps_unchanged_tunnels(lab):
                ("tb", {"server": "b", "listen": "20002", "target": "127.0.0.1:%d" % svc.port}),
                ("tc", {"server": "c", "listen": "20003", "target": "127.0.0.1:%d" % svc.port})]
     write_config(lab, cfg, servers, tunnels)
-    ag = ConfigAgent(lab, cfg)
+    ag = box_agent(lab, "-c", cfg)
     try:
-        ag.wait(lambda t: all(t[n]["state"] == "up" for n in "abc"), 30, "three tunnels up")
+        ag.wait_tunnels(lambda t: all(t[n]["state"] == "up" for n in "abc"), 30, "three tunnels up")
         before = ag.tunnels()
         tunnels[1] = ("tb", {"server": "b", "listen": "20012", "target": "127.0.0.1:%d" % svc.port})
         write_config(lab, cfg, servers[:2], tunnels[:2])     # b changed, c removed
         ag.proc.send_signal(signal.SIGHUP)
-        ag.wait(lambda t: set(t) == {"a", "b"} and t["b"]["state"] == "up"
+        ag.wait_tunnels(lambda t: set(t) == {"a", "b"} and t["b"]["state"] == "up"
                 and t["b"]["ssh_pid"] != before["b"]["ssh_pid"], 30, "reload applied")
         after = ag.tunnels()
         assert after["a"]["ssh_pid"] == before["a"]["ssh_pid"]          # untouched
@@ -145,7 +110,7 @@ def test_sighup_keeps_unchanged_tunnels(lab):
         with open(cfg, "a") as fh:
             fh.write("\nconfig tunnel 'bad'\n\toption server 'nosuch'\n")
         ag.proc.send_signal(signal.SIGHUP)
-        lab.wait_until(lambda: "reload failed" in ag.text(), 10, what="reload refusal logged")
+        lab.wait_until(lambda: "reload failed" in ag.log(), 10, what="reload refusal logged")
         assert ag.tunnels()["a"]["ssh_pid"] == before["a"]["ssh_pid"]
     finally:
         ag.stop()
@@ -164,12 +129,8 @@ def test_ssh_config_host_works_with_dropbear(lab):
                  "  RemoteForward 127.0.0.1:20022 127.0.0.1:%d\n  ServerAliveInterval 5\n"
                  "Host *\n  User nobody\n" % (lab.srv_ip, lab.user, lab.key_dropbear, svc.port))
     state = os.path.join(lab.dir, "state.json")
-    with open(os.path.join(lab.dir, "agent.run.log"), "ab") as log:
-        proc = lab.box_popen(["/usr/bin/python3", require_pyz(), "run", "--ssh-config", cfg, "--client", "dropbear",
-                              "--ssh", "/usr/bin/dbclient", "--known-hosts", kh, "--state", state,
-                              "--pidfile", os.path.join(lab.dir, "pid"), "hub"],
-                             stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                             env=lightguard.guard_env(dict(os.environ, HOME=lab.dir)))
+    a = box_agent(lab, "--ssh-config", cfg, "--client", "dropbear", "--ssh", "/usr/bin/dbclient", "--known-hosts", kh,
+                  "--state", state, "--pidfile", os.path.join(lab.dir, "pid"), "hub")
     try:
         lab.wait_until(lambda: lab.probe_from(lab.srv_ns, "127.0.0.1", 20022) == BANNER, 30,
                        what="forward from the ssh_config Host block via dbclient")
@@ -177,8 +138,7 @@ def test_ssh_config_host_works_with_dropbear(lab):
             t = json.load(fh)["tunnels"][0]
         assert t["client"].startswith("dropbear") and t["server"] == "%s:22" % lab.srv_ip
     finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(8)
+        a.stop()
 
 
 def test_banner_with_shell_metacharacters_never_reaches_a_shell(lab):
@@ -198,10 +158,10 @@ def test_banner_with_shell_metacharacters_never_reaches_a_shell(lab):
                  [("rev", {"server": "hub", "type": "remote", "listen": "127.0.0.1:20022",
                            "target": "127.0.0.1:%d" % svc.port,
                            "check": 'banner:SVC-$(touch %s)`touch %s`;touch %s;"' % (marker, marker, marker)})])
-    a = ConfigAgent(lab, cfg)
+    a = box_agent(lab, "-c", cfg)
     try:
         # the service's banner is not that text: judged a mismatch on the server, and nothing ran
-        a.wait(lambda t: t["hub"]["checks"].get("R:20022") == "mismatch", 30, "the remote check's mismatch")
+        a.wait_tunnels(lambda t: t["hub"]["checks"].get("R:20022") == "mismatch", 30, "the remote check's mismatch")
         assert not os.path.exists(marker)
     finally:
         a.stop()

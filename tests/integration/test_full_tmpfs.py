@@ -15,7 +15,7 @@ import tempfile
 import pytest
 
 from agent.run import pidfile
-from agentrun import PYZ, require_pyz
+from agentrun import PYZ, AgentProcess, require_pyz
 import lightguard
 from polling import wait_until
 
@@ -50,17 +50,12 @@ def test_agent_starts_with_the_lock_on_a_full_tmpfs(full_tmpfs, tmp_path):
     require_pyz()
     pid_path = os.path.join(full_tmpfs, "sshkeep.pid")
     state_path = os.path.join(full_tmpfs, "sshkeep.json")
-    log_path = str(tmp_path / "agent.run.log")
     common = ["-R", "127.0.0.1:20999:127.0.0.1:22", "--ssh", FAKE, "--client", "openssh", "--no-checks",
               "--interval", "2", "--state", state_path, "--pidfile", pid_path, "box@127.0.0.1"]
     env = lightguard.guard_env(dict(os.environ, FAKESSH_MODE="ready", HOME=str(tmp_path)))
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen([sys.executable, PYZ, "run"] + common, stdin=subprocess.DEVNULL, stdout=log,
-                                stderr=log, env=env)
-
-    def log_text():
-        with open(log_path, "rb") as fh:
-            return fh.read().decode(errors="replace")
+    a = AgentProcess([sys.executable, PYZ, "run"] + common, str(tmp_path), state=state_path, pidfile=pid_path,
+                     env=env).start()
+    proc, log_text = a.proc, a.log
     try:
         wait_until(lambda: proc.poll() is not None or "up via" in log_text(), 20, 0.1, "tunnel up")
         assert proc.poll() is None, log_text()
@@ -85,10 +80,4 @@ def test_agent_starts_with_the_lock_on_a_full_tmpfs(full_tmpfs, tmp_path):
         assert stop.returncode == 0 and b"stopped pid %d" % proc.pid in stop.stdout, stop.stdout + stop.stderr
         assert proc.wait(10) is not None
     finally:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
+        a.stop(10)

@@ -17,6 +17,7 @@ import time
 import pytest
 
 import lightguard
+from agentrun import BoxAgent
 from polling import wait_for
 
 from agent.run import pidfile, procs
@@ -24,135 +25,10 @@ from agent.run import pidfile, procs
 TOP = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 PYZ = os.environ.get("SSHKEEP_PYZ") or os.path.join(TOP, "build", "sshkeep.pyz")
 
-FAKE_SSH = """#!%s
-# fake OpenSSH client. MODE=up: stays up like `ssh -N` until TERM (exits 0, like ssh);
-# MODE=fail: refuses at once (exit 255, like ssh on a refused connection).
-import signal, sys, time
-MODE = %r
-if "-V" in sys.argv:
-    sys.stderr.write("OpenSSH_9.2p1 Debian-2, OpenSSL 3.0.11 19 Sep 2023\\n")
-    sys.exit(0)
-if MODE == "fail":
-    sys.stderr.write("ssh: connect to host 127.0.0.1 port 22: Connection refused\\n")
-    sys.exit(255)
-signal.signal(signal.SIGTERM, lambda *a: sys.exit(0))
-deadline = time.monotonic() + 600
-while time.monotonic() < deadline:
-    time.sleep(0.2)
-"""
-
-
-class Agent:
-    """One pidfile/state/config in a temp dir, driven through the real pyz."""
-
-    def __init__(self, tmp, mode="up", servers=("hub",), interval=5):
-        if not os.path.exists(PYZ):
-            pytest.fail("build/sshkeep.pyz missing: run `make build`", pytrace=False)
-        self.tmp = tmp
-        self.pidfile = os.path.join(tmp, "sshkeep.pid")
-        self.state_path = os.path.join(tmp, "sshkeep.json")
-        self.conf = os.path.join(tmp, "sshkeep.conf")
-        self.started = []  # Popen of foreground agents, for cleanup
-        self.ssh = {}
-        self.write_config(mode, servers, interval)
-
-    def fake_ssh(self, mode):
-        path = os.path.join(self.tmp, "ssh-" + mode)
-        if mode not in self.ssh:
-            with open(path, "w") as f:
-                f.write(FAKE_SSH % (sys.executable, mode))
-            os.chmod(path, 0o755)
-            self.ssh[mode] = path
-        return path
-
-    def write_config(self, mode="up", servers=("hub",), interval=5, ports=None, remote_checks=0, check="none",
-                     max_backoff=2):
-        text = "config sshkeep\n\toption interval '%s'\n\toption max_backoff '%s'\n\n" % (interval, max_backoff)
-        for i, name in enumerate(servers):
-            port = (ports or {}).get(name, 22)
-            text += ("config server '%s'\n\toption host '127.0.0.1'\n\toption port '%d'\n\toption user 'box'\n"
-                     "\toption ssh '%s'\n\toption client 'openssh'\n\toption remote_check_every '%d'\n"
-                     "\toption reclaim '0'\n\toption accept_new '1'\n\toption known_hosts '%s'\n\n"
-                     "config tunnel 't_%s'\n\toption server '%s'\n\toption listen '127.0.0.1:%d'\n"
-                     "\toption target '127.0.0.1:22'\n\toption check '%s'\n\n"
-                     % (name, port, self.fake_ssh(mode), remote_checks, os.path.join(self.tmp, "known_hosts"),
-                        name, name,
-                        20000 + os.getpid() % 20000 + i, check))
-        with open(self.conf, "w") as f:
-            f.write(text)
-
-    def argv(self, command, *extra):
-        return [sys.executable, PYZ, command, "-c", self.conf, "--pidfile", self.pidfile,
-                "--state", self.state_path] + list(extra)
-
-    def cli(self, command, *extra, timeout=30):
-        argv = self.argv(command, *extra) if command in ("run", "check") else \
-            [sys.executable, PYZ, command, "--pidfile", self.pidfile] + list(extra)
-        out = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                             timeout=timeout, cwd=self.tmp, env=lightguard.guard_env())
-        return out.returncode, out.stdout.decode(), out.stderr.decode()
-
-    def foreground(self):
-        p = subprocess.Popen(self.argv("run"), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                             stderr=subprocess.PIPE, cwd=self.tmp, env=lightguard.guard_env())
-        self.started.append(p)
-        return p
-
-    def pid(self):
-        return pidfile.read_pid(self.pidfile) if pidfile.is_locked(self.pidfile) else None
-
-    def state(self):
-        try:
-            with open(self.state_path) as f:
-                return json.load(f)
-        except (OSError, ValueError):
-            return {}
-
-    def children(self, of=None):
-        st = self.state()
-        if of is not None and st.get("pid") != of:
-            return []
-        return [r["pid"] for r in st.get("children", []) if procs.alive(r["pid"])]
-
-    def tunnel(self, name):
-        for t in self.state().get("tunnels", []):
-            if t.get("name") == name:
-                return t
-        return {}
-
-    def agents(self):
-        """Live sshkeep processes started for THIS pidfile (any instance)."""
-        out = []
-        for d in os.listdir("/proc"):
-            if d.isdigit():
-                cl = procs.cmdline(int(d))
-                if cl and self.pidfile in cl and procs.looks_like_sshkeep(cl) and procs.alive(int(d)) \
-                        and "run" in cl:
-                    out.append(int(d))
-        return out
-
-    def cleanup(self):
-        recs = self.state().get("children", [])
-        holder = self.pid()  # whatever holds OUR temp pidfile, even if not named sshkeep
-        pids = set(self.agents()) | ({holder} if holder else set())
-        for pid in pids:
-            recs += procs.children_of(pid)
-            try:
-                os.kill(pid, signal.SIGCONT)  # a test may have frozen it
-            except OSError:
-                pass
-            procs.stop_pid(pid, timeout=2)
-        for p in self.started:
-            if p.poll() is None:
-                p.kill()
-            p.wait(timeout=5)
-        procs.reap_orphans(recs, timeout=1)
-
-
 @pytest.fixture
 def agent():
     with tempfile.TemporaryDirectory(prefix="sshkeep-life-%d-" % os.getpid()) as d:
-        a = Agent(d)
+        a = BoxAgent(d)
         try:
             yield a
         finally:

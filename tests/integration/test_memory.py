@@ -13,11 +13,9 @@ import os
 import subprocess
 import sys
 
-from agentrun import require_pyz
+from agentrun import FakeSshAgent, require_pyz
 from polling import wait_until
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-FAKE = os.path.join(os.path.dirname(HERE), "support", "fakes", "fakessh")
 PYTHON = "/usr/bin/python3"
 
 # What Debian's site adds (setuptools' .pth hook, the apport hook): not ours, not on a router.
@@ -49,12 +47,10 @@ def test_running_agent_imports_only_the_pinned_modules(tmp_path):
     pyz = require_pyz()
     state = tmp_path / "state.json"
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    env.update(FAKESSH_MODE="ready", FAKESSH_LOG=str(tmp_path / "fake.log"), HOME=str(tmp_path))
-    err = open(str(tmp_path / "agent.err"), "w")
-    p = subprocess.Popen([PYTHON, pyz, "run", "--ssh", FAKE, "--client", "openssh", "--debug", "--interval", "2",
-                          "--state", str(state), "--pidfile", str(tmp_path / "pid"),
-                          "-R", "127.0.0.1:20022:127.0.0.1:22", "-L", "127.0.0.1:31000:127.0.0.1:22", "127.0.0.1"],
-                         env=env, stdout=subprocess.DEVNULL, stderr=err, cwd=str(tmp_path))
+    env.update(HOME=str(tmp_path))
+    a = FakeSshAgent(str(tmp_path), "ready", ["--client", "openssh", "--debug", "--interval", "2",
+                                              "-R", "127.0.0.1:20022:127.0.0.1:22", "-L", "127.0.0.1:31000:127.0.0.1:22",
+                                              "127.0.0.1"], pyz=pyz, python=PYTHON, env=env).start()
 
     def doc():
         try:
@@ -74,10 +70,8 @@ def test_running_agent_imports_only_the_pinned_modules(tmp_path):
         assert ver == b"(3, 11)", "the pin is for CPython 3.11 (Debian 12's python3): re-pin for %s" % ver
         assert sorted(loaded - RUNTIME_MODULES) == [], "new in the running agent"
         assert sorted(RUNTIME_MODULES - loaded) == [], "no longer imported: drop from the pin"
-        with open("/proc/%d/cmdline" % p.pid, "rb") as fh:
+        with open("/proc/%d/cmdline" % a.proc.pid, "rb") as fh:
             argv = fh.read().split(b"\0")
         assert argv[1] == b"-c" and argv[3] == pyz.encode() and argv[4] == b"_runtime"  # same pid, exec'd
     finally:
-        p.terminate()
-        assert p.wait(10) == 0
-        err.close()
+        assert a.stop(10) == 0

@@ -14,6 +14,7 @@ import time
 
 import pytest
 
+from agentrun import FakeSshAgent, alive
 from polling import wait_until
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -21,71 +22,14 @@ ROOT = os.path.dirname(os.path.dirname(HERE))
 FAKE = os.path.join(os.path.dirname(HERE), "support", "fakes", "fakessh")
 
 
-def alive(pid):
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    # a zombie counts as gone
-    try:
-        with open("/proc/%d/stat" % pid) as fh:
-            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
-class Agent:
-    def __init__(self, tmp_path, mode, extra=()):
-        self.state = str(tmp_path / "state.json")
-        self.log = str(tmp_path / "fake.log")
-        env = dict(os.environ, FAKESSH_MODE=mode, FAKESSH_LOG=self.log, PYTHONPATH=ROOT)
-        argv = [sys.executable, "-m", "agent", "run", "-R", "127.0.0.1:20022:127.0.0.1:22",
-                "--ssh", FAKE, "--state", self.state, "--pidfile", str(tmp_path / "pid"),
-                "--no-checks", "--connect-timeout", "1", "--max-backoff", "2"] + list(extra) + ["-p", "9", "tunnel@127.0.0.1"]
-        self.err = open(str(tmp_path / "agent.err"), "w+")
-        self.proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=self.err, cwd=str(tmp_path))
-
-    def doc(self):
-        try:
-            with open(self.state) as fh:
-                return json.load(fh)
-        except (OSError, ValueError):
-            return None
-
-    def tunnel(self):
-        d = self.doc()
-        return d["tunnels"][0] if d and d.get("tunnels") else {}
-
-    def fakes(self):
-        try:
-            with open(self.log) as fh:
-                return [int(l.split()[1]) for l in fh if l.startswith("PID ")]
-        except OSError:
-            return []
-
-    def stderr(self):
-        self.err.flush()
-        with open(self.err.name) as fh:
-            return fh.read()
-
-    def stop(self, timeout=8):
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(timeout)
-        finally:
-            if self.proc.poll() is None:
-                self.proc.kill()
-                self.proc.wait(5)
-            self.err.close()
-
-
 @pytest.fixture
 def agent(tmp_path):
     made = []
 
     def start(mode, extra=()):
-        a = Agent(tmp_path, mode, extra)
+        a = FakeSshAgent(str(tmp_path), mode, ["-R", "127.0.0.1:20022:127.0.0.1:22", "--no-checks",
+                                               "--connect-timeout", "1", "--max-backoff", "2"]
+                         + list(extra) + ["-p", "9", "tunnel@127.0.0.1"]).start()
         made.append(a)
         return a
     yield start
@@ -101,7 +45,7 @@ def test_ready_marker_means_up_and_term_cleans_up(agent):
     wait_until(lambda: a.tunnel().get("state") == "up", 10, 0.05, what="state up")
     pid = a.tunnel()["ssh_pid"]
     assert pid == a.fakes()[-1]
-    assert a.doc()["children"][0]["pid"] == pid
+    assert a.status()["children"][0]["pid"] == pid
     assert a.stop() == 0
     assert not alive(pid)
     assert a.tunnel()["state"] == "stopped"
@@ -122,7 +66,7 @@ def test_refused_backs_off_and_is_classified(agent):
     wait_until(lambda: len(a.fakes()) >= 4, 15, 0.05, what="4 attempts")
     t = a.tunnel()
     assert t["last_error"].startswith("connection-refused")
-    assert "Connection refused" in a.stderr()
+    assert "Connection refused" in a.log()
     a.stop()
     # attempts are spaced out (backoff), not a tight loop: 4 attempts need > 1 s at 0,1,2.. s
     assert len(a.fakes()) < 12
@@ -131,7 +75,7 @@ def test_refused_backs_off_and_is_classified(agent):
 def test_auth_failure_waits_longest_and_says_what_to_fix(agent):
     a = agent("auth")
     wait_until(lambda: "auth-failed" in a.tunnel().get("last_error", ""), 10, 0.05, what="auth-failed")
-    assert "authorized_keys" in a.stderr()
+    assert "authorized_keys" in a.log()
     assert a.tunnel()["state"] == "backoff"
 
 
@@ -355,8 +299,8 @@ def test_flag_mode_forwards_have_the_same_json_shape(agent):
 
 def test_no_doubled_prefixes(agent):
     a = agent("refused")
-    wait_until(lambda: "Connection refused" in a.stderr(), 10, 0.05, what="refused logged")
-    assert "ssh: connect to host 10.0.0.2" in a.stderr() and "ssh: ssh:" not in a.stderr()
+    wait_until(lambda: "Connection refused" in a.log(), 10, 0.05, what="refused logged")
+    assert "ssh: connect to host 10.0.0.2" in a.log() and "ssh: ssh:" not in a.log()
 
 
 def test_stop_and_requested_reconnect_are_info_not_errors(agent):
@@ -366,10 +310,10 @@ def test_stop_and_requested_reconnect_are_info_not_errors(agent):
     wait_until(lambda: a.tunnel().get("restarts") == 1 and a.tunnel().get("state") == "up", 10, 0.05,
                what="reconnected")
     assert a.tunnel()["last_error"] == ""
-    line = [l for l in a.stderr().splitlines() if "ssh exited" in l][0]
+    line = [l for l in a.log().splitlines() if "ssh exited" in l][0]
     assert " info: " in line and re.search(r": reconnect-requested \((exit|signal) \d+\)$", line), line
     a.stop()
-    with open(a.err.name) as fh:
+    with open(a.errpath) as fh:
         line = [l for l in fh.read().splitlines() if "ssh exited" in l][-1]
     assert re.search(r": stopped \((exit|signal) \d+\)$", line), line   # not "stopped (stopped by sshkeep (..))"
 
@@ -380,8 +324,8 @@ def test_a_repeated_ssh_line_is_logged_once(agent):
     pid = a.tunnel()["ssh_pid"]
     wait_until(lambda: open("/proc/%d/cmdline" % pid, "rb").read().startswith(b"cat"), 30, 0.05,
                what="fake got past its stderr flood")
-    wait_until(lambda: "connect_to 127.0.0.1 port 9: failed." in a.stderr(), 10, 0.05, what="the line logged")
-    assert a.stderr().count("connect_to 127.0.0.1 port 9: failed.") == 1
+    wait_until(lambda: "connect_to 127.0.0.1 port 9: failed." in a.log(), 10, 0.05, what="the line logged")
+    assert a.log().count("connect_to 127.0.0.1 port 9: failed.") == 1
 
 
 def test_channel_open_failures_are_logged_once_whatever_the_channel(agent):
@@ -390,9 +334,9 @@ def test_channel_open_failures_are_logged_once_whatever_the_channel(agent):
     pid = a.tunnel()["ssh_pid"]
     wait_until(lambda: open("/proc/%d/cmdline" % pid, "rb").read().startswith(b"cat"), 30, 0.05,
                what="fake wrote its 50 lines")
-    wait_until(lambda: "open failed: connect failed" in a.stderr(), 10, 0.05, what="the line logged")
+    wait_until(lambda: "open failed: connect failed" in a.log(), 10, 0.05, what="the line logged")
     a.stop()   # every line read and logged (or not) by now
-    with open(a.err.name) as fh:
+    with open(a.errpath) as fh:
         assert fh.read().count("open failed: connect failed") == 1
 
 
