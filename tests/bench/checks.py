@@ -25,14 +25,13 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 TESTS = os.path.dirname(HERE)
-sys.path.insert(0, TESTS)
 sys.path.insert(0, os.path.join(TESTS, "support"))
 sys.path.insert(0, os.path.dirname(TESTS))
 
 import lab as labmod  # noqa: E402
 from agentrun import Agent  # noqa: E402
 from agent.hubside import remote  # noqa: E402
-from integration.test_session_checks import FWD, Session, forward_ok, logins  # noqa: E402
+from insession import FWD, Session, forward_ok, logins  # noqa: E402
 
 TICK = os.sysconf("SC_CLK_TCK")
 

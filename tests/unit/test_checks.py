@@ -1,6 +1,6 @@
 """agent.run.checks's decisions for -R forwards, with the ssh exec replaced by a recorded job.
 
-The box-side targets are real sockets on 127.0.0.1 (tests/unit/test_probe.py: Peer); the server's answer
+The box-side targets are real sockets on 127.0.0.1 (tests/support/peers.py: Peer); the server's answer
 is what the remote one-liner would print. No ssh, no clock tricks.
 """
 
@@ -11,7 +11,7 @@ from agent.run import clients, checks as health, probe
 from agent.hubside import remote
 from agent.core.model import Forward, Tunnel
 from agent.run.supervisor import recheck_delay
-from unit.test_probe import Peer
+from peers import Peer
 
 OSSH = clients.ClientInfo("openssh", "/usr/bin/ssh", "9.2p1")
 

@@ -8,11 +8,13 @@ cross root cannot load; these unit tests also run under the foreign pythons).
 import json
 import os
 import pwd
-import socket
 import subprocess
 import sys
 
 import pytest
+
+from fakesession import starttime
+from hubparts import Listener, hub_cli, sample_doc
 
 from agent.hub import view as hub, scan as hubscan
 from agent.hub.view import BadRecord, Proc, Record, judge, parse_record
@@ -115,19 +117,8 @@ def test_since_from_start():
 
 
 # --- the document and its renderings -------------------------------------------
-def _doc(verdicts=None, odd=False):
-    a = parse_record("rport-20022-100", "v1 box=A host=r1 tunnel=wan start=5 since=1700000000 ports=20022,20023")
-    b = parse_record("rport-20030-200", 'v1 box=B%s host=r"2 tunnel=x start=6 since=1700000100 ports=20030'
-                     % ("\\q" if odd else ""))
-    found = hub.sessions([(a, False), (b, False)])
-    verdicts = verdicts or {20022: ("ok-silent", "connected"), 20023: ("closed", "accepted, then closed"),
-                            20030: ("ok-data", "sent 4 bytes")}
-    return hub.document(found, verdicts, {100: ("10.0.0.1", 40000)}, [("rport-1-3", "session pid 3 is gone")],
-                        [("junk", "not a session record")], "/h/.sshkeep", 1700000200.5)
-
-
 def test_document_shape_is_stable():
-    doc = _doc()
+    doc = sample_doc()
     assert sorted(doc) == ["format", "problems", "reaped", "sessions", "state_dir", "summary", "time"]
     assert doc["format"] == "sshkeep-hub/1" and doc["time"] == 1700000200
     assert sorted(doc["sessions"][0]) == ["box", "client", "client_port", "extra", "files", "foreign", "forwards",
@@ -141,7 +132,7 @@ def test_document_shape_is_stable():
 
 
 def test_render_names_the_down_forward():
-    text = hub.render(_doc())
+    text = hub.render(sample_doc())
     lines = text.splitlines()
     assert lines[0].split() == ["BOX", "HOST", "TUNNEL", "PID", "SINCE", "(UTC)", "CLIENT", "FORWARDS"]
     assert "20022 up, 20023 DOWN (closed)" in lines[1] and "10.0.0.1:40000" in lines[1]
@@ -164,26 +155,10 @@ def test_escape_label_newline():
 
 
 # --- the scan, against real files and the real /proc -----------------------------
-def _start_of(pid):
-    with open("/proc/%d/stat" % pid) as fh:
-        return fh.read().rsplit(")", 1)[1].split()[19]
-
-
 def _dead_pid():
     p = subprocess.Popen(["true"])
     p.wait()
     return p.pid
-
-
-class Listener:
-    def __init__(self):
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(4)
-        self.port = self.sock.getsockname()[1]
-
-    def close(self):
-        self.sock.close()
 
 
 def test_scan_junk_foreign_recycled_and_reap(tmp_path):
@@ -201,7 +176,7 @@ def test_scan_junk_foreign_recycled_and_reap(tmp_path):
 
     try:
         put("rport-%d-%d" % (ok.port, me), "v1 box=live host=h tunnel=t start=%s since=- ports=%d\n"
-            % (_start_of(me), ok.port))
+            % (starttime(me), ok.port))
         put("rport-20001-%d" % dead, "v1 box=gone start=5 ports=20001\n")
         put("rport-20002-%d" % me, "v1 box=recycled start=1 ports=20002\n")
         put("rport-20003-%d" % me, "garbage with four words\n")
@@ -211,7 +186,7 @@ def test_scan_junk_foreign_recycled_and_reap(tmp_path):
         os.mkfifo(os.path.join(d, "rport-20006-%d" % me))
         nobody = pwd.getpwnam("nobody").pw_uid
         put("rport-20007-%d" % dead, "v1 box=theirs start=5 ports=20007\n", uid=nobody)
-        put("rport-20008-%d" % me, "theirs.live %s\n" % _start_of(me), uid=nobody)
+        put("rport-20008-%d" % me, "theirs.live %s\n" % starttime(me), uid=nobody)
         before = set(os.listdir(d))
 
         doc = hubscan.view(d, timeout=2.0)
@@ -220,7 +195,7 @@ def test_scan_junk_foreign_recycled_and_reap(tmp_path):
         assert before - after == {"rport-20001-%d" % dead, "rport-20002-%d" % me}  # ours and stale: only those
         assert {r["file"]: r["why"] for r in doc["reaped"]} == {
             "rport-20001-%d" % dead: "session pid %d is gone" % dead,
-            "rport-20002-%d" % me: "pid %d was recycled (start time %s, recorded 1)" % (me, _start_of(me))}
+            "rport-20002-%d" % me: "pid %d was recycled (start time %s, recorded 1)" % (me, starttime(me))}
         problems = {p["file"]: p["problem"] for p in doc["problems"]}
         assert "unknown record format" in problems["rport-20003-%d" % me]
         assert "not a session record" in problems["notes.txt"]
@@ -244,7 +219,7 @@ def test_scan_junk_foreign_recycled_and_reap(tmp_path):
 def _since_of(pid):
     with open("/proc/stat") as fh:
         btime = next(float(l.split()[1]) for l in fh if l.startswith("btime "))
-    return btime + int(_start_of(pid)) / os.sysconf("SC_CLK_TCK")
+    return btime + int(starttime(pid)) / os.sysconf("SC_CLK_TCK")
 
 
 def test_reap_leaves_a_record_rewritten_since_it_was_judged(tmp_path):
@@ -275,14 +250,6 @@ def test_client_from_a_childs_ssh_connection(tmp_path):
 
 
 # --- the command ---------------------------------------------------------------
-def hub_cli(*args, user=None):
-    argv = [sys.executable, "-m", "agent", "hub"] + list(args)
-    if user:
-        argv = ["setpriv", "--reuid", user, "--regid", user, "--clear-groups", "--"] + argv
-    return subprocess.run(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=30,
-                          env=dict(os.environ, PYTHONPATH=ROOT))
-
-
 @pytest.mark.parametrize("value", ["0", "-1", "61", "x"])
 def test_cli_timeout_bounded(tmp_path, value):
     r = hub_cli("--state-dir", str(tmp_path), "--timeout", value)
@@ -310,7 +277,7 @@ def test_every_json_key_is_documented_in_docs_hub_md():
     with open(os.path.join(ROOT, "docs", "hub.md"), encoding="utf-8") as fh:
         text = fh.read()
     section = text.split("## The JSON document", 1)[1].split("\n## ", 1)[0]
-    doc = _doc()
+    doc = sample_doc()
     keys = set(doc) | set(doc["sessions"][0]) | set(doc["sessions"][0]["forwards"][0]) | set(doc["summary"]) \
         | set(doc["reaped"][0]) | set(doc["problems"][0])
     missing = sorted(k for k in keys if '"%s"' % k not in section and "`%s`" % k not in section

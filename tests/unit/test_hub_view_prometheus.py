@@ -10,11 +10,12 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from agent.hub import view as hub
 from agent.hub.view import parse_record
-from unit.test_hub_view import Listener, _doc, _start_of, hub_cli
+from fakesession import starttime
+from hubparts import Listener, hub_cli, sample_doc
 
 
 def test_prometheus_parses_with_prometheus_client_and_escapes_labels():
-    text = hub.prometheus(_doc(odd=True))
+    text = hub.prometheus(sample_doc(odd=True))
     fams = {f.name: f for f in text_string_to_metric_families(text)}
     assert sorted(fams) == ["sshkeep_hub_sessions", "sshkeep_tunnel_since_seconds", "sshkeep_tunnel_up"]
     up = {(s.labels["box"], s.labels["port"]): s.value for s in fams["sshkeep_tunnel_up"].samples}
@@ -42,7 +43,7 @@ def test_cli_exit_codes_json_and_prometheus_file(tmp_path):
     me = os.getppid()  # the test process's parent outlives the command: a live "session"
     ok = Listener()
     try:
-        (d / ("rport-%d-%d" % (ok.port, me))).write_text("v1 box=a start=%s ports=%d\n" % (_start_of(me), ok.port))
+        (d / ("rport-%d-%d" % (ok.port, me))).write_text("v1 box=a start=%s ports=%d\n" % (starttime(me), ok.port))
         prom = tmp_path / "sshkeep.prom"
         r = hub_cli("--state-dir", str(d), "--prometheus", str(prom))
         assert r.returncode == 0, r.stderr

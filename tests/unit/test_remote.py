@@ -20,9 +20,9 @@ from agent.hubside.remote import (
     RECLAIMED, REFUSED, UNREACHABLE, LoopListener, check_command, interpret_check,
     interpret_reclaim, loop_forward_pair, parse_ready, reclaim_command, send_nonce, session_command,
 )
-from unit.test_probe import FullBacklog, Peer, free_port
+from fakesession import SHELLS, starttime
+from peers import FullBacklog, free_port
 
-SHELLS = {"dash": "/bin/dash", "bash": "/usr/bin/bash", "busybox": "/usr/bin/busybox"}
 INTERPRETERS = {"python3": "/usr/bin/python3", "perl": "/usr/bin/perl", "bash": "/usr/bin/bash",
                 "nc": "/usr/bin/busybox"}
 
@@ -51,19 +51,6 @@ def run_remote(cmd, bindir, timeout=20, user=None):
     r.elapsed = time.monotonic() - start
     r.out, r.err = r.stdout.decode(), r.stderr.decode()
     return r
-
-
-@pytest.fixture
-def peers():
-    made = []
-
-    def make(behaviour, address="127.0.0.1", port=0):
-        p = Peer(behaviour, address, port)
-        made.append(p)
-        return p
-    yield make
-    for p in made:
-        p.close()
 
 
 CASES = [
@@ -320,65 +307,7 @@ def test_interpret_reclaim_table():
 
 
 # ----------------------------------------------------------------------------- session + reclaim
-class FakeSession:
-    """A process whose cmdline looks like a server's session process, running session_command as its child.
-
-    perl sets its own cmdline with $0 and waits for the child: the child's $PPID is this process,
-    as a remote command's $PPID is the `sshd: USER@notty` process.
-    """
-
-    def __init__(self, cmd, argv0="sshd: tester@notty", user=None, shell="dash"):
-        pre = []
-        if user is not None:
-            pre = ["/usr/bin/setpriv", "--reuid", str(user), "--regid", str(user), "--clear-groups", "--"]
-        sh = [SHELLS[shell]] + (["sh"] if shell == "busybox" else [])
-        self.proc = subprocess.Popen(
-            pre + ["perl", "-e", '$0 = shift; my $c = pop; system(@ARGV, "-c", $c); exit 0', argv0] + sh + [cmd],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, env={"PATH": "/usr/bin:/bin", "HOME": "/nonexistent"})
-        self.pid = self.proc.pid
-        line = self._readline(5)
-        self.ready = parse_ready(line)
-        assert self.ready, "no ready line: %r" % line
-
-    def _readline(self, timeout):
-        import select
-        r, _, _ = select.select([self.proc.stdout], [], [], timeout)
-        return self.proc.stdout.readline().decode() if r else ""
-
-    def close(self):
-        """Close stdin (the session's wait ends) and reap, bounded."""
-        if self.proc.stdin:
-            self.proc.stdin.close()
-            self.proc.stdin = None
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(3)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(3)
-        self.proc.stdout.close()
-
-
-@pytest.fixture
-def sessions():
-    made = []
-
-    def make(*a, **kw):
-        s = FakeSession(*a, **kw)
-        made.append(s)
-        return s
-    yield make
-    for s in made:
-        s.close()
-
-
 LOOKALIKE = "echo sshkeep-ready $PPID ok; read x"  # a session process that registers nothing
-
-
-def starttime(pid):
-    with open("/proc/%d/stat" % pid) as f:
-        return f.read().rsplit(")", 1)[1].split()[19]
 
 
 @pytest.mark.parametrize("shell", ["dash", "bash", "busybox"])

@@ -9,7 +9,7 @@ import os
 import pytest
 
 from polling import wait_until
-from unit.test_remote import FakeSession, sessions, starttime  # noqa: F401  (fixture)
+from fakesession import starttime
 
 from agent.run import clients
 
@@ -66,7 +66,7 @@ def record(state, port, pid):
         return hub.parse_record(name, f.read())
 
 
-def test_session_records_a_picked_port_sent_on_stdin(tmp_path, sessions):  # noqa: F811
+def test_session_records_a_picked_port_sent_on_stdin(tmp_path, sessions):
     state = str(tmp_path / "state")
     s = sessions(session_command([2222], state, "box1.t1"))
     for line in ("port 40001", "port 0", "port x1", "port 1234567", "hello"):
@@ -84,7 +84,7 @@ def test_session_records_a_picked_port_sent_on_stdin(tmp_path, sessions):  # noq
     assert os.listdir(state) == []  # both removed at the end
 
 
-def test_session_with_only_picked_ports(tmp_path, sessions):  # noqa: F811
+def test_session_with_only_picked_ports(tmp_path, sessions):
     state = str(tmp_path / "state")
     s = sessions(session_command([], state, "box1.t1"))
     assert os.listdir(state) == []

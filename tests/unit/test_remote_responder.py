@@ -3,7 +3,7 @@
 The responder runs as it does on a hub: the session command under `sh -c`, as the child of a process
 titled like an sshd session, with PATH holding only the tools a test allows, so each of python3, perl
 and the forking sh fallback (bash /dev/tcp here) is the one chosen. Targets are local sockets
-(tests/unit/test_probe.py: Peer). Real servers and clients: tests/integration/test_session_checks.py.
+(tests/support/peers.py: Peer). Real servers and clients: tests/integration/test_session_checks.py.
 """
 
 import os
@@ -20,7 +20,7 @@ from agent.hubside import remote
 
 from agent.core import session
 from agent.hubside.remote import CLOSED, MISMATCH, NO_ANSWER, OK, REFUSED
-from unit.test_probe import Peer, free_port
+from peers import Peer, free_port
 
 TOOLS = {"python3": "/usr/bin/python3", "perl": "/usr/bin/perl", "bash": "/usr/bin/bash"}
 
