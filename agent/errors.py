@@ -2,7 +2,7 @@
 
 Library code raises; `guarded` (the CLI's and the runtime's entry) turns an error into a
 message and an exit status. README.md's exit-code table lists exactly these codes
-(tests/test_docs.py).
+(tests/integration/test_docs.py).
 """
 
 import sys

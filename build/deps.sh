@@ -5,8 +5,8 @@
 # Who needs what: dropbear-bin (dbclient, dropbear, dropbearkey/convert), openssh-* (ssh, sshd,
 # ssh-keygen), iproute2 (ip, ss), passwd (useradd), util-linux (unshare, setpriv, nsenter),
 # qemu-user-static + busybox-static (tests/cross), autossh + time (bench, build/measure.py),
-# python3-venv + ca-certificates (build/venv.sh: pip over https), mmdebstrap + systemd (tests/test_packages.py:
-# a Debian root for `dpkg -i`, systemd-analyze verify; tests/hubroot.py: the Debian 13 hub).
+# python3-venv + ca-certificates (build/venv.sh: pip over https), mmdebstrap + systemd (tests/integration/test_packages.py:
+# a Debian root for `dpkg -i`, systemd-analyze verify; tests/support/hubroot.py: the Debian 13 hub).
 set -eu
 
 PACKAGES="

@@ -1,4 +1,4 @@
-"""Shared pytest setup: import paths, the `integration` marker, the `lab` fixture (tests/lab.py)."""
+"""Shared pytest setup: import paths, the `integration` marker, the `lab` fixture (tests/support/lab.py)."""
 
 import os
 import sys
@@ -7,7 +7,8 @@ import pytest
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-for _p in (ROOT, HERE):  # `import agent` and `import lab` from any test
+SUPPORT = os.path.join(HERE, "support")
+for _p in (ROOT, SUPPORT):  # `import agent` and `import lab` (tests/support) from any test
     if _p not in sys.path:
         sys.path.insert(0, _p)
 
@@ -17,7 +18,7 @@ import lab as labmod  # noqa: E402
 
 def pytest_configure(config):
     config.addinivalue_line(
-        "markers", "integration: needs root, network namespaces and real sshd/dropbear (tests/lab.py)")
+        "markers", "integration: needs root, network namespaces and real sshd/dropbear (tests/support/lab.py)")
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -32,7 +33,7 @@ def lab(request):
     """A fresh Lab (two namespaces, veth, tunnel user, client keys); closed after the test.
 
     A test parametrized over `hub` (hubroot.GENERATIONS: "deb12", "deb13") gets a lab whose servers
-    are of that generation; the deb13 root is made on first use (tests/hubroot.py).
+    are of that generation; the deb13 root is made on first use (tests/support/hubroot.py).
 
     Never skips: if the machine cannot run it (not root, a tool missing) the test FAILS saying what.
     On failure, the tail of every server log is printed (pytest shows it under the teardown output).

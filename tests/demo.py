@@ -1,6 +1,6 @@
 """`make demo`: a throwaway sshd, the agent keeping a reverse tunnel to it, a fault, the recovery.
 
-Runs in two network namespaces made for the demo (tests/lab.py): "box" runs the
+Runs in two network namespaces made for the demo (tests/support/lab.py): "box" runs the
 agent from build/sshkeep.pyz, "server" runs a real OpenSSH sshd. Everything is
 removed at the end.
 """
@@ -11,7 +11,7 @@ import sys
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, HERE)
+sys.path.insert(0, os.path.join(HERE, "support"))
 
 import lab as labmod  # noqa: E402
 from agentrun import Agent, require_pyz  # noqa: E402

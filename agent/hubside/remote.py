@@ -54,7 +54,7 @@ RECLAIM_NOT_OURS = 92
 RECLAIM_HELD = 93
 
 # --- verdicts ----------------------------------------------------------------
-REFUSED = "refused"           # these three are agent.run.probe's words too (tests/test_unit_remote.py)
+REFUSED = "refused"           # these three are agent.run.probe's words too (tests/unit/test_remote.py)
 CLOSED = "closed"
 ERROR = "error"
 OK = "ok"

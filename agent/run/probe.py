@@ -352,7 +352,7 @@ def _checksum(data: bytes) -> int:
 
 def syn_segment(src: str, dst: str, sport: int, dport: int, seq: int) -> bytes:
     """A 20-byte TCP SYN (no options), checksummed over the IPv4 pseudo-header. Pure."""
-    # Built with int.to_bytes, not struct: the resident agent does not import struct (tests/test_memory.py).
+    # Built with int.to_bytes, not struct: the resident agent does not import struct (tests/integration/test_memory.py).
     head = b"".join(v.to_bytes(n, "big") for v, n in ((sport, 2), (dport, 2), (seq, 4), (0, 4), (5 << 4, 1),
                                                       (0x02, 1), (64240, 2), (0, 2), (0, 2)))
     pseudo = socket.inet_aton(src) + socket.inet_aton(dst) + bytes((0, socket.IPPROTO_TCP)) + (20).to_bytes(2, "big")

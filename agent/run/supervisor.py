@@ -5,7 +5,7 @@ self-pipe, a bounded timeout to the next deadline. It decides nothing: agent.cor
 says when to connect, check, probe the server, fail over or back and fall back to -N;
 agent.core.classify what an exit means; agent.run.checks what a check found. It is the
 only one that acts. The clock, the ssh children (spawner, job), the prober and the
-selector are passed in: tests/test_unit_supervisor.py runs the loop with fakes of each.
+selector are passed in: tests/unit/test_supervisor_loop.py runs the loop with fakes of each.
 """
 
 import os
@@ -567,7 +567,7 @@ class Supervisor:
                 "interval": min([r.config.interval for r in self.runners] or [30]),
                 "settings": self._digest(), "config": self.settings.config_path,
                 "children": children, "warnings": list(self.settings.warnings or ()),
-                # --debug: what the long-running process holds (a test pins it: tests/test_memory.py)
+                # --debug: what the long-running process holds (a test pins it: tests/integration/test_memory.py)
                 **({"modules": sorted(sys.modules)} if self.log.debug_on else {})}
 
     def _digest(self):

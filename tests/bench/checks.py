@@ -2,7 +2,7 @@
 
 usage: python tests/bench/checks.py [--checks N] [--execs N] [--hour-for S] [--out FILE] PYZ
 
-One lab (tests/lab.py), a real OpenSSH sshd, both clients (ssh, dbclient):
+One lab (tests/support/lab.py), a real OpenSSH sshd, both clients (ssh, dbclient):
 - hub CPU per check: utime+stime of the sshd listener and every descendant, with the CPU of reaped
   descendants (cutime/cstime: sshd and its sessions wait for their children) — sampled before and after
   N checks sent over one open session, and N exec checks (check_command through a new login each);
@@ -25,13 +25,13 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 TESTS = os.path.dirname(HERE)
-sys.path.insert(0, TESTS)
+sys.path.insert(0, os.path.join(TESTS, "support"))
 sys.path.insert(0, os.path.dirname(TESTS))
 
 import lab as labmod  # noqa: E402
 from agentrun import Agent  # noqa: E402
 from agent.hubside import remote  # noqa: E402
-from test_session_checks import FWD, Session, forward_ok, logins  # noqa: E402
+from insession import FWD, Session, forward_ok, logins  # noqa: E402
 
 TICK = os.sysconf("SC_CLK_TCK")
 

@@ -19,7 +19,7 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 TESTS = os.path.dirname(HERE)
-sys.path.insert(0, TESTS)
+sys.path.insert(0, os.path.join(TESTS, "support"))
 
 import lab as labmod  # noqa: E402
 from agentrun import Agent  # noqa: E402

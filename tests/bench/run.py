@@ -7,7 +7,7 @@ usage: python tests/bench/run.py [--reps N] [--quick] [--cap S] [--faults 1,2,..
 Session cuts (issue 18): after the faults, the hub cuts every connection --cut-every s after accepting
 it, for --cuts-for s; availability of each forward over that window (`--only cuts`: just this).
 
-One network-namespace lab (tests/lab.py): a box and a server, a real OpenSSH sshd, a banner service
+One network-namespace lab (tests/support/lab.py): a box and a server, a real OpenSSH sshd, a banner service
 on the box behind each contender's reverse forward. The contenders run side by side, each with its
 own service and remote port, and every fault hits all of them at the same moment (the same link,
 the same sshd), so they are compared under identical conditions:
@@ -43,7 +43,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 TESTS = os.path.dirname(HERE)
 ROOT = os.path.dirname(TESTS)
-sys.path.insert(0, TESTS)
+sys.path.insert(0, os.path.join(TESTS, "support"))
 sys.path.insert(0, HERE)
 
 import lab as labmod  # noqa: E402

@@ -1,9 +1,9 @@
 """pytest plugin: the python3-light guard for the AGENT's imports only, inside a pytest process.
 
-The interpreter-wide guard (tests/lightguard.py: a sitecustomize that refuses logging, decimal,
+The interpreter-wide guard (tests/support/lightguard.py: a sitecustomize that refuses logging, decimal,
 unittest, ...) cannot be on while pytest itself runs: pytest imports decimal (approx), logging
 (its logging plugin), unittest and more at start-up. So for the unit tests under a root's python
-(`python -m pytest -p agentguard tests/test_unit_*.py`, tests/cross on PYTHONPATH) this plugin
+(`python -m pytest -p agentguard tests/unit/test_*.py`, tests/cross on PYTHONPATH) this plugin
 wraps builtins.__import__ instead:
   - an import statement executed by a module of the `agent` package, or by any module while such an
     import is in progress (a stdlib module the agent pulls in for the first time), of a name in
@@ -20,7 +20,7 @@ import os
 import sys
 import threading
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # tests/: lightguard
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "support"))  # lightguard
 from lightguard import BLOCKED, MESSAGE, is_blocked  # noqa: E402
 
 HEADER = "agent import guard: active (%d blocked names)" % len(BLOCKED)

@@ -16,7 +16,7 @@ import pytest
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 TESTS = os.path.dirname(HERE)
-for _p in (HERE, TESTS):
+for _p in (HERE, os.path.join(TESTS, "support")):
     if _p not in sys.path:
         sys.path.insert(0, _p)
 

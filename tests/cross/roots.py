@@ -541,7 +541,7 @@ def _pip():
 
 
 def ensure_pytest(root):
-    """Unzip pure-Python wheels of pytest (and what tests/test_unit_*.py import: hypothesis) into the
+    """Unzip pure-Python wheels of pytest (and what tests/unit/test_*.py import: hypothesis) into the
     root's dist-packages; they come from PyPI once and are cached in CACHE_DIR/wheels.
     Versions as pinned in build/requirements.txt, except where PyPI has no pure wheel of the pin
     (hypothesis ships only compiled wheels since 6.156): then the newest pure one.

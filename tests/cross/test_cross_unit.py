@@ -1,4 +1,4 @@
-"""The pure unit tests (every tests/test_unit_*.py: no namespaces, no ssh) run by each root's python.
+"""The pure unit tests (every tests/unit/test_*.py but NATIVE_ONLY: no namespaces, no ssh) run by each root's python.
 
 pytest and hypothesis are unpacked into the root from pure-Python wheels (roots.ensure_pytest). The
 interpreter-wide python3-light guard would stop pytest itself (it imports decimal, logging,
@@ -33,20 +33,24 @@ TIMEOUT = 420
 # the trixie root's python runs through its loader (ld-linux-x86-64.so.2 --library-path ... --argv0 ...).
 # procs.looks_like_sshkeep (rightly) looks at the program name only, so it sees qemu or ld.so.
 NOT_NATIVE_ARTEFACTS = (
-    "tests/test_unit_pidfile.py::test_cmdline_and_is_sshkeep_on_real_processes",
-    "tests/test_unit_pidfile.py::test_lifecycle_against_standin_agent",
+    "tests/unit/test_pidfile.py::test_cmdline_and_is_sshkeep_on_real_processes",
+    "tests/unit/test_pidfile.py::test_lifecycle_against_standin_agent",
 )
+
+# Unit files run on the host only: prometheus_client needs ssl (the mipsel root cannot load it); the
+# supervisor's tests run the whole agent as a process against a scripted ssh.
+NATIVE_ONLY = ("tests/unit/test_hub_view_prometheus.py", "tests/unit/test_supervisor.py")
 
 
 # Files that mostly wait (timeouts of the remote one-liners, run by the host's shells) get a process
 # of their own, so that the waiting overlaps the CPU-bound files.
-OWN_PROCESS = ("tests/test_unit_remote.py",)
+OWN_PROCESS = ("tests/unit/test_remote.py",)
 # Property tests: the parser's input space does not depend on the CPU; the host run does 150 examples.
 EMULATED_HYPOTHESIS_EXAMPLES = "40"
 
 
 class UnitRuns(object):
-    """Background `python -m pytest tests/test_unit_*.py` processes per root (see OWN_PROCESS)."""
+    """Background `python -m pytest tests/unit/test_*.py` processes per root (see OWN_PROCESS)."""
 
     def __init__(self):
         self.dir = tempfile.mkdtemp(prefix="sshkeep-cross-unit-%d-" % os.getpid())
@@ -59,16 +63,17 @@ class UnitRuns(object):
         except rootsmod.RootError as e:
             self.runs[name] = "cross root %s: %s" % (name, e)
             return
-        files = sorted(os.path.relpath(p, REPO) for p in glob.glob(os.path.join(REPO, "tests", "test_unit_*.py")))
+        files = sorted(os.path.relpath(p, REPO) for p in glob.glob(os.path.join(REPO, "tests", "unit", "test_*.py")))
+        files = [f for f in files if f not in NATIVE_ONLY]
         if not files:
-            self.runs[name] = "no tests/test_unit_*.py in %s" % REPO
+            self.runs[name] = "no tests/unit/test_*.py in %s" % REPO
             return
         groups = [[f] for f in files if f in OWN_PROCESS] + [[f for f in files if f not in OWN_PROCESS]]
         self.runs[name] = []
         for i, group in enumerate(g for g in groups if g):
             tag = "%s-%d" % (name, i)
             env = root.run_env()
-            env["PYTHONPATH"] = HERE  # for -p agentguard; tests/conftest.py adds the repo and tests/
+            env["PYTHONPATH"] = HERE  # for -p agentguard; tests/conftest.py adds the repo and tests/support
             env["HYPOTHESIS_STORAGE_DIRECTORY"] = os.path.join(self.dir, tag + ".hypothesis")
             if root.emulated:
                 env["SSHKEEP_HYPOTHESIS_EXAMPLES"] = EMULATED_HYPOTHESIS_EXAMPLES
@@ -87,7 +92,7 @@ class UnitRuns(object):
             self.runs[name].append((proc, log, time.monotonic()))
 
     def basetemp(self, tag):
-        # short, like pytest's own /tmp/pytest-of-root/pytest-N: test_unit_remote's hostile-banner test
+        # short, like pytest's own /tmp/pytest-of-root/pytest-N: tests/unit/test_remote.py's hostile-banner test
         # puts tmp_path three times into a banner limited to 256 bytes
         return "/tmp/skcu%d-%s" % (os.getpid(), tag)
 
