@@ -444,7 +444,7 @@ def cmd_config(args):
     from agent.settings.sshkeep_conf import render
     s = config.load(args.config)
     sys.stdout.write(render(s))
-    for w in getattr(s, "warnings", ()) or ():
+    for w in s.warnings:
         sys.stderr.write("warning: %s\n" % w)
     return EX_OK
 

@@ -18,7 +18,6 @@ IN_SESSION = "in-session"
 EXEC = "exec"
 LOCAL_ONLY = "local only"
 OFF = "off"
-CHECK_MODES = ("auto", "session", "exec")
 
 PING_BUDGET = 3.0       # a ping is answered in one round trip: this bounds a dead session's detection
 PING_BUDGET_MAX = 15.0  # a slow link's measured round trips may stretch it up to this

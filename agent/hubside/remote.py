@@ -20,7 +20,6 @@ from __future__ import annotations
 import re
 import socket
 
-from agent.run import identity
 
 from agent.core import values
 from agent.hubside import payload
@@ -224,8 +223,8 @@ def session_command(ports: Sequence[int], state_dir: str = DEFAULT_STATE_DIR, ow
     ports = [str(_port(p)) for p in ports]  # none: every -R port is picked by the hub (`port N` lines)
     more = ["--", str(len(PERL_RESPONDER) + 1)] if responder else []
     return " ".join(["exec sh -c", quote(payload.SESSION_SH), "sshkeep-session", _dir_word(state_dir)]
-                    + [quote(w) for w in (_owner(owner), identity.word(host or "-"),
-                                                 identity.word(tunnel or "-"))] + ports + more)
+                    + [quote(w) for w in (_owner(owner), values.word(host or "-"),
+                                                 values.word(tunnel or "-"))] + ports + more)
 
 
 RESPONDERS = ("python3", "python", "perl", "sh")
@@ -351,15 +350,6 @@ def interpret_check(returncode: Optional[int], stdout: str, stderr: str, timed_o
     return _no_marker_verdict(returncode, stderr, timed_out, client_kind)
 
 
-def check_detail(stdout: str) -> str:
-    """'python3 127.0.0.1' from the marker line, for the log; '' if none."""
-    for line in reversed(stdout.splitlines()):
-        parts = line.split()
-        if len(parts) == 4 and parts[0] == CHECK_MARKER:
-            return "%s %s" % (parts[2], parts[3])
-    return ""
-
-
 def interpret_reclaim(returncode: Optional[int], stdout: str, stderr: str, timed_out: bool,
                       client_kind: str = "openssh") -> Tuple[str, Optional[int]]:
     """Turn an ssh exec of reclaim_command into (verdict, pid ended or None)."""
@@ -385,9 +375,9 @@ def reclaim_holders(stdout: str) -> List[dict]:
         parts = line.split()
         if len(parts) == 7 and parts[0] == RECLAIM_MARKER and parts[1] == "held" and parts[2].isdigit():
             # the hub's words go to our log: folded, so a planted record cannot carry escapes
-            out.append({"pid": int(parts[2]), "box": identity.word(parts[3]),
+            out.append({"pid": int(parts[2]), "box": values.word(parts[3]),
                         "since": int(parts[4]) if parts[4].isdigit() and parts[4].isascii() else None,
-                        "host": identity.word(parts[5]), "tunnel": identity.word(parts[6])})
+                        "host": values.word(parts[5]), "tunnel": values.word(parts[6])})
     return out
 
 

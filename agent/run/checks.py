@@ -24,11 +24,11 @@ check run here, through the prober given (agent.run.probe, or a test's stand-in)
 
 import time
 
-from agent.run import clients, identity, probe
+from agent.run import clients, probe
 
 from agent.hubside import remote
 
-from agent.core import session
+from agent.core import session, values
 from agent.core.model import hostport
 from agent.core.record import record
 
@@ -362,7 +362,7 @@ def held_message(port, holders, box, tunnel=""):
         return "port %d on the hub is held by another live session" % port
     h = holders[0]
     since = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(h["since"])) if h["since"] else "an unknown time"
-    if h["box"] == box and tunnel and h["tunnel"] != identity.word(tunnel):
+    if h["box"] == box and tunnel and h["tunnel"] != values.word(tunnel):
         return "port %d on the hub is held by this box's tunnel %s (server pid %d, since %s): give each tunnel " \
                "its own port" % (port, h["tunnel"], h["pid"], since)
     if h["box"] == box:

@@ -15,18 +15,8 @@ import re
 from agent.errors import EX_CANTCREAT, EX_DATAERR, SshkeepError
 from agent.run.state import write_file
 
-if False:  # annotations only: importing typing would cost the agent 0.5 MB of memory
-    from typing import Optional
-
 FILE_NAME = "box-id"
 ID_OK = re.compile(r"\A[A-Za-z0-9_-]{4,64}\Z")   # made: 16 hex digits; an admin may write their own
-
-# Latin letters to ASCII (no unicodedata on python3-light): enough for names people type.
-_FROM = "ÀÁÂÃÄÅàáâãäåÇçÐðÈÉÊËèéêëÌÍÎÏìíîïÑñÒÓÔÕÖØòóôõöøÙÚÛÜùúûüÝýÿŠšŽžŁłŚśŹźŻżĆćŃńĘęĄąČčŘřĚěŮů"
-_TO = "AAAAAAaaaaaaCcDdEEEEeeeeIIIIiiiiNnOOOOOOooooooUUUUuuuuYyySsZzLlSsZzZzCcNnEeAaCcRrEeUu"
-_FOLD = dict(zip(_FROM, _TO))
-_FOLD.update({"ß": "ss", "Æ": "AE", "æ": "ae", "Œ": "OE", "œ": "oe", "Þ": "Th", "þ": "th"})
-
 
 def default_dir() -> str:
     """Where pins and the ID live: /etc/sshkeep as root, else $XDG_CONFIG_HOME/sshkeep
@@ -39,19 +29,6 @@ def default_dir() -> str:
 
 def default_path() -> str:
     return os.path.join(default_dir(), FILE_NAME)
-
-
-def word(text: str, limit: Optional[int] = 64, keep: str = "._-", empty: str = "-") -> str:
-    """Any text as one ASCII word ([A-Za-z0-9] and `keep`, at most `limit`; `empty` for none):
-    for the hub's records, file names made from tunnel names, UCI section names.
-
-    Letters with accents lose them (tünnel -> tunnel), anything else becomes '_'.
-    Never an identity: two names may fold to the same word."""
-    out = []
-    for c in text:
-        c = _FOLD.get(c, c)
-        out.append(c if c.isascii() and (c.isalnum() or c in keep) else "_")
-    return "".join(out)[:limit] or empty
 
 
 def new_id() -> str:

@@ -18,7 +18,8 @@ from agent.core.model import Forward
 from agent.run.probe import BANNER_MISMATCH, CLOSED, ERROR, OK_DATA, REFUSED, TIMEOUT, ProbeResult
 
 if False:  # annotations only: importing typing would cost the agent 0.5 MB of memory
-    from typing import List, Optional, Tuple
+    from typing import Optional, Tuple
+
 
 def free_port(address: str = "127.0.0.1") -> int:
     """A port free on this box right now (bind to 0, read, close; may race)."""
@@ -203,8 +204,3 @@ class _Round:
         self.client.close()
         for p in self.peers:
             p.close()
-
-
-def send_nonce(port: int, timeout: float, listener: LoopListener) -> bool:
-    """True when a nonce sent into the -L end `port` came back through `listener`."""
-    return listener.check(port, timeout).verdict == OK_DATA

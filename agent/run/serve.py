@@ -8,7 +8,6 @@ parser never lives in the agent.
 
 import marshal
 import os
-import sys
 
 from agent import __version__
 from agent.errors import EX_UNAVAILABLE, SshkeepError, guarded

@@ -8,18 +8,18 @@ tunnel is kept once, as configured (what a reload compares); what ssh is started
 import os
 import socket
 
-from agent.core import classify, machine, record, session, spread, timing
+from agent.core import classify, machine, record, session, spread, timing, values
 from agent.core.model import check_key, hostport
 from agent.errors import EX_NOINPUT, SshkeepError
 from agent.hubside import remote
-from agent.run import clients, identity, loop, state
+from agent.run import clients, loop, state
 
 
 def session_command(tunnel, box, responder=False):
     """Remote command run instead of -N: records the session for reclaim, prints the ready marker.
 
     The record's owner is the box identity; hostname and tunnel name go beside
-    it for people (agent.run.identity.word folds any text). Without -R forwards there
+    it for people (agent.core.values.word folds any text). Without -R forwards there
     is nothing to reclaim; the command still marks readiness. `responder`: the
     session also answers check requests (agent.hubside.remote, in-session checks).
     """
@@ -270,7 +270,7 @@ class Runner:
         host, port = self.address
         t = self.ssh_tunnel
         command = session_command(t, box, responder=responder) if t.reclaim and not self.machine.no_command else None
-        home_dir = os.path.join(runtime_dir, "home-" + identity.word(t.name))
+        home_dir = os.path.join(runtime_dir, "home-" + values.word(t.name))
         try:
             home = self.use_home(clients.prepare_home(self.info, t, home_dir, host, port))
             known = clients.host_key_known(self.info, t, home, host, port)

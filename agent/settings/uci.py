@@ -14,6 +14,7 @@ import difflib
 import re
 
 from agent.core.record import record
+from agent.core import values
 from agent.core.values import Bad
 
 _NAME = re.compile(r"[A-Za-z0-9_]+\Z")          # uci section and option names
@@ -102,9 +103,8 @@ def suggest(name, known):
 
 
 def sanitize(name):
-    """`name` with the characters uci does not allow in a section name replaced by _."""
-    out = re.sub(r"[^A-Za-z0-9_]", "_", name)
-    return out or "unnamed"
+    """`name` as a uci section name: letters (accents folded), digits and _ (values.word)."""
+    return values.word(name, limit=None, keep="_", empty="unnamed")
 
 
 # --------------------------------------------------------------------------- words and commands

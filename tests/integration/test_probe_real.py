@@ -21,6 +21,7 @@ import pytest
 import lab as labmod
 from lab import wait_until
 from hubroot import GENERATIONS
+from peers import check_detail
 from agent.run import probe as remote_probe
 from agent.hubside import remote
 from agent.run.loop import LoopListener, loop_forward_pair
@@ -148,7 +149,7 @@ def test_each_interpreter_under_a_real_server(lab, kind, interp):
         rc, out, err, timed_out, _ = run_exec(lab, server, "ssh", check_command(
             "127.0.0.1", FWD, banner, 1.0, interpreters=order))
         assert interpret_check(rc, out, err, timed_out) == want, (rc, out, err)
-        assert remote.check_detail(out).split()[0] in order
+        assert check_detail(out).split()[0] in order
     svc.stop()
     rc, out, err, timed_out, _ = run_exec(lab, server, "ssh", check_command(
         "127.0.0.1", FWD, None, 1.0, interpreters=order))

@@ -92,3 +92,19 @@ class FullBacklog:
         for c in self.fillers:
             c.close()
         self.sock.close()
+
+
+def send_nonce(port, timeout, listener):
+    """True when a nonce sent into the -L end `port` came back through `listener` (agent.run.loop)."""
+    from agent.run.probe import OK_DATA
+    return listener.check(port, timeout).verdict == OK_DATA
+
+
+def check_detail(stdout):
+    """'python3 127.0.0.1' from a remote check's marker line (agent.hubside.remote); '' if none."""
+    from agent.hubside.remote import CHECK_MARKER
+    for line in reversed(stdout.splitlines()):
+        parts = line.split()
+        if len(parts) == 4 and parts[0] == CHECK_MARKER:
+            return "%s %s" % (parts[2], parts[3])
+    return ""

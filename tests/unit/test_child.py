@@ -1,4 +1,4 @@
-"""agent.run.child.Job: output of a check or reclaim job is capped (issue 11 part 3)."""
+"""agent.run.child.Job: output of a check or reclaim job is capped (issue 11 part 3); a stop hurries it."""
 
 import selectors
 import sys
@@ -47,3 +47,13 @@ def test_small_job_keeps_all_its_output():
     _run(job)
     assert not job.overflow and job.returncode == 0
     assert job.out == ["a", "sshkeep-check 1 ok", "b"]
+
+
+def test_a_hurried_job_ends_within_its_new_bound():
+    """The stop path: a check with a long budget is TERMed now and gone by the shortened deadline."""
+    job = C.Job([sys.executable, "-c", "import time; time.sleep(60)"], timeout=60)
+    assert job.start()
+    job.hurry(1.0)
+    assert job.deadline <= time.monotonic() + 1.0
+    _run(job, limit=10.0)
+    assert job.returncode is not None and job.returncode != 0       # TERMed, not run to completion

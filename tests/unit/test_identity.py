@@ -6,6 +6,7 @@ import re
 import pytest
 
 from agent import errors as E
+from agent.core import values
 from agent.run import identity
 from agent.run.checks import held_message
 from agent.run.tunnel import resume_sessions
@@ -59,13 +60,13 @@ def test_default_dir_is_persistent():
 @pytest.mark.parametrize("text, folded", [("tünnel", "tunnel"), ("Straße", "Strasse"), ("OpenWrt", "OpenWrt"),
                                           ("a b;c", "a_b_c"), ("☃", "_"), ("", "-"), ("x" * 99, "x" * 64)])
 def test_word_folds_any_text_to_ascii(text, folded):
-    assert identity.word(text) == folded
+    assert values.word(text) == folded
 
 
 def test_word_keeps_what_each_use_allows():
     # a file name from a tunnel name (dbclient's private HOME), a UCI section name (letters, digits, _)
-    assert identity.word("", empty="tunnel") == "tunnel" and identity.word("a/b.c") == "a_b.c"
-    assert identity.word("hub-1.lan ü" * 9, limit=None, keep="_", empty="unnamed") == "hub_1_lan_u" * 9
+    assert values.word("", empty="tunnel") == "tunnel" and values.word("a/b.c") == "a_b.c"
+    assert values.word("hub-1.lan ü" * 9, limit=None, keep="_", empty="unnamed") == "hub_1_lan_u" * 9
 
 
 def test_held_message_says_who_and_since():

@@ -8,9 +8,9 @@ import socket
 
 import pytest
 
-from agent.run.loop import LoopListener, loop_forward_pair, make_nonce, send_nonce
+from agent.run.loop import LoopListener, loop_forward_pair, make_nonce
 from polling import wait_until
-from peers import free_port
+from peers import free_port, send_nonce
 
 
 def test_loop_pair_forwards():

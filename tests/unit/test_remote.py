@@ -21,7 +21,7 @@ from agent.hubside.remote import (
     reclaim_command, session_command,
 )
 from fakesession import SHELLS, starttime
-from peers import FullBacklog, free_port
+from peers import FullBacklog, check_detail, free_port
 
 INTERPRETERS = {"python3": "/usr/bin/python3", "perl": "/usr/bin/perl", "bash": "/usr/bin/bash",
                 "nc": "/usr/bin/busybox"}
@@ -138,7 +138,7 @@ def test_python_named_python_is_used(tmp_path, peers):
                                     ("silent", "SSH-", NO_ANSWER), ("send:HTTP", "SSH-", MISMATCH)):
         r = run_remote(check_command("127.0.0.1", peers(behaviour).port, banner, 1.0), bindir)
         assert interpret_check(r.returncode, r.out, r.err, False) == want
-        assert remote.check_detail(r.out) == "python 127.0.0.1"
+        assert check_detail(r.out) == "python 127.0.0.1"
 
 
 @pytest.mark.parametrize("interp", ["python3", "perl", "bash", "nc"])
@@ -147,7 +147,7 @@ def test_localhost_checks_both_families(tmp_path, peers, interp):
     six = peers("send:SSH-2.0-x\r\n", "::1")
     r = run_remote(check_command("localhost", six.port, "SSH-", 1.0), bindir)
     assert interpret_check(r.returncode, r.out, r.err, False) == OK
-    assert remote.check_detail(r.out) == "%s ::1" % interp
+    assert check_detail(r.out) == "%s ::1" % interp
 
 
 @pytest.mark.parametrize("interp", ["python3", "perl", "bash", "nc"])

@@ -184,6 +184,9 @@ class FakeJob:
     def terminate(self):
         pass
 
+    def hurry(self, within):
+        self.deadline = min(self.deadline, self.world.now + within)
+
     def stop(self, **kw):
         pass
 
