@@ -48,17 +48,19 @@ def _cwd():
         return "/"
 
 
-def runtime_modules(where, listdir=os.listdir, daemon=False):
-    """[(module name, path under agent/)] the runtime loads, from the package folders."""
+def runtime_modules(where, daemon=False):
+    """[(module name, path under agent/)] the runtime loads, from the package folders (pkgutil reads
+    a folder and a folder inside the pyz alike: no zipfile on python3-light, no zipimport internals)."""
+    import pkgutil
     out = [("agent", "__init__.py"), ("agent.errors", "errors.py")]
     for pkg in RUNTIME_PACKAGES:
-        names = sorted(n for n in listdir(os.path.join(where, pkg)) if n.endswith(".py"))
+        names = ["__init__"] + sorted(m.name for m in pkgutil.iter_modules([os.path.join(where, pkg)])
+                                      if not m.ispkg)
         for n in names:
-            rel = pkg + "/" + n
+            rel = pkg + "/" + n + ".py"
             if rel in NOT_RESIDENT and not (daemon and rel == "run/daemon.py"):
                 continue
-            mod = "agent." + pkg + ("" if n == "__init__.py" else "." + n[:-3])
-            out.append((mod, rel))
+            out.append(("agent." + pkg + ("" if n == "__init__" else "." + n), rel))
     return out
 
 
@@ -66,15 +68,9 @@ def _code(daemon):
     import agent
     where = agent.__path__[0]
     zipped = hasattr(getattr(agent, "__loader__", None), "archive")
-    if zipped:  # the pyz: read the sources (and the folders) from the archive
+    if zipped:  # the pyz: read the sources from the archive
         import zipimport
         zipped = zipimport.zipimporter(where)
-
-        def listdir(folder):  # the archive's names (zipimport's own table: no zipfile on python3-light)
-            head = zipped.prefix + os.path.basename(folder) + "/"
-            return [k[len(head):] for k in zipped._files if k.startswith(head) and "/" not in k[len(head):]]
-    else:
-        listdir = os.listdir
 
     def source(rel):
         if zipped:
@@ -83,7 +79,7 @@ def _code(daemon):
             return fh.read()
 
     out = {}
-    for name, rel in runtime_modules(where, listdir, daemon):
+    for name, rel in runtime_modules(where, daemon):
         code = compile(source(rel), os.path.join(where, rel), "exec", dont_inherit=True)
         out[name] = marshal.dumps(code)
     # compiled here too: a compile in the runtime would keep ~0.3 MB of the compiler's memory

@@ -3,20 +3,20 @@ and the stdlib stand-ins the runtime uses to stay small (state.dumps, remote.quo
 
 import json
 import marshal
+import os
 import shlex
+import subprocess
+import sys
+import zipfile
 
 import pytest
 
-from agent.settings import config
-
 from agent import launch
-
 from agent.core import timing
-
-from agent.run import procs, serve, state
-
-from agent.hubside import remote
 from agent.core.model import Forward, Settings, Tunnel
+from agent.hubside import remote
+from agent.run import procs, serve, state
+from agent.settings import config
 
 
 def test_settings_cross_the_exec_unchanged():
@@ -74,3 +74,23 @@ def test_the_runtime_gets_every_module_it_imports_and_no_start_up_one():
     assert sum(n for _, n in index.values()) == len(block)
     code = marshal.loads(boot)
     assert code.co_filename.endswith("runtime.py")
+
+
+def test_the_runtime_module_list_is_the_same_read_from_a_zip(tmp_path):
+    """The pyz case: the folders are read inside the archive (no zipimport internals: they differ
+    between 3.11 and 3.13)."""
+    where = os.path.dirname(launch.__file__)
+    archive = str(tmp_path / "a.pyz")
+    with zipfile.ZipFile(archive, "w") as z:
+        for folder, _, files in os.walk(where):
+            for name in files:
+                if name.endswith(".py"):
+                    path = os.path.join(folder, name)
+                    z.write(path, "site-packages/agent/" + os.path.relpath(path, where))
+    code = ("import sys; sys.path.insert(0, sys.argv[1] + '/site-packages'); import agent; from agent import launch; "
+            "print(launch.runtime_modules(agent.__path__[0], daemon=True))")
+    out = subprocess.run([sys.executable, "-c", code, archive], stdout=subprocess.PIPE, check=True, timeout=60,
+                         cwd=str(tmp_path), env=dict(os.environ, PYTHONPATH="")).stdout.decode()
+    assert out.strip() == repr(launch.runtime_modules(where, daemon=True))
+    assert ("agent.run.daemon", "run/daemon.py") in launch.runtime_modules(where, daemon=True)
+    assert ("agent.run.runtime", "run/runtime.py") not in launch.runtime_modules(where, daemon=True)
