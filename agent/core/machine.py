@@ -23,7 +23,7 @@ responder counts as mute. The driver asks with on_tick and reports with on_probe
 from __future__ import annotations
 
 
-from agent.core import classify
+from agent.core import classify, defaults
 from agent.core.record import record
 from agent.core.timing import (FIRST_CHECK_AFTER, PRIMARY_PROBE_TIMEOUT, SERVER_PROBE_FAST, SERVER_PROBE_FAST_FOR,
                                SERVER_PROBE_SLOW, SERVER_PROBE_TIMEOUT, SLOW_PROBE, SLOW_PROBE_PAUSE,
@@ -109,21 +109,21 @@ class Silent:
 
 @record(frozen=False)
 class Policy:
-    connect_timeout: float = 15.0   # no ready signal by then -> kill (WATCHDOG)
+    connect_timeout: float = float(defaults.CONNECT_TIMEOUT)  # no ready signal by then -> kill (WATCHDOG)
     settle: float = 3.0             # without a ready marker: alive this long = up
     use_marker: bool = True         # the session command prints a ready line
-    stable_after: float = 30.0      # up this long (checks passing) -> backoff resets
+    stable_after: float = defaults.STABLE_AFTER  # up this long (checks passing) -> backoff resets
     proof_by_check: bool = True     # a session is proven by a passing check (False: no checks run,
                                     # the ready line is all the proof there is)
-    fail_threshold: int = 2         # consecutive failed checks -> restart
-    max_backoff: float = 60.0
-    reclaim: bool = True
+    fail_threshold: int = defaults.FAIL_THRESHOLD  # consecutive failed checks -> restart
+    max_backoff: float = float(defaults.MAX_BACKOFF)
+    reclaim: bool = defaults.RECLAIM
     reclaim_limit: int = 3          # reclaims in a row before we give up and back off
     half_open_probe: bool = False   # the driver's server probe is a half-open SYN (costs the hub nothing)
     checks: bool = True             # health checks run (--no-checks: never due)
-    interval: float = 30.0          # between check rounds, and between failback probes
+    interval: float = float(defaults.INTERVAL)  # between check rounds, and between failback probes
     addresses: int = 1              # the server and its alternates
-    failover_after: int = 3         # failed connects in a row before the next address
+    failover_after: int = defaults.FAILOVER_AFTER  # failed connects in a row before the next address
 
 
 class Machine:

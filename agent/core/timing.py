@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import os
 
+from agent.core import defaults
+
 STUCK_CONNECT = 2.0         # a connect not ready after this long may be stuck in an outage
 FIRST_CHECK_AFTER = 1.0     # s after up: the first health check
 SERVER_PROBE_FAST = 0.25    # during a network backoff: cheap TCP connect to the server,
@@ -56,7 +58,7 @@ class Backoff:
     `offset` spreads a fleet: a per-box constant added to every non-zero delay.
     """
 
-    def __init__(self, cap=60.0, base=1.0, factor=2.0, jitter=0.25, offset=0.0, rng=None):
+    def __init__(self, cap=float(defaults.MAX_BACKOFF), base=1.0, factor=2.0, jitter=0.25, offset=0.0, rng=None):
         self.cap = float(cap)
         self.base = float(base)
         self.factor = float(factor)

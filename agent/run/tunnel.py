@@ -8,7 +8,7 @@ tunnel is kept once, as configured (what a reload compares); what ssh is started
 import os
 import socket
 
-from agent.core import classify, machine, record, session, spread, timing, values
+from agent.core import classify, defaults, machine, record, session, spread, timing, values
 from agent.core.model import check_key, hostport
 from agent.errors import EX_NOINPUT, SshkeepError
 from agent.hubside import remote
@@ -51,7 +51,7 @@ def policy(t, checks_on, half_open):
     server probe is a half-open SYN)."""
     return machine.Policy(connect_timeout=float(t.connect_timeout),
                           use_marker=t.reclaim,
-                          stable_after=max(30.0, float(t.interval)),
+                          stable_after=max(defaults.STABLE_AFTER, float(t.interval)),
                           fail_threshold=t.fail_threshold,
                           max_backoff=float(t.max_backoff),
                           reclaim=t.reclaim,
