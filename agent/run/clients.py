@@ -16,6 +16,7 @@ import subprocess
 
 from agent.core import values
 from agent.errors import ClientError, SshkeepError, EX_CANTCREAT, EX_NOINPUT, EX_NOPERM, EX_UNAVAILABLE
+from agent.run import identity
 from agent.core.record import record
 from agent.run.state import write_file
 
@@ -371,11 +372,7 @@ def default_known_hosts(env=None) -> str:
 
     root: /etc/sshkeep/known_hosts (beside the config); others: ~/.config/sshkeep/known_hosts.
     """
-    if os.geteuid() == 0:
-        return "/etc/sshkeep/known_hosts"
-    env = os.environ if env is None else env
-    base = env.get("XDG_CONFIG_HOME") or os.path.join(env.get("HOME") or os.path.expanduser("~"), ".config")
-    return os.path.join(base, "sshkeep", "known_hosts")
+    return os.path.join(identity.default_dir(env), "known_hosts")
 
 
 def ensure_pin_file(path: str) -> None:

@@ -18,12 +18,13 @@ from agent.run.state import write_file
 FILE_NAME = "box-id"
 ID_OK = re.compile(r"\A[A-Za-z0-9_-]{4,64}\Z")   # made: 16 hex digits; an admin may write their own
 
-def default_dir() -> str:
+def default_dir(env=None) -> str:
     """Where pins and the ID live: /etc/sshkeep as root, else $XDG_CONFIG_HOME/sshkeep
     (~/.config/sshkeep). Persistent on purpose: /tmp and /var/run are tmpfs on OpenWrt."""
     if os.geteuid() == 0:
         return "/etc/sshkeep"
-    base = os.environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
+    env = os.environ if env is None else env
+    base = env.get("XDG_CONFIG_HOME") or os.path.join(env.get("HOME") or os.path.expanduser("~"), ".config")
     return os.path.join(base, "sshkeep")
 
 
