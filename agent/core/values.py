@@ -10,6 +10,7 @@ where it came from (flag, FILE:LINE) and the exit code.
 from __future__ import annotations
 
 import re
+import socket
 
 if False:  # annotations only: importing typing would cost the agent 0.5 MB of memory
     from typing import Optional
@@ -93,6 +94,17 @@ def seconds(low, strict=False):
 
 # What a public key file starts with: an OpenSSH .pub line (key type; also certificates and
 # FIDO keys) or an RFC 4716 export. Given as -i, ssh and dbclient fail obscurely.
+def is_ip_literal(text: str) -> bool:
+    """True for a numeric IPv4 or IPv6 address (no scope id, no brackets): inet_pton, no resolver."""
+    for family in (socket.AF_INET, socket.AF_INET6):
+        try:
+            socket.inet_pton(family, text)
+            return True
+        except (OSError, ValueError):
+            pass
+    return False
+
+
 _PUBLIC_KEY_HEADS = (b"ssh-", b"ecdsa-sha2-", b"sk-ssh-", b"sk-ecdsa-", b"---- BEGIN SSH2 PUBLIC KEY")
 
 

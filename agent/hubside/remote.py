@@ -18,7 +18,6 @@ text is ever part of the script itself.
 from __future__ import annotations
 
 import re
-import socket
 
 
 from agent.core import values
@@ -105,17 +104,6 @@ def _port(port) -> int:
     return values.port(port)  # values.Bad is a ValueError
 
 
-def is_ip_literal(text: str) -> bool:
-    """True for a numeric IPv4 or IPv6 address (no scope id, no brackets): inet_pton, no resolver."""
-    for family in (socket.AF_INET, socket.AF_INET6):
-        try:
-            socket.inet_pton(family, text)
-            return True
-        except (OSError, ValueError):
-            pass
-    return False
-
-
 def check_addresses(bind: str) -> List[str]:
     """The server-side addresses a check of a -R listen address connects to.
 
@@ -133,7 +121,7 @@ def check_addresses(bind: str) -> List[str]:
         return ["::1"]
     if bind.startswith("[") and bind.endswith("]"):
         bind = bind[1:-1]
-    if not is_ip_literal(bind) or "%" in bind:
+    if not values.is_ip_literal(bind) or "%" in bind:
         raise ValueError("bind address must be an IP literal or 'localhost': %r" % bind)
     return [bind]
 

@@ -26,6 +26,7 @@ import selectors
 import socket
 import time
 
+from agent.core import values
 from agent.core.record import record
 
 if False:  # annotations only: importing typing would cost the agent 0.5 MB of memory
@@ -65,17 +66,6 @@ def _family(address: str) -> int:
     return socket.AF_INET6 if ":" in address else socket.AF_INET
 
 
-def is_ip_literal(text: str) -> bool:
-    """True for a numeric IPv4 or IPv6 address (no scope id, no brackets)."""
-    for family in (socket.AF_INET, socket.AF_INET6):
-        try:
-            socket.inet_pton(family, text)
-            return True
-        except (OSError, ValueError):
-            pass
-    return False
-
-
 def addresses_for(host: str) -> List[str]:
     """The addresses a probe of `host` connects to, without DNS where possible.
 
@@ -94,7 +84,7 @@ def addresses_for(host: str) -> List[str]:
         host = host[1:-1]
     if host.lower() == "localhost":
         return ["127.0.0.1", "::1"]
-    if is_ip_literal(host):
+    if values.is_ip_literal(host):
         return [host]
     out = []  # type: List[str]
     for info in socket.getaddrinfo(host.encode(), None, 0, socket.SOCK_STREAM):

@@ -14,6 +14,7 @@ import pytest
 
 from polling import wait_until
 
+from agent.core import values
 from agent.hubside import payload, remote
 from agent.hubside.remote import (
     CLOSED, ERROR, HELD, MISMATCH, NO_ANSWER, NO_COMMAND, NO_INTERPRETER, NOT_OURS, NOTHING, OK,
@@ -451,8 +452,11 @@ def test_session_without_writable_state_still_runs(tmp_path, sessions):
 
 
 def test_shared_verdict_words_and_ip_literals_match_probe():
-    """agent.hubside does not import agent.run: the words both use and the IP literal rule agree."""
+    """agent.hubside does not import agent.run: the words both use agree; the one IP literal rule
+    (core.values) serves both."""
     from agent.run import probe
     assert (remote.REFUSED, remote.CLOSED, remote.ERROR) == (probe.REFUSED, probe.CLOSED, probe.ERROR)
-    for text in ("127.0.0.1", "::1", "fe80::1", "1.2.3", "localhost", "::1%lo", "[::1]", "", "1.2.3.4 "):
-        assert remote.is_ip_literal(text) == probe.is_ip_literal(text), text
+    for text in ("127.0.0.1", "::1", "fe80::1"):
+        assert values.is_ip_literal(text), text
+    for text in ("1.2.3", "localhost", "::1%lo", "[::1]", "", "1.2.3.4 "):
+        assert not values.is_ip_literal(text), text
