@@ -28,13 +28,18 @@ def _lines(text):
     return out
 
 
-def _docstring_nodes(tree):
+def _docstring_owners(tree):
     for node in ast.walk(tree):
         if isinstance(node, DOC_OWNERS) and node.body:
             first = node.body[0]
             if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant) \
                     and isinstance(first.value.value, str):
-                yield first
+                yield node
+
+
+def _docstring_nodes(tree):
+    for node in _docstring_owners(tree):
+        yield node.body[0]
 
 
 def strip_comments(text):
@@ -52,13 +57,18 @@ def strip_comments(text):
 
 
 def strip_docstrings(text):
+    """Docstring text out; the whole docstring out (blank lines kept) where the body goes on
+    after it and it stands alone on its lines, else an empty string in its place."""
     lines = _lines(text)
-    spans = sorted(((d.lineno, d.col_offset, d.end_lineno, d.end_col_offset)
-                    for d in _docstring_nodes(ast.parse(text))), reverse=True)
-    for l1, c1, l2, c2 in spans:
+    spans = sorted(((n.body[0].lineno, n.body[0].col_offset, n.body[0].end_lineno, n.body[0].end_col_offset,
+                     len(n.body) > 1) for n in _docstring_owners(ast.parse(text))), reverse=True)
+    for l1, c1, l2, c2, more in spans:
         # lines hold str, offsets are utf-8 byte offsets: cut on the encoded line
         head = lines[l1 - 1].encode("utf-8")[:c1].decode("utf-8")
         tail = lines[l2 - 1].encode("utf-8")[c2:].decode("utf-8")
+        if more and not head.strip() and not tail.strip():
+            lines[l1 - 1:l2] = ["\n"] * (l2 - l1 + 1)
+            continue
         empty = '""' if l1 == l2 else '"""' + "\n" * (l2 - l1) + '"""'
         lines[l1 - 1:l2] = _lines(head + empty + tail)
     return "".join(lines)
@@ -122,8 +132,11 @@ def strip_annotations(text):
 
 
 def _normalised(tree):
-    for d in _docstring_nodes(tree):
-        d.value.value = ""
+    for node in list(_docstring_owners(tree)):
+        if len(node.body) > 1:
+            del node.body[0]
+        else:
+            node.body[0].value.value = ""
     for fn in _functions(tree):
         for arg in _arguments(fn):
             arg.annotation = None

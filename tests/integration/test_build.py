@@ -390,6 +390,11 @@ def test_slim_one_space_a_level_and_no_parameter_annotations():
     assert ns["R"].__annotations__ == {"name": "str"} or ns["R"].__annotations__ == {"name": str}
 
 
+def test_slim_drops_a_docstring_the_body_goes_on_after():
+    assert slim.slim('def g():\n    """doc\n    two"""\n    return 1\n') == "def g():\n\n\n return 1\n"
+    assert slim.slim('def h():\n    """only a docstring"""\n') == 'def h():\n ""\n'
+
+
 def test_slim_verify_rejects_a_changed_program():
     with pytest.raises(ValueError):
         slim.verify("x = 1\n", "x = 2\n")
