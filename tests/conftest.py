@@ -13,6 +13,7 @@ for _p in (ROOT, HERE):  # `import agent` and `import lab` from any test
 
 import hubroot  # noqa: E402
 import lab as labmod  # noqa: E402
+from otheruser import OtherUserCopy  # noqa: E402
 
 
 def pytest_configure(config):
@@ -25,6 +26,17 @@ def pytest_runtest_makereport(item, call):
     outcome = yield
     rep = outcome.get_result()
     setattr(item, "rep_" + rep.when, rep)
+
+
+@pytest.fixture(scope="session")
+def other_user_copy():
+    """The agent package, the pyz and the python3-light guard in a /tmp directory another user can read
+    (tests/otheruser.py): what a test runs as `nobody` or the tunnel user, never the checkout itself."""
+    copy = OtherUserCopy()
+    try:
+        yield copy
+    finally:
+        copy.close()
 
 
 @pytest.fixture

@@ -275,12 +275,16 @@ def test_client_from_a_childs_ssh_connection(tmp_path):
 
 
 # --- the command ---------------------------------------------------------------
-def hub_cli(*args, user=None):
-    argv = [sys.executable, "-m", "agent", "hub"] + list(args)
+def hub_cli(*args, user=None, copy=None):
+    """`python -m agent hub ARGS`: from the checkout as root, or as `user` from `copy` (the fixture
+    other_user_copy: the checkout may be a 0700 directory that user cannot read)."""
     if user:
-        argv = ["setpriv", "--reuid", user, "--regid", user, "--clear-groups", "--"] + argv
-    return subprocess.run(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=30,
-                          env=dict(os.environ, PYTHONPATH=ROOT))
+        argv = copy.setpriv(user) + [copy.python, "-m", "agent", "hub"] + list(args)
+        code = copy.pythonpath
+    else:
+        argv, code = [sys.executable, "-m", "agent", "hub"] + list(args), ROOT
+    return subprocess.run(argv, cwd=code, stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=30,
+                          env=dict(os.environ, PYTHONPATH=code))
 
 
 @pytest.mark.parametrize("value", ["0", "-1", "61", "x"])
@@ -289,7 +293,7 @@ def test_cli_timeout_bounded(tmp_path, value):
     assert r.returncode == 64 and b"--timeout" in r.stderr and b"Traceback" not in r.stderr
 
 
-def test_cli_missing_and_unreadable_dir_one_clear_line(tmp_path):
+def test_cli_missing_and_unreadable_dir_one_clear_line(tmp_path, other_user_copy):
     r = hub_cli("--state-dir", str(tmp_path / "nope"))
     assert r.returncode == 66 and r.stdout == b""
     assert r.stderr.decode().count("\n") == 1 and "does not exist" in r.stderr.decode()
@@ -297,7 +301,7 @@ def test_cli_missing_and_unreadable_dir_one_clear_line(tmp_path):
     d.mkdir(mode=0o700)
     os.chmod(str(tmp_path), 0o755)
     nobody = str(pwd.getpwnam("nobody").pw_uid)
-    r = hub_cli("--state-dir", str(d), user=nobody)
+    r = hub_cli("--state-dir", str(d), user=nobody, copy=other_user_copy)
     assert r.returncode == 77, r.stderr
     err = r.stderr.decode()
     assert err.count("\n") == 1 and "permission denied" in err and "Traceback" not in err
