@@ -22,7 +22,11 @@ for _p in (HERE, TESTS):
 
 import roots as rootsmod  # noqa: E402
 
-RESULTS = os.path.join(HERE, "results.json")
+# Where a run's measurements go: build/cross-results.json (ignored by git), so that `make test` leaves
+# the checkout clean. The record docs/cross.md quotes, tests/cross/results.json, changes only on purpose:
+# SSHKEEP_CROSS_RESULTS=tests/cross/results.json make cross
+RESULTS = os.path.abspath(os.environ.get("SSHKEEP_CROSS_RESULTS")
+                          or os.path.join(os.path.dirname(TESTS), "build", "cross-results.json"))
 _results = {}  # root name -> {measure: value}, written at session end
 
 
@@ -52,7 +56,7 @@ def root_with_pytest(root):
 
 @pytest.fixture
 def record(root):
-    """record(key, value): a timing or fact for this root, written to tests/cross/results.json."""
+    """record(key, value): a timing or fact for this root, written to RESULTS at the end of the run."""
     def put(key, value):
         _results.setdefault(root.name, {})[key] = value
     return put
@@ -75,7 +79,7 @@ def _machine():
 
 
 def pytest_sessionfinish(session, exitstatus):
-    """Merge this run's measurements into results.json (roots not run this time keep their entry)."""
+    """Merge this run's measurements into RESULTS (roots not run this time keep their entry)."""
     if not _results:
         return
     try:
@@ -83,6 +87,7 @@ def pytest_sessionfinish(session, exitstatus):
             data = json.load(f)
     except (OSError, ValueError):
         data = {}
+    os.makedirs(os.path.dirname(RESULTS), exist_ok=True)
     data.setdefault("roots", {})
     for name, values in _results.items():
         entry = data["roots"].setdefault(name, {})
