@@ -219,11 +219,12 @@ def test_no_new_login_while_a_healthy_tunnel_is_checked(lab, kind, client, gen):
         a.wait(lambda: a.tunnel()["checks"].get("R:%d" % FWD) == "ok", 15, "first check ok")
         assert a.tunnel()["check_mode"] == "in-session"
         assert logins(server) == 1
-        rounds, t0 = set(), time.monotonic()
-        while time.monotonic() - t0 < 30:        # a fixed observation window, sampled
+        rounds = set()
+
+        def twenty_rounds():                     # sampled until 20 distinct check rounds were seen
             rounds.add(a.tunnel()["last_check"])
-            time.sleep(0.25)
-        assert len(rounds) >= 20, len(rounds)    # checked about every second...
+            return len(rounds) >= 20
+        wait_until(twenty_rounds, 30, 0.25, "20 check rounds within 30 s")  # checked about every second...
         assert a.tunnel()["health"] == "ok" and a.tunnel()["restarts"] == 0
         assert logins(server) == 1               # ...through the one login of the tunnel
     finally:
