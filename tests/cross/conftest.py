@@ -21,6 +21,7 @@ for _p in (HERE, TESTS):
         sys.path.insert(0, _p)
 
 import roots as rootsmod  # noqa: E402
+import unitruns  # noqa: E402
 
 # Where a run's measurements go: build/cross-results.json (ignored by git), so that `make test` leaves
 # the checkout clean. The record docs/cross.md quotes, tests/cross/results.json, changes only on purpose:
@@ -33,6 +34,19 @@ _results = {}  # root name -> {measure: value}, written at session end
 def pytest_generate_tests(metafunc):
     if "root" in metafunc.fixturenames:
         metafunc.parametrize("root", rootsmod.ALL, indirect=True, scope="session")
+
+
+@pytest.hookimpl(trylast=True)  # after pytest's own reordering by the session-scoped `root`
+def pytest_collection_modifyitems(session, config, items):
+    """test_cross_unit's tests go last, and the runs they wait for start now, in the background at the
+    lowest CPU priority (tests/cross/unitruns.py): their QEMU time overlaps the rest of the suite."""
+    unit = [i for i in items if i.path.name == "test_cross_unit.py"]
+    if not unit:
+        return
+    items[:] = [i for i in items if i not in unit] + unit
+    if config.option.collectonly:
+        return
+    unitruns.start([i.callspec.params["root"] for i in unit if hasattr(i, "callspec")])
 
 
 @pytest.fixture(scope="session")
@@ -79,7 +93,9 @@ def _machine():
 
 
 def pytest_sessionfinish(session, exitstatus):
-    """Merge this run's measurements into RESULTS (roots not run this time keep their entry)."""
+    """Stop what is left of the background unit-test runs; merge this run's measurements into RESULTS
+    (roots not run this time keep their entry)."""
+    unitruns.close()
     if not _results:
         return
     try:
