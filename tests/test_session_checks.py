@@ -191,6 +191,9 @@ def test_dead_session_is_found_by_an_unanswered_request(lab, kind, client, gen):
 
 
 def test_forced_command_key_falls_back_and_status_says_why(lab):
+    # A restricted key (command="...") never runs our session command: no ready line. The agent must
+    # not loop on that for ever: after two watchdog kills it uses -N, and says why in its status.
+    # (Also the whole of tests/test_health.py's former test_forced_command_key_falls_back_to_dash_n.)
     path = os.path.join(lab.home, ".ssh", "authorized_keys")
     with open(path) as fh:
         lines = fh.read().splitlines()
@@ -200,6 +203,7 @@ def test_forced_command_key_falls_back_and_status_says_why(lab):
     a, _ = start_agent(lab, server, extra=("--connect-timeout", "1"))
     try:
         a.wait(lambda: a.tunnel()["state"] == "up" and a.tunnel()["check_mode"] == "exec", 60, "up, exec mode")
+        assert "using -N from now on" in a.log(), a.log()[-3000:]
         assert "forced command" in a.tunnel()["check_mode_why"]
         wait_until(lambda: forward_ok(lab), 10, 0.2, "forward works with -N")
         out = lab.box_run([a.argv[0], a.argv[1], "status", "--state", a.state]).stdout.decode()
