@@ -13,12 +13,20 @@ for _p in (ROOT, HERE):  # `import agent` and `import lab` from any test
 
 import hubroot  # noqa: E402
 import lab as labmod  # noqa: E402
+import early  # noqa: E402
 from otheruser import OtherUserCopy  # noqa: E402
 
 
 def pytest_configure(config):
     config.addinivalue_line(
         "markers", "integration: needs root, network namespaces and real sshd/dropbear (tests/lab.py)")
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(session, config, items):
+    """What a selected test waits for on the wall clock starts now, in the background (tests/early.py)."""
+    if not config.option.collectonly:
+        early.start_selected(items)
 
 
 @pytest.hookimpl(hookwrapper=True)
