@@ -14,6 +14,8 @@ for _p in (ROOT, SUPPORT):  # `import agent` and `import lab` (tests/support) fr
 
 import hubroot  # noqa: E402
 import lab as labmod  # noqa: E402
+import early  # noqa: E402
+from otheruser import OtherUserCopy  # noqa: E402
 
 
 def pytest_configure(config):
@@ -21,11 +23,29 @@ def pytest_configure(config):
         "markers", "integration: needs root, network namespaces and real sshd/dropbear (tests/support/lab.py)")
 
 
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(session, config, items):
+    """What a selected test waits for on the wall clock starts now, in the background (tests/support/early.py)."""
+    if not config.option.collectonly:
+        early.start_selected(items)
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
     outcome = yield
     rep = outcome.get_result()
     setattr(item, "rep_" + rep.when, rep)
+
+
+@pytest.fixture(scope="session")
+def other_user_copy():
+    """The agent package, the pyz and the python3-light guard in a /tmp directory another user can read
+    (tests/support/otheruser.py): what a test runs as `nobody` or the tunnel user, never the checkout itself."""
+    copy = OtherUserCopy()
+    try:
+        yield copy
+    finally:
+        copy.close()
 
 
 @pytest.fixture

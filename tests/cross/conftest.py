@@ -21,14 +21,32 @@ for _p in (HERE, os.path.join(TESTS, "support")):
         sys.path.insert(0, _p)
 
 import roots as rootsmod  # noqa: E402
+import unitruns  # noqa: E402
 
-RESULTS = os.path.join(HERE, "results.json")
+# Where a run's measurements go: build/cross-results.json (ignored by git), so that `make test` leaves
+# the checkout clean. The record docs/cross.md quotes, tests/cross/results.json, changes only on purpose:
+# SSHKEEP_CROSS_RESULTS=tests/cross/results.json make cross
+RESULTS = os.path.abspath(os.environ.get("SSHKEEP_CROSS_RESULTS")
+                          or os.path.join(os.path.dirname(TESTS), "build", "cross-results.json"))
 _results = {}  # root name -> {measure: value}, written at session end
 
 
 def pytest_generate_tests(metafunc):
     if "root" in metafunc.fixturenames:
         metafunc.parametrize("root", rootsmod.ALL, indirect=True, scope="session")
+
+
+@pytest.hookimpl(trylast=True)  # after pytest's own reordering by the session-scoped `root`
+def pytest_collection_modifyitems(session, config, items):
+    """test_cross_unit's tests go last, and the runs they wait for start now, in the background at the
+    lowest CPU priority (tests/cross/unitruns.py): their QEMU time overlaps the rest of the suite."""
+    unit = [i for i in items if i.path.name == "test_cross_unit.py"]
+    if not unit:
+        return
+    items[:] = [i for i in items if i not in unit] + unit
+    if config.option.collectonly:
+        return
+    unitruns.start([i.callspec.params["root"] for i in unit if hasattr(i, "callspec")])
 
 
 @pytest.fixture(scope="session")
@@ -52,7 +70,7 @@ def root_with_pytest(root):
 
 @pytest.fixture
 def record(root):
-    """record(key, value): a timing or fact for this root, written to tests/cross/results.json."""
+    """record(key, value): a timing or fact for this root, written to RESULTS at the end of the run."""
     def put(key, value):
         _results.setdefault(root.name, {})[key] = value
     return put
@@ -75,7 +93,9 @@ def _machine():
 
 
 def pytest_sessionfinish(session, exitstatus):
-    """Merge this run's measurements into results.json (roots not run this time keep their entry)."""
+    """Stop what is left of the background unit-test runs; merge this run's measurements into RESULTS
+    (roots not run this time keep their entry)."""
+    unitruns.close()
     if not _results:
         return
     try:
@@ -83,6 +103,7 @@ def pytest_sessionfinish(session, exitstatus):
             data = json.load(f)
     except (OSError, ValueError):
         data = {}
+    os.makedirs(os.path.dirname(RESULTS), exist_ok=True)
     data.setdefault("roots", {})
     for name, values in _results.items():
         entry = data["roots"].setdefault(name, {})

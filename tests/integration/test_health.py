@@ -268,24 +268,6 @@ def test_inband_loop_check(lab, client):
         a.stop()
 
 
-def test_forced_command_key_falls_back_to_dash_n(lab):
-    # A restricted key (command="...") never runs our session command: no ready line.
-    # The agent must not loop on that for ever: after two watchdog kills it uses -N.
-    path = os.path.join(lab.home, ".ssh", "authorized_keys")
-    with open(path) as fh:
-        lines = fh.read().splitlines()
-    with open(path, "w") as fh:
-        fh.write("".join('command="exec sleep 600" %s\n' % l for l in lines if l.strip()))
-    server = lab.start_sshd()
-    a, _ = start(lab, server, extra=("--connect-timeout", "1"))
-    try:
-        a.wait(lambda: a.tunnel()["state"] == "up", 60, "up with -N after the fallback")
-        assert "using -N from now on" in a.log()
-        lab.wait_until(lambda: reverse_ok(lab), 10, what="forward works with -N")
-    finally:
-        a.stop()
-
-
 @pytest.mark.parametrize("hub,fault,raw", [("deb12", "reject", True), ("deb13", "reject", True),
                                            ("deb13", "drop", True), ("deb13", "drop", False)])
 def test_fast_return_when_the_server_comes_back_during_a_long_backoff(lab, hub, fault, raw):

@@ -18,14 +18,16 @@ pytestmark = pytest.mark.integration
 PORTS = (20031, 20032, 20033)
 
 
-def run_hub(lab, *args):
-    """The built pyz on the hub as the tunnel user, under the python3-light guard (a hub may be a router)."""
-    return lab.user_run(["/usr/bin/python3", require_pyz(), "hub"] + list(args), timeout=60,
-                        env=lightguard.guard_env())
+def run_hub(lab, copy, *args):
+    """The built pyz on the hub as the tunnel user, under the python3-light guard (a hub may be a router).
+    Both from `copy` (the fixture other_user_copy): the checkout may be a 0700 directory that user
+    cannot read."""
+    return lab.user_run(["/usr/bin/python3", copy.pyz, "hub"] + list(args), timeout=60, cwd=lab.home,
+                        env=lightguard.guard_env(guard_dir=copy.guard_dir))
 
 
-def hub_json(lab):
-    r = run_hub(lab, "--json")
+def hub_json(lab, copy):
+    r = run_hub(lab, copy, "--json")
     assert b"Traceback" not in r.stderr, r.stderr
     return r.returncode, json.loads(r.stdout.decode()), r.stderr.decode()
 
@@ -52,7 +54,7 @@ def box_id_args(pyz, path):
 
 
 @pytest.mark.parametrize("kind", ["openssh", "dropbear"])
-def test_hub_view_three_boxes_one_healed_one_target_down(lab, kind):
+def test_hub_view_three_boxes_one_healed_one_target_down(lab, kind, other_user_copy):
     server = lab.start_sshd() if kind == "openssh" else lab.start_dropbear()
     pyz = require_pyz()
     agents, services = [], []
@@ -68,7 +70,7 @@ def test_hub_view_three_boxes_one_healed_one_target_down(lab, kind):
             a.wait_up(30)
         lab.wait_until(lambda: all(record_pid(lab, p) for p in PORTS), 15, what="a record per port")
 
-        rc, doc, err = hub_json(lab)
+        rc, doc, err = hub_json(lab, other_user_copy)
         assert rc == 0, (doc, err)
         assert doc["summary"] == {"sessions": 3, "forwards": 3, "down": 0, "reaped": 0, "problems": 0}
         rows = {s["forwards"][0]["port"]: s for s in doc["sessions"]}
@@ -98,7 +100,7 @@ def test_hub_view_three_boxes_one_healed_one_target_down(lab, kind):
         # box 3: its target goes down; the tunnel stays
         services[2].stop()
 
-        rc, doc, err = hub_json(lab)
+        rc, doc, err = hub_json(lab, other_user_copy)
         assert rc == 69, (doc, err)
         assert doc["summary"]["sessions"] == 3 and doc["summary"]["down"] == 1, doc
         rows = {s["forwards"][0]["port"]: s for s in doc["sessions"]}
@@ -111,13 +113,13 @@ def test_hub_view_three_boxes_one_healed_one_target_down(lab, kind):
         assert len(left) == 3 and stale not in left, left
         assert all(alive(int(n.rsplit("-", 1)[1])) for n in left)
 
-        text = run_hub(lab)
+        text = run_hub(lab, other_user_copy)
         assert text.returncode == 69
         assert ("%d DOWN (closed)" % PORTS[2]).encode() in text.stdout, text.stdout
         assert text.stdout.count(b" up") >= 2
 
         prom = os.path.join(lab.home, "sshkeep.prom")
-        r = run_hub(lab, "--prometheus", prom)
+        r = run_hub(lab, other_user_copy, "--prometheus", prom)
         assert r.returncode == 69 and r.stdout == b"", r.stderr
         with open(prom) as fh:
             fams = {f.name: f for f in text_string_to_metric_families(fh.read())}
@@ -133,7 +135,7 @@ def test_hub_view_three_boxes_one_healed_one_target_down(lab, kind):
 
 @pytest.mark.parametrize("kind,client", [("openssh", "openssh"), ("openssh", "dropbear"), ("dropbear", "openssh"),
                                          ("dropbear", "dropbear")])
-def test_hub_picked_port_is_recorded_shown_by_status_and_the_hub(lab, kind, client):
+def test_hub_picked_port_is_recorded_shown_by_status_and_the_hub(lab, kind, client, other_user_copy):
     """-R 127.0.0.1:0:...: the hub picks the port, the client says "Allocated port N"; the agent keeps N,
     checks the forward on N, `status` shows it, and the session records it for `sshkeep hub`."""
     server = lab.start_sshd() if kind == "openssh" else lab.start_dropbear()
@@ -150,7 +152,7 @@ def test_hub_picked_port_is_recorded_shown_by_status_and_the_hub(lab, kind, clie
         r = lab.box_run(["/usr/bin/python3", require_pyz(), "status", "--state", a.state])
         assert ("picked: hub port %d for %s" % (port, label)).encode() in r.stdout, r.stdout
         lab.wait_until(lambda: record_pid(lab, port), 10, what="the session's record of the picked port")
-        rc, doc, err = hub_json(lab)
+        rc, doc, err = hub_json(lab, other_user_copy)
         assert rc == 0, (doc, err)
         assert [s["forwards"][0]["port"] for s in doc["sessions"]] == [port]
         assert doc["sessions"][0]["forwards"][0]["verdict"] == "ok-data"

@@ -36,9 +36,13 @@ class Listener:
         self.sock.close()
 
 
-def hub_cli(*args, user=None):
-    argv = [sys.executable, "-m", "agent", "hub"] + list(args)
+def hub_cli(*args, user=None, copy=None):
+    """`python -m agent hub ARGS`: from the checkout as root, or as `user` from `copy` (the fixture
+    other_user_copy: the checkout may be a 0700 directory that user cannot read)."""
     if user:
-        argv = ["setpriv", "--reuid", user, "--regid", user, "--clear-groups", "--"] + argv
-    return subprocess.run(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=30,
-                          env=dict(os.environ, PYTHONPATH=ROOT))
+        argv = copy.setpriv(user) + [copy.python, "-m", "agent", "hub"] + list(args)
+        code = copy.pythonpath
+    else:
+        argv, code = [sys.executable, "-m", "agent", "hub"] + list(args), ROOT
+    return subprocess.run(argv, cwd=code, stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=30,
+                          env=dict(os.environ, PYTHONPATH=code))

@@ -256,7 +256,7 @@ def test_cli_timeout_bounded(tmp_path, value):
     assert r.returncode == 64 and b"--timeout" in r.stderr and b"Traceback" not in r.stderr
 
 
-def test_cli_missing_and_unreadable_dir_one_clear_line(tmp_path):
+def test_cli_missing_and_unreadable_dir_one_clear_line(tmp_path, other_user_copy):
     r = hub_cli("--state-dir", str(tmp_path / "nope"))
     assert r.returncode == 66 and r.stdout == b""
     assert r.stderr.decode().count("\n") == 1 and "does not exist" in r.stderr.decode()
@@ -264,7 +264,7 @@ def test_cli_missing_and_unreadable_dir_one_clear_line(tmp_path):
     d.mkdir(mode=0o700)
     os.chmod(str(tmp_path), 0o755)
     nobody = str(pwd.getpwnam("nobody").pw_uid)
-    r = hub_cli("--state-dir", str(d), user=nobody)
+    r = hub_cli("--state-dir", str(d), user=nobody, copy=other_user_copy)
     assert r.returncode == 77, r.stderr
     err = r.stderr.decode()
     assert err.count("\n") == 1 and "permission denied" in err and "Traceback" not in err

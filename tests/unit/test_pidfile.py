@@ -169,36 +169,49 @@ def test_missing_directory_is_cantcreat(tmp):
 
 
 RACER = """
-import os, sys, time
+import os, sys
 from agent.run import pidfile
 from agent import errors
-go = sys.argv[1]
-open(go + ".ready-%d" % os.getpid(), "w").close()
-deadline = time.monotonic() + 10
-while not os.path.exists(go) and time.monotonic() < deadline:
-    time.sleep(0.001)
+go, hold = int(sys.argv[1]), int(sys.argv[2])
+open(sys.argv[3] + ".ready-%d" % os.getpid(), "w").close()
+os.read(go, 1)  # blocks until the test closes the other end: every racer is released at once
 try:
-    pf = pidfile.PidFile(sys.argv[2]).acquire()
+    pf = pidfile.PidFile(sys.argv[4]).acquire()
 except errors.AlreadyRunning as e:
     print("lost", e.pid, flush=True)
     sys.exit(e.code)
 print("won", os.getpid(), flush=True)
-time.sleep(3)
+os.read(hold, 1)  # holds the pidfile until the test has seen every loser end
 pf.release()
 """
 
 
 def test_ten_racers_exactly_one_wins(tmp):
-    go = os.path.join(tmp, "go")
+    ready = os.path.join(tmp, "go")
     path = os.path.join(tmp, "race.pid")
-    racers = [subprocess.Popen([sys.executable, "-c", RACER, go, path], env=ENV, cwd=TOP,
-                               stdout=subprocess.PIPE) for _ in range(10)]
+    go_r, go_w = os.pipe()
+    hold_r, hold_w = os.pipe()
     try:
-        # every racer has started and waits at the barrier; the go file releases them together
-        wait_for(lambda: len([n for n in os.listdir(tmp) if n.startswith("go.ready-")]) >= len(racers), 20, 0.02)
-        open(go, "w").close()
+        racers = [subprocess.Popen([sys.executable, "-c", RACER, str(go_r), str(hold_r), ready, path], env=ENV,
+                                   cwd=TOP, stdout=subprocess.PIPE, pass_fds=(go_r, hold_r)) for _ in range(10)]
+    finally:
+        os.close(go_r)
+        os.close(hold_r)
+    try:
+        # every racer has started and waits at the barrier (a read on a pipe); closing it releases them together
+        assert wait_for(lambda: len([n for n in os.listdir(tmp) if n.startswith("go.ready-")]) == len(racers), 20), \
+            "the racers did not all start"
+        os.close(go_w)
+        go_w = None
+        # the losers end at once; the winner holds the pidfile until then (no fixed sleep)
+        wait_for(lambda: sum(p.poll() is not None for p in racers) >= len(racers) - 1, 20)
+        os.close(hold_w)
+        hold_w = None
         outs = [(p.communicate(timeout=20)[0].decode().split(), p.returncode) for p in racers]
     finally:
+        for fd in (go_w, hold_w):
+            if fd is not None:
+                os.close(fd)
         for p in racers:
             kill_wait(p)
     winners = [o for o, rc in outs if o and o[0] == "won" and rc == 0]

@@ -56,17 +56,17 @@ def shared_dir():
     shutil.rmtree(d)
 
 
-def test_default_state_of_a_user_lives_in_a_private_directory(shared_dir):
+def test_default_state_of_a_user_lives_in_a_private_directory(shared_dir, other_user_copy):
     if os.geteuid() != 0:
         pytest.fail("run as root (the test drops to uid %d in a child)" % OTHER, pytrace=False)
-    top = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(state.__file__))))
-    if os.stat(top).st_mode & 0o005 != 0o005:
-        pytest.fail("%s must be readable by uid %d for this test" % (top, OTHER), pytrace=False)
-    env = dict(os.environ, XDG_RUNTIME_DIR=shared_dir, PYTHONPATH=top)
-    code = ("import os; os.setgid(%d); os.setuid(%d); from agent import cli; from agent.run import state; "
-            "print(state.default_state_path()); print(cli._default_pidfile())" % (OTHER, OTHER))
+    # the agent comes from a copy uid OTHER can read: the checkout may be a 0700 directory
+    env = dict(os.environ, XDG_RUNTIME_DIR=shared_dir, PYTHONPATH=other_user_copy.pythonpath)
+    code = ("import os; os.setgid(%d); os.setgroups([]); os.setuid(%d); from agent import cli; from agent.run import state; "
+            "assert os.path.dirname(os.path.dirname(os.path.dirname(state.__file__))) == %r, state.__file__; "
+            "print(state.default_state_path()); print(cli._default_pidfile())"
+            % (OTHER, OTHER, other_user_copy.pythonpath))
     out = subprocess.run([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                         timeout=30)
+                         timeout=30, cwd=other_user_copy.pythonpath)
     assert out.returncode == 0, out.stderr
     want_dir = os.path.join(shared_dir, "sshkeep-%d" % OTHER)
     assert out.stdout.decode().split() == [want_dir + "/sshkeep.json", want_dir + "/sshkeep.pid"]
