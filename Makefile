@@ -22,8 +22,9 @@ venv: deps $(VENV)/.stamp
 build: venv      ## build/sshkeep.pyz with the pinned shiv
 	sh build/build.sh $(VPY) $(PYZ)
 
-packages: build   ## build/out/sshkeep_VERSION_all.ipk (OpenWrt opkg) and .deb, reproducible
+packages: build   ## build/out/sshkeep_VERSION_all.ipk (OpenWrt opkg), .deb, sshkeep-VERSION-r1.apk (25.12), reproducible
 	$(PYTHON) build/packages.py $(PYZ) build/out
+	$(PYTHON) build/apk.py $(PYZ) build/out
 
 unit: build      ## everything but the QEMU runs
 	$(VPY) -m pytest -q -p no:cacheprovider tests --ignore=tests/cross --ignore=tests/bench

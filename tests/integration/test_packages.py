@@ -12,6 +12,7 @@
 """
 
 import fcntl
+import hashlib
 import json
 import os
 import re
@@ -623,3 +624,299 @@ def lab_stop(proc, timeout=5.0):
             proc.wait(5)
             return None
     return proc.returncode
+
+
+# -- .apk (OpenWrt 25.12: apk-tools 3, build/apk.py) ---------------------------------------------
+# With the real apk (apk-tools 3.0.6 from ../shared/vendor, built once into build/apk-tools/ by
+# build/apk-tools.sh): metadata with `apk adbdump`, the same files as the .ipk, two builds
+# byte-identical; `apk add` into an empty root (busybox, the stand-ins below, stub packages for the
+# dependencies), an upgrade to a newer build, `apk del`. Skipped, with the reason, only where there
+# is no ../shared/vendor (a user's clone); CI has it.
+
+# STAND-IN for OpenWrt 25.12's /lib/functions.sh (base-files), test fixture: what an apk package's
+# post-install/post-upgrade/pre-deinstall call, with upstream's init-script logic unchanged: the
+# package's file list is $root/lib/apk/packages/$pkgname.list (pkgname exported by the script);
+# enable (not on an upgrade: PKG_UPGRADE=1) + start, or disable (not on an upgrade) + stop; only
+# enable/disable through rc.common when IPKG_INSTROOT is set. Users/groups: none for sshkeep.
+APK_FUNCTIONS_SH = r"""
+export PROCD_LOG="${PROCD_LOG:-/tmp/procd.log}"   # apk gives scripts no environment of ours
+add_group_and_user() { return 0; }
+default_postinst() {
+	local root="${IPKG_INSTROOT}"
+	[ -z "$pkgname" ] && local pkgname="$(basename ${1%.*})"
+	local filelist="$root/lib/apk/packages/${pkgname}.list"
+	local shell="$(command -v bash)"
+	for i in $(grep -s "^/etc/init.d/" "$filelist"); do
+		if [ -n "$root" ]; then
+			${shell:-/bin/sh} "$root/etc/rc.common" "$root$i" enable
+		else
+			if [ "$PKG_UPGRADE" != "1" ]; then
+				"$i" enable
+			fi
+			"$i" start
+		fi
+	done
+	return 0
+}
+default_prerm() {
+	local root="${IPKG_INSTROOT}"
+	[ -z "$pkgname" ] && local pkgname="$(basename ${1%.*})"
+	local filelist="$root/lib/apk/packages/${pkgname}.list"
+	local shell="$(command -v bash)"
+	for i in $(grep -s "^/etc/init.d/" "$filelist"); do
+		if [ -n "$root" ]; then
+			${shell:-/bin/sh} "$root/etc/rc.common" "$root$i" disable
+		else
+			if [ "$PKG_UPGRADE" != "1" ]; then
+				"$i" disable
+			fi
+			"$i" stop
+		fi
+	done
+	return 0
+}
+"""
+TUNNEL_CONF = "config server 'hub'\n\toption host '192.0.2.1'\n\nconfig tunnel 'ssh'\n\toption server 'hub'\n" \
+              "\toption listen '8022'\n\toption target '127.0.0.1:22'\n"
+
+
+def apk_tool():
+    """The real apk: $APK, else build/apk-tools/apk (built now if missing); skip with the reason
+    build/apk-tools.sh gives when it cannot be had (no ../shared/vendor)."""
+    if os.environ.get("APK"):
+        return os.environ["APK"]
+    r = run(["sh", os.path.join(TOP, "build", "apk-tools.sh")], timeout=900, check=False)
+    if r.returncode == 3:
+        pytest.skip("no apk-tools 3: " + r.stderr.decode(errors="replace").strip())
+    assert r.returncode == 0, r
+    return r.stdout.decode().strip()
+
+
+def build_apk(outdir, apk, epoch=EPOCH, release=1):
+    if not os.path.exists(PYZ):
+        pytest.fail("build/sshkeep.pyz missing: run `make build`", pytrace=False)
+    r = run([sys.executable, os.path.join(TOP, "build", "apk.py"), PYZ, outdir, str(release), "--require"],
+            env=dict(os.environ, SOURCE_DATE_EPOCH=str(epoch), APK=apk), check=False)
+    assert r.returncode == 0, r
+    path = os.path.join(outdir, "sshkeep-%s-r%d.apk" % (version(), release))
+    assert os.path.exists(path), os.listdir(outdir)
+    return path
+
+
+@pytest.fixture(scope="module")
+def apks():
+    """(apk tool, r1 .apk, r2 .apk, the .ipk of the same tree)"""
+    tool = apk_tool()
+    with tempfile.TemporaryDirectory(prefix="sshkeep-apks-") as d:
+        ipk = build(os.path.join(d, "ipk"))[0]
+        yield tool, build_apk(d, tool), build_apk(d, tool, release=2), ipk
+
+
+def adbdump(tool, pkg):
+    """`apk adbdump PKG` parsed: (info, {path: {mode, size, hash, target, mtime}}, scripts)."""
+    text = run([tool, "adbdump", pkg]).stdout.decode()
+    info, paths, scripts, section, cur, key = {}, {}, {}, None, None, None
+    for line in text.splitlines():
+        if line.startswith("#"):
+            continue
+        if not line.startswith(" "):
+            section = line.split(":")[0]
+            continue
+        ind, body = len(line) - len(line.lstrip(" ")), line.strip()
+        if section == "info":
+            if ind == 2:
+                key, _, val = body.partition(": ")
+                info[key] = [] if val.startswith("#") else val.rstrip(":")
+            elif body.startswith("- "):
+                info[key].append(body[2:])
+            else:
+                info[key] = (info[key] + " " if info[key] != "|" else "") + body
+        elif section == "paths":
+            if ind == 2:                                    # a directory: "- name: D" or "- acl:" (root)
+                d = body[len("- name: "):] if body.startswith("- name: ") else ""
+                cur = paths.setdefault(d, {"type": "dir"})
+            elif ind == 6 and body.startswith("- name: "):  # a file in it
+                cur = paths.setdefault((d + "/" if d else "") + body[len("- name: "):], {"type": "file"})
+            elif ":" in body and not body.endswith(":"):
+                k, _, v = body.partition(": ")
+                cur[k] = v
+        elif section == "scripts":
+            if ind == 2:
+                key = body.split(":")[0]
+                scripts[key] = ""
+            else:
+                scripts[key] += line[4:] + "\n"
+    return info, paths, scripts
+
+
+def test_apk_two_builds_byte_identical_and_epoch_honoured(apks, tmp):
+    tool, r1, _, _ = apks
+    again = build_apk(os.path.join(tmp, "a"), tool)
+    with open(r1, "rb") as f1, open(again, "rb") as f2:
+        assert f1.read() == f2.read()
+    later = build_apk(os.path.join(tmp, "b"), tool, EPOCH + 1)
+    with open(r1, "rb") as f1, open(later, "rb") as f2:
+        assert f1.read() != f2.read()                      # the epoch is really in there
+    _, paths, _ = adbdump(tool, r1)
+    assert {p["mtime"] for p in paths.values() if p["type"] == "file"} == {str(EPOCH)}
+    assert {(p.get("user"), p.get("group")) for p in paths.values()} == {("root", "root")}
+
+
+def test_apk_metadata_reads_back_with_adbdump(apks):
+    tool, r1, r2, _ = apks
+    assert os.path.basename(r1) == "sshkeep-%s-r1.apk" % version()
+    with open(r1, "rb") as f:
+        assert f.read(4) == b"ADBd"                        # v3 ADB, deflate: what apk-tools 3 reads
+    info, _, scripts = adbdump(tool, r1)
+    assert info["name"] == "sshkeep" and info["version"] == version() + "-r1" and info["arch"] == "noarch"
+    assert info["depends"] == ["libc", "python3-light"]
+    assert info["description"].startswith("One Python file that keeps SSH tunnels up")
+    for k in ("license", "url", "maintainer", "origin"):
+        assert info.get(k), (k, info)
+    assert int(info["installed-size"]) > len(open(PYZ, "rb").read())
+    assert adbdump(tool, r2)[0]["version"] == version() + "-r2"
+    assert sorted(scripts) == ["post-install", "post-upgrade", "pre-deinstall"]
+    for name, fn in (("post-install", "default_postinst"), ("post-upgrade", "default_postinst"),
+                     ("pre-deinstall", "default_prerm")):
+        text = scripts[name]
+        assert text.startswith("#!/bin/sh\n") and ". ${IPKG_INSTROOT}/lib/functions.sh" in text, name
+        assert 'export pkgname="sshkeep"' in text and text.rstrip().endswith(fn), text
+    assert scripts["post-upgrade"].startswith("#!/bin/sh\nexport PKG_UPGRADE=1\n")
+
+
+def test_apk_has_the_files_of_the_ipk(apks, tmp):
+    # every file, link and directory of the .ipk, with its mode and content (sha256), and no other
+    # but OpenWrt's lib/apk/packages/sshkeep.{list,conffiles,conffiles_static}
+    tool, r1, _, ipk = apks
+    _, _, root, _ = unpack_ipk(ipk, os.path.join(tmp, "x"))
+    _, paths, _ = adbdump(tool, r1)
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            full = os.path.join(dirpath, name)
+            rel = os.path.relpath(full, root)
+            st = os.lstat(full)
+            got = paths.pop(rel)
+            assert int(got["mode"], 8) == st.st_mode & 0o7777, rel
+            if os.path.islink(full):
+                # the target: 2 bytes of mode (S_IFLNK, little-endian), then the link text
+                assert bytes.fromhex(got["target"]) == b"\x00\xa0" + os.readlink(full).encode(), rel
+            elif os.path.isfile(full):
+                with open(full, "rb") as f:
+                    assert got["hash"] == hashlib.sha256(f.read()).hexdigest(), rel
+    rest = {p for p in paths if p not in ("", "lib/apk", "lib/apk/packages")}
+    assert rest == {"lib/apk/packages/sshkeep." + e for e in ("list", "conffiles", "conffiles_static")}, rest
+
+
+def apk_root(tmp, tool):
+    """An empty root apk can install into: busybox (the scripts' /bin/sh), the stand-in
+    /lib/functions.sh above and the RECORDING rc.common/procd.sh, stub packages libc and
+    python3-light (empty: the pyz is run with this machine's python)."""
+    root = os.path.join(tmp, "root")
+    for d in ("bin", "sbin", "usr/bin", "usr/sbin", "lib/functions", "etc/apk", "tmp"):
+        os.makedirs(os.path.join(root, d), exist_ok=True)
+    shutil.copy(BUSYBOX, os.path.join(root, "bin/busybox"))
+    run(["chroot", root, "/bin/busybox", "--install", "-s"], env=ENV)
+    with open(os.path.join(root, "lib/functions.sh"), "w") as f:
+        f.write(APK_FUNCTIONS_SH)
+    shutil.copy(os.path.join(FIX, "procd", "rc.common"), os.path.join(root, "etc/rc.common"))
+    shutil.copy(os.path.join(FIX, "procd", "procd.sh"), os.path.join(root, "lib/functions/procd.sh"))
+    stubs = []
+    for name, ver in (("libc", "1.2.5-r4"), ("python3-light", "3.13.5-r1")):
+        out = os.path.join(tmp, name + ".apk")
+        run([tool, "mkpkg", "--info", "name:" + name, "--info", "version:" + ver, "--info", "arch:noarch",
+             "--info", "description:stub for the test", "--output", out])
+        stubs.append(out)
+    return root, stubs
+
+
+def procd_calls(root):
+    log = os.path.join(root, "tmp/procd.log")
+    try:
+        with open(log) as f:
+            calls = [line.rstrip("\n").split("\x1f") for line in f]
+    except FileNotFoundError:
+        return []
+    os.unlink(log)
+    return calls
+
+
+def test_apk_add_upgrade_del_with_the_real_apk(apks, tmp):
+    tool, r1, r2, _ = apks
+    root, stubs = apk_root(tmp, tool)
+
+    def apk(*args):
+        r = run([tool, "--root", root, "--no-network", "--allow-untrusted"] + list(args), env=ENV, timeout=120)
+        return (r.stdout + r.stderr).decode()
+
+    def installed():
+        with open(os.path.join(root, "lib/apk/db/installed")) as f:
+            pkgs = f.read().split("\n\n")
+        return [p for p in pkgs if "\nP:sshkeep\n" in "\n" + p]
+
+    def path(rel):
+        return os.path.join(root, rel.lstrip("/"))
+
+    # install into the empty root: files, the pyz runs, the procd script is there, enabled + started
+    out = apk("--initdb", "add", *(stubs + [r1]))
+    assert "Executing sshkeep-%s-r1.post-install" % version() in out, out
+    assert ["V:%s-r1" % version()] == [l for l in installed()[0].splitlines() if l.startswith("V:")]
+    calls = procd_calls(root)
+    assert ["rc:enable", "99", "10"] in calls and ["rc:action", "start"] in calls, calls
+    assert "procd_open_instance" not in [c[0] for c in calls]   # the example names no tunnel yet
+    with open(PYZ, "rb") as f1, open(path("usr/bin/sshkeep"), "rb") as f2:
+        assert f1.read() == f2.read()
+    assert os.stat(path("usr/bin/sshkeep")).st_mode & 0o7777 == 0o755
+    r = run([path("usr/bin/sshkeep"), "--version"], env=ENV)
+    assert (r.stdout + r.stderr).decode().strip() == "sshkeep " + version()
+    assert os.path.realpath(path("usr/lib/sshkeep/sshkeep.pyz")) == os.path.realpath(path("usr/bin/sshkeep"))
+    with open(os.path.join(TOP, "init.d", "sshkeep"), "rb") as f1, open(path("etc/init.d/sshkeep"), "rb") as f2:
+        assert f1.read() == f2.read()
+    assert os.stat(path("etc/init.d/sshkeep")).st_mode & 0o7777 == 0o755
+    assert os.stat(path("etc/config/sshkeep")).st_mode & 0o7777 == 0o600
+    assert os.stat(path("etc/sshkeep")).st_mode & 0o7777 == 0o700
+    with open(path("lib/upgrade/keep.d/sshkeep")) as f:
+        assert f.read() == "/etc/sshkeep/\n"
+    with open(path("lib/apk/packages/sshkeep.list")) as f:
+        listed = f.read().splitlines()
+    assert "/etc/init.d/sshkeep" in listed and "/usr/lib/sshkeep/sshkeep.pyz" in listed and listed == sorted(listed)
+    with open(path("lib/apk/packages/sshkeep.conffiles")) as f:
+        assert f.read() == "/etc/config/sshkeep\n"
+    with open(path("etc/config/sshkeep"), "rb") as f:
+        example = f.read()
+    with open(path("lib/apk/packages/sshkeep.conffiles_static")) as f:
+        assert f.read() == "/etc/config/sshkeep %s\n" % hashlib.sha256(example).hexdigest()
+
+    # the user configures a tunnel and adds a key; an upgrade to a newer build keeps both, puts the
+    # new example beside it (.apk-new), and (re)starts the service without enabling it again
+    with open(path("etc/config/sshkeep"), "w") as f:
+        f.write(TUNNEL_CONF)
+    with open(os.open(path("etc/sshkeep/id_ed25519"), os.O_CREAT | os.O_WRONLY, 0o600), "w") as f:
+        f.write("KEY\n")
+    out = apk("add", r2)
+    assert "Executing sshkeep-%s-r2.post-upgrade" % version() in out, out
+    assert ["V:%s-r2" % version()] == [l for l in installed()[0].splitlines() if l.startswith("V:")]
+    with open(path("etc/config/sshkeep")) as f:
+        assert f.read() == TUNNEL_CONF
+    with open(path("etc/config/sshkeep.apk-new"), "rb") as f:
+        assert f.read() == example
+    calls = procd_calls(root)
+    assert ["rc:action", "start"] in calls and "rc:enable" not in [c[0] for c in calls], calls
+    cmd = [c[2:] for c in calls if c[:2] == ["procd_set_param", "command"]]
+    assert len(cmd) == 1 and cmd[0][:3] == ["/usr/bin/python3", "/usr/lib/sshkeep/sshkeep.pyz", "run"], cmd
+    assert os.path.realpath(path(cmd[0][1])) == os.path.realpath(path("usr/bin/sshkeep"))
+
+    # apk del: stopped and disabled, the program gone, the changed config and the key kept
+    out = apk("del", "sshkeep")
+    assert "Executing sshkeep-%s-r2.pre-deinstall" % version() in out, out
+    calls = procd_calls(root)
+    names = [c[0] for c in calls]
+    assert ["rc:disable"] in calls and ["rc:action", "stop"] in calls, calls
+    assert names.index("rc:disable") < names.index("procd_kill")
+    assert not installed()
+    for gone in ("usr/bin/sshkeep", "usr/lib/sshkeep/sshkeep.pyz", "etc/init.d/sshkeep",
+                 "lib/apk/packages/sshkeep.list"):
+        assert not os.path.lexists(path(gone)), gone
+    with open(path("etc/config/sshkeep")) as f:
+        assert f.read() == TUNNEL_CONF
+    with open(path("etc/sshkeep/id_ed25519")) as f:
+        assert f.read() == "KEY\n"
