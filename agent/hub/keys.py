@@ -176,13 +176,32 @@ def main(argv):
 
 
 # --- hub serve: the forced command ------------------------------------------------------------------
+# a word as remote.quote writes it: plain, '...' or "..." runs, glued ("$HOME"/.sshkeep, 'a'"'"'b')
+_RUN = re.compile(r"""'([^']*)'|"([^"\\`]*)"|([^\s'"\\]+)|( +)""")
+
+
+def words(text):
+    """The shell words of a line of sshkeep's own quoting (no shlex: Debian's python3-minimal lacks it);
+    nothing is expanded. ValueError for anything else (a backslash, a lone quote)."""
+    out, cur, pos = [], None, 0
+    while pos < len(text):
+        m = _RUN.match(text, pos)
+        if not m:
+            raise ValueError("malformed")
+        pos = m.end()
+        if m.group(4):
+            out, cur = out + [cur] * (cur is not None), None
+        else:
+            cur = (cur or "") + "".join(g for g in m.groups()[:3] if g)
+    return out + [cur] * (cur is not None)
+
+
 def parse_request(text, ports):
     """SSH_ORIGINAL_COMMAND -> ("session", [HOST, TUNNEL, responder?, PORT...]), ("reclaim", [PORT, PID,
     START]) or ("check", [ADDR..., PORT, HEX, T, G]); UsageError (64) for anything else: no command (a
     login), another program, a port that is not this box's, an address that is not loopback."""
-    import shlex
     try:
-        w = shlex.split(text or "")
+        w = words(text or "")
         name, a = w[4], w[5:]
         if w[:3] != ["exec", "sh", "-c"]:
             raise ValueError("not sshkeep's")
