@@ -133,9 +133,8 @@ def _read(path, missing_ok=False):
 
 def sshd_config(user, keys_dir="/etc/ssh/sshkeep-keys"):
     """The sshd_config block for the boxes' user (a Match block: at the end of sshd_config)."""
-    values.user(user)
-    if not PATH_OK.match(keys_dir):
-        raise UsageError("--keys-dir: an absolute path of A-Z a-z 0-9 _ . / + -")
+    if not PATH_OK.match(keys_dir) or not re.match(r"[a-z_][a-z0-9_.-]{0,31}\Z", user):
+        raise UsageError("sshd-config --user USER (a login name) [--keys-dir DIR (an absolute path)]")
     return "# sshkeep boxes: at the END of sshd_config, then sshd -t\nMatch User %s\n" % user + "".join(
         "    %s\n" % s for s in ("AuthorizedKeysFile %s/%%u" % keys_dir.rstrip("/"), "AllowTcpForwarding remote",
                                  "PermitOpen none", "GatewayPorts no", "PermitTTY no", "X11Forwarding no",
@@ -294,7 +293,7 @@ def session(box, host, tunnel, responder, ports, sdir, own):
 def serve(argv, environ=os.environ):
     """`hub serve --box ID --listen PORT... [--state-dir DIR]`: the request in SSH_ORIGINAL_COMMAND."""
     f, _ = flags(argv, ("--listen",))
-    box, ports = box_id(f.pop("--box", "")), [values.port(p) for p in f.pop("--listen", ())]
+    box, ports = box_id(f.pop("--box", "")), [listen(p)[1] for p in f.pop("--listen", ())]
     from agent.hub.scan import default_state_dir
     sdir = f.pop("--state-dir", None) or default_state_dir()
     if f or not ports:
