@@ -262,7 +262,7 @@ def session(box, host, tunnel, responder, ports, sdir, own):
                 for p in ports:
                     made.add(os.path.join(sdir, "rport-%d-%d" % (p, sp)))
                     write_file(os.path.join(sdir, "rport-%d-%d" % (p, sp)),
-                               (line + ",".join(map(str, ports)) + "\n").encode(), mode=0o600)
+                               (line + ",".join(map(str, ports)) + "\n").encode(), mode=0o640)
             except OSError:
                 ok = "nostate"
             if not n:
