@@ -146,7 +146,7 @@ def build_parser():
     cf = sub.add_parser("config", help="print the effective configuration, or every error in it")
     cf.add_argument("-c", "--config", metavar="FILE", default=defaults.CONFIG)
     hb = sub.add_parser("hub", help="on the hub, as the tunnel user: the boxes connected now, their ports, "
-                                    "whether each forward answers (docs/hub.md)")
+                                    "whether each forward answers; also hub enroll|revoke|sshd-config (docs/hub.md)")
     hb.add_argument("--json", action="store_true", help="one JSON document instead of the table")
     hb.add_argument("--state-dir", metavar="DIR", default=None,
                     help="where the sessions record themselves (default $HOME/.sshkeep)")
@@ -458,6 +458,9 @@ def main(argv=None):
 
 
 def _command(argv):
+    if argv[:1] == ["hub"] and argv[1:2] and argv[1] in ("enroll", "revoke", "sshd-config", "serve"):
+        from agent.hub import keys  # the keys file, and the forced command it names
+        return keys.serve(argv[2:]) if argv[1] == "serve" else keys.main(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     if not args.command:
