@@ -124,10 +124,12 @@ def is_public_key(head):
 # commands on the box beside the session; RemoteCommand, RequestTTY, SessionType replace or break
 # the session sshkeep reads its ready line from; ClearAllForwardings, Control* (a master would
 # carry the tunnel away from the agent), Forward*, EscapeChar, Include, Match, SendEnv/SetEnv,
-# LogLevel (QUIET would hide the errors sshkeep classifies).
+# LogLevel (QUIET would hide the errors sshkeep classifies), PKCS11Provider and SecurityKeyProvider
+# (they load a shared library into ssh). CertificateFile is in: a user certificate, read like
+# IdentityFile's key and offered with it (a hub that trusts a user CA needs it), runs nothing.
 ALLOWED_SSH_OPTIONS = (
-    "AddressFamily", "BatchMode", "BindAddress", "BindInterface", "CASignatureAlgorithms", "CheckHostIP",
-    "Ciphers", "Compression", "ConnectionAttempts", "ConnectTimeout", "ExitOnForwardFailure",
+    "AddressFamily", "BatchMode", "BindAddress", "BindInterface", "CASignatureAlgorithms", "CertificateFile",
+    "CheckHostIP", "Ciphers", "Compression", "ConnectionAttempts", "ConnectTimeout", "ExitOnForwardFailure",
     "FingerprintHash", "GatewayPorts", "HashKnownHosts", "HostKeyAlgorithms", "HostKeyAlias",
     "IdentitiesOnly", "IdentityFile", "IPQoS", "KexAlgorithms", "MACs", "Port",
     "PreferredAuthentications", "ProxyCommand", "ProxyJump", "PubkeyAcceptedAlgorithms",
