@@ -108,7 +108,8 @@ def _add_tunnel_options(p):
                    help="run ssh with -N; never reclaim a stale listener on the server")
     p.add_argument("--no-checks", action="store_true", help="no health checks (keepalive only)")
     p.add_argument("--name", default=None, help="the tunnel's name in logs and status (default: the host)")
-    p.add_argument("--state", default=None, metavar="FILE", help="run-state JSON (default %s)" % defaults.STATE)
+    p.add_argument("--state", default=None, metavar="FILE",
+                   help="run-state JSON (default %s; not root: a private dir)" % defaults.STATE)
     p.add_argument("--pidfile", default=None, metavar="FILE", help="default %s" % defaults.PIDFILE)
     p.add_argument("--box-id-file", default=None, metavar="FILE",
                    help="this box's identity on the hub, made once (default /etc/sshkeep/box-id as root, "

@@ -10,7 +10,7 @@ The types are part of a value: a Tunnel's repr is fingerprinted into the run sta
 
 # Files and directories
 CONFIG = "/etc/config/sshkeep"      # read when no -c, destination or --ssh-config is given
-RUN_DIR = "/var/run"                # the run state and pidfile, as root (agent.run.state.default_dir)
+RUN_DIR = "/var/run"                # the run state and pidfile, as root only (agent.run.state.default_dir)
 STATE_NAME = "sshkeep.json"
 PIDFILE_NAME = "sshkeep.pid"
 STATE = RUN_DIR + "/" + STATE_NAME  # a config file's `option state` when unset

@@ -1,5 +1,6 @@
 """The value validators: one port, host, number and ssh-option check for every source, and the
-one sanitizer (`word`: any text as one ASCII word for records, file and section names).
+sanitizers (`word`: any text as one ASCII word for records, file and section names; `printable`:
+text from the hub, a child or a directory made safe for a terminal or a log line).
 
 Flags (agent.cli), config files (agent.settings.validate), ssh_config (agent.settings.sshconfig) and forward
 specs (agent.core.model) all call these, so a value accepted in one place is accepted in all.
@@ -123,10 +124,12 @@ def is_public_key(head):
 # commands on the box beside the session; RemoteCommand, RequestTTY, SessionType replace or break
 # the session sshkeep reads its ready line from; ClearAllForwardings, Control* (a master would
 # carry the tunnel away from the agent), Forward*, EscapeChar, Include, Match, SendEnv/SetEnv,
-# LogLevel (QUIET would hide the errors sshkeep classifies).
+# LogLevel (QUIET would hide the errors sshkeep classifies), PKCS11Provider and SecurityKeyProvider
+# (they load a shared library into ssh). CertificateFile is in: a user certificate, read like
+# IdentityFile's key and offered with it (a hub that trusts a user CA needs it), runs nothing.
 ALLOWED_SSH_OPTIONS = (
-    "AddressFamily", "BatchMode", "BindAddress", "BindInterface", "CASignatureAlgorithms", "CheckHostIP",
-    "Ciphers", "Compression", "ConnectionAttempts", "ConnectTimeout", "ExitOnForwardFailure",
+    "AddressFamily", "BatchMode", "BindAddress", "BindInterface", "CASignatureAlgorithms", "CertificateFile",
+    "CheckHostIP", "Ciphers", "Compression", "ConnectionAttempts", "ConnectTimeout", "ExitOnForwardFailure",
     "FingerprintHash", "GatewayPorts", "HashKnownHosts", "HostKeyAlgorithms", "HostKeyAlias",
     "IdentitiesOnly", "IdentityFile", "IPQoS", "KexAlgorithms", "MACs", "Port",
     "PreferredAuthentications", "ProxyCommand", "ProxyJump", "PubkeyAcceptedAlgorithms",
@@ -190,3 +193,15 @@ def word(text: str, limit: Optional[int] = 64, keep: str = "._-", empty: str = "
         c = _FOLD.get(c, c)
         out.append(c if c.isascii() and (c.isalnum() or c in keep) else "_")
     return "".join(out)[:limit] or empty
+
+
+# C0, DEL, C1 (0x9b is an 8-bit CSI), the Unicode line breaks, and surrogates (undecodable bytes
+# of a file name under surrogateescape: stdout would refuse to encode them).
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
+
+
+def printable(text: str, slash: str = "\\") -> str:
+    """`text` with every control character written as SLASH + xNN (or uNNNN): one line that
+    cannot move a terminal's cursor, set its title or fake a log line of its own."""
+    return _CONTROL.sub(lambda m: "%s%s%02x" % (slash, "x" if ord(m.group()) < 256 else "u", ord(m.group())),
+                        text)

@@ -210,8 +210,8 @@ def cmd_hub(args) -> int:
     state_dir = os.path.abspath(args.state_dir or default_state_dir())
     doc = view(state_dir, timeout=args.timeout)
     for p in doc["problems"]:
-        sys.stderr.write("sshkeep: hub: %s: %s\n" % (
-            state_dir if p["file"] == "-" else os.path.join(state_dir, p["file"]), p["problem"]))
+        sys.stderr.write("sshkeep: hub: %s\n" % hub.printable("%s: %s" % (  # file names are anyone's text
+            state_dir if p["file"] == "-" else os.path.join(state_dir, p["file"]), p["problem"])))
     if args.prometheus:
         write_atomic(args.prometheus, hub.prometheus(doc))
     if args.json:

@@ -15,6 +15,7 @@ import re
 import time
 
 from agent.core.record import record
+from agent.core.values import printable
 
 if False:  # annotations only: importing typing would cost the agent 0.5 MB of memory
     from typing import Dict, List, Optional, Sequence, Tuple
@@ -257,13 +258,14 @@ def render(doc: dict) -> str:
     out.append(line + (": " + "; ".join(down) if down else ""))
     for r in doc["reaped"]:
         out.append("reaped %s: %s" % (r["file"], r["why"]))
-    return "\n".join(out) + "\n"
+    return "\n".join(map(printable, out)) + "\n"  # a file name or banner must not drive the terminal
 
 
 # --- Prometheus text exposition (node_exporter's textfile collector) ----------
 def escape_label(value: str) -> str:
-    """A label value per the exposition format: backslash, double quote and newline escaped."""
-    return str(value).replace("\\", "\\\\").replace("\"", "\\\"").replace("\n", "\\n")
+    """A label value per the exposition format: backslash, double quote and newline escaped; other
+    control characters as text (\\\\x1b), since the format has no other escapes."""
+    return printable(str(value).replace("\\", "\\\\").replace("\"", "\\\"").replace("\n", "\\n"), "\\\\")
 
 
 def _labels(pairs) -> str:

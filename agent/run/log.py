@@ -4,12 +4,16 @@ No `logging` module: it is not in python3-light. Logs are never dropped silently
 libc's syslog() discards every line when /dev/log is missing (no logd yet, a chroot),
 and a --daemon's stderr is /dev/null. Then the lines go to stderr, or to a small
 rotated file next to the state file (tmpfs), and the first line says so.
+Every line is one line: what ssh, the hub or a child said is logged with its control
+characters escaped (values.printable), so it cannot start a forged line or drive a terminal.
 """
 
 import os
 import socket
 import sys
 import time
+
+from agent.core.values import printable
 
 _PRIO = {"debug": 7, "info": 6, "notice": 5, "warning": 4, "error": 3}
 LOG_CAP = 256 * 1024   # bytes in the log file before it is rotated to FILE.1 (once: two files at most)
@@ -79,7 +83,7 @@ class Log:
     def emit(self, level, tunnel, message):
         if level == "debug" and not self.debug_on:
             return
-        line = ("%s: %s" % (tunnel, message)) if tunnel else message
+        line = printable(("%s: %s" % (tunnel, message)) if tunnel else message)
         if self._syslog is not None:
             self._syslog.syslog(_PRIO.get(level, 6), line)
             return

@@ -14,11 +14,12 @@ from agent.errors import StateError, SshkeepError, EX_NOINPUT
 def default_dir() -> str:
     """Where the default state and pidfile go: /var/run for root, else a private directory.
 
-    Not /tmp itself: another local user could plant a state file there (whose `children`
-    the agent would kill) or a symlink the agent would follow.
+    Not /tmp itself, nor a /var/run the user may write (a group, a container): another local
+    user could plant a state file there (whose `children` the agent would kill) or a symlink
+    the agent would follow.
     """
     from agent.core import defaults
-    if os.geteuid() == 0 or os.access(defaults.RUN_DIR, os.W_OK):
+    if os.geteuid() == 0:
         return defaults.RUN_DIR
     base = os.environ.get("XDG_RUNTIME_DIR") or "/tmp"
     return private_dir(os.path.join(base, "sshkeep-%d" % os.geteuid()))

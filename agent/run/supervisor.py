@@ -506,7 +506,8 @@ class Supervisor:
         try:
             new = self.reload_settings()
         except Exception as exc:
-            self.log.error("", "reload failed, keeping the running configuration: %s" % exc)
+            self.log.error("", "reload failed, keeping the running configuration: %s"
+                           % "; ".join(str(exc).splitlines()))  # a file's errors (one a line) on one log line
             return
         old, keep, now = {r.name: r for r in self.runners}, [], self.clock()
         for t in new.tunnels:

@@ -22,7 +22,8 @@ from agent.core.model import Tunnel, expand_tilde, parse_forward
 _SINGLE = ("HostName", "User", "Port", "ServerAliveInterval", "StrictHostKeyChecking",
            "UserKnownHostsFile", "ConnectTimeout")
 _MULTI = ("IdentityFile", "LocalForward", "RemoteForward", "DynamicForward")
-# Passed on to OpenSSH as -o Key=Value (dropbear ignores what it does not know).
+# Passed on to OpenSSH as -o Key=Value (dropbear ignores what it does not know); each is on
+# values.ALLOWED_SSH_OPTIONS too, checked again as it is read.
 _PASS = ("ProxyJump", "ProxyCommand", "Compression", "CheckHostIP", "ServerAliveCountMax",
          "TCPKeepAlive", "HostKeyAlgorithms", "KexAlgorithms", "Ciphers", "MACs", "HostKeyAlias",
          "PubkeyAcceptedAlgorithms", "PubkeyAcceptedKeyTypes", "BindAddress", "AddressFamily",
@@ -185,6 +186,9 @@ def load_host(path, alias):
         if canon in _MULTI:
             got.setdefault(canon, []).append((number, args))
         elif canon in _PASS:
+            problem = values.check_ssh_option(canon, " ".join(args))
+            if problem:
+                raise _err(path, number, problem, "remove the line")
             if canon not in [k for k, _ in options]:
                 options.append((canon, " ".join(args)))
         elif canon in _SINGLE and canon not in got:

@@ -6,7 +6,7 @@
 section, this reader warns and goes on; a `config sshkeep` section may add sshkeep's own options.
 """
 
-from agent.core import defaults
+from agent.core import defaults, values
 from agent.core.model import Forward
 from agent.settings import validate
 from agent.settings.sshkeep_conf import SSHTUNNEL_TYPES, base_draft, is_enabled, read_globals
@@ -20,9 +20,11 @@ PASSED = {
     "TCPKeepAlive": validate.choice("yes", "no"),
     "VerifyHostKeyDNS": validate.choice("yes", "no"),
     "ServerAliveCountMax": lambda v: str(validate.whole(1)(v)),
-    "PKCS11Provider": validate.path,
     "ProxyCommand": validate.printable,
-}
+}  # each also on values.ALLOWED_SSH_OPTIONS, checked again as it is passed
+# Refused, with the why and the fix.
+REFUSED = {"PKCS11Provider": ("it loads a shared library into ssh, code sshkeep cannot check",
+                              "remove it; use a key file (option IdentityFile)")}
 # Accepted, checked, and not used (with a warning saying why).
 IGNORED = {
     "LogLevel": (validate.choice("QUIET", "FATAL", "ERROR", "INFO", "VERBOSE", "DEBUG", "DEBUG1", "DEBUG2",
@@ -35,7 +37,7 @@ _FIELDS = (("port", "port", validate.port), ("user", "user", validate.user),
            ("IdentityFile", "identity", validate.path), ("retrydelay", "max_backoff", validate.seconds(1, False)),
            ("ServerAliveInterval", "keepalive", validate.whole(0)))
 SERVER_OPTS = ("hostname", "port", "user", "IdentityFile", "retrydelay", "ServerAliveInterval",
-               "StrictHostKeyChecking", "enabled") + tuple(PASSED) + tuple(IGNORED)
+               "StrictHostKeyChecking", "enabled") + tuple(PASSED) + tuple(IGNORED) + tuple(REFUSED)
 TUNNEL_OPTS = {
     "tunnelR": ("server", "enabled", "remoteaddress", "remoteport", "localaddress", "localport", "check"),
     "tunnelL": ("server", "enabled", "localaddress", "localport", "remoteaddress", "remoteport", "check"),
@@ -129,8 +131,15 @@ def _ssh_options(s, report):
         value, line = _get(s, opt_name)
         if value is not None:
             value = report.convert(conv, value, line, "server '%s' option %s" % (s.name, opt_name))
-        if value is not None:
+        problem = value is not None and values.check_ssh_option(opt_name, value)
+        if problem:
+            report.error(line, "server '%s' option %s: %s" % (s.name, opt_name, problem), "remove it")
+        elif value is not None:
             options.append((opt_name, value))
+    for opt_name, (why, fix) in REFUSED.items():
+        value, line = _get(s, opt_name)
+        if value is not None:
+            report.error(line, "server '%s' option %s is refused: %s" % (s.name, opt_name, why), fix)
     for opt_name, (conv, why) in IGNORED.items():
         value, line = _get(s, opt_name)
         if value is not None:

@@ -10,6 +10,7 @@ import pytest
 from agent.settings import config, sshtunnel_conf, validate
 from agent.settings.sshkeep_conf import render
 from agent.errors import EX_CONFIG, EX_NOINPUT, ConfigError
+from agent.core import values
 from agent.core.model import Forward, Settings, Tunnel
 
 HERE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "support", "configs")
@@ -109,8 +110,6 @@ def test_sshtunnel_package_example(keydir, tmp_path):
 
 def test_sshtunnel_every_documented_option(keydir, tmp_path):
     # A tunnelW (ssh -w VPN) beside the others: skipped with a warning, the rest still run.
-    with open(os.path.join(keydir, "pkcs11.so"), "w"):
-        pass
     path = copy_config("sshtunnel-every-option.conf", keydir, tmp_path, rename="sshtunnel")
     s = config.load(path)
     hub, old = s.tunnels
@@ -123,8 +122,7 @@ def test_sshtunnel_every_documented_option(keydir, tmp_path):
     )
     assert dict(hub.extra_options) == {
         "CheckHostIP": "no", "Compression": "yes", "TCPKeepAlive": "no", "VerifyHostKeyDNS": "no",
-        "ServerAliveCountMax": "5", "PKCS11Provider": keydir + "/pkcs11.so",
-        "ProxyCommand": "nc -X connect -x proxy:3128 %h %p"}
+        "ServerAliveCountMax": "5", "ProxyCommand": "nc -X connect -x proxy:3128 %h %p"}
     assert (old.host, old.port, old.user, old.accept_new) == ("192.0.2.7", 22, "tunnel", False)  # ask
     assert old.forwards == (Forward("R", "*", 20023, "127.0.0.1", 22, "connect", "oldssh"),)
     lines = {int(w.split(":")[1]): w.split(": ", 1)[1] for w in s.warnings}
@@ -135,6 +133,10 @@ def test_sshtunnel_every_documented_option(keydir, tmp_path):
                          "other tunnels run — keep sshtunnel for this one, or set option enabled '0' to silence "
                          "this")
     assert lines[60].startswith("tunnelW 'tap' (ssh -w tun/tap VPN) is skipped")
+
+
+def test_sshtunnel_passes_only_allowed_ssh_options():
+    assert [k for k in sshtunnel_conf.PASSED if values.check_ssh_option(k)] == []
 
 
 def test_sshtunnel_alive_count_of_three_or_without_keepalive_is_quiet():
@@ -458,6 +460,11 @@ ERRORS = [
       "write one of them",
       "t.conf:4: server 's' option Compression: '1' is not one of yes, no — write one of them",
       "t.conf:7: tunnelL 'l' option localport: '70000' is not a port — give a number from 1 to 65535"]),
+    # PKCS11Provider loads a shared library into ssh: refused (agent/core/values.py's allow-list)
+    ("config server s\n\toption hostname h\n\toption PKCS11Provider /usr/lib/opensc-pkcs11.so\n"
+     "config tunnelD d\n\toption server s\n\toption localport 1080\n",
+     ["t.conf:3: server 's' option PKCS11Provider is refused: it loads a shared library into ssh, code "
+      "sshkeep cannot check — remove it; use a key file (option IdentityFile)"]),
     ("config server s\n\toption hostname h\n\toption LogLevel LOUD\nconfig tunnelD d\n\toption server s\n",
      ["t.conf:3: server 's' option LogLevel: 'LOUD' is not one of QUIET, FATAL, ERROR, INFO, VERBOSE, DEBUG, "
       "DEBUG1, DEBUG2, DEBUG3 — write one of them",

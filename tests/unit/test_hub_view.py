@@ -152,6 +152,20 @@ def test_escape_label_newline():
     assert hub.escape_label('a\\b"c\nd') == 'a\\\\b\\"c\\nd'
 
 
+def test_escape_label_control_characters_stay_valid_escapes():
+    # the exposition format knows only \\ \" \n: anything else is written as text after an escaped \
+    assert hub.escape_label("a\x1b[2Jb\r") == "a\\\\x1b[2Jb\\\\x0d"
+
+
+def test_render_escapes_what_a_terminal_would_act_on():
+    doc = sample_doc()
+    doc["reaped"].append({"file": "rport-1-\x1b]0;owned\x07", "why": "gone\r\nsshkeep: forged"})
+    doc["sessions"][0]["forwards"][1]["detail"] = "banner \x1b[2J\x9b"
+    text = hub.render(doc)
+    assert not any(c in text for c in "\x1b\x07\r\x9b")
+    assert "reaped rport-1-\\x1b]0;owned\\x07: gone\\x0d\\x0asshkeep: forged" in text.splitlines()
+
+
 
 
 # --- the scan, against real files and the real /proc -----------------------------
@@ -254,6 +268,17 @@ def test_client_from_a_childs_ssh_connection(tmp_path):
 def test_cli_timeout_bounded(tmp_path, value):
     r = hub_cli("--state-dir", str(tmp_path), "--timeout", value)
     assert r.returncode == 64 and b"--timeout" in r.stderr and b"Traceback" not in r.stderr
+
+
+def test_cli_escapes_file_names_on_the_terminal(tmp_path):
+    for name in (b"junk\x1b]0;owned\x07", b"rport-\x1b[2J-1", b"bad\nsshkeep: forged", b"latin\x9b1"):
+        (tmp_path / os.fsdecode(name)).write_bytes(b"x")
+    for args in ((), ("--json",)):
+        r = hub_cli("--state-dir", str(tmp_path), *args)
+        assert r.returncode == 0, r.stderr
+        for out in (r.stdout, r.stderr):
+            assert not any(c in out for c in (b"\x1b", b"\x07", b"\x9b", b"\nsshkeep: forged"))
+        assert r.stderr.count(b"\n") == 4 and b"junk\\x1b]0;owned\\x07: not a session record" in r.stderr
 
 
 def test_cli_missing_and_unreadable_dir_one_clear_line(tmp_path, other_user_copy):

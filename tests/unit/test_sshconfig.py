@@ -4,7 +4,8 @@ import os
 
 import pytest
 
-from agent.settings import sshconfig
+from agent.core import values
+from agent.settings import sshconfig, validate
 from agent.errors import EX_CONFIG, EX_NOINPUT, ConfigError
 from agent.core.model import Forward
 
@@ -128,6 +129,28 @@ def test_errors(tmp_path, text, alias, message):
     assert info.value.code == EX_CONFIG
     assert str(info.value) == message.replace("%s", p).replace("%%", "%")
     assert info.value.errors == [str(info.value)]
+
+
+def test_every_passed_keyword_is_on_the_ssh_option_allow_list():
+    assert [k for k in sshconfig._PASS if values.check_ssh_option(k)] == []
+
+
+def test_certificate_file_passed_and_allowed_everywhere(tmp_path):
+    # a user certificate is read like a key, runs nothing: allowed as -o and ssh_option as well
+    p = write(tmp_path, "Host x\n CertificateFile ~/.ssh/id_ed25519-cert.pub\n")
+    assert sshconfig.tunnel_from_host(p, "x").extra_options == (("CertificateFile", "~/.ssh/id_ed25519-cert.pub"),)
+    assert validate.ssh_option("certificatefile=/etc/sshkeep/id-cert.pub") == (
+        "CertificateFile", "/etc/sshkeep/id-cert.pub")
+
+
+def test_a_passed_keyword_off_the_allow_list_is_refused_with_its_line(tmp_path, monkeypatch):
+    monkeypatch.setattr(sshconfig, "_PASS", sshconfig._PASS + ("LocalCommand",))
+    monkeypatch.setitem(sshconfig._CANON, "localcommand", "LocalCommand")
+    p = write(tmp_path, "Host x\n Compression yes\n LocalCommand touch /tmp/owned\n")
+    with pytest.raises(ConfigError) as info:
+        sshconfig.tunnel_from_host(p, "x")
+    assert str(info.value).startswith("%s:3: ssh option LocalCommand is not allowed in sshkeep" % p)
+    assert str(info.value).endswith(" — remove the line")
 
 
 def test_no_forwards_is_the_callers_decision(tmp_path):

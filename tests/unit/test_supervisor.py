@@ -384,3 +384,21 @@ def test_syslog_without_a_syslog_daemon_logs_to_stderr_and_says_so(tmp_path):
     finally:
         p.terminate()
         assert p.wait(10) == 0
+
+
+def test_a_failed_reload_logs_each_config_error_readably(tmp_path):
+    # log lines are one line each (agent.run.log escapes newlines): the file's errors are
+    # joined with '; ', not logged as \x0a
+    import io
+    from agent.errors import ConfigError
+    from agent.run import supervisor
+    from agent.run.log import Log
+    from agent.core.model import Settings
+
+    def broken():
+        raise ConfigError("f:3: bad one\nf:7: bad two", errors=["f:3: bad one", "f:7: bad two"])
+
+    out = io.StringIO()
+    s = Settings(tunnels=(), state=str(tmp_path / "s.json"), pidfile=str(tmp_path / "pid"))
+    supervisor.Supervisor(s, Log(stream=out, timestamps=False), reload_settings=broken)._reload()
+    assert out.getvalue() == "error: reload failed, keeping the running configuration: f:3: bad one; f:7: bad two\n"
