@@ -14,7 +14,7 @@ VPY=${1:?usage: build.sh VPY OUT}
 OUT=${2:?usage: build.sh VPY OUT}
 HERE=$(cd "$(dirname "$0")" && pwd)
 TOP=$(dirname "$HERE")
-LIMIT=98304  # 96 KB: was 64 KB, raised for issues 11-16. A failing check, not a warning.
+LIMIT=102400  # 100 KiB, a failing check: 64 KB, then 96 KB (issues 11-16), then 100 KiB for the hub's own forced command (issue 22: agent/hub/keys.py, ~4.3 KB) once the restructuring had won its own growth back
 
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/sshkeep-build.XXXXXX")
 trap 'rm -rf "$WORK"' EXIT
