@@ -59,8 +59,10 @@ def box2_ssh(lab, server, key2, *args, cmd=None, timeout=15):
     return lab.box_run(argv, timeout=timeout)
 
 
-def hub_json(lab):
-    r = lab.user_run(["/usr/bin/python3", "-I", require_pyz(), "hub", "--json"], timeout=60)
+def hub_json(lab, copy):
+    """`sshkeep hub --json` as the tunnel user, from `copy` (the fixture other_user_copy: the checkout
+    may be a 0700 directory that user cannot read)."""
+    r = lab.user_run(["/usr/bin/python3", "-I", copy.pyz, "hub", "--json"], timeout=60)
     assert b"Traceback" not in r.stderr, r.stderr
     return json.loads(r.stdout.decode())
 
@@ -71,7 +73,7 @@ def records(lab):
 
 
 @pytest.mark.parametrize("gen", ["deb12", "deb13"])
-def test_enrolled_boxes_one_user(lab, gen):
+def test_enrolled_boxes_one_user(lab, gen, other_user_copy):
     server, key2, root = enrolled_hub(lab, gen)
     svc = lab.start_service(lab.box_ns, 0)
     a = Agent(lab, server, [("-R", "127.0.0.1:%d:127.0.0.1:%d" % (P1, svc.port))], name="box1",
@@ -126,7 +128,7 @@ def test_enrolled_boxes_one_user(lab, gen):
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
         try:
             wait_until(lambda: any(n.startswith("rport-%d-" % P2) for n in records(lab)), 10, 0.1, "box 2's record")
-            doc = hub_json(lab)
+            doc = hub_json(lab, other_user_copy)
             boxes = {s["forwards"][0]["port"]: s["box"] for s in doc["sessions"]}
             assert boxes == {P1: "box1", P2: "box2"}, doc
             assert [s["up"] for s in doc["sessions"] if s["box"] == "box1"] == [True]

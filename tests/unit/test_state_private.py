@@ -74,22 +74,22 @@ def test_default_state_of_a_user_lives_in_a_private_directory(shared_dir, other_
     assert st.st_uid == OTHER and st.st_mode & 0o777 == 0o700
 
 
-def test_a_user_never_takes_a_writable_run_dir(shared_dir):
+def test_a_user_never_takes_a_writable_run_dir(shared_dir, other_user_copy):
     # a /var/run the user may write (or one made so) is still shared: another user could plant
     # the state there. The private directory, checked, as when /var/run is closed to the user.
     if os.geteuid() != 0:
         pytest.fail("run as root (the test drops to uid %d in a child)" % OTHER, pytrace=False)
-    top = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(state.__file__))))
     run_dir = tempfile.mkdtemp(prefix="sshkeep-run-", dir="/tmp")
     os.chmod(run_dir, 0o1777)
     try:
-        env = dict(os.environ, XDG_RUNTIME_DIR=shared_dir, PYTHONPATH=top)
-        code = ("import os; os.setgid(%d); os.setuid(%d); from agent.core import defaults; "
+        # the agent comes from a copy uid OTHER can read: the checkout may be a 0700 directory
+        env = dict(os.environ, XDG_RUNTIME_DIR=shared_dir, PYTHONPATH=other_user_copy.pythonpath)
+        code = ("import os; os.setgid(%d); os.setgroups([]); os.setuid(%d); from agent.core import defaults; "
                 "defaults.RUN_DIR = %r; assert os.access(defaults.RUN_DIR, os.W_OK); from agent import cli; "
                 "from agent.run import state; print(state.default_state_path()); print(cli._default_pidfile())"
                 % (OTHER, OTHER, run_dir))
         out = subprocess.run([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, timeout=30)
+                             stderr=subprocess.PIPE, timeout=30, cwd=other_user_copy.pythonpath)
         assert out.returncode == 0, out.stderr
         want_dir = os.path.join(shared_dir, "sshkeep-%d" % OTHER)
         assert out.stdout.decode().split() == [want_dir + "/sshkeep.json", want_dir + "/sshkeep.pid"]
