@@ -440,10 +440,19 @@ def _state_of(args):
     return _default_state()
 
 
-def cmd_config(args):
+def load_checked(path):
+    """The file as `run -c` loads it, refused as `run` refuses it at start (same messages, same
+    codes): under procd a file `config -c` passed but `run` refuses is a respawn every 5 s."""
     from agent.settings import config
+    from agent.run.tunnel import preflight_all
+    s = config.load(path)
+    preflight_all(s)
+    return s
+
+
+def cmd_config(args):
     from agent.settings.sshkeep_conf import render
-    s = config.load(args.config)
+    s = load_checked(args.config)
     sys.stdout.write(render(s))
     for w in s.warnings:
         sys.stderr.write("warning: %s\n" % w)
