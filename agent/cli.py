@@ -489,7 +489,10 @@ def _command(argv):
     if args.command == "stop":
         return lifecycle.cmd_stop(_pidfile_of(args), state_path=_state_of(args))
     if args.command == "reload":
-        return lifecycle.cmd_reload(_pidfile_of(args))
+        # With -c, the file is checked as `run` checks it first: an invalid one is its error and
+        # code, and the agent keeps running untouched (it would only log the failure).
+        s = load_checked(args.config) if args.config else None
+        return lifecycle.cmd_reload(args.pidfile or (s.pidfile if s else _pidfile_of(args)))
     if args.command == "reconnect":
         return lifecycle.cmd_reconnect(_pidfile_of(args))
     if args.command == "check":
