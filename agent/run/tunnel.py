@@ -283,6 +283,10 @@ class Runner:
         t = self.ssh_tunnel
         command = session_command(t, box, responder=responder) if t.reclaim and not self.machine.no_command else None
         home_dir = os.path.join(runtime_dir, "home-" + values.word(t.name))
+        why = t.identity and clients.key_unreadable(t.identity)
+        if why:
+            out = classify.key_unusable(t.identity, why)
+            raise NotStarted(out.detail + "; ssh not started", out)
         try:
             home = self.use_home(clients.prepare_home(self.info, t, home_dir, host, port))
             known = clients.host_key_known(self.info, t, home, host, port)
