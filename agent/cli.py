@@ -440,10 +440,19 @@ def _state_of(args):
     return _default_state()
 
 
-def cmd_config(args):
+def load_checked(path):
+    """The file as `run -c` loads it, refused as `run` refuses it at start (same messages, same
+    codes): under procd a file `config -c` passed but `run` refuses is a respawn every 5 s."""
     from agent.settings import config
+    from agent.run.tunnel import preflight_all
+    s = config.load(path)
+    preflight_all(s)
+    return s
+
+
+def cmd_config(args):
     from agent.settings.sshkeep_conf import render
-    s = config.load(args.config)
+    s = load_checked(args.config)
     sys.stdout.write(render(s))
     for w in s.warnings:
         sys.stderr.write("warning: %s\n" % w)
@@ -480,7 +489,10 @@ def _command(argv):
     if args.command == "stop":
         return lifecycle.cmd_stop(_pidfile_of(args), state_path=_state_of(args))
     if args.command == "reload":
-        return lifecycle.cmd_reload(_pidfile_of(args))
+        # With -c, the file is checked as `run` checks it first: an invalid one is its error and
+        # code, and the agent keeps running untouched (it would only log the failure).
+        s = load_checked(args.config) if args.config else None
+        return lifecycle.cmd_reload(args.pidfile or (s.pidfile if s else _pidfile_of(args)))
     if args.command == "reconnect":
         return lifecycle.cmd_reconnect(_pidfile_of(args))
     if args.command == "check":

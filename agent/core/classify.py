@@ -93,7 +93,8 @@ HINTS = {
     HOSTKEY_UNKNOWN: "the server's host key is not known: add it to the known_hosts file (--known-hosts) "
                      "or start once with --accept-new",
     HOSTKEY_MISMATCH: "the server's host key CHANGED: if that is expected, remove the old line from known_hosts",
-    KEY_FORMAT: "the client cannot use the key file: check its format (dropbearconvert) and mode (chmod 600)",
+    KEY_FORMAT: "the client cannot use the key file on this box: restore it if gone, check its format "
+                "(dropbearconvert) and mode (chmod 600)",
     SERVER_BUSY: "the server dropped the connection before the key exchange (MaxStartups?): retrying "
                  "after a random delay; fleets should set --spread",
     PORT_IN_USE: "the listen port is taken on the server; unless reclaim is off, the hub is asked who holds "
@@ -122,6 +123,13 @@ class Outcome:
     @property
     def hint(self) -> str:
         return HINTS.get(self.reason, "")
+
+
+def key_unusable(path: str, why: str) -> Outcome:
+    """The key of a tunnel is gone or unreadable before a connect (deleted, a lost overlay,
+    a mode change): said of this box, not as the server refusing it (what ssh without the
+    key would end in: `Permission denied (publickey)`, AUTH, pointing at the server)."""
+    return Outcome(KEY_FORMAT, RETRY_SLOW, "the key %s on this box is missing or unreadable: %s" % (path, why))
 
 
 def reason_from_stderr(lines: Sequence[str]) -> Optional[tuple]:

@@ -316,6 +316,16 @@ def check_identity(info: ClientInfo, path: str) -> None:
                            "dropbearconvert dropbear openssh %s %s.openssh" % (path, path, path), 65)
 
 
+def key_unreadable(path: str) -> str:
+    """Why the key file cannot be read now ('' : it can). Before each connect: it may have gone
+    since the start (check_identity)."""
+    try:
+        with open(path, "rb"):
+            return ""
+    except OSError as exc:
+        return exc.strerror or str(exc)
+
+
 def known_hosts_entries(text: str):
     """(line number, [names, key type, key, ...]) of each host key line of a known_hosts text:
     comments and @cert-authority / @revoked lines are no pins, for either client."""

@@ -63,12 +63,24 @@ def policy(t, checks_on, half_open):
                           failover_after=t.failover_after)
 
 
-def make_runner(t, info, checks_on, half_open, log):
-    """A Runner for tunnel t and its client `info`, after the checks that can fail at start."""
+def preflight(t, info):
+    """What makes `run` refuse tunnel t with client `info` before its first connect. The one
+    check: `run` (make_runner), `config -c` and `reload -c` (agent.cli) all call it."""
     clients.check_forwards(info, t)
     if t.identity:
         clients.check_identity(info, t.identity)
     check_files(t)
+
+
+def preflight_all(settings, detect=clients.detect):
+    """preflight for every tunnel of settings, each with the client `run` would detect."""
+    for t in settings.tunnels:
+        preflight(t, detect(t.ssh_path, t.client))
+
+
+def make_runner(t, info, checks_on, half_open, log):
+    """A Runner for tunnel t and its client `info`, after the checks that can fail at start."""
+    preflight(t, info)
     pins = ""
     if t.accept_new:
         # Trust on first use pins to a persistent file (tmpfs HOME would forget at boot).
@@ -271,6 +283,10 @@ class Runner:
         t = self.ssh_tunnel
         command = session_command(t, box, responder=responder) if t.reclaim and not self.machine.no_command else None
         home_dir = os.path.join(runtime_dir, "home-" + values.word(t.name))
+        why = t.identity and clients.key_unreadable(t.identity)
+        if why:
+            out = classify.key_unusable(t.identity, why)
+            raise NotStarted(out.detail + "; ssh not started", out)
         try:
             home = self.use_home(clients.prepare_home(self.info, t, home_dir, host, port))
             known = clients.host_key_known(self.info, t, home, host, port)

@@ -223,6 +223,43 @@ def test_reload_keeps_unchanged_tunnel_and_restarts_changed(agent):
     assert agent.pid() == pid
 
 
+def _pending_hup(pid):
+    """Is a SIGHUP pending for pid (stopped: it stays pending)? /proc/PID/status ShdPnd, bit 0."""
+    with open("/proc/%d/status" % pid) as f:
+        line = [l for l in f if l.startswith("ShdPnd:")][0]
+    return bool(int(line.split()[1], 16) & 1)
+
+
+def test_reload_of_an_invalid_file_says_so_and_leaves_the_agent_alone(agent):
+    # Issue 23: `reload -c FILE` checks the file as `run` would before signalling; an invalid one is
+    # its error and exit code (not "reload requested", exit 0, and the failure only in the agent's log).
+    rc, out, err = agent.cli("run", "--daemon")
+    assert rc == 0, out + err
+    pid = agent.pid()
+    assert wait_for(lambda: agent.tunnel("hub").get("ssh_pid"))
+    ssh = agent.tunnel("hub")["ssh_pid"]
+    good = open(agent.conf).read()
+    with open(agent.conf, "w") as f:
+        f.write(good.replace("option host ", "option hots "))
+    os.kill(pid, signal.SIGSTOP)  # a signal sent now stays pending, where the test can see it
+    try:
+        rc, out, err = agent.cli("reload", "-c", agent.conf)
+        assert rc == 78 and "unknown option 'hots'" in err and "reload requested" not in out, (rc, out, err)
+        assert not _pending_hup(pid)
+        os.unlink(os.path.join(agent.tmp, "known_hosts"))  # what run refuses beyond the parse, too
+        with open(agent.conf, "w") as f:
+            f.write(good.replace("option accept_new '1'", "option accept_new '0'"))
+        rc, out, err = agent.cli("reload", "-c", agent.conf)
+        assert rc == 66 and "does not exist" in err and not _pending_hup(pid), (rc, out, err)
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    assert agent.pid() == pid and agent.tunnel("hub").get("ssh_pid") == ssh and procs.alive(ssh)
+    with open(agent.conf, "w") as f:
+        f.write(good)
+    rc, out, err = agent.cli("reload", "-c", agent.conf)
+    assert rc == 0 and "reload requested" in out, (rc, out, err)
+
+
 def test_reload_with_no_agent_is_not_running(agent):
     rc, out, err = agent.cli("reload")
     assert rc == 7 and "not running" in out + err, (rc, out, err)

@@ -480,9 +480,13 @@ def test_deb_unit_verifies(debroot):
     assert r.returncode != 0 and b"/usr/bin/sshkeep" in r.stderr, r
     with open(ov.path(unit)) as f:
         u = f.read()
-    for line in ("Restart=always", "ExecReload=/bin/kill -HUP $MAINPID", "StandardError=journal",
+    for line in ("Restart=always", "RestartSec=5", "StartLimitIntervalSec=0", "StandardError=journal",
+                 "ExecReload=/usr/bin/sshkeep reload -c /etc/sshkeep/sshkeep.conf --pidfile /var/run/sshkeep.pid",
                  "ExecStart=/usr/bin/sshkeep run -c /etc/sshkeep/sshkeep.conf "):
         assert line in u, line
+    # Issue 23: never give up (as procd's respawn): after a reboot with a bad config the tunnel is
+    # often the only way in, and a fixed file must bring it back without a visit.
+    assert "RestartPreventExitStatus" not in u
     assert "--daemon" not in u                              # foreground: systemd supervises it
 
 

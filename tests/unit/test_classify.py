@@ -128,3 +128,11 @@ def test_maxstartups_drop_is_server_busy():
     out = C.classify(255, ["kex_exchange_identification: read: Connection reset by peer",
                            "Connection reset by 10.213.0.2 port 22"])
     assert out.reason == C.SERVER_BUSY and out.action == C.RETRY
+
+
+def test_a_key_gone_on_this_box_is_key_unusable_not_auth():
+    # Issue 23: not "the server refused our key" (AUTH): the file is missing on this box.
+    out = C.key_unusable("/etc/sshkeep/id", "No such file or directory")
+    assert (out.reason, out.action) == ("key-unusable", C.RETRY_SLOW)
+    assert out.detail == "the key /etc/sshkeep/id on this box is missing or unreadable: No such file or directory"
+    assert "this box" in out.hint and "authorized_keys" not in out.hint

@@ -442,3 +442,25 @@ def test_a_connect_stuck_in_an_outage_is_restarted_when_the_server_answers_again
     assert back_at <= second < back_at + 0.5, second - T0    # not the watchdog's 9 s
     assert min(t for t, _, _ in h.prober.calls) >= T0 + 2.0   # probed only once the connect took 2 s
     assert not h.m.last_error   # a fresh connect we asked for is no error
+
+
+def test_a_key_gone_while_running_is_reported_on_this_box_and_ssh_is_not_spawned(tmp_path):
+    # Issue 23: a key deleted (or made unreadable) under a running agent was reported as the server
+    # refusing it ("check ... the server's authorized_keys"): the wrong machine. Checked before each
+    # connect now: key-unusable, naming the file on this box, and no ssh started without it.
+    key = tmp_path / "id_ed25519"
+    key.write_text("-----BEGIN OPENSSH PRIVATE KEY-----\n")
+    key.chmod(0o600)
+
+    def behave(argv, w):  # what OpenSSH does without its key: tries none, is refused
+        return FakeChild(w, argv, [(1.0, "err", "box@hub: Permission denied (publickey).")], exit=(1.0, 255))
+    h = Harness(tmp_path, tunnel(identity=str(key)), behave)
+    h.run_until(lambda: len(h.world.children) >= 1)
+    key.unlink()
+    h.run_for(200)
+    assert len(h.world.children) == 1, [c.argv for _, c in h.spawns()]
+    assert h.m.last_error.startswith("key-unusable"), h.m.last_error
+    said = h.log.said("the key %s on this box is missing or unreadable" % key)
+    assert said and "authorized_keys" not in said[0], h.log.lines
+    key.write_text("-----BEGIN OPENSSH PRIVATE KEY-----\n")  # put back: the tunnel comes back by itself
+    h.run_until(lambda: len(h.world.children) >= 2, limit=400)
