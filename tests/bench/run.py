@@ -367,7 +367,7 @@ class Keeper(Contender):
         return self.agent is not None and self.agent.proc.poll() is None
 
     def log_text(self):
-        return self.agent.run.log() if self.agent else ""
+        return self.agent.log() if self.agent else ""
 
     def ssh_starts(self):
         return self.log_text().count("connecting to ")
