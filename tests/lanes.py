@@ -23,9 +23,9 @@ ROOT = os.path.dirname(HERE)
 ENV = "SSHKEEP_TEST_LANE"  # set in lane 2's environment: it never splits again
 COLLECTOR = "test_lanes.py"
 LOG = os.path.join(ROOT, "build", "test-lane2.log")
-# The files lane 2 takes (seconds each took in a run of both lanes on this 2-core machine, 2026-12-06),
-# so that both lanes end at about the same time: with test_identity.py and test_session_cuts.py here too,
-# lane 2 took 584 s and lane 1 waited 143 s for it at the end.
+# The files lane 2 takes (about the seconds each takes alone on this 2-core machine, 2026-12-06), so that
+# both lanes end at about the same time: with test_identity.py (45 s) and test_session_cuts.py (28 s)
+# here too, lane 2 took 584 s and lane 1 waited 143 s for it at the end.
 LANE2_FILES = (
     "test_health.py",           # 230
     "test_session_checks.py",   # 190
