@@ -18,11 +18,9 @@ import signal
 import subprocess
 import sys
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
 ENV = "SSHKEEP_TEST_LANE"  # set in lane 2's environment: it never splits again
 COLLECTOR = "test_lanes.py"
-LOG = os.path.join(ROOT, "build", "test-lane2.log")
+LOG = os.path.join("build", "test-lane2.log")  # under pytest's rootdir (the checkout), wherever this file is
 # The files lane 2 takes (about the seconds each takes alone on this 2-core machine, 2026-12-06), so that
 # both lanes end at about the same time: with test_identity.py (45 s) and test_session_cuts.py (28 s)
 # here too, lane 2 took 584 s and lane 1 waited 143 s for it at the end.
@@ -39,9 +37,10 @@ _lane = []  # the one Lane of this session
 class Lane(object):
     def __init__(self, nodeids, cwd):
         self.nodeids = list(nodeids)
-        os.makedirs(os.path.dirname(LOG), exist_ok=True)
+        self.log = os.path.join(cwd, LOG)
+        os.makedirs(os.path.dirname(self.log), exist_ok=True)
         argv = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rfE"] + self.nodeids
-        with open(LOG, "wb") as out:
+        with open(self.log, "wb") as out:
             self.proc = subprocess.Popen(argv, cwd=cwd, env=dict(os.environ, **{ENV: "2"}), stdin=subprocess.DEVNULL,
                                          stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
 
@@ -52,7 +51,7 @@ class Lane(object):
         except subprocess.TimeoutExpired:
             self.close()
             rc = None
-        with open(LOG, "rb") as f:
+        with open(self.log, "rb") as f:
             return rc, f.read().decode(errors="replace")
 
     def close(self):

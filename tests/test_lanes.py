@@ -15,7 +15,7 @@ def test_second_lane_passed():
     summary = out.strip().splitlines()[-1] if out.strip() else ""
     assert rc is not None, "lane 2 did not end %d s after the suite began waiting for it:\n%s" % (
         TIMEOUT, out[-20000:])
-    assert rc == 0, "lane 2 (%s) failed:\n%s" % (lanes.LOG, out[-20000:])
+    assert rc == 0, "lane 2 (%s) failed:\n%s" % (lane.log, out[-20000:])
     passed = re.search(r"(\d+) passed", summary)
     assert passed and int(passed.group(1)) == len(lane.nodeids), (
         "lane 2 was handed %d tests: %s\n%s" % (len(lane.nodeids), summary, out[-6000:]))
