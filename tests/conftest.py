@@ -15,6 +15,7 @@ for _p in (ROOT, SUPPORT):  # `import agent` and `import lab` (tests/support) fr
 import hubroot  # noqa: E402
 import lab as labmod  # noqa: E402
 import early  # noqa: E402
+import lanes  # noqa: E402
 from otheruser import OtherUserCopy  # noqa: E402
 
 
@@ -25,9 +26,15 @@ def pytest_configure(config):
 
 @pytest.hookimpl(trylast=True)
 def pytest_collection_modifyitems(session, config, items):
-    """What a selected test waits for on the wall clock starts now, in the background (tests/support/early.py)."""
+    """The whole suite: the lab tests of tests/support/lanes.py's LANE2_FILES go to a second pytest process that
+    starts now. What a selected test waits for on the wall clock starts now too (tests/support/early.py)."""
+    lanes.split(config, items)
     if not config.option.collectonly:
         early.start_selected(items)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    lanes.close()  # only if it is still running (interrupted)
 
 
 @pytest.hookimpl(hookwrapper=True)

@@ -15,6 +15,7 @@ import pytest
 
 from fakesession import starttime
 from hubparts import Listener, hub_cli, sample_doc
+from polling import wait_for
 
 from agent.hub import view as hub, scan as hubscan
 from agent.hub.view import BadRecord, Proc, Record, judge, parse_record
@@ -256,7 +257,9 @@ def test_client_from_a_childs_ssh_connection(tmp_path):
     try:
         kids = hubscan.children()
         assert child.pid in kids[os.getpid()]
-        assert hubscan.client_of(os.getpid(), kids) == ("192.0.2.7", 41000)
+        # until the child has exec'd, its /proc/PID/environ is still ours, without SSH_CONNECTION: on a
+        # busy machine (or a slow emulated CPU) the first look can come that early
+        assert wait_for(lambda: hubscan.client_of(os.getpid(), hubscan.children()), 10) == ("192.0.2.7", 41000)
         assert hubscan.client_of(child.pid, kids) is None
     finally:
         child.stdin.close()
