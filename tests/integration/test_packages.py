@@ -637,49 +637,6 @@ def lab_stop(proc, timeout=5.0):
 # dependencies), an upgrade to a newer build, `apk del`. Skipped, with the reason, only where there
 # is no ../shared/vendor (a user's clone); CI has it.
 
-# STAND-IN for OpenWrt 25.12's /lib/functions.sh (base-files), test fixture: what an apk package's
-# post-install/post-upgrade/pre-deinstall call, with upstream's init-script logic unchanged: the
-# package's file list is $root/lib/apk/packages/$pkgname.list (pkgname exported by the script);
-# enable (not on an upgrade: PKG_UPGRADE=1) + start, or disable (not on an upgrade) + stop; only
-# enable/disable through rc.common when IPKG_INSTROOT is set. Users/groups: none for sshkeep.
-APK_FUNCTIONS_SH = r"""
-export PROCD_LOG="${PROCD_LOG:-/tmp/procd.log}"   # apk gives scripts no environment of ours
-add_group_and_user() { return 0; }
-default_postinst() {
-	local root="${IPKG_INSTROOT}"
-	[ -z "$pkgname" ] && local pkgname="$(basename ${1%.*})"
-	local filelist="$root/lib/apk/packages/${pkgname}.list"
-	local shell="$(command -v bash)"
-	for i in $(grep -s "^/etc/init.d/" "$filelist"); do
-		if [ -n "$root" ]; then
-			${shell:-/bin/sh} "$root/etc/rc.common" "$root$i" enable
-		else
-			if [ "$PKG_UPGRADE" != "1" ]; then
-				"$i" enable
-			fi
-			"$i" start
-		fi
-	done
-	return 0
-}
-default_prerm() {
-	local root="${IPKG_INSTROOT}"
-	[ -z "$pkgname" ] && local pkgname="$(basename ${1%.*})"
-	local filelist="$root/lib/apk/packages/${pkgname}.list"
-	local shell="$(command -v bash)"
-	for i in $(grep -s "^/etc/init.d/" "$filelist"); do
-		if [ -n "$root" ]; then
-			${shell:-/bin/sh} "$root/etc/rc.common" "$root$i" disable
-		else
-			if [ "$PKG_UPGRADE" != "1" ]; then
-				"$i" disable
-			fi
-			"$i" stop
-		fi
-	done
-	return 0
-}
-"""
 TUNNEL_CONF = "config server 'hub'\n\toption host '192.0.2.1'\n\nconfig tunnel 'ssh'\n\toption server 'hub'\n" \
               "\toption listen '8022'\n\toption target '127.0.0.1:22'\n"
 
@@ -813,15 +770,14 @@ def test_apk_has_the_files_of_the_ipk(apks, tmp):
 
 def apk_root(tmp, tool):
     """An empty root apk can install into: busybox (the scripts' /bin/sh), the stand-in
-    /lib/functions.sh above and the RECORDING rc.common/procd.sh, stub packages libc and
+    /lib/functions.sh (tests/support/fixtures/opkg: it serves both package formats) and the RECORDING rc.common/procd.sh, stub packages libc and
     python3-light (empty: the pyz is run with this machine's python)."""
     root = os.path.join(tmp, "root")
     for d in ("bin", "sbin", "usr/bin", "usr/sbin", "lib/functions", "etc/apk", "tmp"):
         os.makedirs(os.path.join(root, d), exist_ok=True)
     shutil.copy(BUSYBOX, os.path.join(root, "bin/busybox"))
     run(["chroot", root, "/bin/busybox", "--install", "-s"], env=ENV)
-    with open(os.path.join(root, "lib/functions.sh"), "w") as f:
-        f.write(APK_FUNCTIONS_SH)
+    shutil.copy(os.path.join(FIX, "opkg", "functions.sh"), os.path.join(root, "lib/functions.sh"))
     shutil.copy(os.path.join(FIX, "procd", "rc.common"), os.path.join(root, "etc/rc.common"))
     shutil.copy(os.path.join(FIX, "procd", "procd.sh"), os.path.join(root, "lib/functions/procd.sh"))
     stubs = []
