@@ -254,7 +254,7 @@ class Supervisor:
                 self.checks.session_up(r.name)
             self.log.info(r.name, r.up_line())
         elif m.state == machine.BACKOFF and m.deadline is not None:
-            self.log.info(r.name, "retrying in %.1fs" % (m.deadline - self.clock()))
+            self.log.info(r.name, "retrying in %.1fs" % max(0.0, m.deadline - self.clock()))
 
     def _poll_child(self, r, now):
         child = r.child
